@@ -1,0 +1,49 @@
+"""Random transformers VisionEncoderDecoder models: the reference every purevedec output is
+compared with. Used by the tests and the benchmarks; needs the test extra (torch, transformers).
+"""
+
+from __future__ import annotations
+
+TINY_ENCODER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                    image_size=16, patch_size=4)
+TINY_DECODER = dict(n_embd=24, n_layer=2, n_head=4, vocab_size=50, n_positions=24, bos_token_id=0,
+                    eos_token_id=2, pad_token_id=None)
+# nlpconnect/vit-gpt2-image-captioning's shapes: ViT-B/16 at 224 and GPT-2 124M with cross-attention.
+FULL_ENCODER = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                    image_size=224, patch_size=16)
+FULL_DECODER = dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024,
+                    bos_token_id=50256, eos_token_id=50256, pad_token_id=50256)
+
+
+def make_reference(enc_kw=None, dec_kw=None, *, seed=0, init_scale=1.0, top_kw=None,
+                   encoder=TINY_ENCODER, decoder=TINY_DECODER):
+    """A random torch VisionEncoderDecoderModel in eval mode with eager attention (the path
+    that returns attention weights).
+
+    ``init_scale`` multiplies every non-norm weight so that logits are decisive (generation
+    tests); ``top_kw`` sets top-level config attributes."""
+    import torch
+    from transformers import GPT2Config, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
+
+    enc = ViTConfig(**{**encoder, **(enc_kw or {})})
+    dec = GPT2Config(**{**decoder, **(dec_kw or {}), "add_cross_attention": True, "is_decoder": True})
+    cfg = VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
+    cfg.decoder_start_token_id = dec.bos_token_id
+    cfg.pad_token_id = dec.pad_token_id if dec.pad_token_id is not None else 1
+    cfg.eos_token_id = dec.eos_token_id
+    for k, v in (top_kw or {}).items():
+        setattr(cfg, k, v)
+    torch.manual_seed(seed)
+    model = VisionEncoderDecoderModel(cfg)
+    if init_scale != 1.0:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "norm" not in name and "ln_" not in name:
+                    p.mul_(init_scale)
+    for c in (model.config, model.encoder.config, model.decoder.config):
+        c._attn_implementation = "eager"
+    return model.eval()
+
+
+def make_full_reference(seed=0):
+    return make_reference(seed=seed, encoder=FULL_ENCODER, decoder=FULL_DECODER)

@@ -1,0 +1,131 @@
+"""The GPT-2 text decoder with cross-attention to the image.
+
+Parameter tree (``param_shapes``)::
+
+    wte    [V, D]   token embeddings; also the LM head when tie_word_embeddings
+    wpe    [Tmax, D]
+    blocks [ {ln1, attn{q,k,v,o}, ln_cross, cross{q,k,v,o}, ln2, mlp{fc, out}} ] * L
+    ln_f   {"scale": [D], "bias": [D]}
+    lm_head [V, D]  only when the head is not tied
+
+HF's fused Conv1D ``c_attn`` ([D_in, 3D], x @ W) is split into q/k/v and transposed to the
+[d_out, d_in] layout at load time, so one ``attention`` serves self- and cross-attention.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from .config import GPT2Config
+from .layers import (F32, activation, attention, dense, dense_shape, dropout, layer_norm, merge_heads,
+                     norm_shape, site_key, split_heads)
+
+
+def param_shapes(cfg: GPT2Config) -> dict:
+    d = cfg.n_embd
+    attn = {n: dense_shape(d, d) for n in ("q", "k", "v", "o")}
+    block = {"ln1": norm_shape(d), "attn": attn, "ln_cross": norm_shape(d), "cross": attn,
+             "ln2": norm_shape(d), "mlp": {"fc": dense_shape(cfg.n_inner, d), "out": dense_shape(d, cfg.n_inner)}}
+    shapes = {"wte": (cfg.vocab_size, d), "wpe": (cfg.n_positions, d),
+              "blocks": [block] * cfg.n_layer, "ln_f": norm_shape(d)}
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head"] = (cfg.vocab_size, d)
+    return shapes
+
+
+def attn_scale(cfg: GPT2Config, layer: int) -> float:
+    """GPT-2's score scale: 1/sqrt(K) if scale_attn_weights, further 1/(layer+1) if
+    scale_attn_by_inverse_layer_idx (both self- and cross-attention)."""
+    scale = cfg.head_dim ** -0.5 if cfg.scale_attn_weights else 1.0
+    if cfg.scale_attn_by_inverse_layer_idx:
+        scale /= float(layer + 1)
+    return scale
+
+
+def embed(p: dict, ids: jax.Array, position_ids: jax.Array, cfg: GPT2Config, dtype, key=None):
+    """ids, position_ids [B,T] -> [B,T,D]"""
+    x = jnp.take(p["wte"], ids, axis=0).astype(dtype) + jnp.take(p["wpe"], position_ids, axis=0).astype(dtype)
+    return dropout(x, cfg.embd_pdrop, key)
+
+
+def cross_kv(bp: dict, enc: jax.Array, cfg: GPT2Config, dtype) -> tuple[jax.Array, jax.Array]:
+    """One layer's cross-attention keys and values from the encoder states. [B,S,D] -> 2 x [B,S,H,K]"""
+    return tuple(split_heads(dense(bp["cross"][n], enc, dtype), cfg.n_head) for n in ("k", "v"))
+
+
+def cross_attention(bp: dict, h: jax.Array, kv, cfg: GPT2Config, layer: int, dtype, key=None):
+    """Queries [B*R,T,D] over shared K/V [B,S,H,K]: R rows (beams, samples) per image read the
+    same keys, folded into the query axis so K/V are never copied per row."""
+    k, v = kv
+    q = split_heads(dense(bp["cross"]["q"], h, dtype), cfg.n_head)  # [B*R,T,H,K]
+    rows, t = q.shape[0], q.shape[1]
+    per_image = rows // k.shape[0]
+    q = q.reshape(k.shape[0], per_image * t, *q.shape[2:])
+    out, weights = attention(q, k, v, None, attn_scale(cfg, layer), upcast=cfg.reorder_and_upcast_attn,
+                             dropout_rate=cfg.attn_pdrop, key=key)
+    out = out.reshape(rows, t, -1)
+    weights = weights.reshape(k.shape[0], weights.shape[1], per_image, t, -1).transpose(0, 2, 1, 3, 4)
+    return dense(bp["cross"]["o"], out, dtype), weights.reshape(rows, -1, t, k.shape[1])
+
+
+def self_qkv(bp: dict, h: jax.Array, cfg: GPT2Config, dtype):
+    """[B,T,D] -> q, k, v each [B,T,H,K]"""
+    return tuple(split_heads(dense(bp["attn"][n], h, dtype), cfg.n_head) for n in "qkv")
+
+
+def block(bp: dict, x: jax.Array, kv_cross, self_mask, cfg: GPT2Config, layer: int, dtype, *,
+          kv_self=None, key=None):
+    """One GPT-2 layer. x [B,T,D]; self_mask bool [B,1,T,U].
+
+    ``kv_self(k, v) -> (k_all, v_all)`` supplies the keys the queries attend to: identity for a
+    full forward pass, a cache write-and-read for incremental decoding.
+    Returns (x, self weights [B,H,T,U], cross weights [B,H,T,S])."""
+    h = layer_norm(bp["ln1"], x, cfg.layer_norm_epsilon)
+    q, k, v = self_qkv(bp, h, cfg, dtype)
+    if kv_self is not None:
+        k, v = kv_self(k, v)
+    out, self_w = attention(q, k, v, self_mask, attn_scale(cfg, layer), upcast=cfg.reorder_and_upcast_attn,
+                            dropout_rate=cfg.attn_pdrop, key=site_key(key, 0))
+    x = x + dropout(dense(bp["attn"]["o"], merge_heads(out), dtype), cfg.resid_pdrop, site_key(key, 1))
+    h = layer_norm(bp["ln_cross"], x, cfg.layer_norm_epsilon)
+    out, cross_w = cross_attention(bp, h, kv_cross, cfg, layer, dtype, key=site_key(key, 2))
+    x = x + dropout(out, cfg.resid_pdrop, site_key(key, 3))
+    h = layer_norm(bp["ln2"], x, cfg.layer_norm_epsilon)
+    h = dense(bp["mlp"]["out"], activation(cfg.activation_function, dense(bp["mlp"]["fc"], h, dtype)), dtype)
+    return x + dropout(h, cfg.resid_pdrop, site_key(key, 4)), self_w, cross_w
+
+
+def lm_head(p: dict, h: jax.Array, cfg: GPT2Config, dtype) -> jax.Array:
+    """[B,T,D] -> float32 logits [B,T,V]; the head is wte itself when tied."""
+    w = p["wte"] if cfg.tie_word_embeddings else p["lm_head"]
+    return jnp.einsum("btd,vd->btv", h.astype(dtype), w.astype(dtype)).astype(F32)
+
+
+def causal_mask(t: int, attention_mask: jax.Array | None, batch: int) -> jax.Array:
+    """bool [B,1,T,T]: causal, and keys the attention mask marks as padding are hidden."""
+    mask = jnp.tril(jnp.ones((t, t), bool))[None, None]
+    if attention_mask is not None:
+        mask = mask & (attention_mask[:, None, None, :] != 0)
+    return jnp.broadcast_to(mask, (batch, 1, t, t))
+
+
+def decode(p: dict, ids: jax.Array, kv_cross: list, cfg: GPT2Config, *, attention_mask=None,
+           position_ids=None, dtype=jnp.float32, key=None) -> dict:
+    """Teacher-forced decoder pass. ids [B,T] -> {"logits": [B,T,V], "hidden_states": the
+    embeddings and each layer's output, the last one after ln_f (as transformers returns them),
+    "attentions", "cross_attentions"}."""
+    b, t = ids.shape
+    if position_ids is None:
+        position_ids = jnp.broadcast_to(jnp.arange(t), (b, t))  # transformers' default: 0..T-1
+    x = embed(p, ids, position_ids, cfg, dtype, key=site_key(key, 0))
+    mask = causal_mask(t, attention_mask, b)
+    hidden, self_ws, cross_ws = [x], [], []
+    for i, bp in enumerate(p["blocks"]):
+        x, self_w, cross_w = block(bp, x, kv_cross[i], mask, cfg, i, dtype, key=site_key(key, 1, i))
+        hidden.append(x)
+        self_ws.append(self_w)
+        cross_ws.append(cross_w)
+    hidden[-1] = layer_norm(p["ln_f"], x, cfg.layer_norm_epsilon)
+    return {"logits": lm_head(p, hidden[-1], cfg, dtype), "hidden_states": tuple(hidden), "attentions": tuple(self_ws),
+            "cross_attentions": tuple(cross_ws)}

@@ -1,0 +1,121 @@
+"""The only file that spells Hugging Face tensor names.
+
+Each rule maps one HF tensor (a name template with ``{i}`` for the layer) to one or more
+paths of the params tree, with a transform both ways. The loader (HF -> params) and
+``save`` (params -> HF) read the same table, so names cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .config import Config
+
+
+@dataclass(frozen=True)
+class Rule:
+    hf: str                      # e.g. "decoder.transformer.h.{i}.attn.c_attn.weight"
+    ours: tuple[str, ...]        # e.g. ("decoder.blocks.{i}.attn.q.w", ...)
+    kind: str = "copy"           # a key of TRANSFORMS
+
+    @property
+    def regex(self) -> re.Pattern:
+        return re.compile("^" + re.escape(self.hf).replace(r"\{i\}", r"(\d+)") + "$")
+
+
+def _split_t(a: np.ndarray, n: int) -> list[np.ndarray]:
+    # Conv1D stores [d_in, n*d_out] and computes x @ W; we keep [d_out, d_in].
+    return [np.ascontiguousarray(p.T) for p in np.split(a, n, axis=1)]
+
+
+# kind -> (HF array -> our arrays, our arrays + HF shape -> HF array)
+TRANSFORMS: dict[str, tuple[Callable, Callable]] = {
+    "copy": (lambda a: [a], lambda xs, shape: xs[0]),
+    "conv1d": (lambda a: [np.ascontiguousarray(a.T)], lambda xs, shape: np.ascontiguousarray(xs[0].T)),
+    "conv1d_qkv": (lambda a: _split_t(a, 3), lambda xs, shape: np.concatenate([x.T for x in xs], axis=1)),
+    "conv1d_kv": (lambda a: _split_t(a, 2), lambda xs, shape: np.concatenate([x.T for x in xs], axis=1)),
+    "split3": (lambda a: np.split(a, 3), lambda xs, shape: np.concatenate(xs)),
+    "split2": (lambda a: np.split(a, 2), lambda xs, shape: np.concatenate(xs)),
+    # cls [1,1,D] -> [D]; pos [1,N,D] -> [N,D]; patch conv [D,C,P,P] -> [D,C*P*P]
+    "reshape": (None, lambda xs, shape: xs[0].reshape(shape)),
+}
+
+_ENC = "encoder.encoder.layer.{i}."
+_DEC = "decoder.transformer.h.{i}."
+_VIT_LINEARS = {"attention.attention.query": "attn.q", "attention.attention.key": "attn.k",
+                "attention.attention.value": "attn.v", "attention.output.dense": "attn.o",
+                "intermediate.dense": "mlp.fc", "output.dense": "mlp.out"}
+_NORMS = {"weight": "scale", "bias": "bias"}
+
+
+def _vit_rules() -> list[Rule]:
+    rules = [Rule("encoder.embeddings.cls_token", ("encoder.cls",), "reshape"),
+             Rule("encoder.embeddings.position_embeddings", ("encoder.pos",), "reshape"),
+             Rule("encoder.embeddings.patch_embeddings.projection.weight", ("encoder.patch.w",), "reshape"),
+             Rule("encoder.embeddings.patch_embeddings.projection.bias", ("encoder.patch.b",))]
+    for hf, ours in _VIT_LINEARS.items():
+        rules += [Rule(f"{_ENC}{hf}.weight", (f"encoder.blocks.{{i}}.{ours}.w",)),
+                  Rule(f"{_ENC}{hf}.bias", (f"encoder.blocks.{{i}}.{ours}.b",))]
+    for hf_norm, ours in (("layernorm_before", "ln1"), ("layernorm_after", "ln2")):
+        rules += [Rule(f"{_ENC}{hf_norm}.{a}", (f"encoder.blocks.{{i}}.{ours}.{b}",)) for a, b in _NORMS.items()]
+    rules += [Rule(f"encoder.layernorm.{a}", (f"encoder.ln_f.{b}",)) for a, b in _NORMS.items()]
+    return rules
+
+
+def _gpt2_rules() -> list[Rule]:
+    blk = "decoder.blocks.{i}."
+    qkv = tuple(f"{blk}attn.{n}" for n in "qkv")
+    kv = tuple(f"{blk}cross.{n}" for n in "kv")
+    rules = [Rule("decoder.transformer.wte.weight", ("decoder.wte",)),
+             Rule("decoder.transformer.wpe.weight", ("decoder.wpe",)),
+             Rule("decoder.lm_head.weight", ("decoder.lm_head",)),
+             Rule(f"{_DEC}attn.c_attn.weight", tuple(p + ".w" for p in qkv), "conv1d_qkv"),
+             Rule(f"{_DEC}attn.c_attn.bias", tuple(p + ".b" for p in qkv), "split3"),
+             Rule(f"{_DEC}crossattention.c_attn.weight", tuple(p + ".w" for p in kv), "conv1d_kv"),
+             Rule(f"{_DEC}crossattention.c_attn.bias", tuple(p + ".b" for p in kv), "split2")]
+    for hf, ours in (("attn.c_proj", "attn.o"), ("crossattention.q_attn", "cross.q"),
+                     ("crossattention.c_proj", "cross.o"), ("mlp.c_fc", "mlp.fc"), ("mlp.c_proj", "mlp.out")):
+        rules += [Rule(f"{_DEC}{hf}.weight", (f"{blk}{ours}.w",), "conv1d"),
+                  Rule(f"{_DEC}{hf}.bias", (f"{blk}{ours}.b",))]
+    for hf_norm, ours in (("ln_1", "ln1"), ("ln_cross_attn", "ln_cross"), ("ln_2", "ln2")):
+        rules += [Rule(f"{_DEC}{hf_norm}.{a}", (f"{blk}{ours}.{b}",)) for a, b in _NORMS.items()]
+    rules += [Rule(f"decoder.transformer.ln_f.{a}", (f"decoder.ln_f.{b}",)) for a, b in _NORMS.items()]
+    return rules
+
+
+RULES = {"vit": _vit_rules(), "gpt2": _gpt2_rules()}
+PROJECTION_RULES = [Rule("enc_to_dec_proj.weight", ("proj.w",)), Rule("enc_to_dec_proj.bias", ("proj.b",))]
+
+# Tensors real checkpoints carry that are not parameters of the captioning model: GPT-2's
+# causal-mask buffers (older transformers saved them) and ViT's pooler, which
+# VisionEncoderDecoder never uses. Listed so that skipping them is a decision, not an accident.
+IGNORED = [re.compile(p) for p in (
+    r"^decoder\.transformer\.h\.\d+\.(attn|crossattention)\.(bias|masked_bias)$",
+    r"^encoder\.pooler\.dense\.(weight|bias)$",
+)]
+
+
+def rules_for(config: Config) -> list[Rule]:
+    rules = RULES[config.encoder.model_type] + RULES[config.decoder.model_type]
+    return rules + PROJECTION_RULES if config.has_projection else rules
+
+
+def is_ignored(name: str, config: Config) -> bool:
+    """Known non-parameters, and an lm_head that merely repeats the tied embedding."""
+    if name == "decoder.lm_head.weight" and config.decoder.tie_word_embeddings:
+        return True
+    return any(p.match(name) for p in IGNORED)
+
+
+def match(name: str, rules: list[Rule]) -> tuple[Rule, tuple[str, ...]] | None:
+    """The rule for one HF tensor name and our concrete paths for it, or None."""
+    for rule in rules:
+        m = rule.regex.match(name)
+        if m:
+            layer = m.group(1) if m.groups() else None
+            return rule, tuple(p.replace("{i}", layer) if layer is not None else p for p in rule.ours)
+    return None

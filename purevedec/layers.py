@@ -1,0 +1,133 @@
+"""Stateless primitives shared by every model file.
+
+Shape letters used in comments across the package:
+  B batch, S encoder tokens, T decoder (query) tokens, U key tokens, D width, H heads,
+  K head dim, F MLP width, V vocab, L layers, C channels, P patch pixels.
+
+Dense kernels are stored [d_out, d_in] (PyTorch's Linear layout) and applied as ``x @ w.T``:
+on the CPU this project targets that layout reads weights at the memory bound in the
+decode loop (see PERF-NOTES.md), and it costs nothing for encoder-sized matmuls.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+F32 = jnp.float32
+# Large negative score for masked keys. A finite value (not -inf) keeps fully masked rows,
+# such as a left-padding query, finite: they become uniform, as in transformers' eager path.
+MASKED = float(jnp.finfo(F32).min)
+
+
+def dense_shape(d_out: int, d_in: int, bias: bool = True) -> dict:
+    return {"w": (d_out, d_in), "b": (d_out,)} if bias else {"w": (d_out, d_in)}
+
+
+def norm_shape(d: int) -> dict:
+    return {"scale": (d,), "bias": (d,)}
+
+
+def dense(p: dict, x: jax.Array, dtype) -> jax.Array:
+    """[..., d_in] -> [..., d_out] with p = {"w": [d_out, d_in], "b": [d_out] (optional)}."""
+    y = jnp.einsum("...i,oi->...o", x.astype(dtype), p["w"].astype(dtype))
+    if "b" in p:
+        y = y + p["b"].astype(dtype)
+    return y
+
+
+def layer_norm(p: dict, x: jax.Array, eps: float) -> jax.Array:
+    """Layer norm in float32 (stable in bf16/fp16), cast back to the input dtype."""
+    x32 = x.astype(F32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + eps)
+    y = y * p["scale"].astype(F32) + p["bias"].astype(F32)
+    return y.astype(x.dtype)
+
+
+def _gelu_tanh(x):
+    return 0.5 * x * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def _gelu_exact(x):
+    return 0.5 * x * (1.0 + jax.lax.erf(x / math.sqrt(2.0)))
+
+
+# transformers' ACT2FN names, each with the same formula (exact erf GELU for "gelu", the tanh
+# approximation for GPT-2's "gelu_new"). Activations with learned parameters are absent.
+ACTIVATIONS = {
+    "gelu": _gelu_exact,
+    "gelu_python": _gelu_exact,
+    "gelu_new": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "gelu_python_tanh": _gelu_tanh,
+    "gelu_accurate": _gelu_tanh,
+    "gelu_fast": lambda x: 0.5 * x * (1.0 + jnp.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
+    "gelu_10": lambda x: jnp.clip(_gelu_exact(x), -10.0, 10.0),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "relu": jax.nn.relu,
+    "relu2": lambda x: jnp.square(jax.nn.relu(x)),
+    "relu6": jax.nn.relu6,
+    "leaky_relu": lambda x: jax.nn.leaky_relu(x, 0.01),
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "hardswish": jax.nn.hard_swish,
+    "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+    "linear": lambda x: x,
+    "laplace": lambda x: 0.5 * (1.0 + jax.lax.erf((x - 0.707107) / (0.282095 * math.sqrt(2.0)))),
+    "sqrtsoftplus": lambda x: jnp.sqrt(jax.nn.softplus(x)),
+}
+
+
+def activation(name: str, x: jax.Array) -> jax.Array:
+    # Computed in float32: tanh/erf polynomials lose visible accuracy in bf16.
+    return ACTIVATIONS[name](x.astype(F32)).astype(x.dtype)
+
+
+def split_heads(x: jax.Array, heads: int) -> jax.Array:
+    """[B,T,H*K] -> [B,T,H,K]"""
+    return x.reshape(*x.shape[:-1], heads, x.shape[-1] // heads)
+
+
+def merge_heads(x: jax.Array) -> jax.Array:
+    """[B,T,H,K] -> [B,T,H*K]"""
+    return x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])
+
+
+def attention(q, k, v, mask, scale: float, *, upcast: bool = False, dropout_rate: float = 0.0, key=None):
+    """Softmax attention. q [B,T,H,K], k/v [B,U,H,K], mask bool broadcastable to [B,H,T,U]
+    (True = attend) or None. Returns out [B,T,H,K] and weights [B,H,T,U] (float32).
+
+    ``upcast`` computes q·k in float32 too (GPT-2's ``reorder_and_upcast_attn``); the softmax
+    is always float32. With a ``key``, dropout acts on the weights (as in transformers).
+    """
+    if upcast:
+        q, k = q.astype(F32), k.astype(F32)
+    scores = jnp.einsum("bthk,buhk->bhtu", q, k).astype(F32) * scale
+    if mask is not None:
+        scores = jnp.where(mask, scores, MASKED)
+    weights = dropout(jax.nn.softmax(scores, axis=-1), dropout_rate, key)
+    out = jnp.einsum("bhtu,buhk->bthk", weights.astype(v.dtype), v)
+    return out, weights
+
+
+def dropout(x: jax.Array, rate: float, key) -> jax.Array:
+    """Inverted dropout; a no-op when ``key`` is None (inference) or the rate is 0."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def site_key(key, *path: int):
+    """A distinct, reproducible key for one dropout site (None stays None)."""
+    if key is None:
+        return None
+    for i in path:
+        key = jax.random.fold_in(key, i)
+    return key

@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny random transformers VisionEncoderDecoder checkpoints written to disk.
+
+transformers and torch are the reference; they are test dependencies only.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import numpy as np
+import pytest
+
+from benchmarks.reference import make_reference  # noqa: F401  (re-exported for tests)
+
+
+def save_reference(model, path, **kwargs) -> str:
+    model.save_pretrained(path, **kwargs)
+    return str(path)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """(torch model, checkpoint dir) for the default tiny config (projection 32 -> 24)."""
+    model = make_reference()
+    return model, save_reference(model, tmp_path / "tiny")
+
+
+def rand_pixels(b, c=3, h=16, w=16, seed=0):
+    return np.random.RandomState(seed).randn(b, c, h, w).astype(np.float32)
+
+
+def rand_ids(b, t, vocab=50, seed=1):
+    return np.random.RandomState(seed).randint(0, vocab, (b, t)).astype(np.int32)
+
+
+def torch_forward(model, pixels, ids, **kw):
+    import torch
+    with torch.no_grad():
+        kw = {k: torch.tensor(np.asarray(v)) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
+        return model(pixel_values=torch.tensor(pixels), decoder_input_ids=torch.tensor(ids, dtype=torch.long), **kw)
+
+
+def maxdiff(a, b) -> float:
+    b = b.detach().numpy() if hasattr(b, "detach") else b
+    return float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))))

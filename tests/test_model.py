@@ -1,0 +1,159 @@
+"""Logits, hidden states and attention weights match transformers across the config matrix."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import purevedec as pv
+from conftest import make_reference, maxdiff, rand_ids, rand_pixels, save_reference, torch_forward
+
+TOL = 1e-4
+
+# Each case changes options a real checkpoint can carry; together they cover every option the
+# config parser implements.
+CASES = {
+    "default_projection": ({}, {}),
+    "same_width_no_qkv_bias_relu": (dict(hidden_size=24, qkv_bias=False, hidden_act="gelu_new"),
+                                    dict(activation_function="relu", n_inner=40)),
+    "inverse_layer_scale_upcast": (dict(layer_norm_eps=1e-6, hidden_act="quick_gelu"),
+                                   dict(scale_attn_by_inverse_layer_idx=True, reorder_and_upcast_attn=True,
+                                        layer_norm_epsilon=1e-3, activation_function="gelu_pytorch_tanh")),
+    "unscaled_attention_untied_head": (dict(hidden_act="silu"),
+                                       dict(scale_attn_weights=False, tie_word_embeddings=False,
+                                            activation_function="gelu")),
+    "rect_image_one_channel": (dict(image_size=[16, 24], patch_size=4, num_channels=1, hidden_act="relu"),
+                               dict(activation_function="gelu_fast", n_head=2)),
+    "rect_patch": (dict(image_size=[16, 24], patch_size=[4, 8], intermediate_size=20), dict(n_layer=3)),
+    "cross_size_given": (dict(hidden_size=24, num_attention_heads=3), dict(cross_attention_hidden_size=24)),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def case(request, tmp_path_factory):
+    enc_kw, dec_kw = CASES[request.param]
+    model = make_reference(enc_kw, dec_kw, seed=hash(request.param) % 1000)
+    path = save_reference(model, tmp_path_factory.mktemp(request.param))
+    params, config = pv.load(path)
+    return model, params, config
+
+
+def _pixels_for(config, b, seed=0):
+    h, w = config.encoder.image_size
+    return rand_pixels(b, config.encoder.num_channels, h, w, seed=seed)
+
+
+def test_logits_hidden_states_and_attentions_match(case):
+    model, params, config = case
+    px, ids = _pixels_for(config, 2), rand_ids(2, 7, config.decoder.vocab_size)
+    ref = torch_forward(model, px, ids, output_hidden_states=True, output_attentions=True)
+    out = pv.forward(params, px, ids, config, output_hidden_states=True, output_attentions=True)
+    assert out.logits.dtype == jnp.float32 and out.logits.shape == (2, 7, config.decoder.vocab_size)
+    assert maxdiff(out.logits, ref.logits) <= TOL
+    assert maxdiff(out.encoder_last_hidden_state, ref.encoder_last_hidden_state) <= TOL
+    for name in ("encoder_hidden_states", "encoder_attentions", "decoder_hidden_states",
+                 "decoder_attentions", "cross_attentions"):
+        ours, theirs = getattr(out, name), getattr(ref, name)
+        assert len(ours) == len(theirs), name
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            assert a.shape == tuple(b.shape), (name, i)
+            assert maxdiff(a, b) <= TOL, (name, i)
+
+
+def test_plain_forward_returns_logits_only(case):
+    model, params, config = case
+    px, ids = _pixels_for(config, 1), rand_ids(1, 3, config.decoder.vocab_size)
+    logits = pv.forward(params, px, ids, config)
+    assert isinstance(logits, jax.Array)
+    assert maxdiff(logits, torch_forward(model, px, ids).logits) <= TOL
+
+
+def test_encode_then_decode_equals_forward(case):
+    _, params, config = case
+    px, ids = _pixels_for(config, 2), rand_ids(2, 5, config.decoder.vocab_size)
+    enc = pv.encode(params, px, config)
+    assert enc.shape == (2, 1 + config.encoder.num_patches, config.decoder.n_embd)
+    np.testing.assert_allclose(pv.decode(params, ids, enc, config), pv.forward(params, px, ids, config),
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padded_rows_match_on_real_tokens(tiny, side):
+    model, path = tiny
+    params, config = pv.load(path)
+    px, ids = rand_pixels(3), rand_ids(3, 6)
+    mask = np.ones((3, 6), np.int32)
+    if side == "right":
+        mask[1, 4:] = 0
+        mask[2, 2:] = 0
+    else:
+        mask[1, :2] = 0
+        mask[2, :4] = 0
+    ref = torch_forward(model, px, ids, decoder_attention_mask=mask).logits.numpy()
+    ours = np.asarray(pv.forward(params, px, ids, config, attention_mask=mask))
+    # Positions that are padding have no defined output (implementations fill them differently);
+    # every real token must match.
+    real = mask.astype(bool)
+    assert np.max(np.abs(ours[real] - ref[real])) <= TOL
+    if side == "left":  # left padding sits before real tokens, so ignoring the mask would show
+        unmasked = np.asarray(pv.forward(params, px, ids, config))
+        assert np.max(np.abs(unmasked[real] - ours[real])) > 1e-3
+
+
+def test_explicit_position_ids(tiny):
+    model, path = tiny
+    params, config = pv.load(path)
+    px, ids = rand_pixels(2), rand_ids(2, 5)
+    pos = np.array([[0, 1, 2, 3, 4], [3, 4, 5, 6, 7]], np.int32)
+    ref = torch_forward(model, px, ids, decoder_position_ids=pos).logits
+    assert maxdiff(pv.forward(params, px, ids, config, position_ids=pos), ref) <= TOL
+
+
+@pytest.mark.parametrize("size", [(16, 16), (24, 24), (20, 28), (8, 12)])
+def test_interpolate_pos_encoding(tiny, size):
+    model, path = tiny
+    params, config = pv.load(path)
+    px, ids = rand_pixels(2, h=size[0], w=size[1]), rand_ids(2, 4)
+    ref = torch_forward(model, px, ids, interpolate_pos_encoding=True).logits
+    ours = pv.forward(params, px, ids, config, interpolate_pos_encoding=True)
+    assert maxdiff(ours, ref) <= TOL
+
+
+def test_bf16_and_fp16_relative_error(tiny, capsys):
+    model, path = tiny
+    params, config = pv.load(path)
+    px, ids = rand_pixels(2), rand_ids(2, 6)
+    ref = torch_forward(model, px, ids).logits.numpy()
+    for dt in (jnp.bfloat16, jnp.float16):
+        for p in (params, jax.tree.map(lambda a: a.astype(dt), params)):  # fp32 params or low-precision params
+            out = pv.forward(p, px, ids, config, dtype=dt)
+            assert out.dtype == jnp.float32
+            rel = float(np.linalg.norm(np.asarray(out) - ref) / np.linalg.norm(ref))
+            with capsys.disabled():
+                print(f"\n{jnp.dtype(dt).name} compute, {p['decoder']['wte'].dtype} params: relative error {rel:.2e}")
+            assert rel < 3e-2
+
+
+def test_dropout_needs_a_key_and_is_reproducible(tiny):
+    model, path = tiny
+    params, config = pv.load(path)
+    px, ids = rand_pixels(2), rand_ids(2, 6)
+    base = pv.forward(params, px, ids, config)
+    k = jax.random.key(0)
+    a, b = pv.forward(params, px, ids, config, key=k), pv.forward(params, px, ids, config, key=k)
+    c = pv.forward(params, px, ids, config, key=jax.random.key(1))
+    np.testing.assert_array_equal(a, b)
+    assert np.max(np.abs(np.asarray(a) - np.asarray(c))) > 1e-4
+    assert np.max(np.abs(np.asarray(a) - np.asarray(base))) > 1e-4  # GPT-2 dropout rates are 0.1
+
+
+def test_jit_compiles_once_per_shape(tiny):
+    _, path = tiny
+    params, config = pv.load(path)
+    from purevedec import model as m
+    pv.forward(params, rand_pixels(2), rand_ids(2, 4), config)
+    before = m._forward_jit._cache_size()
+    pv.forward(params, rand_pixels(2, seed=5), rand_ids(2, 4, seed=6), config)
+    assert m._forward_jit._cache_size() == before
