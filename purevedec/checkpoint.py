@@ -17,11 +17,8 @@ import numpy as np
 
 from . import hf_names
 from .config import Config, load_config
+from .errors import CheckpointError
 from .params import _map_with_path, flatten, param_shapes
-
-
-class CheckpointError(ValueError):
-    """A weights file that is missing, malformed, or does not fit the config."""
 
 
 def _convert(name: str, array: np.ndarray, paths: tuple[str, ...], rule: hf_names.Rule,

@@ -15,11 +15,9 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .errors import ConfigError
+from .generation_config import GenerationConfig, load_generation_config
 from .layers import ACTIVATIONS
-
-
-class ConfigError(ValueError):
-    """A config.json option that is missing, malformed or not supported."""
 
 
 # Keys every transformers config may carry that do not change the math of inference or training.
@@ -247,6 +245,7 @@ class Config:
     decoder_start_token_id: int | None = None
     pad_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
+    generation: GenerationConfig = GenerationConfig()
     # The original config.json text, kept so that save() can write back what it read.
     source: str = dataclasses.field(default="", compare=False, repr=False)
 
@@ -319,4 +318,5 @@ def load_config(path: str | os.PathLike) -> Config:
         raise ConfigError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(d, dict):
         raise ConfigError(f"{path} must hold a JSON object")
-    return parse_config(d)
+    config = parse_config(d)
+    return dataclasses.replace(config, generation=load_generation_config(os.path.dirname(path), d))

@@ -129,3 +129,39 @@ def decode(p: dict, ids: jax.Array, kv_cross: list, cfg: GPT2Config, *, attentio
     hidden[-1] = layer_norm(p["ln_f"], x, cfg.layer_norm_epsilon)
     return {"logits": lm_head(p, hidden[-1], cfg, dtype), "hidden_states": tuple(hidden), "attentions": tuple(self_ws),
             "cross_attentions": tuple(cross_ws)}
+
+
+def init_self_cache(cfg: GPT2Config, rows: int, max_len: int, dtype) -> list:
+    """Per layer, zeroed self-attention K/V buffers [R,Tmax,H,K]."""
+    shape = (rows, max_len, cfg.n_head, cfg.head_dim)
+    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.n_layer)]
+
+
+def step(p: dict, cache: dict, ids: jax.Array, cfg: GPT2Config, *, attention_mask=None, dtype=jnp.float32):
+    """Decode ``ids`` [R,t] after the ``cache["pos"]`` tokens already in the cache.
+
+    New K/V are written at pos..pos+t-1 with dynamic_update_slice; queries attend causally to
+    every cached position the key mask marks valid (padding of a ragged prompt stays hidden).
+    Positions are absolute buffer indices, as transformers numbers them during generation.
+    Returns (logits [R,t,V] float32, new cache, cross-attention weights per layer [R,H,t,S])."""
+    r, t = ids.shape
+    pos = cache["pos"]
+    valid = jnp.ones((r, t), bool) if attention_mask is None else attention_mask != 0
+    key_mask = jax.lax.dynamic_update_slice(cache["mask"], valid, (0, pos))  # [R,Tmax]
+    q_pos = pos + jnp.arange(t)
+    causal = jnp.arange(key_mask.shape[1])[None, :] <= q_pos[:, None]  # [t,Tmax]
+    mask = causal[None, None] & key_mask[:, None, None, :]  # [R,1,t,Tmax]
+    x = embed(p, ids, jnp.broadcast_to(q_pos, (r, t)), cfg, dtype)
+    new_self, cross_ws = [], []
+    for i, bp in enumerate(p["blocks"]):
+        layer = cache["self"][i]
+
+        def write(k, v, layer=layer):
+            k_all = jax.lax.dynamic_update_slice(layer["k"], k.astype(layer["k"].dtype), (0, pos, 0, 0))
+            v_all = jax.lax.dynamic_update_slice(layer["v"], v.astype(layer["v"].dtype), (0, pos, 0, 0))
+            new_self.append({"k": k_all, "v": v_all})
+            return k_all, v_all
+        x, _, cross_w = block(bp, x, cache["cross"][i], mask, cfg, i, dtype, kv_self=write)
+        cross_ws.append(cross_w)
+    logits = lm_head(p, layer_norm(p["ln_f"], x, cfg.layer_norm_epsilon), cfg, dtype)
+    return logits, {**cache, "self": new_self, "mask": key_mask, "pos": pos + t}, cross_ws

@@ -174,3 +174,52 @@ def forward(params, pixels, ids, config: Config, *, attention_mask=None, positio
     return _forward_jit(params, pixels, ids, attention_mask, position_ids, key, config=config,
                         interpolate_pos_encoding=interpolate_pos_encoding, dtype=jnp.dtype(dtype),
                         output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+
+
+@partial(jax.jit, static_argnames=("config", "max_len", "rows_per_image", "dtype"))
+def _init_cache_jit(params, enc, *, config, max_len, rows_per_image, dtype):
+    rows = enc.shape[0] * rows_per_image
+    return {
+        "cross": cross_kv(params, enc, config, dtype),  # [B,S,H,K] per layer, once per image
+        "self": decoder_module(config).init_self_cache(config.decoder, rows, max_len, dtype),
+        "mask": jnp.zeros((rows, max_len), bool),  # which cached positions hold real tokens
+        "pos": jnp.zeros((), jnp.int32),  # next write index
+    }
+
+
+def init_cache(params, enc, config: Config, max_len: int, *, rows_per_image: int = 1, dtype=jnp.float32):
+    """A decoding cache for ``max_len`` decoder tokens. Cross-attention K/V are computed here,
+    once per image; ``rows_per_image`` decoder rows (beams, samples) share them, image-major
+    (row r reads image r // rows_per_image)."""
+    if enc.ndim != 3 or enc.shape[-1] != config.decoder.n_embd:
+        raise ValueError(f"enc must be [B,S,{config.decoder.n_embd}] (encode()'s output), got {enc.shape}")
+    if not 0 < max_len <= config.decoder.n_positions:
+        raise ValueError(f"max_len={max_len} must be in [1, n_positions={config.decoder.n_positions}]")
+    return _init_cache_jit(params, enc, config=config, max_len=int(max_len), rows_per_image=int(rows_per_image),
+                           dtype=jnp.dtype(dtype))
+
+
+def cache_step(params, cache, ids, config: Config, attention_mask=None, dtype=jnp.float32):
+    """Untraced-argument core of ``step`` for use inside other jitted code (generate)."""
+    return decoder_module(config).step(params["decoder"], cache, ids, config.decoder,
+                                       attention_mask=attention_mask, dtype=dtype)
+
+
+@partial(jax.jit, static_argnames=("config", "dtype"), donate_argnames=("cache",))
+def _step_jit(params, cache, ids, attention_mask, *, config, dtype):
+    logits, cache, _ = cache_step(params, cache, ids, config, attention_mask, dtype)
+    return logits, cache
+
+
+def step(params, cache, ids, config: Config, *, attention_mask=None, dtype=jnp.float32):
+    """Feed ``ids`` [R,t] (a prompt, or one token) to the cached decoder: (logits [R,t,V], cache).
+    ``attention_mask`` [R,t] marks padding inside a ragged, left-padded prompt. The input cache
+    is donated (its buffers are reused), so keep using the returned one."""
+    check_ids(ids, config)
+    _check_mask(attention_mask, ids, "attention_mask")
+    rows, max_len = cache["mask"].shape
+    if ids.shape[0] != rows:
+        raise ValueError(f"ids have {ids.shape[0]} rows, the cache holds {rows}")
+    if _is_concrete(cache["pos"]) and int(cache["pos"]) + ids.shape[1] > max_len:
+        raise ValueError(f"cache is full: {int(cache['pos'])} + {ids.shape[1]} tokens > max_len={max_len}")
+    return _step_jit(params, cache, ids, attention_mask, config=config, dtype=jnp.dtype(dtype))
