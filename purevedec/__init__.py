@@ -15,3 +15,8 @@ __all__ = [
     "load_config", "param_shapes", "parse_config",
 ]
 __version__ = "0.1.0"
+
+# Image files and text (issue 6).
+from .image import ImageConfig, ImageError, load_image_config, parse_image_config, preprocess  # noqa: E402
+
+__all__ += ["ImageConfig", "ImageError", "load_image_config", "parse_image_config", "preprocess"]
