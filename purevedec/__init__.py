@@ -18,5 +18,7 @@ __version__ = "0.1.0"
 
 # Image files and text (issue 6).
 from .image import ImageConfig, ImageError, load_image_config, parse_image_config, preprocess  # noqa: E402
+from .text import TextTokenizer, TokenizerError, load_tokenizer  # noqa: E402
 
-__all__ += ["ImageConfig", "ImageError", "load_image_config", "parse_image_config", "preprocess"]
+__all__ += ["ImageConfig", "ImageError", "TextTokenizer", "TokenizerError", "load_image_config", "load_tokenizer",
+            "parse_image_config", "preprocess"]
