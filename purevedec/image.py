@@ -263,13 +263,18 @@ def preprocess_one(image: ImageInput, config: ImageConfig) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(arr, -1, 0), dtype=np.float32)
 
 
+def as_list(images: ImageInput | Iterable[ImageInput]) -> list:
+    """One input or many -> a list of inputs (a 4-D array is a stacked batch of images)."""
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return list(images)
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+        return [images]
+    return list(images)
+
+
 def preprocess(images: ImageInput | Iterable[ImageInput], config: ImageConfig) -> np.ndarray:
     """Inputs (one, or a list) -> pixels [B,3,H,W] float32, ready for ``purevedec.encode``."""
-    if isinstance(images, np.ndarray) and images.ndim == 4:
-        images = list(images)      # a stacked batch of HWC or CHW arrays
-    elif isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
-        images = [images]
-    out = [preprocess_one(im, config) for im in images]
+    out = [preprocess_one(im, config) for im in as_list(images)]
     shapes = sorted({o.shape for o in out})
     if len(shapes) > 1:
         raise ImageError(f"images of different sizes {shapes} cannot form a batch (do_resize is false)")
