@@ -18,3 +18,11 @@ __all__ = [
     "load_config", "param_shapes", "parse_config",
 ]
 __version__ = "0.1.0"
+
+# Image files and text (issue 6).
+from .image import ImageConfig, ImageError, load_image_config, parse_image_config, preprocess  # noqa: E402
+from .text import TextTokenizer, TokenizerError, load_tokenizer  # noqa: E402
+from .captioner import Caption, Captioner, ModelNotFound  # noqa: E402
+
+__all__ += ["Caption", "Captioner", "ImageConfig", "ImageError", "ModelNotFound", "TextTokenizer", "TokenizerError",
+            "load_image_config", "load_tokenizer", "parse_image_config", "preprocess"]

@@ -1,0 +1,110 @@
+"""Images in, captions out: a checkpoint's model, preprocessing and tokenizer held together.
+
+    cap = purevedec.Captioner.from_pretrained("nlpconnect/vit-gpt2-image-captioning")
+    cap.caption(["cat.jpg", pil_image], num_beams=4)        # -> ["a cat sitting on a couch", ...]
+
+Generation goes through ``purevedec.generate`` (transformers' generate options, defaults from
+the checkpoint's generation config); one call per batch of ``batch_size`` images.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, NamedTuple, Optional, Sequence
+
+import numpy as np
+
+from .image import ImageConfig, ImageInput, as_list, load_image_config, preprocess
+from .text import TextTokenizer, load_tokenizer
+
+
+class ModelNotFound(RuntimeError):
+    """A model name that is neither a local directory nor available from the hub or its cache."""
+
+
+class Caption(NamedTuple):
+    text: str
+    score: float                         # the sequence score generate reports (length-normalised for beams)
+    token_ids: tuple[int, ...]           # generated tokens, up to and including the first EOS
+    attention: Optional[np.ndarray]      # [T, P]: per generated token, cross-attention over the P patches
+
+
+_CHECKPOINT_FILES = ["*.json", "*.txt", "*.safetensors"]
+
+
+def resolve(name: str | os.PathLike) -> str:
+    """A local checkpoint directory, or a hub id fetched to (or found in) the local cache."""
+    name = os.fspath(name)
+    if os.path.isdir(name):
+        return name
+    try:
+        from huggingface_hub import snapshot_download
+        return snapshot_download(repo_id=name, allow_patterns=_CHECKPOINT_FILES)
+    except Exception as e:  # offline, unknown repo, bad id: all end the same way for the caller
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        why = ("this machine is offline (HF_HUB_OFFLINE is set) and the model is not in the local cache"
+               if offline else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        raise ModelNotFound(f"cannot load model {name!r}: {why}; pass a local checkpoint directory "
+                            "or download it once while online") from None
+
+
+def _generated(row: np.ndarray, eos) -> int:
+    """How many tokens of ``row`` (decoder start excluded) were generated, up to the first EOS."""
+    eos = set(np.atleast_1d(eos).tolist()) if eos is not None else set()
+    for i, token in enumerate(row.tolist()):
+        if token in eos:
+            return i + 1
+    return len(row)
+
+
+def _patch_attention(cross: np.ndarray) -> np.ndarray:
+    """[T, layers, heads, S] -> [T, S-1]: averaged over layers and heads (every layer reads the
+    image, and no single one is known to be the grounded one), CLS position dropped."""
+    return cross.mean(axis=(1, 2))[:, 1:]
+
+
+@dataclass(frozen=True)
+class Captioner:
+    params: Any
+    config: Any                          # purevedec.Config
+    image_config: ImageConfig
+    tokenizer: TextTokenizer
+
+    @classmethod
+    def from_pretrained(cls, name: str | os.PathLike, *, dtype=None) -> "Captioner":
+        import purevedec
+        path = resolve(name)
+        params, config = purevedec.load(path, dtype=dtype)
+        return cls(params, config, load_image_config(path), load_tokenizer(path))
+
+    def pixels(self, images: ImageInput | Iterable[ImageInput]) -> np.ndarray:
+        return preprocess(images, self.image_config)
+
+    def caption_pixels(self, pixels: np.ndarray, *, attention: bool = False, **options) -> list[Caption]:
+        """One generate call over pixels [B,3,H,W]; B * num_return_sequences captions."""
+        import purevedec
+        options = {k: v for k, v in options.items() if v is not None}
+        out = purevedec.generate(self.params, pixels, self.config, output_cross_attentions=attention, **options)
+        sequences, scores = np.asarray(out.sequences), np.asarray(out.scores)
+        cross = np.asarray(out.cross_attentions) if attention else None
+        captions = []
+        for i, row in enumerate(sequences):
+            n = _generated(row[1:], self.config.eos_token_id)
+            captions.append(Caption(self.tokenizer.decode(row), float(scores[i]), tuple(row[1:1 + n].tolist()),
+                                    _patch_attention(cross[i, :n]) if cross is not None else None))
+        return captions
+
+    def captions(self, images: Sequence[ImageInput], *, batch_size: int = 8, attention: bool = False,
+                 **options) -> Iterator[Caption]:
+        """Captions for ``images`` in order, generated ``batch_size`` images at a time."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        images = as_list(images)
+        for start in range(0, len(images), batch_size):
+            yield from self.caption_pixels(self.pixels(images[start:start + batch_size]),
+                                           attention=attention, **options)
+
+    def caption(self, images, *, batch_size: int = 8, **options) -> list[str]:
+        """Caption texts, as transformers' ``batch_decode(generate(...), skip_special_tokens=True)``."""
+        return [c.text for c in self.captions(images, batch_size=batch_size, **options)]

@@ -1,0 +1,283 @@
+"""Image files -> ``pixels`` [B,3,H,W] float32, as transformers' ViT image processor makes them.
+
+The reference is ``ViTImageProcessorPil`` (transformers 5; it is also what ``ViTImageProcessor``
+falls back to without torchvision): resize with PIL on uint8 RGB, rescale in float64 then cast
+to float32, normalize in float32. Each step below repeats that arithmetic, so the output is
+identical, not merely close.
+
+Colour handling, per input kind:
+
+- a path is opened like ``transformers.image_utils.load_image``: EXIF orientation applied,
+  then ``convert("RGB")`` (alpha is dropped, palettes expanded, 16-bit clipped by PIL);
+- a PIL image in RGB is used as is; another mode is composited onto white when the config
+  says ``do_convert_rgb`` (the processor's ``convert_to_rgb``), else ``convert("RGB")`` (where
+  transformers' processor would fail on the channel count);
+- a numpy array is HWC or CHW (1, 3 or 4 channels, inferred like transformers, channels
+  first when ambiguous) or HW gray; 1 and 4 channels become RGB the way ``convert_to_rgb``
+  does for arrays (gray repeated, alpha composited onto white). Float arrays in [0, 1] are
+  scaled to uint8 for the PIL resize and back, exactly as transformers does (it then applies
+  ``rescale_factor`` again: that is its behaviour, kept).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .config import ConfigError
+
+
+class ImageError(ValueError):
+    """An input that cannot be read or turned into an RGB image."""
+
+
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+# image_processor_type / feature_extractor_type values whose preprocessing this file reproduces.
+_KNOWN_TYPES = frozenset({"ViTImageProcessor", "ViTImageProcessorPil", "ViTImageProcessorFast",
+                          "ViTFeatureExtractor"})
+_INERT_KEYS = frozenset({"image_processor_type", "feature_extractor_type", "processor_class",
+                         "default_to_square", "input_data_format", "data_format", "return_tensors"})
+_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """What ``preprocessor_config.json`` says, with transformers' ViT defaults."""
+    size: tuple[int, int] = (224, 224)        # (height, width)
+    do_resize: bool = True
+    resample: int = 2                          # a PIL.Image.Resampling value; 2 = bilinear
+    do_rescale: bool = True
+    rescale_factor: float = 1 / 255
+    do_normalize: bool = True
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    do_convert_rgb: bool = False
+
+
+_CONFIG_KEYS = frozenset(ImageConfig.__dataclass_fields__) | _INERT_KEYS | {"do_center_crop", "crop_size",
+                                                                            "do_pad", "pad_size"}
+
+
+def _size(value: Any) -> tuple[int, int]:
+    """Legacy int (square) or {"height", "width"}; other forms change the ViT input shape."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return (value, value)
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        value = {"height": value[0], "width": value[1]}
+    if isinstance(value, Mapping) and set(value) == {"height", "width"} and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value.values()):
+        return (value["height"], value["width"])
+    raise ConfigError(f"preprocessor size={value!r} is not supported: expected an int or "
+                      '{"height": H, "width": W}')
+
+
+def _triple(value: Any, key: str) -> tuple[float, float, float]:
+    """A per-channel statistic; a single number applies to all three channels, as in transformers."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (float(value),) * 3
+    if isinstance(value, (list, tuple)) and len(value) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return tuple(float(v) for v in value)
+    raise ConfigError(f"preprocessor {key}={value!r} must be a number or a list of 3 numbers")
+
+
+def _flag(d: Mapping, key: str, default: bool) -> bool:
+    value = d.get(key, default)
+    if value is None:   # transformers treats an explicit null as "use the default"
+        return default
+    if not isinstance(value, bool):
+        raise ConfigError(f"preprocessor {key}={value!r} must be true or false")
+    return value
+
+
+def _check_type(d: Mapping) -> None:
+    kind = d.get("image_processor_type", d.get("feature_extractor_type"))
+    if kind is not None and kind not in _KNOWN_TYPES:
+        raise ConfigError(f"preprocessor type {kind!r} is not supported; supported: {sorted(_KNOWN_TYPES)}")
+    for key in ("do_center_crop", "do_pad"):
+        if d.get(key):
+            raise ConfigError(f"preprocessor {key}=true is not supported by the ViT preprocessing")
+    unknown = sorted(k for k in d if k not in _CONFIG_KEYS)
+    if unknown:
+        warnings.warn(f"preprocessor_config.json: ignoring keys purevedec does not know: {unknown}",
+                      stacklevel=3)
+
+
+def parse_image_config(d: Mapping) -> ImageConfig:
+    """Parse the dict of a ``preprocessor_config.json``, refusing options that change the math."""
+    _check_type(d)
+    resample = d.get("resample", 2)
+    if resample not in _RESAMPLE or isinstance(resample, bool):
+        raise ConfigError(f"preprocessor resample={resample!r} must be a PIL resampling filter "
+                          f"{ {k: v for k, v in _RESAMPLE.items()} }")
+    factor = d.get("rescale_factor", 1 / 255)
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+        raise ConfigError(f"preprocessor rescale_factor={factor!r} must be a number")
+    return ImageConfig(
+        size=_size(d.get("size", {"height": 224, "width": 224})),
+        do_resize=_flag(d, "do_resize", True), resample=resample,
+        do_rescale=_flag(d, "do_rescale", True), rescale_factor=float(factor),
+        do_normalize=_flag(d, "do_normalize", True),
+        image_mean=_triple(d.get("image_mean", 0.5), "image_mean"),
+        image_std=_triple(d.get("image_std", 0.5), "image_std"),
+        do_convert_rgb=_flag(d, "do_convert_rgb", False),
+    )
+
+
+def load_image_config(path: str | os.PathLike) -> ImageConfig:
+    """Read ``path/preprocessor_config.json`` (or that file itself)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "preprocessor_config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"no preprocessor_config.json at {path}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path} must hold a JSON object")
+    return parse_image_config(d)
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Read a file fully (so a truncated file fails here, not later) as an upright RGB image."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return ImageOps.exif_transpose(im).convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        # PIL reports truncation as OSError, some corrupt headers as SyntaxError/ValueError.
+        raise ImageError(f"{os.fspath(path)}: cannot read image ({e})") from None
+
+
+def _composite_on_white(im: Image.Image) -> Image.Image:
+    """transformers' ``convert_to_rgb`` for PIL images: transparency is blended onto white."""
+    if "A" not in im.getbands() and im.info.get("transparency") is None:
+        return im.convert("RGB")
+    white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, im.convert("RGBA")).convert("RGB")
+
+
+def _pil_to_rgb(im: Image.Image, config: ImageConfig) -> np.ndarray:
+    if im.mode != "RGB":
+        im = _composite_on_white(im) if config.do_convert_rgb else im.convert("RGB")
+    return np.array(im)
+
+
+def _channels_last(arr: np.ndarray) -> np.ndarray:
+    """HW, HWC or CHW -> HWC; channels first when both ends could be channels (as transformers)."""
+    if arr.ndim == 2:
+        return arr[..., None]
+    if arr.ndim != 3:
+        raise ImageError(f"an image array must be HW, HWC or CHW, got shape {arr.shape}")
+    if arr.shape[0] in (1, 3, 4):
+        return np.moveaxis(arr, 0, -1)
+    if arr.shape[-1] in (1, 3, 4):
+        return arr
+    raise ImageError(f"cannot tell the channel axis of an image array of shape {arr.shape}")
+
+
+def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
+    """transformers' ``convert_to_rgb`` for HWC arrays: gray repeated, alpha composited on white."""
+    channels = arr.shape[-1]
+    if channels == 3:
+        return arr
+    if channels == 1:
+        return np.repeat(arr, 3, axis=-1)
+    if np.issubdtype(arr.dtype, np.floating):
+        if arr.min() < 0.0 or arr.max() > 1.0:
+            raise ImageError(f"an RGBA float array must lie in [0, 1], got [{arr.min()}, {arr.max()}]")
+        alpha = arr[..., 3:4]
+        return (alpha * arr[..., :3] + (1 - alpha) * 1.0).astype(arr.dtype)
+    alpha = arr[..., 3:4] / 255
+    return np.round(alpha * arr[..., :3] + (1 - alpha) * 255).astype(arr.dtype)
+
+
+def to_rgb_array(image: ImageInput, config: ImageConfig) -> np.ndarray:
+    """Any accepted input -> an HWC RGB array (dtype as given: uint8 for files and PIL images)."""
+    if isinstance(image, (str, os.PathLike)):
+        return np.array(open_image(image))
+    if isinstance(image, Image.Image):
+        return _pil_to_rgb(image, config)
+    if isinstance(image, np.ndarray):
+        if image.dtype == bool or not (np.issubdtype(image.dtype, np.integer)
+                                       or np.issubdtype(image.dtype, np.floating)):
+            raise ImageError(f"an image array must hold numbers, got dtype {image.dtype}")
+        return _array_to_rgb(_channels_last(image))
+    raise ImageError(f"cannot use a {type(image).__name__} as an image: pass a path, a PIL image or an array")
+
+
+def _scaled_for_pil(arr: np.ndarray) -> bool:
+    """transformers' rule for turning an array into a uint8 PIL image: floats that are not
+    whole numbers are taken to be in [0, 1] and multiplied by 255 first."""
+    if arr.dtype == np.uint8:
+        return False
+    if np.allclose(arr, arr.astype(int)):
+        if arr.min() < 0 or arr.max() > 255:
+            raise ImageError(f"image values [{arr.min()}, {arr.max()}] do not fit in [0, 255]")
+        return False
+    if arr.min() < 0 or arr.max() > 1:
+        raise ImageError(f"float image values [{arr.min()}, {arr.max()}] are neither in [0, 1] nor whole numbers")
+    return True
+
+
+def _rescale(arr: np.ndarray, factor: float) -> np.ndarray:
+    # transformers multiplies in float64, then casts to float32.
+    return (arr.astype(np.float64) * factor).astype(np.float32)
+
+
+def _resize(arr: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
+    """HWC -> HWC of ``size`` through a uint8 PIL image, as transformers' ``resize``."""
+    scaled = _scaled_for_pil(arr)
+    if scaled:
+        arr = _rescale(arr, 255)
+    resized = np.array(Image.fromarray(arr.astype(np.uint8)).resize((size[1], size[0]), resample=resample))
+    return _rescale(resized, 1 / 255) if scaled else resized
+
+
+def _normalize(arr: np.ndarray, mean, std) -> np.ndarray:
+    # Integer images are cast to float32; float images keep their precision (as transformers).
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float32)
+    return (arr - np.array(mean, arr.dtype)) / np.array(std, arr.dtype)
+
+
+def preprocess_one(image: ImageInput, config: ImageConfig) -> np.ndarray:
+    """One input -> [3,H,W] float32."""
+    arr = to_rgb_array(image, config)
+    if config.do_resize:
+        arr = _resize(arr, config.size, config.resample)
+    if config.do_rescale:
+        arr = _rescale(arr, config.rescale_factor)
+    if config.do_normalize:
+        arr = _normalize(arr, config.image_mean, config.image_std)
+    return np.ascontiguousarray(np.moveaxis(arr, -1, 0), dtype=np.float32)
+
+
+def as_list(images: ImageInput | Iterable[ImageInput]) -> list:
+    """One input or many -> a list of inputs (a 4-D array is a stacked batch of images)."""
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return list(images)
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+        return [images]
+    return list(images)
+
+
+def preprocess(images: ImageInput | Iterable[ImageInput], config: ImageConfig) -> np.ndarray:
+    """Inputs (one, or a list) -> pixels [B,3,H,W] float32, ready for ``purevedec.encode``."""
+    out = [preprocess_one(im, config) for im in as_list(images)]
+    shapes = sorted({o.shape for o in out})
+    if len(shapes) > 1:
+        raise ImageError(f"images of different sizes {shapes} cannot form a batch (do_resize is false)")
+    if not out:
+        raise ImageError("no images given")
+    return np.stack(out)

@@ -1,0 +1,156 @@
+"""The checkpoint's tokenizer, through the ``tokenizers`` library, decoding as transformers does.
+
+transformers 5 tokenizers are a thin layer over a ``tokenizers.Tokenizer``: its ``decode``
+with ``skip_special_tokens=True`` is the backend's decode, followed by a space clean-up that is
+skipped for BPE models unless a config flag forces it. This file rebuilds the same backend from
+``tokenizer.json`` (or GPT-2's ``vocab.json`` + ``merges.txt``), registers the special and added
+tokens that ``tokenizer_config.json`` / ``special_tokens_map.json`` declare, and applies the same
+clean-up rule.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+
+class TokenizerError(ValueError):
+    """A checkpoint whose tokenizer files are missing or malformed."""
+
+
+# tokenizer_config.json keys that name special tokens (a string, or a dict with "content").
+_SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+_SPECIAL_LISTS = ("additional_special_tokens", "extra_special_tokens")
+
+
+def _read_json(path: str) -> dict:
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise TokenizerError(f"{path} must hold a JSON object")
+    return d
+
+
+def _content(value: Any) -> str | None:
+    """A special token as written in a config: a string, or an AddedToken dict."""
+    if isinstance(value, Mapping):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def special_token_strings(config: Mapping) -> list[str]:
+    """Every token the config calls special, in a stable order without repeats."""
+    found = [_content(config.get(k)) for k in _SPECIAL_KEYS]
+    for key in _SPECIAL_LISTS:
+        extra = config.get(key) or []
+        found += [_content(v) for v in (extra.values() if isinstance(extra, Mapping) else extra)]
+    found += [_content(v) for v in (config.get("added_tokens_decoder") or {}).values()
+              if isinstance(v, Mapping) and v.get("special")]
+    return list(dict.fromkeys(t for t in found if t))
+
+
+def _added_tokens(config: Mapping) -> list:
+    """``added_tokens_decoder`` entries, in id order, with their matching options."""
+    from tokenizers import AddedToken
+    entries = config.get("added_tokens_decoder") or {}
+    out = []
+    for _, v in sorted(entries.items(), key=lambda kv: int(kv[0])):
+        if isinstance(v, Mapping) and isinstance(v.get("content"), str):
+            out.append(AddedToken(v["content"], single_word=bool(v.get("single_word", False)),
+                                  lstrip=bool(v.get("lstrip", False)), rstrip=bool(v.get("rstrip", False)),
+                                  normalized=bool(v.get("normalized", not v.get("special"))),
+                                  special=bool(v.get("special", False))))
+    return out
+
+
+def _byte_level_bpe(vocab: str, merges: str, add_prefix_space: bool):
+    """GPT-2's tokenizer from its two files: byte-level BPE with no subword affixes."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import BPE
+    try:
+        model = BPE.from_file(vocab, merges, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False)
+    except Exception as e:  # tokenizers raises plain Exception subclasses for malformed files
+        raise TokenizerError(f"cannot read {vocab} / {merges}: {e}") from None
+    tok = Tokenizer(model)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def _backend(path: str, config: Mapping):
+    from tokenizers import Tokenizer
+    file = os.path.join(path, "tokenizer.json")
+    if os.path.exists(file):
+        try:
+            return Tokenizer.from_file(file)
+        except Exception as e:
+            raise TokenizerError(f"{file} is not a readable tokenizer: {e}") from None
+    vocab, merges = os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt")
+    if os.path.exists(vocab) and os.path.exists(merges):
+        tok = _byte_level_bpe(vocab, merges, bool(config.get("add_prefix_space", False)))
+        for token in _added_tokens(config):  # one by one, so that ids follow added_tokens_decoder
+            (tok.add_special_tokens if token.special else tok.add_tokens)([token])
+        return tok
+    raise TokenizerError(f"{path}: no tokenizer.json, nor vocab.json + merges.txt")
+
+
+@dataclass(frozen=True)
+class TextTokenizer:
+    """Token ids <-> text, as ``AutoTokenizer.from_pretrained(path)`` does it."""
+    backend: Any                 # a tokenizers.Tokenizer
+    cleanup: bool = False        # transformers' clean_up_tokenization (only where it applies)
+
+    def encode(self, text: str) -> list[int]:
+        """A decoder prompt's ids: ``tokenizer(text, add_special_tokens=False).input_ids``."""
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        text = self.backend.decode([int(i) for i in np.asarray(ids).reshape(-1)],
+                                   skip_special_tokens=skip_special_tokens)
+        return _clean_up(text) if self.cleanup else text
+
+    def batch_decode(self, rows: Iterable[Sequence[int]], skip_special_tokens: bool = True) -> list[str]:
+        return [self.decode(r, skip_special_tokens) for r in rows]
+
+    def token_text(self, token_id: int) -> str:
+        """One token as readable text (special tokens kept), for labels."""
+        return self.backend.decode([int(token_id)], skip_special_tokens=False)
+
+
+def _clean_up(text: str) -> str:
+    # transformers' clean_up_tokenization: drops the space before punctuation and contractions.
+    for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                          (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(before, after)
+    return text
+
+
+def _wants_cleanup(config: Mapping, backend) -> bool:
+    """transformers 5 skips the clean-up for BPE models (it corrupts their output) unless forced."""
+    if not config.get("clean_up_tokenization_spaces", False):
+        return False
+    forced = config.get("clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False)
+    return type(backend.model).__name__ != "BPE" or bool(forced)
+
+
+def load_tokenizer(path: str | os.PathLike) -> TextTokenizer:
+    """The tokenizer of a local checkpoint directory."""
+    path = os.fspath(path)
+    config = {**_read_json(os.path.join(path, "special_tokens_map.json")),
+              **_read_json(os.path.join(path, "tokenizer_config.json"))}
+    backend = _backend(path, config)
+    from tokenizers import AddedToken
+    # Tokens the backend already holds as special keep their own matching options.
+    known = {t.content for t in backend.get_added_tokens_decoder().values() if t.special}
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                for t in special_token_strings(config) if t not in known])
+    return TextTokenizer(backend, _wants_cleanup(config, backend))
