@@ -70,13 +70,14 @@ class Captioner:
     config: Any                          # purevedec.Config
     image_config: ImageConfig
     tokenizer: TextTokenizer
+    dtype: Any = None                    # compute dtype for generate (None: float32)
 
     @classmethod
     def from_pretrained(cls, name: str | os.PathLike, *, dtype=None) -> "Captioner":
         import purevedec
         path = resolve(name)
         params, config = purevedec.load(path, dtype=dtype)
-        return cls(params, config, load_image_config(path), load_tokenizer(path))
+        return cls(params, config, load_image_config(path), load_tokenizer(path), dtype)
 
     def pixels(self, images: ImageInput | Iterable[ImageInput]) -> np.ndarray:
         return preprocess(images, self.image_config)
@@ -85,12 +86,15 @@ class Captioner:
         """One generate call over pixels [B,3,H,W]; B * num_return_sequences captions."""
         import purevedec
         options = {k: v for k, v in options.items() if v is not None}
+        if self.dtype is not None:
+            options.setdefault("dtype", self.dtype)
         out = purevedec.generate(self.params, pixels, self.config, output_cross_attentions=attention, **options)
+        eos = options.get("eos_token_id", self.config.generation.eos_token_id)
         sequences, scores = np.asarray(out.sequences), np.asarray(out.scores)
         cross = np.asarray(out.cross_attentions) if attention else None
         captions = []
         for i, row in enumerate(sequences):
-            n = _generated(row[1:], self.config.eos_token_id)
+            n = _generated(row[1:], eos)
             captions.append(Caption(self.tokenizer.decode(row), float(scores[i]), tuple(row[1:1 + n].tolist()),
                                     _patch_attention(cross[i, :n]) if cross is not None else None))
         return captions
