@@ -146,6 +146,8 @@ def from_flax(path: tuple[str, ...], array: np.ndarray) -> tuple[str, np.ndarray
     and Embed weights ``embedding``. Dense kernels are [in, out] (PyTorch Linear is [out, in]);
     GPT-2's FlaxConv1D kernel is [out, in] (PyTorch Conv1D is [in, out]): a transpose both
     times. The patch Conv kernel is HWIO where PyTorch's Conv2d is OIHW."""
+    if path[:1] == ("params",):  # a variables dict saved whole rather than its params
+        path = path[1:]
     *head, leaf = path
     if leaf == "kernel":
         leaf, array = "weight", (array.transpose(3, 2, 0, 1) if array.ndim == 4 else array.T)
