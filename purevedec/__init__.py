@@ -5,6 +5,7 @@
 """
 
 from .checkpoint import CheckpointError, build_params, load
+from .compose import from_encoder_decoder_pretrained
 from .config import Config, ConfigError, GPT2Config, ViTConfig, load_config, parse_config
 from .model import EncoderOutput, Output, cross_kv, decode, encode, forward
 from .params import check_params, init_params, param_shapes
@@ -12,7 +13,8 @@ from .save import save
 
 __all__ = [
     "CheckpointError", "Config", "ConfigError", "EncoderOutput", "GPT2Config", "Output", "ViTConfig",
-    "build_params", "check_params", "cross_kv", "decode", "encode", "forward", "init_params", "load",
+    "build_params", "check_params", "cross_kv", "decode", "encode", "forward", "from_encoder_decoder_pretrained",
+    "init_params", "load",
     "load_config", "param_shapes", "parse_config", "save",
 ]
 __version__ = "0.1.0"

@@ -44,8 +44,11 @@ def _convert(name: str, array: np.ndarray, paths: tuple[str, ...], rule: hf_name
 
 
 def build_params(tensors: Iterable[tuple[str, np.ndarray]], config: Config, *, dtype=None,
-                 where: str = "checkpoint") -> dict:
-    """Map (HF name, array) pairs onto the params tree, checking every name and shape."""
+                 where: str = "checkpoint", defaults: dict | None = None) -> dict:
+    """Map (HF name, array) pairs onto the params tree, checking every name and shape.
+
+    ``defaults`` (flat path -> array) fills params the tensors may lack (freshly initialised
+    layers when composing pretrained parts); any other missing param is an error."""
     shapes = flatten(param_shapes(config))
     rules = hf_names.rules_for(config)
     flat: dict[str, object] = {}
@@ -61,6 +64,8 @@ def build_params(tensors: Iterable[tuple[str, np.ndarray]], config: Config, *, d
             if path in flat:
                 raise CheckpointError(f"{where}: tensor {name} appears more than once")
             flat[path] = jnp.asarray(part, dtype=dtype or part.dtype)
+    for path, value in (defaults or {}).items():
+        flat.setdefault(path, value)
     missing = [p for p in shapes if p not in flat]
     if missing:
         raise CheckpointError(f"{where}: missing tensors for {len(missing)} params, e.g. "
