@@ -17,16 +17,23 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# ru_maxrss survives fork+exec on Linux (the child would report the parent's peak), so the
+# child resets its high-water mark through /proc/self/clear_refs and reads VmHWM instead.
 _CHILD = """
-import resource, sys, json
+import sys, json
 sys.modules["torch"] = None
 sys.path.insert(0, {root!r})
 import jax, numpy as np, purevedec as pv
 from purevedec.params import flatten
+
+def status(key):
+    return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1])
+
 jax.numpy.zeros(1).block_until_ready()  # initialise the backend before the baseline
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak RSS to the current RSS
+base = status("VmRSS:")
 params, config = pv.load({path!r})
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = status("VmHWM:")
 sizes = [np.asarray(v).nbytes for v in flatten(params).values()]
 print(json.dumps(dict(base_kb=base, peak_kb=peak, params=sum(sizes), largest=max(sizes))))
 """

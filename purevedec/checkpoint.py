@@ -20,6 +20,7 @@ from . import hf_names
 from .config import Config, load_config
 from .errors import CheckpointError, reading
 from .flax_msgpack import read_flax_msgpack
+from .safetensors_io import read_safetensors
 from .torch_pickle import read_torch_bin
 from .params import _map_with_path, flatten, param_shapes
 
@@ -81,13 +82,6 @@ def _hf_name_of(path: str, config: Config) -> str:
             if m:
                 return rule.hf.replace("{i}", m.group(1)) if m.groups() else rule.hf
     return path
-
-
-def read_safetensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
-    from safetensors import safe_open
-    with reading(path, "safetensors file"), safe_open(path, framework="numpy") as f:
-        for name in f.keys():
-            yield name, f.get_tensor(name)
 
 
 class Format(NamedTuple):

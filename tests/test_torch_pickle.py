@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import purevedec as pv
-from purevedec.checkpoint import read_safetensors
+from purevedec.safetensors_io import read_safetensors
 from purevedec.flax_msgpack import read_flax_msgpack
 from purevedec.torch_pickle import read_torch_bin
 
@@ -112,6 +112,14 @@ def test_unknown_storage_dtype(small_bin):
     _rewrite_member(small_bin, "data.pkl", lambda d: d.replace(b"HalfStorage", b"QIntStorage"))
     with pytest.raises(pv.CheckpointError, match="refusing to load global torch.QIntStorage"):
         list(read_torch_bin(small_bin))
+
+
+def test_safetensors_byte_count_mismatch(tmp_path):
+    header = b'{"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}'
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 8)
+    with pytest.raises(pv.CheckpointError, match=r"x.safetensors: tensor w: \[3\] F32 needs 12 bytes"):
+        list(read_safetensors(str(path)))
 
 
 def test_corrupt_safetensors_header(tmp_path):
