@@ -5,17 +5,19 @@
 """
 
 from .checkpoint import CheckpointError, build_params, load
+from .compose import from_encoder_decoder_pretrained
 from .config import Config, ConfigError, GPT2Config, ViTConfig, load_config, parse_config
 from .generate import GenerateOutput, generate
 from .generation_config import GenerationConfig
 from .model import EncoderOutput, Output, cross_kv, decode, encode, forward, init_cache, step
 from .params import check_params, init_params, param_shapes
+from .save import save
 
 __all__ = [
     "CheckpointError", "Config", "ConfigError", "EncoderOutput", "GPT2Config", "GenerateOutput",
     "GenerationConfig", "Output", "ViTConfig", "build_params", "check_params", "cross_kv", "decode", "encode",
-    "forward", "generate", "init_cache", "init_params", "load", "step",
-    "load_config", "param_shapes", "parse_config",
+    "forward", "from_encoder_decoder_pretrained", "generate", "init_cache", "init_params", "load", "step",
+    "load_config", "param_shapes", "parse_config", "save",
 ]
 __version__ = "0.1.0"
 

@@ -8,16 +8,20 @@ loading holds at most one extra copy of a tensor beyond the params being built.
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 
 from . import hf_names
 from .config import Config, load_config
-from .errors import CheckpointError
+from .errors import CheckpointError, reading
+from .flax_msgpack import read_flax_msgpack
+from .safetensors_io import read_safetensors
+from .torch_pickle import read_torch_bin
 from .params import _map_with_path, flatten, param_shapes
 
 
@@ -41,8 +45,11 @@ def _convert(name: str, array: np.ndarray, paths: tuple[str, ...], rule: hf_name
 
 
 def build_params(tensors: Iterable[tuple[str, np.ndarray]], config: Config, *, dtype=None,
-                 where: str = "checkpoint") -> dict:
-    """Map (HF name, array) pairs onto the params tree, checking every name and shape."""
+                 where: str = "checkpoint", defaults: dict | None = None) -> dict:
+    """Map (HF name, array) pairs onto the params tree, checking every name and shape.
+
+    ``defaults`` (flat path -> array) fills params the tensors may lack (freshly initialised
+    layers when composing pretrained parts); any other missing param is an error."""
     shapes = flatten(param_shapes(config))
     rules = hf_names.rules_for(config)
     flat: dict[str, object] = {}
@@ -58,6 +65,8 @@ def build_params(tensors: Iterable[tuple[str, np.ndarray]], config: Config, *, d
             if path in flat:
                 raise CheckpointError(f"{where}: tensor {name} appears more than once")
             flat[path] = jnp.asarray(part, dtype=dtype or part.dtype)
+    for path, value in (defaults or {}).items():
+        flat.setdefault(path, value)
     missing = [p for p in shapes if p not in flat]
     if missing:
         raise CheckpointError(f"{where}: missing tensors for {len(missing)} params, e.g. "
@@ -75,25 +84,77 @@ def _hf_name_of(path: str, config: Config) -> str:
     return path
 
 
-def read_safetensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
-    from safetensors import SafetensorError, safe_open
-    try:
-        with safe_open(path, framework="numpy") as f:
-            for name in f.keys():
-                yield name, f.get_tensor(name)
-    except SafetensorError as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+class Format(NamedTuple):
+    single: str        # the one-file name
+    index: str         # the sharded index, whose weight_map names the shards
+    shards: str        # a glob for the shard names (what to download from the Hub)
+    reader: Callable[[str], Iterator[tuple[str, np.ndarray]]]
 
 
-def load(path: str | os.PathLike, *, dtype=None) -> tuple[dict, Config]:
-    """Load ``(params, config)`` from a local checkpoint directory holding config.json and
-    model.safetensors. ``dtype`` casts the parameters while loading (default: as stored)."""
-    path = os.fspath(path)
+# In order of preference when a checkpoint ships several.
+FORMATS = (
+    Format("model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors", read_safetensors),
+    Format("pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin", read_torch_bin),
+    Format("flax_model.msgpack", "flax_model.msgpack.index.json", "flax_model-*-of-*.msgpack", read_flax_msgpack),
+)
+
+
+def pick_format(files) -> Format | None:
+    files = set(files)
+    return next((f for f in FORMATS if f.single in files or f.index in files), None)
+
+
+def _shards(path: str, index: str) -> list[str]:
+    """The shard files an index names, checked to exist beside it."""
+    with reading(index, "weights index (JSON with a weight_map)"), open(index, encoding="utf-8") as f:
+        names = sorted(set(json.load(f)["weight_map"].values()))
+    for name in names:
+        if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
+            raise CheckpointError(f"{index}: shard name {name!r:.100} is not a plain file name")
+        if not os.path.isfile(os.path.join(path, name)):
+            raise CheckpointError(f"{index} names shard {name}, which is not in {path}")
+    return [os.path.join(path, n) for n in names]
+
+
+def weight_files(path: str) -> tuple[Format, list[str]]:
+    """The preferred weights format in directory ``path`` and its files (shards in order)."""
+    files = os.listdir(path)
+    fmt = pick_format(files)
+    if fmt is None:
+        raise CheckpointError(f"{path}: no weights file; looked for {', '.join(f.single for f in FORMATS)} "
+                              f"or their sharded index (files: {sorted(files)})")
+    if fmt.single in files:
+        return fmt, [os.path.join(path, fmt.single)]
+    return fmt, _shards(path, os.path.join(path, fmt.index))
+
+
+def read_tensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
+    """Every (HF name, array) of the checkpoint in directory ``path``, one at a time."""
+    fmt, files = weight_files(path)
+    for file in files:
+        yield from fmt.reader(file)
+
+
+def load_dir(path: str, *, dtype=None) -> tuple[dict, Config]:
+    """Load ``(params, config)`` from a local checkpoint directory (any supported format)."""
     if not os.path.isdir(path):
         raise CheckpointError(f"{path} is not a checkpoint directory")
     config = load_config(path)
-    weights = os.path.join(path, "model.safetensors")
-    if not os.path.exists(weights):
-        raise CheckpointError(f"{path}: no model.safetensors (files: {sorted(os.listdir(path))})")
-    params = build_params(read_safetensors(weights), config, dtype=dtype and jnp.dtype(dtype), where=weights)
+    fmt, files = weight_files(path)
+    where = files[0] if len(files) == 1 else os.path.join(path, fmt.index)
+    params = build_params(read_tensors(path), config, dtype=dtype and jnp.dtype(dtype), where=where)
     return params, config
+
+
+def load(name_or_path: str | os.PathLike, *, revision: str | None = None, dtype=None,
+         cache_dir: str | None = None) -> tuple[dict, Config]:
+    """Load ``(params, config)`` from a local checkpoint directory or a Hugging Face Hub repo id.
+
+    Weights are read in the first format present of safetensors (one file or sharded),
+    PyTorch .bin (read without torch) and Flax msgpack. ``dtype`` casts the parameters while
+    loading (default: as stored)."""
+    path = os.fspath(name_or_path)
+    if not os.path.isdir(path):
+        from .hub import resolve
+        path = resolve(path, revision=revision, cache_dir=cache_dir)
+    return load_dir(path, dtype=dtype)

@@ -99,6 +99,13 @@ IGNORED = [re.compile(p) for p in (
 )]
 
 
+def placeholders(config: Config, pooler_size: int | None = None) -> list[tuple[str, tuple[int, ...]]]:
+    """Tensors save() writes as zeros only so that transformers reports nothing missing: the
+    ViT pooler that ViTModel builds but VisionEncoderDecoder never runs."""
+    d = config.encoder.hidden_size
+    return [("encoder.pooler.dense.weight", (pooler_size or d, d)), ("encoder.pooler.dense.bias", (pooler_size or d,))]
+
+
 def rules_for(config: Config) -> list[Rule]:
     rules = RULES[config.encoder.model_type] + RULES[config.decoder.model_type]
     return rules + PROJECTION_RULES if config.has_projection else rules
@@ -109,6 +116,62 @@ def is_ignored(name: str, config: Config) -> bool:
     if name == "decoder.lm_head.weight" and config.decoder.tie_word_embeddings:
         return True
     return any(p.match(name) for p in IGNORED)
+
+
+# The HF shapes of the "reshape" tensors, which our params store flattened (save needs them back).
+_HF_SHAPES: dict[str, Callable] = {
+    "encoder.embeddings.cls_token": lambda c: (1, 1, c.encoder.hidden_size),
+    "encoder.embeddings.position_embeddings": lambda c: (1, 1 + c.encoder.num_patches, c.encoder.hidden_size),
+    "encoder.embeddings.patch_embeddings.projection.weight":
+        lambda c: (c.encoder.hidden_size, c.encoder.num_channels, *c.encoder.patch_size),
+}
+
+
+def hf_shape(rule: Rule, config: Config) -> tuple[int, ...] | None:
+    """The shape HF stores a "reshape" tensor in; None for the other kinds (shape follows)."""
+    return _HF_SHAPES[rule.hf](config) if rule.kind == "reshape" else None
+
+
+def expand(rule: Rule, layers: list[str]) -> list[tuple[str, tuple[str, ...]]]:
+    """(HF name, our paths) for each layer index of a rule (one pair for a rule without {i})."""
+    if "{i}" not in rule.hf:
+        return [(rule.hf, rule.ours)]
+    return [(rule.hf.replace("{i}", i), tuple(p.replace("{i}", i) for p in rule.ours)) for i in layers]
+
+
+def from_flax(path: tuple[str, ...], array: np.ndarray) -> tuple[str, np.ndarray]:
+    """A transformers Flax param (its key path) as the PyTorch-named tensor it stands for.
+
+    transformers' Flax modules name Dense/Conv weights ``kernel``, LayerNorm weights ``scale``
+    and Embed weights ``embedding``. Dense kernels are [in, out] (PyTorch Linear is [out, in]);
+    GPT-2's FlaxConv1D kernel is [out, in] (PyTorch Conv1D is [in, out]): a transpose both
+    times. The patch Conv kernel is HWIO where PyTorch's Conv2d is OIHW."""
+    if path[:1] == ("params",):  # a variables dict saved whole rather than its params
+        path = path[1:]
+    *head, leaf = path
+    if leaf == "kernel":
+        leaf, array = "weight", (array.transpose(3, 2, 0, 1) if array.ndim == 4 else array.T)
+    elif leaf in ("scale", "embedding"):
+        leaf = "weight"
+    return ".".join((*head, leaf)), array
+
+
+# A standalone checkpoint's names inside the composed model (from_encoder_decoder_pretrained):
+# ViTModel ("embeddings.*") or ViTForImageClassification ("vit.*" plus a classifier we drop),
+# GPT2LMHeadModel ("transformer.*", "lm_head.weight") or GPT2Model ("h.*", "wte.weight", ...).
+_STANDALONE = {
+    "encoder": (("classifier.", None), ("vit.", "encoder."), ("", "encoder.")),
+    "decoder": (("transformer.", "decoder.transformer."), ("lm_head.", "decoder.lm_head."),
+                ("", "decoder.transformer.")),
+}
+
+
+def standalone_name(name: str, part: str) -> str | None:
+    """The composed-model name of a tensor of a standalone encoder/decoder; None to drop it."""
+    for prefix, repl in _STANDALONE[part]:
+        if name.startswith(prefix):
+            return None if repl is None else repl + name[len(prefix):]
+    raise AssertionError("unreachable: the empty prefix matches every name")
 
 
 def match(name: str, rules: list[Rule]) -> tuple[Rule, tuple[str, ...]] | None:

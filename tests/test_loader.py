@@ -99,7 +99,7 @@ def test_untied_head_is_loaded(tmp_path):
 def test_missing_weights_file(tiny):
     _, path = tiny
     os.remove(os.path.join(path, "model.safetensors"))
-    with pytest.raises(pv.CheckpointError, match="no model.safetensors"):
+    with pytest.raises(pv.CheckpointError, match="no weights file"):
         pv.load(path)
 
 

@@ -1,0 +1,69 @@
+"""Compose a pretrained ViT and a pretrained GPT-2 into one VisionEncoderDecoder.
+
+As transformers' ``from_encoder_decoder_pretrained``: the decoder config becomes a decoder
+with cross-attention, the pretrained tensors are copied exactly, and the layers neither
+checkpoint has (GPT-2's cross-attention and the encoder->decoder projection) are initialised
+from ``key`` the way transformers initialises them (``params.init_params``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+from typing import Iterator
+
+import jax.numpy as jnp
+import numpy as np
+
+from . import hf_names
+from .checkpoint import build_params, read_tensors
+from .config import Config, parse_config
+from .errors import CheckpointError
+from .params import flatten, init_params
+
+# Params that exist only in the composed model.
+_NEW = re.compile(r"^(decoder\.blocks\.\d+\.(ln_cross|cross)\.|proj\.)")
+
+
+def _local(name_or_path: str) -> str:
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    from .hub import resolve
+    return resolve(name_or_path)
+
+
+def _config_dict(path: str) -> dict:
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read config.json ({e})") from None
+
+
+def composed_config(encoder: dict, decoder: dict) -> Config:
+    """transformers' VisionEncoderDecoderConfig.from_encoder_decoder_configs: the decoder is
+    switched to a decoder with cross-attention; the start/pad tokens stay unset."""
+    decoder = {**decoder, "is_decoder": True, "add_cross_attention": True}
+    return parse_config({"model_type": "vision-encoder-decoder", "is_encoder_decoder": True,
+                         "encoder": encoder, "decoder": decoder})
+
+
+def _renamed(path: str, part: str) -> Iterator[tuple[str, np.ndarray]]:
+    for name, array in read_tensors(path):
+        composed = hf_names.standalone_name(name, part)
+        if composed is not None:
+            yield composed, array
+
+
+def from_encoder_decoder_pretrained(encoder: str, decoder: str, *, key, dtype=None) -> tuple[dict, Config]:
+    """``(params, config)`` from a ViT checkpoint (ViTModel or ViTForImageClassification) and a
+    GPT-2 checkpoint (GPT2LMHeadModel or GPT2Model), local directories or Hub repo ids."""
+    enc_path, dec_path = _local(os.fspath(encoder)), _local(os.fspath(decoder))
+    config = composed_config(_config_dict(enc_path), _config_dict(dec_path))
+    dtype = dtype and jnp.dtype(dtype)
+    fresh = {p: v for p, v in flatten(init_params(config, key, dtype or jnp.float32)).items() if _NEW.match(p)}
+    tensors = itertools.chain(_renamed(enc_path, "encoder"), _renamed(dec_path, "decoder"))
+    params = build_params(tensors, config, dtype=dtype, where=f"{enc_path} + {dec_path}", defaults=fresh)
+    return params, config

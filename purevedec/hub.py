@@ -1,0 +1,64 @@
+"""Hub repo id -> local snapshot directory, downloading only what loading needs.
+
+Online, the repo's file list decides the weights format (see ``checkpoint.FORMATS``) and only
+that format is fetched, with the config, generation config, preprocessor and tokenizer files.
+Offline (``HF_HUB_OFFLINE=1``, which huggingface_hub reads itself) or when the Hub cannot be
+reached, the snapshot already in the local cache is used, and a clear error says what is
+missing from it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .checkpoint import FORMATS, pick_format
+from .errors import CheckpointError
+
+# Everything besides weights that a captioning checkpoint may carry and the package may read.
+SIDE_FILES = ["config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json",
+              "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+              "added_tokens.json"]
+
+
+def _where(repo_id: str, revision: str | None) -> str:
+    return f"{repo_id}@{revision}" if revision else repo_id
+
+
+def _cached(repo_id: str, revision: str | None, cache_dir: str | None, why: str) -> str:
+    """The cached snapshot folder, checked to hold a config and one weights format."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    cache = cache_dir or constants.HF_HUB_CACHE
+    try:
+        folder = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True)
+    except LocalEntryNotFoundError:
+        raise CheckpointError(f"{_where(repo_id, revision)} is not in the local Hub cache ({cache}) and {why}; "
+                              "download it once while online, or pass a local directory") from None
+    files = os.listdir(folder)
+    missing = [] if "config.json" in files else ["config.json"]
+    if pick_format(files) is None:
+        missing.append("a weights file (" + " or ".join(f.single for f in FORMATS) + ")")
+    if missing:
+        raise CheckpointError(f"the cached snapshot of {_where(repo_id, revision)} ({folder}) lacks "
+                              f"{' and '.join(missing)}, and {why}")
+    return folder
+
+
+def resolve(repo_id: str, *, revision: str | None = None, cache_dir: str | None = None) -> str:
+    """A local directory holding ``repo_id``'s config and one weights format."""
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
+    if constants.HF_HUB_OFFLINE:
+        return _cached(repo_id, revision, cache_dir, "the machine is offline (HF_HUB_OFFLINE=1)")
+    try:
+        files = HfApi().list_repo_files(repo_id, revision=revision)
+    except (RepositoryNotFoundError, RevisionNotFoundError, HFValidationError) as e:
+        raise CheckpointError(f"{repo_id} is neither a local directory nor a Hub repo ({e})") from None
+    except Exception as e:  # noqa: BLE001 - no connection, proxy, timeout...: fall back on the cache
+        return _cached(repo_id, revision, cache_dir, f"the Hub cannot be reached ({type(e).__name__})")
+    fmt = pick_format(files)
+    if fmt is None:
+        raise CheckpointError(f"{_where(repo_id, revision)} has no weights in a supported format "
+                              f"({', '.join(f.single for f in FORMATS)}); files: {sorted(files)[:20]}")
+    return snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
+                             allow_patterns=SIDE_FILES + [fmt.single, fmt.index, fmt.shards])

@@ -1,0 +1,89 @@
+"""params + config -> a Hugging Face checkpoint directory that transformers loads as is.
+
+Writes ``config.json`` (the text the config was read from, so nothing is lost; rebuilt from
+the dataclasses when the config was made by hand), ``generation_config.json`` and
+``model.safetensors`` under the original HF tensor names, produced by the same rule table the
+loader reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Iterator
+
+import numpy as np
+
+from . import hf_names
+from .config import Config
+from .params import check_params, flatten
+
+
+def _layers(template: str, flat: dict) -> list[str]:
+    """The layer indices present in ``flat`` for a path template with ``{i}``."""
+    if "{i}" not in template:
+        return []
+    pattern = re.compile("^" + re.escape(template).replace(r"\{i\}", r"(\d+)") + "$")
+    found = {m.group(1) for m in map(pattern.match, flat) if m}
+    return sorted(found, key=int)
+
+
+def hf_tensors(params: dict, config: Config) -> Iterator[tuple[str, np.ndarray]]:
+    """(HF name, numpy array) for every tensor of the checkpoint, one at a time."""
+    flat = flatten(params)
+    dtype = np.asarray(next(iter(flat.values()))).dtype
+    pooler = config_dict(config)["encoder"].get("pooler_output_size")
+    for name, shape in hf_names.placeholders(config, pooler):
+        yield name, np.zeros(shape, dtype)
+    for rule in hf_names.rules_for(config):
+        for name, paths in hf_names.expand(rule, _layers(rule.ours[0], flat)):
+            if hf_names.is_ignored(name, config):
+                continue  # a tied lm_head: transformers ties it back itself
+            xs = [np.asarray(flat[p]) for p in paths]
+            yield name, np.ascontiguousarray(hf_names.TRANSFORMS[rule.kind][1](xs, hf_names.hf_shape(rule, config)))
+
+
+def _vit_dict(cfg) -> dict:
+    d = dataclasses.asdict(cfg)
+    d["image_size"], d["patch_size"] = list(cfg.image_size), list(cfg.patch_size)
+    return d
+
+
+def config_dict(config: Config) -> dict:
+    """The config.json dict: the one it was read from, else one rebuilt from the dataclasses."""
+    if config.source:
+        return json.loads(config.source)
+    decoder = dataclasses.asdict(config.decoder)
+    decoder.update(add_cross_attention=True, is_decoder=True)
+    return {"model_type": "vision-encoder-decoder", "is_encoder_decoder": True,
+            "encoder": _vit_dict(config.encoder), "decoder": decoder,
+            "decoder_start_token_id": config.decoder_start_token_id,
+            "pad_token_id": config.pad_token_id, "eos_token_id": config.eos_token_id}
+
+
+def generation_dict(config: Config) -> dict:
+    """A minimal generation_config.json: the special tokens generation starts and stops on."""
+    d = {"decoder_start_token_id": config.decoder_start_token_id, "bos_token_id": config.decoder.bos_token_id,
+         "eos_token_id": config.eos_token_id if config.eos_token_id is not None else config.decoder.eos_token_id,
+         "pad_token_id": config.pad_token_id}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items() if v is not None}
+
+
+def _write_json(d: dict, path: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(d, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def save(params: dict, config: Config, path: str | os.PathLike) -> None:
+    """Write ``params`` as an HF VisionEncoderDecoder checkpoint directory at ``path``."""
+    from safetensors.numpy import save_file
+    check_params(params, config)
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    _write_json(config_dict(config), os.path.join(path, "config.json"))
+    _write_json(generation_dict(config), os.path.join(path, "generation_config.json"))
+    # transformers refuses safetensors files whose metadata does not name a known format.
+    save_file(dict(hf_tensors(params, config)), os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
