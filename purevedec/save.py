@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from . import hf_names
+from .generation_config import FIELDS, GenerationConfig
 from .config import Config
 from .params import check_params, flatten
 
@@ -63,12 +64,24 @@ def config_dict(config: Config) -> dict:
             "pad_token_id": config.pad_token_id, "eos_token_id": config.eos_token_id}
 
 
+def _json_value(v):
+    return [_json_value(x) for x in v] if isinstance(v, tuple) else v
+
+
 def generation_dict(config: Config) -> dict:
-    """A minimal generation_config.json: the special tokens generation starts and stops on."""
-    d = {"decoder_start_token_id": config.decoder_start_token_id, "bos_token_id": config.decoder.bos_token_id,
-         "eos_token_id": config.eos_token_id if config.eos_token_id is not None else config.decoder.eos_token_id,
-         "pad_token_id": config.pad_token_id}
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items() if v is not None}
+    """generation_config.json: the options that differ from transformers' defaults, plus the
+    special tokens generation starts and stops on."""
+    gen, default = config.generation, GenerationConfig()
+    d = {f: getattr(gen, f) for f in FIELDS if getattr(gen, f) != getattr(default, f)}
+    fallback = {"decoder_start_token_id": config.decoder_start_token_id, "bos_token_id": config.decoder.bos_token_id,
+                "eos_token_id": config.eos_token_id if config.eos_token_id is not None else config.decoder.eos_token_id,
+                "pad_token_id": config.pad_token_id}
+    for k, v in fallback.items():
+        if d.get(k) is None and v is not None:
+            d[k] = v
+    # A single eos id is written as a plain int, the way transformers writes it.
+    d = {k: v[0] if k.endswith("eos_token_id") and isinstance(v, tuple) and len(v) == 1 else v for k, v in d.items()}
+    return {k: _json_value(v) for k, v in d.items() if v is not None}
 
 
 def _write_json(d: dict, path: str) -> None:

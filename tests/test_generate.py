@@ -250,3 +250,12 @@ def test_bad_options_are_refused(gen_model):
         pv.generate(params, px, config, num_return_sequences=2)
     with pytest.raises(ValueError, match="n_positions"):
         pv.generate(params, px, config, max_new_tokens=100)
+
+
+def test_save_keeps_generation_defaults(gen_model, tmp_path):
+    import dataclasses
+    _, params, config = gen_model
+    config = dataclasses.replace(config, generation=dataclasses.replace(
+        config.generation, num_beams=3, no_repeat_ngram_size=2, bad_words_ids=((4,), (5, 6)), max_length=9))
+    pv.save(params, config, tmp_path)
+    assert pv.load(tmp_path)[1].generation == config.generation
