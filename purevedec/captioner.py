@@ -15,6 +15,7 @@ from typing import Any, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from .checkpoint import local_dir
 from .image import ImageConfig, ImageInput, as_list, load_image_config, preprocess
 from .text import TextTokenizer, load_tokenizer
 
@@ -30,23 +31,13 @@ class Caption(NamedTuple):
     attention: Optional[np.ndarray]      # [T, P]: per generated token, cross-attention over the P patches
 
 
-_CHECKPOINT_FILES = ["*.json", "*.txt", "*.safetensors"]
-
-
 def resolve(name: str | os.PathLike) -> str:
     """A local checkpoint directory, or a hub id fetched to (or found in) the local cache."""
-    name = os.fspath(name)
-    if os.path.isdir(name):
-        return name
-    try:
-        from huggingface_hub import snapshot_download
-        return snapshot_download(repo_id=name, allow_patterns=_CHECKPOINT_FILES)
+    try:  # the loader's own resolver: it fetches only one weights format, with the side files
+        return local_dir(name)
     except Exception as e:  # offline, unknown repo, bad id: all end the same way for the caller
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-        why = ("this machine is offline (HF_HUB_OFFLINE is set) and the model is not in the local cache"
-               if offline else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-        raise ModelNotFound(f"cannot load model {name!r}: {why}; pass a local checkpoint directory "
-                            "or download it once while online") from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelNotFound(f"cannot load model {os.fspath(name)!r}: {why}") from None
 
 
 def _generated(row: np.ndarray, eos) -> int:

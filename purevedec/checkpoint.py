@@ -146,6 +146,16 @@ def load_dir(path: str, *, dtype=None) -> tuple[dict, Config]:
     return params, config
 
 
+def local_dir(name_or_path: str | os.PathLike, *, revision: str | None = None,
+              cache_dir: str | None = None) -> str:
+    """A local checkpoint directory: the path itself, or the snapshot of a Hub repo id."""
+    path = os.fspath(name_or_path)
+    if os.path.isdir(path):
+        return path
+    from .hub import resolve
+    return resolve(path, revision=revision, cache_dir=cache_dir)
+
+
 def load(name_or_path: str | os.PathLike, *, revision: str | None = None, dtype=None,
          cache_dir: str | None = None) -> tuple[dict, Config]:
     """Load ``(params, config)`` from a local checkpoint directory or a Hugging Face Hub repo id.
@@ -153,8 +163,4 @@ def load(name_or_path: str | os.PathLike, *, revision: str | None = None, dtype=
     Weights are read in the first format present of safetensors (one file or sharded),
     PyTorch .bin (read without torch) and Flax msgpack. ``dtype`` casts the parameters while
     loading (default: as stored)."""
-    path = os.fspath(name_or_path)
-    if not os.path.isdir(path):
-        from .hub import resolve
-        path = resolve(path, revision=revision, cache_dir=cache_dir)
-    return load_dir(path, dtype=dtype)
+    return load_dir(local_dir(name_or_path, revision=revision, cache_dir=cache_dir), dtype=dtype)

@@ -9,7 +9,6 @@ from ``key`` the way transformers initialises them (``params.init_params``).
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 from typing import Iterator
@@ -18,28 +17,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import hf_names
-from .checkpoint import build_params, read_tensors
+from .checkpoint import build_params, local_dir, read_tensors
 from .config import Config, parse_config
 from .errors import CheckpointError
+from .jsonfile import read_json_object
 from .params import flatten, init_params
 
 # Params that exist only in the composed model.
 _NEW = re.compile(r"^(decoder\.blocks\.\d+\.(ln_cross|cross)\.|proj\.)")
 
 
-def _local(name_or_path: str) -> str:
-    if os.path.isdir(name_or_path):
-        return name_or_path
-    from .hub import resolve
-    return resolve(name_or_path)
-
-
 def _config_dict(path: str) -> dict:
-    try:
-        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot read config.json ({e})") from None
+    return read_json_object(os.path.join(path, "config.json"), CheckpointError)
 
 
 def composed_config(encoder: dict, decoder: dict) -> Config:
@@ -60,7 +49,7 @@ def _renamed(path: str, part: str) -> Iterator[tuple[str, np.ndarray]]:
 def from_encoder_decoder_pretrained(encoder: str, decoder: str, *, key, dtype=None) -> tuple[dict, Config]:
     """``(params, config)`` from a ViT checkpoint (ViTModel or ViTForImageClassification) and a
     GPT-2 checkpoint (GPT2LMHeadModel or GPT2Model), local directories or Hub repo ids."""
-    enc_path, dec_path = _local(os.fspath(encoder)), _local(os.fspath(decoder))
+    enc_path, dec_path = local_dir(encoder), local_dir(decoder)
     config = composed_config(_config_dict(enc_path), _config_dict(dec_path))
     dtype = dtype and jnp.dtype(dtype)
     fresh = {p: v for p, v in flatten(init_params(config, key, dtype or jnp.float32)).items() if _NEW.match(p)}

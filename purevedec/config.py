@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from .errors import ConfigError
 from .generation_config import GenerationConfig, load_generation_config
+from .jsonfile import read_json_object
 from .layers import ACTIVATIONS
 
 
@@ -309,14 +310,6 @@ def load_config(path: str | os.PathLike) -> Config:
     path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, "config.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"no config.json at {path}") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"{path} must hold a JSON object")
+    d = read_json_object(path)
     config = parse_config(d)
     return dataclasses.replace(config, generation=load_generation_config(os.path.dirname(path), d))

@@ -9,13 +9,13 @@ which is where many older checkpoints keep ``num_beams``, ``max_length`` and fri
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .errors import ConfigError
+from .jsonfile import read_json_object
 
 
 @dataclass(frozen=True)
@@ -127,11 +127,7 @@ def load_generation_config(path: str, config_dict: Mapping) -> GenerationConfig:
     """generation_config.json in ``path`` if present, else the legacy keys of config.json."""
     file = os.path.join(path, "generation_config.json")
     if os.path.exists(file):
-        try:
-            with open(file, encoding="utf-8") as f:
-                d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{file} is not valid JSON: {e}") from None
+        d = read_json_object(file)
         # Special ids the file leaves out fall back to the model config (top level, then decoder).
         ids = {k: v for k, v in _legacy(config_dict).items() if k in _SPECIAL_IDS}
         return GenerationConfig(**{**ids, **from_dict(d, file)})

@@ -21,7 +21,6 @@ Colour handling, per input kind:
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import ConfigError
+from .jsonfile import read_json_object
 
 
 class ImageError(ValueError):
@@ -136,16 +136,7 @@ def load_image_config(path: str | os.PathLike) -> ImageConfig:
     path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, "preprocessor_config.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"no preprocessor_config.json at {path}") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"{path} must hold a JSON object")
-    return parse_image_config(d)
+    return parse_image_config(read_json_object(path))
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:

@@ -10,12 +10,13 @@ clean-up rule.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from .jsonfile import read_json_object
 
 
 class TokenizerError(ValueError):
@@ -28,16 +29,7 @@ _SPECIAL_LISTS = ("additional_special_tokens", "extra_special_tokens")
 
 
 def _read_json(path: str) -> dict:
-    if not os.path.exists(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except json.JSONDecodeError as e:
-        raise TokenizerError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(d, dict):
-        raise TokenizerError(f"{path} must hold a JSON object")
-    return d
+    return read_json_object(path, TokenizerError) if os.path.exists(path) else {}
 
 
 def _content(value: Any) -> str | None:

@@ -172,3 +172,12 @@ def test_input_errors(tiny):
         pv.forward(params, rand_pixels(1), np.zeros((1, 3), np.float32), config)
     with pytest.raises(ValueError, match="attention_mask has shape"):
         pv.forward(params, rand_pixels(1), rand_ids(1, 3), config, attention_mask=np.ones((1, 4)))
+
+
+@pytest.mark.parametrize("text, message", [("[1, 2]", "must hold a JSON object"), ("{oops", "is not valid JSON")])
+def test_bad_generation_config_file(tiny, text, message):
+    _, path = tiny
+    with open(os.path.join(path, "generation_config.json"), "w") as f:
+        f.write(text)
+    with pytest.raises(pv.ConfigError, match=r"generation_config\.json.*" + message):
+        pv.load(path)
