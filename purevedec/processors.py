@@ -36,20 +36,23 @@ class Processing:
     min_tokens_to_keep: int = 1
 
 
+def _present(tokens, where, vocab: int):
+    """bool [R,V]: True at (r, tokens[r, j]) wherever where[r, j] (column V absorbs the rest)."""
+    r = tokens.shape[0]
+    hit = jnp.zeros((r, vocab + 1), bool).at[jnp.arange(r)[:, None], jnp.where(where, tokens, vocab)].set(True)
+    return hit[:, :vocab]
+
+
 def _ban(scores, tokens, where):
     """Set scores[r, tokens[r, j]] = -inf wherever where[r, j]."""
-    r, v = scores.shape
-    banned = jnp.zeros((r, v + 1), bool).at[jnp.arange(r)[:, None], jnp.where(where, tokens, v)].set(True)
-    return jnp.where(banned[:, :v], NEG_INF, scores)
+    return jnp.where(_present(tokens, where, scores.shape[1]), NEG_INF, scores)
 
 
 def repetition_penalty(scores, tokens, cur, penalty, ignore_len):
     """Tokens already in the sequence: negative scores * penalty, positive / penalty.
     Positions before ``ignore_len`` (left padding of a prompt) do not count."""
-    r, v = scores.shape
     pos = jnp.arange(tokens.shape[1])[None, :]
-    seen = (pos < cur) & (pos >= ignore_len[:, None])
-    hit = jnp.zeros((r, v + 1), bool).at[jnp.arange(r)[:, None], jnp.where(seen, tokens, v)].set(True)[:, :v]
+    hit = _present(tokens, (pos < cur) & (pos >= ignore_len[:, None]), scores.shape[1])
     return jnp.where(hit, jnp.where(scores < 0, scores * penalty, scores / penalty), scores)
 
 
