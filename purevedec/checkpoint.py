@@ -128,9 +128,8 @@ def weight_files(path: str) -> tuple[Format, list[str]]:
     return fmt, _shards(path, os.path.join(path, fmt.index))
 
 
-def read_tensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
-    """Every (HF name, array) of the checkpoint in directory ``path``, one at a time."""
-    fmt, files = weight_files(path)
+def read_tensors(fmt: Format, files: list[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """Every (HF name, array) of ``weight_files``' result, one at a time."""
     for file in files:
         yield from fmt.reader(file)
 
@@ -142,7 +141,7 @@ def load_dir(path: str, *, dtype=None) -> tuple[dict, Config]:
     config = load_config(path)
     fmt, files = weight_files(path)
     where = files[0] if len(files) == 1 else os.path.join(path, fmt.index)
-    params = build_params(read_tensors(path), config, dtype=dtype and jnp.dtype(dtype), where=where)
+    params = build_params(read_tensors(fmt, files), config, dtype=dtype and jnp.dtype(dtype), where=where)
     return params, config
 
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import hf_names
-from .checkpoint import build_params, local_dir, read_tensors
+from .checkpoint import build_params, local_dir, read_tensors, weight_files
 from .config import Config, parse_config
 from .errors import CheckpointError
 from .jsonfile import read_json_object
@@ -40,7 +40,7 @@ def composed_config(encoder: dict, decoder: dict) -> Config:
 
 
 def _renamed(path: str, part: str) -> Iterator[tuple[str, np.ndarray]]:
-    for name, array in read_tensors(path):
+    for name, array in read_tensors(*weight_files(path)):
         composed = hf_names.standalone_name(name, part)
         if composed is not None:
             yield composed, array
