@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Callable, Iterable, Iterator, NamedTuple
 
 import jax.numpy as jnp
@@ -78,7 +77,7 @@ def _hf_name_of(path: str, config: Config) -> str:
     """The HF tensor name that fills a param path (for error messages)."""
     for rule in hf_names.rules_for(config):
         for template in rule.ours:
-            m = re.fullmatch(re.escape(template).replace(r"\{i\}", r"(\d+)"), path)
+            m = hf_names.template_regex(template).match(path)
             if m:
                 return rule.hf.replace("{i}", m.group(1)) if m.groups() else rule.hf
     return path

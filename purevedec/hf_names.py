@@ -7,6 +7,7 @@ paths of the params tree, with a transform both ways. The loader (HF -> params) 
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Callable
@@ -24,7 +25,13 @@ class Rule:
 
     @property
     def regex(self) -> re.Pattern:
-        return re.compile("^" + re.escape(self.hf).replace(r"\{i\}", r"(\d+)") + "$")
+        return template_regex(self.hf)
+
+
+@functools.lru_cache(maxsize=None)
+def template_regex(template: str) -> re.Pattern:
+    """A name template (HF's or our path's) with ``{i}`` as a regex capturing the layer index."""
+    return re.compile("^" + re.escape(template).replace(r"\{i\}", r"(\d+)") + "$")
 
 
 def _split_t(a: np.ndarray, n: int) -> list[np.ndarray]:

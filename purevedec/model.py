@@ -200,7 +200,8 @@ def init_cache(params, enc, config: Config, max_len: int, *, rows_per_image: int
 
 
 def cache_step(params, cache, ids, config: Config, attention_mask=None, dtype=jnp.float32):
-    """Untraced-argument core of ``step`` for use inside other jitted code (generate)."""
+    """The unjitted core of ``step``, for use inside other jitted code (generate); also returns
+    the per-layer cross-attention weights."""
     return decoder_module(config).step(params["decoder"], cache, ids, config.decoder,
                                        attention_mask=attention_mask, dtype=dtype)
 

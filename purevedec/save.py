@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from typing import Iterator
 
 import numpy as np
@@ -26,8 +25,7 @@ def _layers(template: str, flat: dict) -> list[str]:
     """The layer indices present in ``flat`` for a path template with ``{i}``."""
     if "{i}" not in template:
         return []
-    pattern = re.compile("^" + re.escape(template).replace(r"\{i\}", r"(\d+)") + "$")
-    found = {m.group(1) for m in map(pattern.match, flat) if m}
+    found = {m.group(1) for m in map(hf_names.template_regex(template).match, flat) if m}
     return sorted(found, key=int)
 
 
