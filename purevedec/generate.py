@@ -76,7 +76,7 @@ def _mode(gen: GenerationConfig) -> str:
     return "beam_sample" if gen.do_sample else "beam"
 
 
-def special_ids(gen: GenerationConfig, config: Config) -> tuple[int, tuple[int, ...], Optional[int]]:
+def special_ids(gen: GenerationConfig) -> tuple[int, tuple[int, ...], Optional[int]]:
     """(decoder start, eos ids, pad) with transformers' fallbacks: start <- bos; pad <- eos[0]."""
     start = gen.decoder_start_token_id if gen.decoder_start_token_id is not None else gen.bos_token_id
     if start is None:
@@ -89,7 +89,7 @@ def special_ids(gen: GenerationConfig, config: Config) -> tuple[int, tuple[int, 
 def make_plan(gen: GenerationConfig, config: Config, prompt_len: int, cross_attentions: bool) -> Plan:
     mode = _mode(gen)
     max_length, min_length = _lengths(gen, prompt_len, config)
-    _, eos, pad = special_ids(gen, config)
+    _, eos, pad = special_ids(gen)
     bad = [b for b in (gen.bad_words_ids or ()) if not (len(b) == 1 and b[0] in eos)]  # eos is never banned
     beams = mode.startswith("beam")
     sample = mode in ("sample", "beam_sample")
@@ -109,11 +109,11 @@ def make_plan(gen: GenerationConfig, config: Config, prompt_len: int, cross_atte
                 processing=processing, cross_attentions=cross_attentions)
 
 
-def prepare_prompt(gen: GenerationConfig, config: Config, batch: int, decoder_input_ids=None,
+def prepare_prompt(gen: GenerationConfig, batch: int, decoder_input_ids=None,
                    decoder_attention_mask=None) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """Decoder prompt [B,P] and mask. Rows given as lists of different lengths are left-padded.
     Like transformers, the start token is prepended when no row begins with it."""
-    start, _, pad = special_ids(gen, config)
+    start, _, pad = special_ids(gen)
     if decoder_input_ids is None:
         return np.full((batch, 1), start, np.int32), None
     if isinstance(decoder_input_ids, (list, tuple)) and any(np.ndim(r) == 1 for r in decoder_input_ids):
@@ -313,7 +313,7 @@ def generate(params, pixels, config: Config, *, key=None, generation_config: Gen
     for left padding) or a list of per-image token lists of different lengths."""
     check_pixels(pixels, config)
     gen = resolve(generation_config or config.generation, options)
-    prompt, mask = prepare_prompt(gen, config, pixels.shape[0], decoder_input_ids, decoder_attention_mask)
+    prompt, mask = prepare_prompt(gen, pixels.shape[0], decoder_input_ids, decoder_attention_mask)
     plan = make_plan(gen, config, prompt.shape[1], output_cross_attentions)
     if plan.processing.sample and key is None:
         raise ValueError("do_sample=True draws random numbers: pass key=jax.random.key(seed)")
