@@ -47,3 +47,23 @@ def make_reference(enc_kw=None, dec_kw=None, *, seed=0, init_scale=1.0, top_kw=N
 
 def make_full_reference(seed=0):
     return make_reference(seed=seed, encoder=FULL_ENCODER, decoder=FULL_DECODER)
+
+
+def save_captioning_checkpoint(model, path) -> str:
+    """``model`` plus what a captioning pipeline reads beside it: ViT's default preprocessor
+    config and a tokenizer covering the whole vocabulary (word-level "t<id>" tokens: random
+    weights emit any id, and decoding speed is not what is measured)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, ViTImageProcessor
+
+    model.save_pretrained(path)
+    eos = model.config.decoder.eos_token_id
+    vocab = {("<|endoftext|>" if i == eos else f"t{i}"): i for i in range(model.config.decoder.vocab_size)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins tokens with spaces
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                            unk_token="<|endoftext|>").save_pretrained(path)
+    ViTImageProcessor(size={"height": model.config.encoder.image_size,
+                            "width": model.config.encoder.image_size}).save_pretrained(path)
+    return str(path)

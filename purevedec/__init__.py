@@ -5,6 +5,7 @@
 """
 
 from .checkpoint import CheckpointError, build_params, load
+from .compile_cache import enable_compilation_cache
 from .compose import from_encoder_decoder_pretrained
 from .config import Config, ConfigError, GPT2Config, ViTConfig, load_config, parse_config
 from .generate import GenerateOutput, generate
@@ -16,6 +17,7 @@ from .save import save
 __all__ = [
     "CheckpointError", "Config", "ConfigError", "EncoderOutput", "GPT2Config", "GenerateOutput",
     "GenerationConfig", "Output", "ViTConfig", "build_params", "check_params", "cross_kv", "decode", "encode",
+    "enable_compilation_cache",
     "forward", "from_encoder_decoder_pretrained", "generate", "init_cache", "init_params", "load", "step",
     "load_config", "param_shapes", "parse_config", "save",
 ]

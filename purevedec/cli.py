@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     cap.add_argument("--attention-map", metavar="DIR", default=None,
                      help="write DIR/<image name>.png: each generated token's cross-attention over the image")
     cap.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    cap.add_argument("--compile-cache", metavar="DIR", default=os.environ.get("PUREVEDEC_COMPILE_CACHE"),
+                     help="keep compiled programs in DIR so the next run starts fast (default "
+                          "$PUREVEDEC_COMPILE_CACHE, else $XDG_CACHE_HOME/purevedec/xla; 'none' turns it off)")
     return parser
 
 
@@ -134,6 +137,9 @@ def _caption_command(args, out: TextIO, err: TextIO) -> int:
     if args.batch_size < 1:
         err.write("error: --batch-size must be at least 1\n")
         return 2
+    if args.compile_cache != "none" and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        from .compile_cache import enable_compilation_cache
+        enable_compilation_cache(args.compile_cache or None)
     try:
         captioner = Captioner.from_pretrained(args.model, dtype=args.dtype)
     except ModelNotFound as e:

@@ -9,6 +9,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# The CLI turns on JAX's persistent compilation cache (process-wide); in-process CLI tests
+# must not, so every other test keeps compiling fresh. test_cli checks the cache in a subprocess.
+os.environ["PUREVEDEC_COMPILE_CACHE"] = "none"
 
 import numpy as np
 import pytest

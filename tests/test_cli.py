@@ -7,6 +7,7 @@ end-to-end equality with transformers runs once the real ``generate`` exists.
 
 from __future__ import annotations
 
+import os
 import io
 import json
 import types
@@ -18,6 +19,8 @@ from PIL import Image
 
 import purevedec
 from purevedec import attention_map, cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from tests.conftest import make_reference
 
 HAS_GENERATE = hasattr(purevedec, "generate")
@@ -192,3 +195,24 @@ def test_cli_equals_transformers_generate(checkpoint, tmp_path, num_beams):
     code, out, _ = _run(["caption", *paths, "--model", path, "--max-new-tokens", "6", "--num-beams", str(num_beams),
                          "--format", "jsonl"])
     assert code == 0 and [json.loads(r)["caption"] for r in out.splitlines()] == expected
+
+
+def test_compile_cache_fills_and_is_reused(checkpoint, tmp_path):
+    """The CLI keeps compiled programs in --compile-cache; a second process reads them back and
+    captions identically. Run in subprocesses: the setting is process-wide."""
+    import subprocess
+    import sys
+    _, path = checkpoint
+    img = _images(tmp_path / "imgs", 1)[0]
+    cache = tmp_path / "xla"
+    env = {**os.environ, "PUREVEDEC_COMPILE_CACHE": ""}
+    cmd = [sys.executable, "-m", "purevedec", "caption", img, "--model", path, "--max-new-tokens", "4",
+           "--compile-cache", str(cache)]
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    entries = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    assert first.returncode == 0, first.stderr
+    assert entries, "no compiled program was written to the cache"
+    assert second.returncode == 0 and second.stdout == first.stdout
+    # A miss would compile again and rewrite its entry; every entry is untouched.
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == entries

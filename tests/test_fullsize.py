@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.parity import measure
+from benchmarks.fidelity import logits_parity as measure
 from benchmarks.reference import make_full_reference
 
 

@@ -1,0 +1,236 @@
+"""The benchmark suite: purevedec against transformers (PyTorch) in one run, on the same inputs.
+
+    python -m benchmarks.run [--quick] [--tiny] [--out benchmarks/results]
+
+Writes results.json, results.md and chart.png into --out: fidelity, speed (with each result's
+machine-derived lower bound), cold start, peak memory, the seed Flax implementation as a third
+column when its side environment exists (benchmarks/seed_env.sh), and the targets met or missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+import purevedec as pv  # noqa: E402
+from benchmarks import costs, machine, process, report, speed  # noqa: E402
+from benchmarks.fidelity import logits_parity, token_agreement  # noqa: E402
+from benchmarks.reference import make_full_reference, make_reference, save_captioning_checkpoint  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEED_PYTHON = os.path.join(ROOT, ".seed-venv", "bin", "python")
+
+
+def _args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    ap.add_argument("--tiny", action="store_true", help="a tiny random model (checks the suite itself)")
+    ap.add_argument("--quick", action="store_true", help="batches 1 and 8 only, no bf16 at batch 32")
+    ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--tokens", type=int, default=16, help="new tokens per generation")
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--seed-python", default=SEED_PYTHON,
+                    help="python of the seed Flax side environment (skipped when absent)")
+    ap.add_argument("--no-process", action="store_true", help="skip cold start and peak memory")
+    return ap.parse_args(argv)
+
+
+def _speed(model, path, config, args, log) -> list[dict]:
+    """Both libraries, every dtype/workload/batch; merged into one record per cell."""
+    params, _ = pv.load(path)
+    batches = [int(b) for b in args.batches.split(",")]
+    cells = {}
+    for dtype in args.dtypes.split(","):
+        for lib in (speed.Purevedec(params, config, dtype), speed.Transformers(model, dtype)):
+            for r in speed.run_library(lib, config, batches, (1, 4), args.tokens, log):
+                key = (r["workload"], r["batch"], dtype)
+                tag = "pv" if lib.name == "purevedec" else "hf"
+                cell = cells.setdefault(key, {"workload": r["workload"], "batch": r["batch"], "dtype": dtype})
+                cell.update({f"{tag}_s": r["warm_s"], f"{tag}_first_s": r["first_s"]})
+                if "per_token_s" in r:
+                    cell.update({f"{tag}_token_ms": r["per_token_s"] * 1e3, f"{tag}_sequences": r["sequences"]})
+    model.to(__import__("torch").float32)
+    return list(cells.values())
+
+
+def _bounds(cells, config, limits, tokens) -> None:
+    enc = costs.encoder_flops(config) / limits["matmul_flops"]
+    for c in cells:
+        item = 2 if c["dtype"] == "bfloat16" else 4
+        c["bound_s"] = c["batch"] * enc
+        if c["workload"] != "encoder":
+            beams = 1 if c["workload"] == "greedy" else int(c["workload"].split("-")[1])
+            step = costs.decode_bytes(config, c["batch"], beams, tokens // 2, item) / limits["read_bytes_per_s"]
+            c["bound_token_ms"] = step * 1e3
+            c["bound_s"] += tokens * step
+
+
+def _seed(path, args, log) -> dict:
+    """The seed Flax implementation, one fresh side-environment process per (batch, beams): its
+    compiled programs embed the weights as constants (its fastest mode), ~4 GB each, so one
+    process for the whole grid would not fit in memory. Batches above 8 are left out (a beam-4
+    batch-32 compile alone takes minutes)."""
+    if not os.path.exists(args.seed_python):
+        return {"skipped": f"no side environment at {args.seed_python} (create it with benchmarks/seed_env.sh)"}
+    merged = {"generate": [], "encoder": []}
+    for batch in [b for b in args.batches.split(",") if int(b) <= 8]:
+        for beams in (1, 4):
+            with tempfile.NamedTemporaryFile(suffix=".json") as out:
+                cmd = [args.seed_python, os.path.join(ROOT, "benchmarks", "seed_flax.py"), path, "--out", out.name,
+                       "--batches", batch, "--beams", str(beams), "--new-tokens", str(args.tokens), "--repeats", "2"]
+                done = subprocess.run(cmd + ([] if beams == 1 else ["--no-encoder"]), capture_output=True, text=True)
+                if done.returncode != 0:
+                    return {"skipped": "seed run failed: " + (done.stderr.strip().splitlines() or ["?"])[-1]}
+                part = json.load(open(out.name))
+            log(f"  seed Flax b{batch} beams {beams}: " + ", ".join(f"{g['warm_s']:.3f} s" for g in part["generate"]))
+            merged["generate"] += part["generate"]
+            merged["encoder"] += part["encoder"]
+            merged["versions"], merged["params"] = part["versions"], part["params"]
+    return merged
+
+
+def _merge_seed(cells, seed) -> None:
+    runs = {("greedy" if g["beams"] == 1 else f"beam-{g['beams']}", g["batch"]): g for g in seed.get("generate", [])}
+    runs.update({("encoder", e["batch"]): e for e in seed.get("encoder", [])})
+    for c in cells:
+        run = runs.get((c["workload"], c["batch"])) if c["dtype"] == "float32" else None
+        if run:
+            c["seed_s"], c["seed_first_s"] = run["warm_s"], run["first_s"]
+            if "sequences" in run and "hf_sequences" in c:
+                c["seed_agreement"] = token_agreement(run["sequences"], c["hf_sequences"])
+
+
+def _processes(path, image, tokens, log) -> dict:
+    """Cold start of both libraries (greedy, batch 1) and peak memory (that and beam-4 batch 8)."""
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        runs = [("purevedec, no compilation cache", "purevedec", dict()),
+                ("purevedec, empty compilation cache", "purevedec", dict(cache=cache)),
+                ("purevedec, warm compilation cache", "purevedec", dict(cache=cache)),
+                ("transformers", "transformers", dict())]
+        for name, lib, kw in runs:
+            out[name] = process.run_child(lib, path, image, tokens=tokens, **kw)
+            log(f"  {name}: first caption after {out[name]['first_caption_s']:.1f} s")
+    for lib in ("purevedec", "transformers"):
+        out[f"{lib} beam-4 batch 8"] = process.run_child(lib, path, image, batch=8, beams=4, tokens=tokens)
+        log(f"  {lib} beam-4 b8 peak: {out[f'{lib} beam-4 batch 8']['peak_mb']:.0f} MB")
+    return out
+
+
+def _targets(cells, proc) -> list[dict]:
+    get = {(c["workload"], c["batch"], c["dtype"]): c for c in cells}
+    found = []
+
+    def add(name, value, goal, limit):
+        found.append(dict(name=name, value=value, goal=goal, met=bool(value <= limit)))
+    for key, name in ((("greedy", 1, "float32"), "greedy b1 time vs transformers"),
+                      (("beam-4", 8, "float32"), "beam-4 b8 time vs transformers")):
+        if key in get:
+            add(name, get[key]["pv_s"] / get[key]["hf_s"], "<= 0.5x", 0.5)
+    for c in cells:
+        if c["workload"] == "encoder" and c["dtype"] == "float32":
+            add(f"encoder b{c['batch']} time vs transformers", c["pv_s"] / c["hf_s"], "<= 1.0x", 1.0)
+    g = get.get(("greedy", 1, "float32"))
+    if g:
+        add("greedy b1 decode per token vs memory bound", g["pv_token_ms"] / g["bound_token_ms"], "<= 1.3x", 1.3)
+        b = get.get(("greedy", 1, "bfloat16"))
+        if b:
+            add("bf16 vs fp32 decode per token (b1)", b["pv_token_ms"] / g["pv_token_ms"], "<= 0.6x", 0.6)
+    if proc:
+        warm, ref = proc["purevedec, warm compilation cache"], proc["transformers"]
+        add("warm-cache cold start vs transformers", warm["first_caption_s"] / ref["first_caption_s"], "<= 1.0x", 1.0)
+    return found
+
+
+def _versions() -> dict:
+    import jax
+    import torch
+    import transformers
+    return {"purevedec": pv.__version__, "jax": jax.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": sys.version.split()[0]}
+
+
+def markdown(res: dict) -> str:
+    m = res["machine"]
+    parts = [f"# purevedec vs transformers ({res['model']}, {res['date']})",
+             f"Versions: {', '.join(f'{k} {v}' for k, v in res['versions'].items())}. "
+             f"Machine: {m['cpu_count']} CPUs, fp32 matmul {m['matmul_flops'] / 1e9:.0f} GFLOP/s, "
+             f"read bandwidth {m['read_bytes_per_s'] / 1e9:.1f} GB/s (measured in this run). "
+             f"{res['tokens']} new tokens per generation; times are the best warm call.",
+             "## Targets", report.targets_table(res["targets"]),
+             "## Fidelity", report.table(["measure", "value"], [[k, v] for k, v in res["fidelity"].items()]),
+             "## Speed", report.speed_table(res["speed"]),
+             "Bounds: encoder FLOPs / peak matmul FLOP/s; per token, the bytes a decode step must read / "
+             "read bandwidth (weights, cross K/V once per image, half-full self cache)."]
+    seed = res["seed"]
+    parts.append("Seed Flax column: " + (seed["skipped"] if "skipped" in seed else
+                                         "transformers 4.57 FlaxVisionEncoderDecoderModel, generate under jax.jit "
+                                         f"({', '.join(f'{k} {v}' for k, v in seed.get('versions', {}).items())})."))
+    if res["processes"]:
+        rows = [[k, v["import_s"], v["load_s"], v["first_caption_s"], v["load_peak_mb"], v["peak_mb"]]
+                for k, v in res["processes"].items()]
+        parts += ["## Cold start and peak memory (fresh processes)",
+                  report.table(["run", "imports s", "load s", "process start -> first caption s",
+                                "load peak RSS MB", "peak RSS MB"], rows)]
+    return "\n\n".join(parts) + "\n"
+
+
+def main(argv=None) -> dict:
+    args = _args(argv)
+    if args.quick:
+        args.batches = "1,8"
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    t0 = time.time()
+    os.makedirs(args.out, exist_ok=True)
+    log("machine limits ...")
+    limits = machine.measure(args.tiny)
+    model = make_reference(init_scale=2.0) if args.tiny else make_full_reference()
+    with tempfile.TemporaryDirectory() as path:
+        save_captioning_checkpoint(model, path)
+        image = os.path.join(path, "image.png")
+        from PIL import Image
+        Image.fromarray((np.random.RandomState(1).rand(240, 320, 3) * 255).astype(np.uint8)).save(image)
+        config = pv.load_config(path)
+        log("fidelity ...")
+        fidelity = logits_parity(model, path)
+        log("speed ...")
+        cells = _speed(model, path, config, args, log)
+        _bounds(cells, config, limits, args.tokens)
+        for c in cells:
+            if "pv_sequences" in c and c["dtype"] == "float32":
+                agree = token_agreement(c["pv_sequences"], c["hf_sequences"])
+                fidelity[f"{c['workload']} b{c['batch']} tokens equal to transformers"] = agree["tokens"]
+        log("seed Flax ...")
+        seed = _seed(path, args, log)
+        _merge_seed(cells, seed)
+        proc = {}
+        if not args.no_process:
+            log("fresh processes ...")
+            proc = _processes(path, image, args.tokens, log)
+    res = dict(model="tiny random" if args.tiny else "vit-gpt2 shapes (239M), random weights",
+               date=datetime.date.today().isoformat(), versions=_versions(), machine=limits, tokens=args.tokens,
+               fidelity=fidelity, speed=cells, seed=seed, processes=proc, targets=_targets(cells, proc),
+               seconds=time.time() - t0)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    text = markdown(res)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(text)
+    report.chart(cells, os.path.join(args.out, "chart.png"))
+    log(text)
+    log(f"wrote {args.out}/results.json, results.md, chart.png in {time.time() - t0:.0f} s")
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Speed of purevedec and transformers (PyTorch, eager) on the same inputs, in this process:
+the encoder alone, and greedy / beam generation of a fixed number of tokens.
+
+Decode time per token is (time for N tokens - time for 1 token) / (N - 1): the encoder, the
+prompt step and the per-call overheads cancel, for both libraries alike."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import purevedec as pv
+
+from .timing import timed
+
+
+def pixels(config, batch: int) -> np.ndarray:
+    """The benchmark's images: N(0,1) pixels from RandomState(0), the largest batch sliced
+    (the seed-Flax script draws the same ones)."""
+    h, w = config.encoder.image_size
+    return np.random.RandomState(0).randn(batch, config.encoder.num_channels, h, w).astype(np.float32)
+
+
+class Purevedec:
+    name = "purevedec"
+
+    def __init__(self, params, config, dtype):
+        self.config, self.dtype = config, jnp.dtype(dtype)
+        self.params = jax.tree.map(lambda a: a.astype(self.dtype), params)  # cast once, not per call
+
+    def encoder(self, px):
+        x = jnp.asarray(px, self.dtype)
+        return lambda: pv.encode(self.params, x, self.config, dtype=self.dtype).block_until_ready()
+
+    def generate(self, px, beams, tokens):
+        x = jnp.asarray(px, self.dtype)
+        return lambda: pv.generate(self.params, x, self.config, num_beams=beams, max_new_tokens=tokens,
+                                   dtype=self.dtype).sequences
+
+
+class Transformers:
+    name = "transformers"
+
+    def __init__(self, model, dtype):
+        import torch
+        self.torch = torch
+        self.tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[jnp.dtype(dtype).name]
+        self.model = model.to(self.tdtype)
+
+    def encoder(self, px):
+        x = self.torch.tensor(px, dtype=self.tdtype)
+
+        def run():
+            with self.torch.no_grad():
+                return self.model.encoder(pixel_values=x).last_hidden_state
+        return run
+
+    def generate(self, px, beams, tokens):
+        x = self.torch.tensor(px, dtype=self.tdtype)
+
+        def run():
+            with self.torch.no_grad():
+                return self.model.generate(pixel_values=x, num_beams=beams, max_new_tokens=tokens).numpy()
+        return run
+
+
+def run_library(lib, config, batches, beams_list, tokens: int, log=print) -> list[dict]:
+    """Rows of results: one per (workload, batch) for this library and dtype."""
+    rows = []
+    for batch in batches:
+        px = pixels(config, batch)
+        first, warm, _ = timed(lib.encoder(px))
+        rows.append(dict(workload="encoder", batch=batch, first_s=first, warm_s=warm))
+        log(f"  {lib.name} encoder b{batch}: {warm:.3f} s (first {first:.1f} s)")
+        for beams in beams_list:
+            first, warm, seqs = timed(lib.generate(px, beams, tokens))
+            _, one, _ = timed(lib.generate(px, beams, 1))
+            name = "greedy" if beams == 1 else f"beam-{beams}"
+            rows.append(dict(workload=name, batch=batch, first_s=first, warm_s=warm,
+                             per_token_s=(warm - one) / (tokens - 1), new_tokens=int(seqs.shape[1] - 1),
+                             sequences=np.asarray(seqs).tolist()))
+            log(f"  {lib.name} {name} b{batch}: {warm:.3f} s, {rows[-1]['per_token_s'] * 1e3:.1f} ms/token "
+                f"(first {first:.1f} s)")
+    return rows
