@@ -60,6 +60,7 @@ def _speed(model, path, config, args, log) -> list[dict]:
                 if "per_token_s" in r:
                     cell.update({f"{tag}_token_ms": r["per_token_s"] * 1e3, f"{tag}_sequences": r["sequences"]})
     model.to(__import__("torch").float32)
+    model.set_attn_implementation("eager")
     return list(cells.values())
 
 

@@ -46,6 +46,9 @@ class Transformers:
         import torch
         self.torch = torch
         self.tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[jnp.dtype(dtype).name]
+        # Its default (and fastest) attention: the reference models are built with the eager
+        # one, which returns attention weights for the parity tests.
+        model.set_attn_implementation("sdpa")
         self.model = model.to(self.tdtype)
 
     def encoder(self, px):

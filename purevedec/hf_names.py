@@ -43,9 +43,7 @@ def _split_t(a: np.ndarray, n: int) -> list[np.ndarray]:
 TRANSFORMS: dict[str, tuple[Callable, Callable]] = {
     "copy": (lambda a: [a], lambda xs, shape: xs[0]),
     "conv1d": (lambda a: [np.ascontiguousarray(a.T)], lambda xs, shape: np.ascontiguousarray(xs[0].T)),
-    "conv1d_qkv": (lambda a: _split_t(a, 3), lambda xs, shape: np.concatenate([x.T for x in xs], axis=1)),
     "conv1d_kv": (lambda a: _split_t(a, 2), lambda xs, shape: np.concatenate([x.T for x in xs], axis=1)),
-    "split3": (lambda a: np.split(a, 3), lambda xs, shape: np.concatenate(xs)),
     "split2": (lambda a: np.split(a, 2), lambda xs, shape: np.concatenate(xs)),
     # cls [1,1,D] -> [D]; pos [1,N,D] -> [N,D]; patch conv [D,C,P,P] -> [D,C*P*P]
     "reshape": (None, lambda xs, shape: xs[0].reshape(shape)),
@@ -75,13 +73,12 @@ def _vit_rules() -> list[Rule]:
 
 def _gpt2_rules() -> list[Rule]:
     blk = "decoder.blocks.{i}."
-    qkv = tuple(f"{blk}attn.{n}" for n in "qkv")
     kv = tuple(f"{blk}cross.{n}" for n in "kv")
     rules = [Rule("decoder.transformer.wte.weight", ("decoder.wte",)),
              Rule("decoder.transformer.wpe.weight", ("decoder.wpe",)),
              Rule("decoder.lm_head.weight", ("decoder.lm_head",)),
-             Rule(f"{_DEC}attn.c_attn.weight", tuple(p + ".w" for p in qkv), "conv1d_qkv"),
-             Rule(f"{_DEC}attn.c_attn.bias", tuple(p + ".b" for p in qkv), "split3"),
+             Rule(f"{_DEC}attn.c_attn.weight", (f"{blk}attn.qkv.w",), "conv1d"),
+             Rule(f"{_DEC}attn.c_attn.bias", (f"{blk}attn.qkv.b",)),
              Rule(f"{_DEC}crossattention.c_attn.weight", tuple(p + ".w" for p in kv), "conv1d_kv"),
              Rule(f"{_DEC}crossattention.c_attn.bias", tuple(p + ".b" for p in kv), "split2")]
     for hf, ours in (("attn.c_proj", "attn.o"), ("crossattention.q_attn", "cross.q"),

@@ -87,7 +87,7 @@ def _encode(params, pixels, config, interpolate_pos_encoding, dtype, key):
 
 
 def cross_kv(params, enc: jax.Array, config: Config, dtype) -> list:
-    """Per layer, cross-attention (K, V) [B,S,H,K] from the (projected) encoder states."""
+    """Per layer, cross-attention (K, V) [B,H,S,K] from the (projected) encoder states."""
     dec = decoder_module(config)
     return [dec.cross_kv(bp, enc, config.decoder, dtype) for bp in params["decoder"]["blocks"]]
 
@@ -180,7 +180,7 @@ def forward(params, pixels, ids, config: Config, *, attention_mask=None, positio
 def _init_cache_jit(params, enc, *, config, max_len, rows_per_image, dtype):
     rows = enc.shape[0] * rows_per_image
     return {
-        "cross": cross_kv(params, enc, config, dtype),  # [B,S,H,K] per layer, once per image
+        "cross": cross_kv(params, enc, config, dtype),  # [B,H,S,K] per layer, once per image
         "self": decoder_module(config).init_self_cache(config.decoder, rows, max_len, dtype),
         "mask": jnp.zeros((rows, max_len), bool),  # which cached positions hold real tokens
         "pos": jnp.zeros((), jnp.int32),  # next write index

@@ -29,7 +29,7 @@ def test_loaded_params_match_param_shapes(tiny):
 def test_load_casts_dtype(tiny):
     import jax.numpy as jnp
     params, _ = pv.load(tiny[1], dtype=jnp.bfloat16)
-    assert params["decoder"]["blocks"][0]["attn"]["q"]["w"].dtype == jnp.bfloat16
+    assert params["decoder"]["blocks"][0]["attn"]["qkv"]["w"].dtype == jnp.bfloat16
 
 
 def test_unknown_tensor(tiny):

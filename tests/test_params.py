@@ -13,7 +13,7 @@ def test_init_params_follow_param_shapes(tiny):
     params = pv.init_params(config, jax.random.key(0))
     pv.check_params(params, config)
     assert params["decoder"]["blocks"][0]["ln1"]["scale"].tolist() == [1.0] * 24
-    assert float(jnp.abs(params["decoder"]["blocks"][0]["attn"]["q"]["b"]).max()) == 0.0
+    assert float(jnp.abs(params["decoder"]["blocks"][0]["attn"]["qkv"]["b"]).max()) == 0.0
 
 
 def test_init_is_reproducible_and_key_dependent(tiny):
