@@ -65,10 +65,10 @@ def _speed(model, path, config, args, log) -> list[dict]:
 
 
 def _bounds(cells, config, limits, tokens) -> None:
-    enc = costs.encoder_flops(config) / limits["matmul_flops"]
     for c in cells:
-        item = 2 if c["dtype"] == "bfloat16" else 4
-        c["bound_s"] = c["batch"] * enc
+        bf16 = c["dtype"] == "bfloat16"
+        item = 2 if bf16 else 4
+        c["bound_s"] = c["batch"] * costs.encoder_flops(config) / limits["matmul_flops_bf16" if bf16 else "matmul_flops"]
         if c["workload"] != "encoder":
             beams = 1 if c["workload"] == "greedy" else int(c["workload"].split("-")[1])
             step = costs.decode_bytes(config, c["batch"], beams, tokens // 2, item) / limits["read_bytes_per_s"]
@@ -165,13 +165,14 @@ def markdown(res: dict) -> str:
     m = res["machine"]
     parts = [f"# purevedec vs transformers ({res['model']}, {res['date']})",
              f"Versions: {', '.join(f'{k} {v}' for k, v in res['versions'].items())}. "
-             f"Machine: {m['cpu_count']} CPUs, fp32 matmul {m['matmul_flops'] / 1e9:.0f} GFLOP/s, "
+             f"Machine: {m['cpu_count']} CPUs, matmul {m['matmul_flops'] / 1e9:.0f} GFLOP/s fp32, "
+             f"{m['matmul_flops_bf16'] / 1e9:.0f} bf16 (the best of XLA and PyTorch), "
              f"read bandwidth {m['read_bytes_per_s'] / 1e9:.1f} GB/s (measured in this run). "
              f"{res['tokens']} new tokens per generation; times are the best warm call.",
              "## Targets", report.targets_table(res["targets"]),
              "## Fidelity", report.table(["measure", "value"], [[k, v] for k, v in res["fidelity"].items()]),
              "## Speed", report.speed_table(res["speed"]),
-             "Bounds: encoder FLOPs / peak matmul FLOP/s; per token, the bytes a decode step must read / "
+             "Bounds: encoder FLOPs / peak matmul FLOP/s of the dtype; per token, the bytes a decode step must read / "
              "read bandwidth (weights, cross K/V once per image, half-full self cache)."]
     seed = res["seed"]
     parts.append("Seed Flax column: " + (seed["skipped"] if "skipped" in seed else

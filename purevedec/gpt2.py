@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from .config import GPT2Config
-from .layers import (F32, activation, attention, dense, dense_shape, dropout, layer_norm, merge_heads,
-                     norm_shape, site_key, split_heads)
+from .layers import (activation, attention, dense, dense_shape, dropout, layer_norm, merge_heads, norm_shape,
+                     rows_product, site_key, split_heads)
 
 
 def param_shapes(cfg: GPT2Config) -> dict:
@@ -102,7 +102,7 @@ def block(bp: dict, x: jax.Array, kv_cross, self_mask, cfg: GPT2Config, layer: i
 def lm_head(p: dict, h: jax.Array, cfg: GPT2Config, dtype) -> jax.Array:
     """[B,T,D] -> float32 logits [B,T,V]; the head is wte itself when tied."""
     w = p["wte"] if cfg.tie_word_embeddings else p["lm_head"]
-    return jnp.einsum("btd,vd->btv", h.astype(dtype), w.astype(dtype)).astype(F32)
+    return rows_product(h.astype(dtype), w.astype(dtype))
 
 
 def causal_mask(t: int, attention_mask: jax.Array | None, batch: int) -> jax.Array:

@@ -30,12 +30,32 @@ def norm_shape(d: int) -> dict:
     return {"scale": (d,), "bias": (d,)}
 
 
+def product(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    """einsum accumulating in float32 and returning float32, whatever the input dtype.
+
+    As PyTorch does for bf16/fp16 matmuls; on XLA:CPU it is also the fast form: a bf16 x bf16
+    product with a float32 result takes the native bf16 kernels (AMX/AVX512-BF16 where the CPU
+    has them), one with a bf16 result runs several times slower than float32."""
+    return jnp.einsum(spec, a, b, preferred_element_type=F32)
+
+
+def rows_product(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x [..., i] @ w[o, i].T -> float32 [..., o]. A single low-precision row is padded to two:
+    XLA:CPU sends a one-row bf16 product to a matrix-vector path ~10x slower than the matrix
+    kernel two rows take (the decode step of greedy batch 1 is all such products)."""
+    if math.prod(x.shape[:-1]) != 1 or x.dtype == F32:
+        return product("...i,oi->...o", x, w)
+    two = jnp.pad(x.reshape(1, x.shape[-1]), ((0, 1), (0, 0)))
+    return product("mi,oi->mo", two, w)[:1].reshape(*x.shape[:-1], w.shape[0])
+
+
 def dense(p: dict, x: jax.Array, dtype) -> jax.Array:
-    """[..., d_in] -> [..., d_out] with p = {"w": [d_out, d_in], "b": [d_out] (optional)}."""
-    y = jnp.einsum("...i,oi->...o", x.astype(dtype), p["w"].astype(dtype))
+    """[..., d_in] -> [..., d_out] with p = {"w": [d_out, d_in], "b": [d_out] (optional)};
+    accumulated and biased in float32, rounded once to ``dtype``."""
+    y = rows_product(x.astype(dtype), p["w"].astype(dtype))
     if "b" in p:
-        y = y + p["b"].astype(dtype)
-    return y
+        y = y + p["b"].astype(dtype).astype(F32)
+    return y.astype(dtype)
 
 
 def layer_norm(p: dict, x: jax.Array, eps: float) -> jax.Array:
@@ -111,18 +131,18 @@ def attention(q, k, v, mask, scale: float, *, upcast: bool = False, dropout_rate
     """
     if upcast:
         q, k = q.astype(F32), k.astype(F32)
-    scores = jnp.einsum("bhtk,bhuk->bhtu", q, k).astype(F32) * scale
+    scores = product("bhtk,bhuk->bhtu", q, k) * scale
     if mask is not None:
         scores = jnp.where(mask, scores, MASKED)
     if key is not None and dropout_rate > 0.0:  # dropout acts on the normalised weights
         weights = dropout(jax.nn.softmax(scores, axis=-1), dropout_rate, key)
-        return jnp.einsum("bhtu,bhuk->bhtk", weights.astype(v.dtype), v), weights
+        return product("bhtu,bhuk->bhtk", weights.astype(v.dtype), v).astype(v.dtype), weights
     # Softmax with the normalisation after the product: exp(s - max) feeds the matmul directly
     # and the division touches [..,T,K] instead of [..,T,U]; ~2x faster at ViT sizes on
     # XLA:CPU. The normalised weights are only built when a caller uses them.
     e = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
     total = jnp.sum(e, axis=-1, keepdims=True)
-    out = jnp.einsum("bhtu,bhuk->bhtk", e.astype(v.dtype), v).astype(F32) / total
+    out = product("bhtu,bhuk->bhtk", e.astype(v.dtype), v) / total
     return out.astype(v.dtype), e / total
 
 

@@ -136,6 +136,24 @@ def test_bf16_and_fp16_relative_error(tiny, capsys):
             assert rel < 3e-2
 
 
+@pytest.mark.parametrize("lead", [(1,), (1, 1), (3,), (2, 3)])
+def test_low_precision_products_accumulate_in_float32(lead):
+    """dense/LM-head products: bf16 inputs, float32 accumulation and result, whatever the row
+    count (a single row takes a padded path, several rows do not)."""
+    from purevedec.layers import dense, rows_product
+    rng = np.random.RandomState(0)
+    x = jnp.asarray(rng.randn(*lead, 96), jnp.bfloat16)
+    w = jnp.asarray(rng.randn(40, 96), jnp.bfloat16)
+    b = jnp.asarray(rng.randn(40), jnp.bfloat16)
+    want = np.asarray(x, np.float64) @ np.asarray(w, np.float64).T
+    got = rows_product(x, w)
+    assert got.shape == (*lead, 40) and got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-4)
+    y = dense({"w": w, "b": b}, x, jnp.bfloat16)
+    assert y.dtype == jnp.bfloat16 and y.shape == (*lead, 40)
+    np.testing.assert_allclose(np.asarray(y, np.float64), want + np.asarray(b, np.float64), rtol=2 ** -7, atol=1e-3)
+
+
 def test_dropout_needs_a_key_and_is_reproducible(tiny):
     model, path = tiny
     params, config = pv.load(path)
