@@ -18,7 +18,7 @@ import numpy as np
 
 from .config import Config
 from .generation_config import GenerationConfig, resolve
-from .model import _encode, _init_cache_jit, cache_step, check_ids, check_pixels
+from .model import _init_cache_jit, cache_step, check_ids, check_pixels, encoder_states
 from .processors import Processing, process
 
 NEG = -1.0e9  # transformers' "impossible" beam score
@@ -288,7 +288,7 @@ def _beam_loop(params, cache, logits, xw, tokens, ignore_len, key, *, config, pl
 @partial(jax.jit, static_argnames=("config", "plan", "dtype", "interpolate_pos_encoding"))
 def _generate_jit(params, pixels, prompt, prompt_mask, ignore_len, key, *, config, plan, dtype,
                   interpolate_pos_encoding):
-    enc, _ = _encode(params, pixels, config, interpolate_pos_encoding, dtype, None)
+    enc = encoder_states(params, pixels, config, interpolate_pos_encoding, dtype)
     cache = _init_cache_jit(params, enc, config=config, max_len=plan.processing.max_length,
                             rows_per_image=plan.rows_per_image, dtype=dtype)
     logits, cache, cross = cache_step(params, cache, prompt, config, prompt_mask, dtype)

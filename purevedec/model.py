@@ -86,6 +86,28 @@ def _encode(params, pixels, config, interpolate_pos_encoding, dtype, key):
     return hidden, out
 
 
+# Images per encoder chunk when only the final states are needed. A large batch's activations
+# outgrow the CPU caches: on a 2-core AVX-512 machine, 32 images ran ~10% (fp32) and ~30% (bf16)
+# faster as 4 chunks of 8 than as one batch (chunks of 4 were as fast at 32 images, but 8 images
+# in two chunks of 4 ran 20% slower in bf16 than in one). It also caps big batches' activation memory.
+ENCODER_CHUNK = 8
+
+
+def encoder_states(params, pixels, config, interpolate_pos_encoding, dtype) -> jax.Array:
+    """pixels [B,C,H,W] -> the (projected) states [B,S,D], ENCODER_CHUNK images at a time
+    (one compiled chunk under lax.map; a smaller remainder chunk after it)."""
+    def run(x):
+        return _encode(params, x, config, interpolate_pos_encoding, dtype, None)[0]
+    b = pixels.shape[0]
+    if b <= ENCODER_CHUNK:
+        return run(pixels)
+    whole = b - b % ENCODER_CHUNK
+    chunks = pixels[:whole].reshape(whole // ENCODER_CHUNK, ENCODER_CHUNK, *pixels.shape[1:])
+    out = jax.lax.map(run, chunks)
+    out = out.reshape(whole, *out.shape[2:])
+    return out if whole == b else jnp.concatenate([out, run(pixels[whole:])])
+
+
 def cross_kv(params, enc: jax.Array, config: Config, dtype) -> list:
     """Per layer, cross-attention (K, V) [B,H,S,K] from the (projected) encoder states."""
     dec = decoder_module(config)
@@ -95,9 +117,9 @@ def cross_kv(params, enc: jax.Array, config: Config, dtype) -> list:
 @partial(jax.jit, static_argnames=_STATIC)
 def _encode_jit(params, pixels, key, *, config, interpolate_pos_encoding, dtype, output_hidden_states,
                 output_attentions):
+    if not (output_hidden_states or output_attentions or key is not None):
+        return encoder_states(params, pixels, config, interpolate_pos_encoding, dtype)
     hidden, out = _encode(params, pixels, config, interpolate_pos_encoding, dtype, key)
-    if not (output_hidden_states or output_attentions):
-        return hidden
     return EncoderOutput(hidden, out["last_hidden_state"],
                          out["hidden_states"] if output_hidden_states else None,
                          out["attentions"] if output_attentions else None)
