@@ -27,3 +27,14 @@ def decode_bytes(config: Config, images: int, rows_per_image: int, cached: int, 
     cross_kv = layers * images * 2 * (1 + config.encoder.num_patches) * d
     self_kv = layers * images * rows_per_image * 2 * cached * d
     return float(weights + cross_kv + self_kv) * itemsize
+
+
+def decode_flops(config: Config, images: int, rows_per_image: int, cached: int) -> float:
+    """Multiply-adds x 2 for one decode step of images x rows_per_image rows: every weight
+    product once per row, and attention over the image's tokens and ``cached`` earlier tokens.
+    At a few dozen rows this, not the bytes, bounds a step on a CPU (fp32 peak / bandwidth is
+    only ~10 FLOP per byte)."""
+    g = config.decoder
+    d, f, rows = g.n_embd, g.n_inner, images * rows_per_image
+    per_row_layer = 2 * (4 * d * d + 2 * d * d + 2 * d * f) + 2 * 2 * d * (1 + config.encoder.num_patches + cached)
+    return float(rows * (g.n_layer * per_row_layer + 2 * g.vocab_size * d))

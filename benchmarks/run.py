@@ -68,10 +68,12 @@ def _bounds(cells, config, limits, tokens) -> None:
     for c in cells:
         bf16 = c["dtype"] == "bfloat16"
         item = 2 if bf16 else 4
-        c["bound_s"] = c["batch"] * costs.encoder_flops(config) / limits["matmul_flops_bf16" if bf16 else "matmul_flops"]
+        peak = limits["matmul_flops_bf16" if bf16 else "matmul_flops"]
+        c["bound_s"] = c["batch"] * costs.encoder_flops(config) / peak
         if c["workload"] != "encoder":
             beams = 1 if c["workload"] == "greedy" else int(c["workload"].split("-")[1])
-            step = costs.decode_bytes(config, c["batch"], beams, tokens // 2, item) / limits["read_bytes_per_s"]
+            step = max(costs.decode_bytes(config, c["batch"], beams, tokens // 2, item) / limits["read_bytes_per_s"],
+                       costs.decode_flops(config, c["batch"], beams, tokens // 2) / peak)
             c["bound_token_ms"] = step * 1e3
             c["bound_s"] += tokens * step
 
@@ -173,7 +175,8 @@ def markdown(res: dict) -> str:
              "## Fidelity", report.table(["measure", "value"], [[k, v] for k, v in res["fidelity"].items()]),
              "## Speed", report.speed_table(res["speed"]),
              "Bounds: encoder FLOPs / peak matmul FLOP/s of the dtype; per token, the bytes a decode step must read / "
-             "read bandwidth (weights, cross K/V once per image, half-full self cache)."]
+             "read bandwidth (weights, cross K/V once per image, half-full self cache) or its FLOPs / peak, "
+             "whichever is larger (from a few dozen rows on, a step is compute-bound)."]
     seed = res["seed"]
     parts.append("Seed Flax column: " + (seed["skipped"] if "skipped" in seed else
                                          "transformers 4.57 FlaxVisionEncoderDecoderModel, generate under jax.jit "

@@ -46,6 +46,11 @@ def test_cost_model_matches_vit_b16_and_gpt2_figures():
     per_image = costs.decode_bytes(config, 1, 1, 0) - weights_only
     assert per_image == 12 * 2 * 197 * 768 * 4  # cross K/V once per image, not per beam
     assert costs.decode_bytes(config, 1, 4, 0) == costs.decode_bytes(config, 1, 1, 0)
+    # A decode step's FLOPs: 2 per weight per row (137.7 M weights), plus q.k and p.v over the
+    # image's 197 tokens in 12 layers; linear in rows.
+    one = costs.decode_flops(config, 1, 1, cached=0)
+    assert abs(one - (2 * 137.7e6 + 12 * 2 * 2 * 768 * 197)) < 2e6
+    assert costs.decode_flops(config, 8, 4, cached=0) == 32 * one
 
 
 def test_fresh_process_child_captions_like_in_process(tmp_path):
