@@ -9,7 +9,7 @@ def _fmt(x, unit="") -> str:
     if x is None:
         return "-"
     if isinstance(x, str):
-        return x
+        return x.replace("|", "\\|")  # a literal bar (|d|) would split the markdown cell
     return f"{x:.3g}{unit}"
 
 
@@ -64,3 +64,22 @@ def chart(speed: list[dict], path: str) -> None:
         d.line([x_of(v), top - 6, x_of(v), bottom], fill=colour, width=1)
         d.text((x_of(v) - 8, bottom + 4), f"{v:g}x", fill=colour)
     img.save(path)
+
+
+README_START = "<!-- benchmark results: written by python -m benchmarks.run -->"
+README_END = "<!-- end of benchmark results -->"
+
+
+def update_readme(path: str, results_md: str) -> None:
+    """Put a run's tables into the README between its two markers (headings one level down, so
+    they nest under the README's own section); everything outside the markers is kept."""
+    with open(path) as f:
+        text = f.read()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{path}: no '{README_START}' ... '{README_END}' block to put the results in")
+    lines = results_md.strip().splitlines()
+    body = [f"**{lines[0].lstrip('# ')}**"] + ["#" + ln if ln.startswith("## ") else ln for ln in lines[1:]]
+    new = text[:start + len(README_START)] + "\n" + "\n".join(body) + "\n" + text[end:]
+    with open(path, "w") as f:
+        f.write(new)

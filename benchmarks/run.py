@@ -42,6 +42,9 @@ def _args(argv=None):
     ap.add_argument("--seed-python", default=SEED_PYTHON,
                     help="python of the seed Flax side environment (skipped when absent)")
     ap.add_argument("--no-process", action="store_true", help="skip cold start and peak memory")
+    ap.add_argument("--readme", default=None,
+                    help="README whose results block gets the tables (default: this repository's README.md "
+                         "after a full run, none after --tiny/--quick; 'none' to leave it)")
     return ap.parse_args(argv)
 
 
@@ -232,6 +235,9 @@ def main(argv=None) -> dict:
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(text)
     report.chart(cells, os.path.join(args.out, "chart.png"))
+    readme = args.readme or ("none" if args.tiny or args.quick else os.path.join(ROOT, "README.md"))
+    if readme != "none":
+        report.update_readme(readme, text)
     log(text)
     log(f"wrote {args.out}/results.json, results.md, chart.png in {time.time() - t0:.0f} s")
     return res

@@ -8,14 +8,16 @@ import numpy as np
 from PIL import Image
 
 import purevedec as pv
-from benchmarks import costs, process, run
+from benchmarks import costs, process, report, run
 from benchmarks.reference import FULL_DECODER, FULL_ENCODER, make_reference, save_captioning_checkpoint
 
 
 def test_suite_runs_and_writes_tables_json_and_chart(tmp_path):
     out = tmp_path / "results"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n{report.README_START}\nold table\n{report.README_END}\n\nafter\n")
     res = run.main(["--tiny", "--batches", "1", "--dtypes", "float32", "--tokens", "4", "--no-process",
-                    "--seed-python", str(tmp_path / "absent" / "python"), "--out", str(out)])
+                    "--seed-python", str(tmp_path / "absent" / "python"), "--out", str(out), "--readme", str(readme)])
     saved = json.loads((out / "results.json").read_text())
     assert saved["fidelity"] == res["fidelity"]
     assert saved["fidelity"]["fp32 logits max |d|"] <= 1e-4
@@ -29,6 +31,9 @@ def test_suite_runs_and_writes_tables_json_and_chart(tmp_path):
                                                        "greedy b1 decode per token vs memory bound"}
     md = (out / "results.md").read_text()
     assert "## Targets" in md and "## Speed" in md and "beam-4" in md
+    shown = readme.read_text()
+    assert shown.startswith("# title\n") and shown.endswith(f"{report.README_END}\n\nafter\n")
+    assert "old table" not in shown and "### Targets" in shown and "### Speed" in shown
     with Image.open(out / "chart.png") as chart:
         assert chart.size[0] > 400 and chart.size[1] > 100
 
