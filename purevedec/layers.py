@@ -39,14 +39,21 @@ def product(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.einsum(spec, a, b, preferred_element_type=F32)
 
 
+# Fewest rows a low-precision weight product runs with. XLA:CPU sends a one-row bf16 product to a
+# matrix-vector path ~10x slower than its matrix kernel, and that kernel's fixed cost per call
+# falls further up to about 4 rows: a bf16 greedy batch-1 decode step took 26 ms with one row
+# padded to two, 23 ms padded to four (fp32: 27 ms).
+MIN_LOW_PRECISION_ROWS = 4
+
+
 def rows_product(x: jax.Array, w: jax.Array) -> jax.Array:
-    """x [..., i] @ w[o, i].T -> float32 [..., o]. A single low-precision row is padded to two:
-    XLA:CPU sends a one-row bf16 product to a matrix-vector path ~10x slower than the matrix
-    kernel two rows take (the decode step of greedy batch 1 is all such products)."""
-    if math.prod(x.shape[:-1]) != 1 or x.dtype == F32:
+    """x [..., i] @ w[o, i].T -> float32 [..., o]; fewer than MIN_LOW_PRECISION_ROWS
+    low-precision rows are padded with zero rows for the product (decode steps at batch 1-3)."""
+    rows = math.prod(x.shape[:-1])
+    if rows >= MIN_LOW_PRECISION_ROWS or x.dtype == F32:
         return product("...i,oi->...o", x, w)
-    two = jnp.pad(x.reshape(1, x.shape[-1]), ((0, 1), (0, 0)))
-    return product("mi,oi->mo", two, w)[:1].reshape(*x.shape[:-1], w.shape[0])
+    padded = jnp.pad(x.reshape(rows, x.shape[-1]), ((0, MIN_LOW_PRECISION_ROWS - rows), (0, 0)))
+    return product("mi,oi->mo", padded, w)[:rows].reshape(*x.shape[:-1], w.shape[0])
 
 
 def dense(p: dict, x: jax.Array, dtype) -> jax.Array:
@@ -129,6 +136,12 @@ def attention(q, k, v, mask, scale: float, *, upcast: bool = False, dropout_rate
     ``upcast`` computes q·k in float32 too (GPT-2's ``reorder_and_upcast_attn``); the softmax
     is always float32. With a ``key``, dropout acts on the weights (as in transformers).
     """
+    if q.shape[-2] == 1 and q.dtype != F32 and not upcast and key is None:
+        # One low-precision query row (a decode step): XLA:CPU turns both products into matrix-
+        # vector ones that first copy all of K and V to float32, every step. Two query rows keep
+        # the native bf16 kernel (bf16 greedy batch 8: ~70 -> ~55 ms per token).
+        out, weights = attention(jnp.pad(q, [(0, 0)] * (q.ndim - 2) + [(0, 1), (0, 0)]), k, v, mask, scale)
+        return out[..., :1, :], weights[..., :1, :]
     if upcast:
         q, k = q.astype(F32), k.astype(F32)
     scores = product("bhtk,bhuk->bhtu", q, k) * scale

@@ -152,10 +152,30 @@ def test_encoder_chunks_equal_one_batch(tiny, monkeypatch, batch):
     np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_one_query_row_attention(dtype):
+    """A decode step's attention (one query row; padded to two in low precision) equals softmax
+    attention computed in float64, masked keys included."""
+    from purevedec.layers import attention
+    rng = np.random.RandomState(1)
+    q, k, v = (jnp.asarray(rng.randn(*shape), dtype) for shape in ((2, 3, 1, 8), (2, 3, 5, 8), (2, 3, 5, 8)))
+    mask = jnp.asarray(rng.rand(2, 1, 1, 5) > 0.3).at[..., 0].set(True)
+    out, weights = attention(q, k, v, mask, 0.5)
+    s = np.einsum("bhtk,bhuk->bhtu", *(np.asarray(a, np.float64) for a in (q, k))) * 0.5
+    s = np.where(np.asarray(mask), s, -np.inf)
+    w = np.exp(s - s.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    want = np.einsum("bhtu,bhuk->bhtk", w, np.asarray(v, np.float64))
+    assert out.shape == (2, 3, 1, 8) and out.dtype == dtype and weights.shape == (2, 3, 1, 5)
+    tol = 2e-2 if dtype == jnp.bfloat16 else 1e-5
+    np.testing.assert_allclose(np.asarray(weights, np.float64), w, atol=tol)
+    np.testing.assert_allclose(np.asarray(out, np.float64), want, atol=tol, rtol=tol)
+
+
 @pytest.mark.parametrize("lead", [(1,), (1, 1), (3,), (2, 3)])
 def test_low_precision_products_accumulate_in_float32(lead):
     """dense/LM-head products: bf16 inputs, float32 accumulation and result, whatever the row
-    count (a single row takes a padded path, several rows do not)."""
+    count (fewer than MIN_LOW_PRECISION_ROWS rows take a padded path, more do not)."""
     from purevedec.layers import dense, rows_product
     rng = np.random.RandomState(0)
     x = jnp.asarray(rng.randn(*lead, 96), jnp.bfloat16)
