@@ -117,9 +117,12 @@ def cross_kv(params, enc: jax.Array, config: Config, dtype) -> list:
 @partial(jax.jit, static_argnames=_STATIC)
 def _encode_jit(params, pixels, key, *, config, interpolate_pos_encoding, dtype, output_hidden_states,
                 output_attentions):
-    if not (output_hidden_states or output_attentions or key is not None):
+    extras = output_hidden_states or output_attentions
+    if not extras and key is None:
         return encoder_states(params, pixels, config, interpolate_pos_encoding, dtype)
     hidden, out = _encode(params, pixels, config, interpolate_pos_encoding, dtype, key)
+    if not extras:
+        return hidden
     return EncoderOutput(hidden, out["last_hidden_state"],
                          out["hidden_states"] if output_hidden_states else None,
                          out["attentions"] if output_attentions else None)

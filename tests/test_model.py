@@ -190,6 +190,19 @@ def test_low_precision_products_accumulate_in_float32(lead):
     np.testing.assert_allclose(np.asarray(y, np.float64), want + np.asarray(b, np.float64), rtol=2 ** -7, atol=1e-3)
 
 
+def test_encode_with_dropout_key_returns_states(tiny):
+    """encode(key=...) is the training path (one piece, dropout on): still the [B,S,D] array.
+    ViT's default dropout rates are 0, so here it equals the inference states."""
+    _, path = tiny
+    params, config = pv.load(path)
+    assert config.encoder.hidden_dropout_prob == config.encoder.attention_probs_dropout_prob == 0.0
+    px = rand_pixels(2)
+    base = pv.encode(params, px, config)
+    dropped = pv.encode(params, px, config, key=jax.random.key(0))
+    assert isinstance(dropped, jax.Array) and dropped.shape == base.shape
+    np.testing.assert_allclose(np.asarray(dropped), np.asarray(base), atol=1e-6)
+
+
 def test_dropout_needs_a_key_and_is_reproducible(tiny):
     model, path = tiny
     params, config = pv.load(path)
