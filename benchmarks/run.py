@@ -68,11 +68,12 @@ def _speed(model, path, config, args, log) -> list[dict]:
 
 
 def _bounds(cells, config, limits, tokens) -> None:
+    encoder_flops = costs.encoder_flops(config)
     for c in cells:
         bf16 = c["dtype"] == "bfloat16"
         item = 2 if bf16 else 4
         peak = limits["matmul_flops_bf16" if bf16 else "matmul_flops"]
-        c["bound_s"] = c["batch"] * costs.encoder_flops(config) / peak
+        c["bound_s"] = c["batch"] * encoder_flops / peak
         if c["workload"] != "encoder":
             beams = 1 if c["workload"] == "greedy" else int(c["workload"].split("-")[1])
             step = max(costs.decode_bytes(config, c["batch"], beams, tokens // 2, item) / limits["read_bytes_per_s"],
