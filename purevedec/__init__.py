@@ -1,32 +1,37 @@
 """purevedec: a pure-JAX, functional VisionEncoderDecoder (ViT encoder -> GPT-2 decoder).
 
-    params, config = purevedec.load("path/to/checkpoint")
-    logits = purevedec.forward(params, pixels, ids, config)      # [B,T,V] float32
+    params, config = purevedec.load("path/to/checkpoint")   # params carry their config
+    logits = purevedec.forward(params, pixels, ids)          # [B,T,V] float32
+
+Layers, each importing only those before it: the model core (config, layers, vit, gpt2, params,
+model) at the top; ``generation``; ``checkpoints``; ``captioning``.
 """
 
-from .checkpoint import CheckpointError, build_params, load
-from .compile_cache import enable_compilation_cache
-from .compose import from_encoder_decoder_pretrained
-from .config import Config, ConfigError, GPT2Config, ViTConfig, load_config, parse_config
-from .generate import GenerateOutput, generate
-from .generation_config import GenerationConfig
+from .config import Config, GPT2Config, ViTConfig, parse_config
+from .errors import (CheckpointError, ConfigError, ImageError, ModelNotFound, ParamsError, PurevedecError,
+                     TokenizerError)
 from .model import EncoderOutput, Output, cross_kv, decode, encode, forward, init_cache, step
 from .params import check_params, init_params, param_shapes
-from .save import save
+from .generation import GenerateOutput, GenerationConfig, GenerationResult, generate, generate_core
+from .checkpoints import (build_params, from_encoder_decoder_pretrained, load, load_config, load_generation_config,
+                          save)
+from .captioning import (Caption, Captioner, ImageConfig, TextTokenizer, enable_compilation_cache, load_image_config,
+                         load_tokenizer, parse_image_config, preprocess)
 
-__all__ = [
-    "CheckpointError", "Config", "ConfigError", "EncoderOutput", "GPT2Config", "GenerateOutput",
-    "GenerationConfig", "Output", "ViTConfig", "build_params", "check_params", "cross_kv", "decode", "encode",
-    "enable_compilation_cache",
-    "forward", "from_encoder_decoder_pretrained", "generate", "init_cache", "init_params", "load", "step",
-    "load_config", "param_shapes", "parse_config", "save",
-]
 __version__ = "0.1.0"
 
-# Image files and text (issue 6).
-from .image import ImageConfig, ImageError, load_image_config, parse_image_config, preprocess  # noqa: E402
-from .text import TextTokenizer, TokenizerError, load_tokenizer  # noqa: E402
-from .captioner import Caption, Captioner, ModelNotFound  # noqa: E402
-
-__all__ += ["Caption", "Captioner", "ImageConfig", "ImageError", "ModelNotFound", "TextTokenizer", "TokenizerError",
-            "load_image_config", "load_tokenizer", "parse_image_config", "preprocess"]
+__all__ = [
+    # model core
+    "Config", "EncoderOutput", "GPT2Config", "Output", "ViTConfig", "check_params", "cross_kv", "decode",
+    "encode", "forward", "init_cache", "init_params", "param_shapes", "parse_config", "step",
+    # errors
+    "CheckpointError", "ConfigError", "ImageError", "ModelNotFound", "ParamsError", "PurevedecError",
+    "TokenizerError",
+    # generation
+    "GenerateOutput", "GenerationConfig", "GenerationResult", "generate", "generate_core",
+    # checkpoints
+    "build_params", "from_encoder_decoder_pretrained", "load", "load_config", "load_generation_config", "save",
+    # captioning
+    "Caption", "Captioner", "ImageConfig", "TextTokenizer", "enable_compilation_cache", "load_image_config",
+    "load_tokenizer", "parse_image_config", "preprocess",
+]

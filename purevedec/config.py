@@ -1,25 +1,44 @@
-"""Frozen, hashable model configs parsed strictly from a VisionEncoderDecoder ``config.json``.
+"""Frozen, hashable model configs, validated on construction, parsed strictly from ``config.json``.
 
-A config is static under ``jax.jit`` (it is hashed), so every field is a plain immutable value.
-Parsing is strict: an option whose value the code cannot honour raises ``ConfigError`` naming
-it; keys that only matter to PyTorch bookkeeping are listed in ``_INERT_KEYS`` and skipped on
-purpose; any other key is reported with a warning rather than dropped silently.
+A ``Config`` is a leafless static pytree node (``jax.tree_util.register_static``): stored in
+params as ``params["config"]`` it is invisible to ``jax.tree.map``, ``grad``, optimizers and
+sharding, and static under ``jit`` (it is hashed), so every field is a plain immutable value.
+
+Build one in code as transformers does, with only the fields you change::
+
+    Config(encoder=ViTConfig(hidden_size=32, num_attention_heads=2, image_size=16, patch_size=8),
+           decoder=GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2),
+           decoder_start_token_id=0, pad_token_id=1, eos_token_id=1)
+
+Derived fields follow transformers: ``head_dim`` is ``hidden_size // num_attention_heads``,
+``n_inner`` is ``4 * n_embd``, an int ``image_size``/``patch_size`` means a square. Every field is
+checked in ``__post_init__``, so a hand-built config fails exactly as a bad config.json does.
+Parsing (``parse_config``) is strict: an option the code cannot honour raises ``ConfigError``
+naming it; keys that only matter to PyTorch bookkeeping are listed in ``_INERT_KEYS``; any other
+key is reported with a warning rather than dropped silently. Reading files is the checkpoint
+layer's job (``purevedec.checkpoints.config_files``), and generation defaults live in
+``GenerationConfig`` (``params["generation_config"]``), so changing them never recompiles the model.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .errors import ConfigError
-from .generation_config import GenerationConfig, load_generation_config
-from .jsonfile import read_json_object
-from .layers import ACTIVATIONS
+import jax
 
+from . import validate as v
+from .errors import ConfigError
+
+# transformers' ACT2FN names whose formula layers.ACTIVATIONS implements (layers checks the two agree).
+ACTIVATION_NAMES = frozenset({
+    "gelu", "gelu_python", "gelu_new", "gelu_pytorch_tanh", "gelu_python_tanh", "gelu_accurate", "gelu_fast",
+    "gelu_10", "quick_gelu", "relu", "relu2", "relu6", "leaky_relu", "silu", "swish", "hardswish", "mish",
+    "sigmoid", "tanh", "linear", "laplace", "sqrtsoftplus",
+})
 
 # Keys every transformers config may carry that do not change the math of inference or training.
 _INERT_KEYS = frozenset({
@@ -47,71 +66,21 @@ _GPT2_INERT = frozenset({
 _VIT_INERT = frozenset({"encoder_stride", "pooler_output_size", "pooler_act"})
 
 
-def _activation(name: Any, key: str, where: str) -> str:
-    if name not in ACTIVATIONS:
-        raise ConfigError(
-            f"{where}.{key}={name!r} is not supported; supported activations: {sorted(ACTIVATIONS)}")
-    return name
-
-
-def _pair(value: Any, key: str, where: str) -> tuple[int, int]:
-    """ViT accepts an int or an (h, w) pair for image_size and patch_size."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}.{key} must be an int or a pair of ints, got {value!r}")
-    if isinstance(value, int):
-        return (value, value)
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value):
-        return (int(value[0]), int(value[1]))
-    raise ConfigError(f"{where}.{key} must be an int or a pair of ints, got {value!r}")
-
-
-def _positive_int(d: Mapping, key: str, default: Any, where: str) -> int:
-    value = d.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{where}.{key} must be a positive int, got {value!r}")
-    return value
-
-
-def _number(d: Mapping, key: str, default: float, where: str) -> float:
-    value = d.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{where}.{key} must be a number, got {value!r}")
-    return float(value)
-
-
-def _flag(d: Mapping, key: str, default: bool, where: str) -> bool:
-    value = d.get(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}.{key} must be true or false, got {value!r}")
-    return value
-
-
-def _token_id(d: Mapping, key: str) -> int | tuple[int, ...] | None:
-    value = d.get(key)
-    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
-        return value
-    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        return tuple(value)
-    raise ConfigError(f"{key} must be an int, a list of ints or null, got {value!r}")
-
-
-def _warn_unknown(d: Mapping, known: frozenset, where: str) -> None:
-    unknown = sorted(k for k in d if k not in known and k not in _INERT_KEYS)
-    if unknown:
-        warnings.warn(f"{where}: ignoring config keys purevedec does not know: {unknown}", stacklevel=3)
+def _set(obj, name: str, value) -> None:
+    object.__setattr__(obj, name, value)  # a frozen dataclass normalising its own fields
 
 
 @dataclass(frozen=True)
 class ViTConfig:
+    """transformers' ViTConfig fields that change the math (defaults: ViT-B/16 at 224)."""
     hidden_size: int = 768
     num_hidden_layers: int = 12
     num_attention_heads: int = 12
-    head_dim: int = 64
+    head_dim: int | None = None               # None: hidden_size // num_attention_heads
     intermediate_size: int = 3072
     hidden_act: str = "gelu"
     layer_norm_eps: float = 1e-12
-    image_size: tuple[int, int] = (224, 224)
+    image_size: tuple[int, int] = (224, 224)  # an int means a square
     patch_size: tuple[int, int] = (16, 16)
     num_channels: int = 3
     qkv_bias: bool = True
@@ -119,6 +88,27 @@ class ViTConfig:
     attention_probs_dropout_prob: float = 0.0
     initializer_range: float = 0.02
     model_type: str = "vit"
+
+    def __post_init__(self):
+        w = "encoder"
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "num_channels"):
+            v.positive_int(getattr(self, name), f"{w}.{name}")
+        if self.head_dim is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise ConfigError(f"{w}.hidden_size={self.hidden_size} is not a multiple of "
+                                  f"num_attention_heads={self.num_attention_heads}")
+            _set(self, "head_dim", self.hidden_size // self.num_attention_heads)
+        v.positive_int(self.head_dim, f"{w}.head_dim")
+        v.one_of(self.hidden_act, f"{w}.hidden_act", ACTIVATION_NAMES)
+        _set(self, "layer_norm_eps", v.number(self.layer_norm_eps, f"{w}.layer_norm_eps", low=0.0, low_open=True))
+        _set(self, "image_size", v.pair(self.image_size, f"{w}.image_size"))
+        _set(self, "patch_size", v.pair(self.patch_size, f"{w}.patch_size"))
+        if any(p > s for p, s in zip(self.patch_size, self.image_size)):
+            raise ConfigError(f"{w}.patch_size={self.patch_size} is larger than image_size={self.image_size}")
+        v.flag(self.qkv_bias, f"{w}.qkv_bias")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            _set(self, name, v.probability(getattr(self, name), f"{w}.{name}"))
+        _set(self, "initializer_range", v.number(self.initializer_range, f"{w}.initializer_range", low=0.0))
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -130,43 +120,15 @@ class ViTConfig:
         return self.grid[0] * self.grid[1]
 
 
-_VIT_KEYS = frozenset(f.name for f in dataclasses.fields(ViTConfig)) | _VIT_INERT
-
-
-def parse_vit(d: Mapping, where: str = "encoder") -> ViTConfig:
-    hidden = _positive_int(d, "hidden_size", 768, where)
-    heads = _positive_int(d, "num_attention_heads", 12, where)
-    if "head_dim" not in d and hidden % heads:
-        raise ConfigError(f"{where}.hidden_size={hidden} is not a multiple of num_attention_heads={heads}")
-    pooler_act = d.get("pooler_act", "tanh")
-    _activation(pooler_act, "pooler_act", where)  # unused by captioning, still checked
-    _warn_unknown(d, _VIT_KEYS, where)
-    return ViTConfig(
-        hidden_size=hidden,
-        num_hidden_layers=_positive_int(d, "num_hidden_layers", 12, where),
-        num_attention_heads=heads,
-        head_dim=_positive_int(d, "head_dim", hidden // heads, where),
-        intermediate_size=_positive_int(d, "intermediate_size", 3072, where),
-        hidden_act=_activation(d.get("hidden_act", "gelu"), "hidden_act", where),
-        layer_norm_eps=_number(d, "layer_norm_eps", 1e-12, where),
-        image_size=_pair(d.get("image_size", 224), "image_size", where),
-        patch_size=_pair(d.get("patch_size", 16), "patch_size", where),
-        num_channels=_positive_int(d, "num_channels", 3, where),
-        qkv_bias=_flag(d, "qkv_bias", True, where),
-        hidden_dropout_prob=_number(d, "hidden_dropout_prob", 0.0, where),
-        attention_probs_dropout_prob=_number(d, "attention_probs_dropout_prob", 0.0, where),
-        initializer_range=_number(d, "initializer_range", 0.02, where),
-    )
-
-
 @dataclass(frozen=True)
 class GPT2Config:
+    """transformers' GPT2Config fields that change the math (defaults: GPT-2 124M)."""
     vocab_size: int = 50257
     n_positions: int = 1024
     n_embd: int = 768
     n_layer: int = 12
     n_head: int = 12
-    n_inner: int = 3072
+    n_inner: int | None = None                # None: 4 * n_embd
     activation_function: str = "gelu_new"
     layer_norm_epsilon: float = 1e-5
     scale_attn_weights: bool = True
@@ -182,73 +144,53 @@ class GPT2Config:
     pad_token_id: int | None = None
     model_type: str = "gpt2"
 
+    def __post_init__(self):
+        w = "decoder"
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+            v.positive_int(getattr(self, name), f"{w}.{name}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"{w}.n_embd={self.n_embd} is not a multiple of n_head={self.n_head}")
+        _set(self, "n_inner", 4 * self.n_embd if self.n_inner is None else v.positive_int(self.n_inner, f"{w}.n_inner"))
+        v.one_of(self.activation_function, f"{w}.activation_function", ACTIVATION_NAMES)
+        _set(self, "layer_norm_epsilon",
+             v.number(self.layer_norm_epsilon, f"{w}.layer_norm_epsilon", low=0.0, low_open=True))
+        for name in ("scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn",
+                     "tie_word_embeddings"):
+            v.flag(getattr(self, name), f"{w}.{name}")
+        for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
+            _set(self, name, v.probability(getattr(self, name), f"{w}.{name}"))
+        _set(self, "initializer_range", v.number(self.initializer_range, f"{w}.initializer_range", low=0.0))
+        v.token_id(self.bos_token_id, f"{w}.bos_token_id")
+        v.token_id(self.pad_token_id, f"{w}.pad_token_id")
+        eos = v.token_ids(self.eos_token_id, f"{w}.eos_token_id")
+        _set(self, "eos_token_id", eos[0] if eos and len(eos) == 1 else eos)
+
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
 
-# transformers' GPT2Config.attribute_map: the generic names are aliases of the n_* ones.
-_GPT2_ALIASES = {"hidden_size": "n_embd", "max_position_embeddings": "n_positions",
-                 "num_attention_heads": "n_head", "num_hidden_layers": "n_layer"}
-_GPT2_KEYS = (frozenset(f.name for f in dataclasses.fields(GPT2Config)) | _GPT2_INERT
-              | frozenset(_GPT2_ALIASES))
-
-
-def parse_gpt2(d: Mapping, where: str = "decoder") -> GPT2Config:
-    d = dict(d)
-    for alias, name in _GPT2_ALIASES.items():
-        if alias in d:
-            if name in d and d[name] != d[alias]:
-                raise ConfigError(f"{where}: {alias}={d[alias]!r} contradicts {name}={d[name]!r}")
-            d[name] = d.pop(alias)
-    if not _flag(d, "add_cross_attention", False, where):
-        raise ConfigError(f"{where}.add_cross_attention is false: a GPT-2 decoder needs cross-attention "
-                          "layers to read the image (transformers refuses it the same way)")
-    if d.get("pruned_heads"):
-        raise ConfigError(f"{where}.pruned_heads={d['pruned_heads']!r} is not supported")
-    embd = _positive_int(d, "n_embd", 768, where)
-    heads = _positive_int(d, "n_head", 12, where)
-    if embd % heads:
-        raise ConfigError(f"{where}.n_embd={embd} is not a multiple of n_head={heads}")
-    n_inner = d.get("n_inner")
-    _warn_unknown(d, _GPT2_KEYS, where)
-    return GPT2Config(
-        vocab_size=_positive_int(d, "vocab_size", 50257, where),
-        n_positions=_positive_int(d, "n_positions", 1024, where),
-        n_embd=embd, n_layer=_positive_int(d, "n_layer", 12, where), n_head=heads,
-        n_inner=4 * embd if n_inner is None else _positive_int(d, "n_inner", None, where),
-        activation_function=_activation(d.get("activation_function", "gelu_new"),
-                                        "activation_function", where),
-        layer_norm_epsilon=_number(d, "layer_norm_epsilon", 1e-5, where),
-        scale_attn_weights=_flag(d, "scale_attn_weights", True, where),
-        scale_attn_by_inverse_layer_idx=_flag(d, "scale_attn_by_inverse_layer_idx", False, where),
-        reorder_and_upcast_attn=_flag(d, "reorder_and_upcast_attn", False, where),
-        tie_word_embeddings=_flag(d, "tie_word_embeddings", True, where),
-        resid_pdrop=_number(d, "resid_pdrop", 0.1, where),
-        embd_pdrop=_number(d, "embd_pdrop", 0.1, where),
-        attn_pdrop=_number(d, "attn_pdrop", 0.1, where),
-        initializer_range=_number(d, "initializer_range", 0.02, where),
-        bos_token_id=_token_id(d, "bos_token_id"),
-        eos_token_id=_token_id(d, "eos_token_id"),
-        pad_token_id=_token_id(d, "pad_token_id"),
-    )
-
-
-ENCODER_PARSERS = {"vit": parse_vit}
-DECODER_PARSERS = {"gpt2": parse_gpt2}
-
-
+@jax.tree_util.register_static
 @dataclass(frozen=True)
 class Config:
     """A whole VisionEncoderDecoder: encoder, decoder, and how they are joined."""
-    encoder: ViTConfig
-    decoder: GPT2Config
+    encoder: ViTConfig = ViTConfig()
+    decoder: GPT2Config = GPT2Config()
     decoder_start_token_id: int | None = None
     pad_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
-    generation: GenerationConfig = GenerationConfig()
     # The original config.json text, kept so that save() can write back what it read.
     source: str = dataclasses.field(default="", compare=False, repr=False)
+
+    def __post_init__(self):
+        if not isinstance(self.encoder, tuple(ENCODER_CONFIG_TYPES)) or not isinstance(
+                self.decoder, tuple(DECODER_CONFIG_TYPES)):
+            raise ConfigError(f"Config needs an encoder config and a decoder config, got "
+                              f"{type(self.encoder).__name__} and {type(self.decoder).__name__}")
+        v.token_id(self.decoder_start_token_id, "decoder_start_token_id")
+        v.token_id(self.pad_token_id, "pad_token_id")
+        eos = v.token_ids(self.eos_token_id, "eos_token_id")
+        _set(self, "eos_token_id", eos[0] if eos and len(eos) == 1 else eos)
 
     @property
     def has_projection(self) -> bool:
@@ -259,20 +201,80 @@ class Config:
         return dataclasses.replace(self, source=json.dumps(d, sort_keys=True))
 
 
+ENCODER_CONFIG_TYPES = (ViTConfig,)
+DECODER_CONFIG_TYPES = (GPT2Config,)
+
+
+def _warn_unknown(d: Mapping, known: frozenset, where: str) -> None:
+    unknown = sorted(str(k) for k in d if k not in known and k not in _INERT_KEYS)
+    if unknown:
+        warnings.warn(f"{where}: ignoring config keys purevedec does not know: {unknown}", stacklevel=3)
+
+
+def _fields(cls, d: Mapping, where: str, renames: Mapping[str, str] = {}) -> dict:
+    """The dataclass fields set in ``d`` (under their own names or an alias), warning about the rest."""
+    d = dict(d)
+    for alias, name in renames.items():
+        if alias in d:
+            if name in d and d[name] != d[alias]:
+                raise ConfigError(f"{where}: {alias}={d[alias]!r} contradicts {name}={d[name]!r}")
+            d[name] = d.pop(alias)
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: val for k, val in d.items() if k in names and k != "model_type"}
+
+
+def parse_vit(d: Mapping, where: str = "encoder") -> ViTConfig:
+    v.one_of(d.get("pooler_act", "tanh"), f"{where}.pooler_act", ACTIVATION_NAMES)  # unused, still checked
+    _warn_unknown(d, frozenset(f.name for f in dataclasses.fields(ViTConfig)) | _VIT_INERT, where)
+    return ViTConfig(**_fields(ViTConfig, d, where))
+
+
+# transformers' GPT2Config.attribute_map: the generic names are aliases of the n_* ones.
+_GPT2_ALIASES = {"hidden_size": "n_embd", "max_position_embeddings": "n_positions",
+                 "num_attention_heads": "n_head", "num_hidden_layers": "n_layer"}
+
+
+def parse_gpt2(d: Mapping, where: str = "decoder") -> GPT2Config:
+    if not v.flag(d.get("add_cross_attention", False), f"{where}.add_cross_attention"):
+        raise ConfigError(f"{where}.add_cross_attention is false: a GPT-2 decoder needs cross-attention "
+                          "layers to read the image (transformers refuses it the same way)")
+    if d.get("pruned_heads"):
+        raise ConfigError(f"{where}.pruned_heads={d['pruned_heads']!r:.80} is not supported")
+    known = frozenset(f.name for f in dataclasses.fields(GPT2Config)) | _GPT2_INERT | frozenset(_GPT2_ALIASES)
+    _warn_unknown(d, known, where)
+    return GPT2Config(**_fields(GPT2Config, d, where, _GPT2_ALIASES))
+
+
+ENCODER_PARSERS = {"vit": parse_vit}
+DECODER_PARSERS = {"gpt2": parse_gpt2}
+
+# What each model_type is, for the error a user sees when pointing us at the wrong kind of checkpoint.
+_OTHER_MODEL_TYPES = {
+    "gpt2": "a GPT-2 language model", "vit": "a ViT image classifier or encoder alone",
+    "trocr": "a TrOCR decoder alone", "donut-swin": "a Donut Swin encoder alone",
+    "bert": "a BERT text model", "clip": "a CLIP model", "blip": "a BLIP model",
+}
+
+
 def _sub(d: Mapping, key: str, parsers: Mapping) -> tuple[str, Mapping]:
     sub = d.get(key)
     if not isinstance(sub, Mapping):
         raise ConfigError(f"config.json has no '{key}' section: is this a VisionEncoderDecoder checkpoint?")
     model_type = sub.get("model_type")
     if model_type not in parsers:
-        raise ConfigError(f"{key}.model_type={model_type!r} is not supported; supported: {sorted(parsers)}")
+        raise ConfigError(f"{key}.model_type={model_type!r:.80} is not supported; supported: {sorted(parsers)}")
     return model_type, sub
 
 
 def parse_config(d: Mapping) -> Config:
     """Parse the dict of a VisionEncoderDecoder config.json, refusing what cannot be honoured."""
-    if d.get("model_type", "vision-encoder-decoder") != "vision-encoder-decoder":
-        raise ConfigError(f"model_type={d.get('model_type')!r}: expected 'vision-encoder-decoder'")
+    model_type = d.get("model_type", "vision-encoder-decoder")
+    if model_type != "vision-encoder-decoder":
+        what = _OTHER_MODEL_TYPES.get(model_type) if isinstance(model_type, str) else None
+        hint = f" ({what}, not an image-to-text checkpoint)" if what else ""
+        raise ConfigError(f"model_type={model_type!r:.80}{hint}: purevedec loads VisionEncoderDecoder "
+                          "checkpoints (model_type 'vision-encoder-decoder'); compose a separate encoder and "
+                          "decoder with from_encoder_decoder_pretrained")
     enc_type, enc_d = _sub(d, "encoder", ENCODER_PARSERS)
     dec_type, dec_d = _sub(d, "decoder", DECODER_PARSERS)
     encoder = ENCODER_PARSERS[enc_type](enc_d)
@@ -280,12 +282,12 @@ def parse_config(d: Mapping) -> Config:
     if d.get("tie_encoder_decoder") or enc_d.get("tie_encoder_decoder") or dec_d.get("tie_encoder_decoder"):
         raise ConfigError("tie_encoder_decoder=true is not supported for a ViT encoder and GPT-2 decoder")
     _check_cross_size(dec_d.get("cross_attention_hidden_size"), encoder, decoder)
-    _warn_unknown({k: v for k, v in d.items() if k not in ("encoder", "decoder")}, frozenset(), "config")
+    _warn_unknown({k: val for k, val in d.items() if k not in ("encoder", "decoder")}, frozenset(), "config")
     return Config(
         encoder=encoder, decoder=decoder,
-        decoder_start_token_id=_token_id(d, "decoder_start_token_id"),
-        pad_token_id=_token_id(d, "pad_token_id"),
-        eos_token_id=_token_id(d, "eos_token_id"),
+        decoder_start_token_id=d.get("decoder_start_token_id"),
+        pad_token_id=d.get("pad_token_id"),
+        eos_token_id=d.get("eos_token_id"),
     ).with_source(d)
 
 
@@ -295,7 +297,7 @@ def _check_cross_size(cross: Any, encoder: ViTConfig, decoder: GPT2Config) -> No
     if cross != encoder.hidden_size:
         raise ConfigError(
             "If `cross_attention_hidden_size` is specified in the decoder's configuration, it has to be "
-            f"equal to the encoder's `hidden_size`. Got {cross} for `config.decoder.cross_attention_hidden_size` "
+            f"equal to the encoder's `hidden_size`. Got {cross!r:.40} for `config.decoder.cross_attention_hidden_size` "
             f"and {encoder.hidden_size} for `config.encoder.hidden_size`.")
     if cross != decoder.n_embd:
         # With the size given transformers adds no projection, and GPT-2's cross-attention only
@@ -303,13 +305,3 @@ def _check_cross_size(cross: Any, encoder: ViTConfig, decoder: GPT2Config) -> No
         raise ConfigError(
             f"decoder.cross_attention_hidden_size={cross} differs from decoder.n_embd={decoder.n_embd}: "
             "GPT-2 cross-attention only accepts encoder states of width n_embd")
-
-
-def load_config(path: str | os.PathLike) -> Config:
-    """Read and parse ``path/config.json`` (or a config.json path itself)."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, "config.json")
-    d = read_json_object(path)
-    config = parse_config(d)
-    return dataclasses.replace(config, generation=load_generation_config(os.path.dirname(path), d))

@@ -1,16 +1,40 @@
-"""The package's error types, and the guard that turns any reader failure into one."""
+"""Every error type the package raises on bad input, in one place.
+
+Each is a ``ValueError`` (or ``OSError``) subclass, so existing ``except ValueError`` code keeps
+working, and all share ``PurevedecError`` so one ``except`` catches any of them.
+"""
 
 from __future__ import annotations
 
 import contextlib
 
 
-class ConfigError(ValueError):
-    """A config.json or generation option that is missing, malformed or not supported."""
+class PurevedecError(Exception):
+    """Base of the package's own errors."""
 
 
-class CheckpointError(ValueError):
+class ConfigError(PurevedecError, ValueError):
+    """A config.json, generation option or preprocessor option that is missing, malformed or not supported."""
+
+
+class CheckpointError(PurevedecError, ValueError):
     """A weights file that is missing, malformed, or does not fit the config."""
+
+
+class ModelNotFound(CheckpointError):
+    """A model name that is neither a local directory nor available from the Hub or its cache."""
+
+
+class ParamsError(PurevedecError, ValueError):
+    """A params tree that does not match its config (a missing, extra or mis-shaped leaf)."""
+
+
+class ImageError(PurevedecError, ValueError):
+    """An input that cannot be read or turned into an RGB image."""
+
+
+class TokenizerError(PurevedecError, ValueError):
+    """A checkpoint whose tokenizer files are missing or malformed."""
 
 
 @contextlib.contextmanager

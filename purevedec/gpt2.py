@@ -47,12 +47,17 @@ def attn_scale(cfg: GPT2Config, layer: int) -> float:
 
 
 def embed(p: dict, ids: jax.Array, position_ids: jax.Array, cfg: GPT2Config, dtype, key=None):
-    """ids, position_ids [B,T] -> [B,T,D]"""
+    """ids, position_ids [B,T] -> [B,T,D]. An id or position outside its table (possible only
+    under jit, where values cannot be checked first) embeds as NaN, so the rows it reaches
+    come out NaN instead of silently reading another row (JAX wraps negative indices and
+    clamps large ones): -100, transformers' ignore index, never becomes token V-100."""
     x = jnp.take(p["wte"], ids, axis=0).astype(dtype) + jnp.take(p["wpe"], position_ids, axis=0).astype(dtype)
+    valid = (ids >= 0) & (ids < cfg.vocab_size) & (position_ids >= 0) & (position_ids < cfg.n_positions)
+    x = jnp.where(valid[..., None], x, jnp.nan)
     return dropout(x, cfg.embd_pdrop, key)
 
 
-def cross_kv(bp: dict, enc: jax.Array, cfg: GPT2Config, dtype) -> tuple[jax.Array, jax.Array]:
+def layer_cross_kv(bp: dict, enc: jax.Array, cfg: GPT2Config, dtype) -> tuple[jax.Array, jax.Array]:
     """One layer's cross-attention keys and values from the encoder states. [B,S,D] -> 2 x [B,H,S,K]"""
     return tuple(split_heads(dense(bp["cross"][n], enc, dtype), cfg.n_head) for n in ("k", "v"))
 
@@ -78,16 +83,18 @@ def self_qkv(bp: dict, h: jax.Array, cfg: GPT2Config, dtype):
 
 
 def block(bp: dict, x: jax.Array, kv_cross, self_mask, cfg: GPT2Config, layer: int, dtype, *,
-          kv_self=None, key=None):
+          cache=None, pos=None, key=None):
     """One GPT-2 layer. x [B,T,D]; self_mask bool [B,1,T,U].
 
-    ``kv_self(k, v) -> (k_all, v_all)`` supplies the keys the queries attend to: identity for a
-    full forward pass, a cache write-and-read for incremental decoding.
-    Returns (x, self weights [B,H,T,U], cross weights [B,H,T,S])."""
+    With ``cache`` ({"k","v"} [B,H,Tmax,K]) the new keys/values are written at ``pos`` and the
+    queries attend over the whole buffer (incremental decoding); without, over x's own tokens.
+    Returns (x, self weights [B,H,T,U], cross weights [B,H,T,S], the updated cache or None)."""
     h = layer_norm(bp["ln1"], x, cfg.layer_norm_epsilon)
     q, k, v = self_qkv(bp, h, cfg, dtype)
-    if kv_self is not None:
-        k, v = kv_self(k, v)
+    if cache is not None:
+        cache = {n: jax.lax.dynamic_update_slice(cache[n], t.astype(cache[n].dtype), (0, 0, pos, 0))
+                 for n, t in (("k", k), ("v", v))}
+        k, v = cache["k"], cache["v"]
     out, self_w = attention(q, k, v, self_mask, attn_scale(cfg, layer), upcast=cfg.reorder_and_upcast_attn,
                             dropout_rate=cfg.attn_pdrop, key=site_key(key, 0))
     x = x + dropout(dense(bp["attn"]["o"], merge_heads(out), dtype), cfg.resid_pdrop, site_key(key, 1))
@@ -96,7 +103,7 @@ def block(bp: dict, x: jax.Array, kv_cross, self_mask, cfg: GPT2Config, layer: i
     x = x + dropout(out, cfg.resid_pdrop, site_key(key, 3))
     h = layer_norm(bp["ln2"], x, cfg.layer_norm_epsilon)
     h = dense(bp["mlp"]["out"], activation(cfg.activation_function, dense(bp["mlp"]["fc"], h, dtype)), dtype)
-    return x + dropout(h, cfg.resid_pdrop, site_key(key, 4)), self_w, cross_w
+    return x + dropout(h, cfg.resid_pdrop, site_key(key, 4)), self_w, cross_w, cache
 
 
 def lm_head(p: dict, h: jax.Array, cfg: GPT2Config, dtype) -> jax.Array:
@@ -113,7 +120,7 @@ def causal_mask(t: int, attention_mask: jax.Array | None, batch: int) -> jax.Arr
     return jnp.broadcast_to(mask, (batch, 1, t, t))
 
 
-def decode(p: dict, ids: jax.Array, kv_cross: list, cfg: GPT2Config, *, attention_mask=None,
+def apply(p: dict, ids: jax.Array, kv_cross: list, cfg: GPT2Config, *, attention_mask=None,
            position_ids=None, dtype=jnp.float32, key=None) -> dict:
     """Teacher-forced decoder pass. ids [B,T] -> {"logits": [B,T,V], "hidden_states": the
     embeddings and each layer's output, the last one after ln_f (as transformers returns them),
@@ -125,7 +132,7 @@ def decode(p: dict, ids: jax.Array, kv_cross: list, cfg: GPT2Config, *, attentio
     mask = causal_mask(t, attention_mask, b)
     hidden, self_ws, cross_ws = [x], [], []
     for i, bp in enumerate(p["blocks"]):
-        x, self_w, cross_w = block(bp, x, kv_cross[i], mask, cfg, i, dtype, key=site_key(key, 1, i))
+        x, self_w, cross_w, _ = block(bp, x, kv_cross[i], mask, cfg, i, dtype, key=site_key(key, 1, i))
         hidden.append(x)
         self_ws.append(self_w)
         cross_ws.append(cross_w)
@@ -140,31 +147,29 @@ def init_self_cache(cfg: GPT2Config, rows: int, max_len: int, dtype) -> list:
     return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.n_layer)]
 
 
-def step(p: dict, cache: dict, ids: jax.Array, cfg: GPT2Config, *, attention_mask=None, dtype=jnp.float32):
+def apply_cached(p: dict, cache: dict, ids: jax.Array, cfg: GPT2Config, *, attention_mask=None,
+                 dtype=jnp.float32):
     """Decode ``ids`` [R,t] after the ``cache["pos"]`` tokens already in the cache.
 
-    New K/V are written at pos..pos+t-1 with dynamic_update_slice; queries attend causally to
-    every cached position the key mask marks valid (padding of a ragged prompt stays hidden).
-    Positions are absolute buffer indices, as transformers numbers them during generation.
+    New K/V are written at pos..pos+t-1; queries attend causally to every cached position the
+    key mask marks valid (padding of a ragged prompt stays hidden). Positions are absolute
+    buffer indices, as transformers numbers them during generation. Writing past the buffer
+    (possible only under jit) makes the logits NaN rather than overwrite the last slot.
     Returns (logits [R,t,V] float32, new cache, cross-attention weights per layer [R,H,t,S])."""
     r, t = ids.shape
     pos = cache["pos"]
+    max_len = cache["mask"].shape[1]
     valid = jnp.ones((r, t), bool) if attention_mask is None else attention_mask != 0
     key_mask = jax.lax.dynamic_update_slice(cache["mask"], valid, (0, pos))  # [R,Tmax]
     q_pos = pos + jnp.arange(t)
-    causal = jnp.arange(key_mask.shape[1])[None, :] <= q_pos[:, None]  # [t,Tmax]
+    causal = jnp.arange(max_len)[None, :] <= q_pos[:, None]  # [t,Tmax]
     mask = causal[None, None] & key_mask[:, None, None, :]  # [R,1,t,Tmax]
     x = embed(p, ids, jnp.broadcast_to(q_pos, (r, t)), cfg, dtype)
     new_self, cross_ws = [], []
     for i, bp in enumerate(p["blocks"]):
-        layer = cache["self"][i]
-
-        def write(k, v, layer=layer):
-            k_all = jax.lax.dynamic_update_slice(layer["k"], k.astype(layer["k"].dtype), (0, 0, pos, 0))
-            v_all = jax.lax.dynamic_update_slice(layer["v"], v.astype(layer["v"].dtype), (0, 0, pos, 0))
-            new_self.append({"k": k_all, "v": v_all})
-            return k_all, v_all
-        x, _, cross_w = block(bp, x, cache["cross"][i], mask, cfg, i, dtype, kv_self=write)
+        x, _, cross_w, layer = block(bp, x, cache["cross"][i], mask, cfg, i, dtype, cache=cache["self"][i], pos=pos)
+        new_self.append(layer)
         cross_ws.append(cross_w)
     logits = lm_head(p, layer_norm(p["ln_f"], x, cfg.layer_norm_epsilon), cfg, dtype)
+    logits = jnp.where(pos + t <= max_len, logits, jnp.nan)
     return logits, {**cache, "self": new_self, "mask": key_mask, "pos": pos + t}, cross_ws

@@ -6,7 +6,7 @@ Shape letters used in comments across the package:
 
 Dense kernels are stored [d_out, d_in] (PyTorch's Linear layout) and applied as ``x @ w.T``:
 on the CPU this project targets that layout reads weights at the memory bound in the
-decode loop (see PERF-NOTES.md), and it costs nothing for encoder-sized matmuls.
+decode loop (see docs/perf-notes.md), and it costs nothing for encoder-sized matmuls.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import math
 
 import jax
 import jax.numpy as jnp
+
+from .config import ACTIVATION_NAMES
 
 F32 = jnp.float32
 # Large negative score for masked keys. A finite value (not -inf) keeps fully masked rows,
@@ -111,6 +113,9 @@ ACTIVATIONS = {
 }
 
 
+assert set(ACTIVATIONS) == ACTIVATION_NAMES, "config.ACTIVATION_NAMES must list exactly the formulas here"
+
+
 def activation(name: str, x: jax.Array) -> jax.Array:
     # Computed in float32: tanh/erf polynomials lose visible accuracy in bf16.
     return ACTIVATIONS[name](x.astype(F32)).astype(x.dtype)
@@ -119,7 +124,7 @@ def activation(name: str, x: jax.Array) -> jax.Array:
 def split_heads(x: jax.Array, heads: int) -> jax.Array:
     """[B,T,H*K] -> heads-first [B,H,T,K]: attention's two products are then plain batched
     matmuls, and caches kept in this layout are read without a transposing copy per step
-    (contracting the [B,T,H,K] layout directly ran ~3x slower on XLA:CPU; PERF-NOTES)."""
+    (contracting the [B,T,H,K] layout directly ran ~3x slower on XLA:CPU; docs/perf-notes.md)."""
     return x.reshape(*x.shape[:-1], heads, x.shape[-1] // heads).swapaxes(-3, -2)
 
 

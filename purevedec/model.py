@@ -1,8 +1,14 @@
-"""Composition: encode -> (projection) -> decode, and the public ``forward``.
+"""Composition: encode -> (projection) -> decode, and the public model functions.
 
-The public functions validate their inputs in Python (shapes always; token values too when
-they are concrete arrays rather than tracers), then call one jitted function. Config, dtype
-and the output flags are static: each combination compiles once.
+Every public function takes ``params`` first and ``config`` as an optional argument: by
+default the config the params carry (``params["config"]``), an explicit one wins (to change
+dropout rates, say). They validate params and inputs in Python (shapes always, values too
+when the arrays are concrete rather than tracers), then call one jitted function whose static
+arguments are the config, dtype and output flags: each combination compiles once.
+
+Return types follow one rule: ``forward`` returns the logits array and ``encode`` the states
+array, unless ``output_hidden_states`` or ``output_attentions`` is set (static Python flags),
+in which case they return an ``Output`` / ``EncoderOutput``. Nothing else changes the type.
 """
 
 from __future__ import annotations
@@ -16,24 +22,26 @@ import numpy as np
 
 from .config import Config
 from .layers import dense, site_key
-from .params import decoder_module, encoder_module
+from .params import decoder_module, encoder_module, unpack
 
 
 class EncoderOutput(NamedTuple):
+    """What ``encode`` returns when hidden states or attentions are asked for."""
     hidden: jax.Array                     # [B,S,D_dec]: what the decoder reads (after projection)
     last_hidden_state: jax.Array          # [B,S,D_enc]: the encoder's own output (before projection)
-    hidden_states: Optional[tuple] = None
-    attentions: Optional[tuple] = None
+    hidden_states: Optional[tuple] = None  # embeddings + each layer's output, [B,S,D_enc] each
+    attentions: Optional[tuple] = None     # each layer's [B,H,S,S] weights
 
 
 class Output(NamedTuple):
+    """What ``forward`` returns when hidden states or attentions are asked for (transformers' names)."""
     logits: jax.Array                     # [B,T,V] float32
-    encoder_last_hidden_state: jax.Array
-    encoder_hidden_states: Optional[tuple] = None
-    encoder_attentions: Optional[tuple] = None
-    decoder_hidden_states: Optional[tuple] = None
-    decoder_attentions: Optional[tuple] = None
-    cross_attentions: Optional[tuple] = None
+    encoder_last_hidden_state: jax.Array  # [B_img,S,D_enc]
+    encoder_hidden_states: Optional[tuple] = None   # L_enc+1 x [B_img,S,D_enc]
+    encoder_attentions: Optional[tuple] = None      # L_enc x [B_img,H,S,S]
+    decoder_hidden_states: Optional[tuple] = None   # L_dec+1 x [B,T,D], the last after the final norm
+    decoder_attentions: Optional[tuple] = None      # L_dec x [B,H,T,T]
+    cross_attentions: Optional[tuple] = None        # L_dec x [B,H,T,S]
 
 
 _STATIC = ("config", "interpolate_pos_encoding", "dtype", "output_hidden_states", "output_attentions")
@@ -43,6 +51,17 @@ def _is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def compute_dtype(dtype) -> jnp.dtype:
+    """The compute dtype, refusing what is not floating point (an int dtype gives all-zero logits)."""
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"dtype={dtype!r} is not a dtype; use jnp.float32, jnp.bfloat16 or jnp.float16") from None
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise ValueError(f"dtype={dt} is not a floating-point compute dtype; use float32, bfloat16 or float16")
+    return dt
+
+
 def check_pixels(pixels, config: Config) -> None:
     if getattr(pixels, "ndim", None) != 4:
         raise ValueError(f"pixels must be a [B,C,H,W] array, got shape {getattr(pixels, 'shape', None)}")
@@ -50,8 +69,17 @@ def check_pixels(pixels, config: Config) -> None:
         raise ValueError(f"pixels must be floating point (HF image processor output), got {pixels.dtype}")
 
 
-def check_ids(ids, config: Config, name: str = "ids", offset: int = 0) -> None:
-    """Shape, dtype and (when concrete) range checks for decoder token ids [B,T]."""
+def _value_range(x) -> tuple[int, int] | None:
+    """(min, max) of a concrete integer array; None for a tracer or an empty array."""
+    if not _is_concrete(x) or not x.size:
+        return None
+    x = np.asarray(x)
+    return int(x.min()), int(x.max())
+
+
+def check_ids(ids, config: Config, name: str = "ids", offset: int = 0, origin: str = "") -> None:
+    """Shape, dtype and (when concrete) range checks for decoder token ids [B,T]. ``origin``
+    says where the ids came from, for the message."""
     if getattr(ids, "ndim", None) != 2:
         raise ValueError(f"{name} must be a [B,T] array of token ids, got shape {getattr(ids, 'shape', None)}")
     if not jnp.issubdtype(ids.dtype, jnp.integer):
@@ -60,29 +88,44 @@ def check_ids(ids, config: Config, name: str = "ids", offset: int = 0) -> None:
     if offset + ids.shape[1] > dec.n_positions:
         raise ValueError(f"{name} reach position {offset + ids.shape[1]}, beyond the decoder's "
                          f"n_positions={dec.n_positions}")
-    if _is_concrete(ids) and ids.size:
-        lo, hi = int(np.min(np.asarray(ids))), int(np.max(np.asarray(ids)))
-        if lo < 0 or hi >= dec.vocab_size:
-            raise ValueError(f"{name} hold token ids in [{lo}, {hi}], outside the vocabulary [0, {dec.vocab_size})")
+    found = _value_range(ids)
+    if found and (found[0] < 0 or found[1] >= dec.vocab_size):
+        raise ValueError(f"{name} hold token ids in [{found[0]}, {found[1]}], outside the vocabulary "
+                         f"[0, {dec.vocab_size}){origin}")
+
+
+def _check_positions(position_ids, ids, config: Config) -> None:
+    _check_mask(position_ids, ids, "position_ids")
+    found = None if position_ids is None else _value_range(position_ids)
+    if found and (found[0] < 0 or found[1] >= config.decoder.n_positions):
+        raise ValueError(f"position_ids hold values in [{found[0]}, {found[1]}], outside the decoder's position "
+                         f"table [0, {config.decoder.n_positions})")
 
 
 def _check_mask(mask, ids, name: str) -> None:
-    if mask is not None and tuple(mask.shape) != tuple(ids.shape):
-        raise ValueError(f"{name} has shape {tuple(mask.shape)}, expected the ids' shape {tuple(ids.shape)}")
+    if mask is not None and tuple(np.shape(mask)) != tuple(ids.shape):
+        raise ValueError(f"{name} has shape {tuple(np.shape(mask))}, expected the ids' shape {tuple(ids.shape)}")
 
 
-def _check_batch(pixels, ids) -> None:
-    if pixels.shape[0] != ids.shape[0]:
-        raise ValueError("The inputs of encoder and decoder should have the same batch size, but got "
-                         f"{pixels.shape[0]} for encoder and {ids.shape[0]} for decoder.")
+def _check_rows(images: int, rows: int, what: str) -> None:
+    """Decoder rows come in equal groups per image, image-major (several captions per image)."""
+    if images == 0 or rows % images:
+        raise ValueError(f"{what} has {rows} rows, which is not a multiple of the {images} images: rows "
+                         "r*k..r*k+k-1 belong to image r (k captions per image)")
 
 
-def _encode(params, pixels, config, interpolate_pos_encoding, dtype, key):
-    out = encoder_module(config).encode(params["encoder"], pixels, config.encoder,
-                                        interpolate_pos_encoding=interpolate_pos_encoding, dtype=dtype, key=key)
+def _check_enc(enc, config: Config) -> None:
+    if getattr(enc, "ndim", None) != 3 or enc.shape[-1] != config.decoder.n_embd:
+        raise ValueError(f"enc must be [B,S,{config.decoder.n_embd}] (encode()'s output), "
+                         f"got {getattr(enc, 'shape', None)}")
+
+
+def _encode(weights, pixels, config, interpolate_pos_encoding, dtype, key):
+    out = encoder_module(config).apply(weights["encoder"], pixels, config.encoder,
+                                       interpolate_pos_encoding=interpolate_pos_encoding, dtype=dtype, key=key)
     hidden = out["last_hidden_state"]
     if config.has_projection:
-        hidden = dense(params["proj"], hidden, dtype)
+        hidden = dense(weights["proj"], hidden, dtype)
     return hidden, out
 
 
@@ -93,11 +136,11 @@ def _encode(params, pixels, config, interpolate_pos_encoding, dtype, key):
 ENCODER_CHUNK = 8
 
 
-def encoder_states(params, pixels, config, interpolate_pos_encoding, dtype) -> jax.Array:
+def encoder_states(weights, pixels, config, interpolate_pos_encoding, dtype) -> jax.Array:
     """pixels [B,C,H,W] -> the (projected) states [B,S,D], ENCODER_CHUNK images at a time
     (one compiled chunk under lax.map; a smaller remainder chunk after it)."""
     def run(x):
-        return _encode(params, x, config, interpolate_pos_encoding, dtype, None)[0]
+        return _encode(weights, x, config, interpolate_pos_encoding, dtype, None)[0]
     b = pixels.shape[0]
     if b <= ENCODER_CHUNK:
         return run(pixels)
@@ -108,19 +151,26 @@ def encoder_states(params, pixels, config, interpolate_pos_encoding, dtype) -> j
     return out if whole == b else jnp.concatenate([out, run(pixels[whole:])])
 
 
-def cross_kv(params, enc: jax.Array, config: Config, dtype) -> list:
-    """Per layer, cross-attention (K, V) [B,H,S,K] from the (projected) encoder states."""
+def layer_kv(weights, enc: jax.Array, config: Config, dtype) -> list:
+    """Per decoder layer, cross-attention (K, V) [B,H,S,K] from the (projected) encoder states."""
     dec = decoder_module(config)
-    return [dec.cross_kv(bp, enc, config.decoder, dtype) for bp in params["decoder"]["blocks"]]
+    return [dec.layer_cross_kv(bp, enc, config.decoder, dtype) for bp in weights["decoder"]["blocks"]]
+
+
+def cross_kv(params, enc: jax.Array, config: Config | None = None, *, dtype=jnp.float32) -> list:
+    """Per decoder layer, the cross-attention (K, V) [B,H,S,K] the decoder reads from ``enc``."""
+    weights, config = unpack(params, config)
+    _check_enc(enc, config)
+    return layer_kv(weights, enc, config, compute_dtype(dtype))
 
 
 @partial(jax.jit, static_argnames=_STATIC)
-def _encode_jit(params, pixels, key, *, config, interpolate_pos_encoding, dtype, output_hidden_states,
+def _encode_jit(weights, pixels, key, *, config, interpolate_pos_encoding, dtype, output_hidden_states,
                 output_attentions):
     extras = output_hidden_states or output_attentions
     if not extras and key is None:
-        return encoder_states(params, pixels, config, interpolate_pos_encoding, dtype)
-    hidden, out = _encode(params, pixels, config, interpolate_pos_encoding, dtype, key)
+        return encoder_states(weights, pixels, config, interpolate_pos_encoding, dtype)
+    hidden, out = _encode(weights, pixels, config, interpolate_pos_encoding, dtype, key)
     if not extras:
         return hidden
     return EncoderOutput(hidden, out["last_hidden_state"],
@@ -128,46 +178,48 @@ def _encode_jit(params, pixels, key, *, config, interpolate_pos_encoding, dtype,
                          out["attentions"] if output_attentions else None)
 
 
-def encode(params, pixels, config: Config, *, interpolate_pos_encoding: bool = False, dtype=jnp.float32,
-           output_hidden_states: bool = False, output_attentions: bool = False, key=None):
+def encode(params, pixels, config: Config | None = None, *, interpolate_pos_encoding: bool = False,
+           dtype=jnp.float32, output_hidden_states: bool = False, output_attentions: bool = False, key=None):
     """Image -> the states the decoder reads. pixels [B,C,H,W] -> [B,S,D] (after projection),
     or an ``EncoderOutput`` when hidden states or attentions are asked for.
     ``key`` turns on dropout (training); None is inference."""
+    weights, config = unpack(params, config)
     check_pixels(pixels, config)
-    return _encode_jit(params, pixels, key, config=config, interpolate_pos_encoding=interpolate_pos_encoding,
-                       dtype=jnp.dtype(dtype), output_hidden_states=output_hidden_states,
-                       output_attentions=output_attentions)
+    return _encode_jit(weights, pixels, key, config=config, interpolate_pos_encoding=interpolate_pos_encoding,
+                       dtype=compute_dtype(dtype), output_hidden_states=bool(output_hidden_states),
+                       output_attentions=bool(output_attentions))
 
 
-def _decode(params, ids, enc, config, attention_mask, position_ids, dtype, key):
-    dec = decoder_module(config)
-    return dec.decode(params["decoder"], ids, cross_kv(params, enc, config, dtype), config.decoder,
-                      attention_mask=attention_mask, position_ids=position_ids, dtype=dtype, key=key)
+def _decode(weights, ids, enc, config, attention_mask, position_ids, dtype, key):
+    return decoder_module(config).apply(weights["decoder"], ids, layer_kv(weights, enc, config, dtype), config.decoder,
+                                        attention_mask=attention_mask, position_ids=position_ids, dtype=dtype,
+                                        key=key)
 
 
 @partial(jax.jit, static_argnames=("config", "dtype"))
-def _decode_jit(params, ids, enc, attention_mask, position_ids, key, *, config, dtype):
-    return _decode(params, ids, enc, config, attention_mask, position_ids, dtype, key)["logits"]
+def _decode_jit(weights, ids, enc, attention_mask, position_ids, key, *, config, dtype):
+    return _decode(weights, ids, enc, config, attention_mask, position_ids, dtype, key)["logits"]
 
 
-def decode(params, ids, enc, config: Config, *, attention_mask=None, position_ids=None, dtype=jnp.float32,
-           key=None):
-    """Teacher-forced decoder over given encoder states. ids [B,T], enc [B,S,D] -> logits [B,T,V]."""
+def decode(params, ids, enc, config: Config | None = None, *, attention_mask=None, position_ids=None,
+           dtype=jnp.float32, key=None):
+    """Teacher-forced decoder over given encoder states. ids [B*k,T], enc [B,S,D] -> logits [B*k,T,V]
+    (k caption rows per image, image-major)."""
+    weights, config = unpack(params, config)
     check_ids(ids, config)
     _check_mask(attention_mask, ids, "attention_mask")
-    _check_mask(position_ids, ids, "position_ids")
-    if enc.ndim != 3 or enc.shape[-1] != config.decoder.n_embd:
-        raise ValueError(f"enc must be [B,S,{config.decoder.n_embd}] (encode()'s output), got {enc.shape}")
-    if ids.shape[0] % enc.shape[0]:
-        raise ValueError(f"ids batch {ids.shape[0]} is not a multiple of the encoder batch {enc.shape[0]}")
-    return _decode_jit(params, ids, enc, attention_mask, position_ids, key, config=config, dtype=jnp.dtype(dtype))
+    _check_positions(position_ids, ids, config)
+    _check_enc(enc, config)
+    _check_rows(enc.shape[0], ids.shape[0], "ids")
+    return _decode_jit(weights, ids, enc, attention_mask, position_ids, key, config=config,
+                       dtype=compute_dtype(dtype))
 
 
 @partial(jax.jit, static_argnames=_STATIC)
-def _forward_jit(params, pixels, ids, attention_mask, position_ids, key, *, config, interpolate_pos_encoding,
+def _forward_jit(weights, pixels, ids, attention_mask, position_ids, key, *, config, interpolate_pos_encoding,
                  dtype, output_hidden_states, output_attentions):
-    enc, enc_out = _encode(params, pixels, config, interpolate_pos_encoding, dtype, site_key(key, 0))
-    dec_out = _decode(params, ids, enc, config, attention_mask, position_ids, dtype, site_key(key, 1))
+    enc, enc_out = _encode(weights, pixels, config, interpolate_pos_encoding, dtype, site_key(key, 0))
+    dec_out = _decode(weights, ids, enc, config, attention_mask, position_ids, dtype, site_key(key, 1))
     if not (output_hidden_states or output_attentions):
         return dec_out["logits"]
     hid, att = output_hidden_states, output_attentions
@@ -181,66 +233,90 @@ def _forward_jit(params, pixels, ids, attention_mask, position_ids, key, *, conf
     )
 
 
-def forward(params, pixels, ids, config: Config, *, attention_mask=None, position_ids=None,
+def forward(params, pixels, ids, config: Config | None = None, *, attention_mask=None, position_ids=None,
             interpolate_pos_encoding: bool = False, dtype=jnp.float32, output_hidden_states: bool = False,
             output_attentions: bool = False, key=None):
     """Teacher-forced logits, like ``VisionEncoderDecoderModel(pixel_values, decoder_input_ids)``.
 
-    pixels [B,C,H,W] float, ids [B,T] int, attention_mask [B,T] (1 = token, 0 = padding),
-    position_ids [B,T] (default 0..T-1, as transformers). Returns float32 logits [B,T,V], or an
-    ``Output`` with hidden states / attention weights when asked. ``dtype`` is the compute
-    dtype (params are cast to it); ``key`` turns on dropout for training.
+    pixels [B,C,H,W] float, ids [B*k,T] int (k caption rows per image, image-major: each image
+    is encoded once), attention_mask [B*k,T] (1 = token, 0 = padding), position_ids [B*k,T]
+    (default 0..T-1, as transformers). Returns float32 logits [B*k,T,V], or an ``Output`` with
+    hidden states / attention weights when asked. ``dtype`` is the compute dtype (params are
+    cast to it); ``key`` turns on dropout for training.
+
+    Token ids and positions are range-checked when concrete. Under ``jax.jit`` they cannot be:
+    an id outside [0, V) or a position outside the table makes that row's logits NaN (never a
+    silent read of another row).
     """
+    weights, config = unpack(params, config)
     check_pixels(pixels, config)
     check_ids(ids, config)
-    _check_batch(pixels, ids)
+    _check_rows(pixels.shape[0], ids.shape[0], "ids")
     _check_mask(attention_mask, ids, "attention_mask")
-    _check_mask(position_ids, ids, "position_ids")
-    return _forward_jit(params, pixels, ids, attention_mask, position_ids, key, config=config,
-                        interpolate_pos_encoding=interpolate_pos_encoding, dtype=jnp.dtype(dtype),
-                        output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+    _check_positions(position_ids, ids, config)
+    return _forward_jit(weights, pixels, ids, attention_mask, position_ids, key, config=config,
+                        interpolate_pos_encoding=bool(interpolate_pos_encoding), dtype=compute_dtype(dtype),
+                        output_hidden_states=bool(output_hidden_states), output_attentions=bool(output_attentions))
 
 
-@partial(jax.jit, static_argnames=("config", "max_len", "rows_per_image", "dtype"))
-def _init_cache_jit(params, enc, *, config, max_len, rows_per_image, dtype):
+def new_cache(weights, enc, config: Config, max_len: int, rows_per_image: int, dtype) -> dict:
+    """The decoding cache (traceable): cross K/V from ``enc`` once per image, empty self K/V."""
     rows = enc.shape[0] * rows_per_image
     return {
-        "cross": cross_kv(params, enc, config, dtype),  # [B,H,S,K] per layer, once per image
+        "cross": layer_kv(weights, enc, config, dtype),  # [B,H,S,K] per layer, once per image
         "self": decoder_module(config).init_self_cache(config.decoder, rows, max_len, dtype),
         "mask": jnp.zeros((rows, max_len), bool),  # which cached positions hold real tokens
         "pos": jnp.zeros((), jnp.int32),  # next write index
     }
 
 
-def init_cache(params, enc, config: Config, max_len: int, *, rows_per_image: int = 1, dtype=jnp.float32):
+@partial(jax.jit, static_argnames=("config", "max_len", "rows_per_image", "dtype"))
+def _init_cache_jit(weights, enc, *, config, max_len, rows_per_image, dtype):
+    return new_cache(weights, enc, config, max_len, rows_per_image, dtype)
+
+
+def init_cache(params, enc, config: Config | None = None, max_len: int = None, *, rows_per_image: int = 1,
+               dtype=jnp.float32):
     """A decoding cache for ``max_len`` decoder tokens. Cross-attention K/V are computed here,
     once per image; ``rows_per_image`` decoder rows (beams, samples) share them, image-major
     (row r reads image r // rows_per_image)."""
-    if enc.ndim != 3 or enc.shape[-1] != config.decoder.n_embd:
-        raise ValueError(f"enc must be [B,S,{config.decoder.n_embd}] (encode()'s output), got {enc.shape}")
-    if not 0 < max_len <= config.decoder.n_positions:
-        raise ValueError(f"max_len={max_len} must be in [1, n_positions={config.decoder.n_positions}]")
-    return _init_cache_jit(params, enc, config=config, max_len=int(max_len), rows_per_image=int(rows_per_image),
-                           dtype=jnp.dtype(dtype))
+    weights, config = unpack(params, config)
+    _check_enc(enc, config)
+    if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or \
+            not 0 < max_len <= config.decoder.n_positions:
+        raise ValueError(f"max_len={max_len!r} must be an int in [1, n_positions={config.decoder.n_positions}]")
+    if isinstance(rows_per_image, bool) or not isinstance(rows_per_image, (int, np.integer)) or rows_per_image < 1:
+        raise ValueError(f"rows_per_image={rows_per_image!r} must be a positive int")
+    return _init_cache_jit(weights, enc, config=config, max_len=int(max_len), rows_per_image=int(rows_per_image),
+                           dtype=compute_dtype(dtype))
 
 
-def cache_step(params, cache, ids, config: Config, attention_mask=None, dtype=jnp.float32):
+def cache_step(weights, cache, ids, config: Config, attention_mask=None, dtype=jnp.float32):
     """The unjitted core of ``step``, for use inside other jitted code (generate); also returns
     the per-layer cross-attention weights."""
-    return decoder_module(config).step(params["decoder"], cache, ids, config.decoder,
-                                       attention_mask=attention_mask, dtype=dtype)
+    return decoder_module(config).apply_cached(weights["decoder"], cache, ids, config.decoder,
+                                               attention_mask=attention_mask, dtype=dtype)
 
 
-@partial(jax.jit, static_argnames=("config", "dtype"), donate_argnames=("cache",))
-def _step_jit(params, cache, ids, attention_mask, *, config, dtype):
-    logits, cache, _ = cache_step(params, cache, ids, config, attention_mask, dtype)
+def _step(weights, cache, ids, attention_mask, *, config, dtype):
+    logits, cache, _ = cache_step(weights, cache, ids, config, attention_mask, dtype)
     return logits, cache
 
 
-def step(params, cache, ids, config: Config, *, attention_mask=None, dtype=jnp.float32):
+_step_donating = jax.jit(_step, static_argnames=("config", "dtype"), donate_argnames=("cache",))
+_step_keeping = jax.jit(_step, static_argnames=("config", "dtype"))
+
+
+def step(params, cache, ids, config: Config | None = None, *, attention_mask=None, dtype=jnp.float32,
+         donate: bool = True):
     """Feed ``ids`` [R,t] (a prompt, or one token) to the cached decoder: (logits [R,t,V], cache).
-    ``attention_mask`` [R,t] marks padding inside a ragged, left-padded prompt. The input cache
-    is donated (its buffers are reused), so keep using the returned one."""
+    ``attention_mask`` [R,t] marks padding inside a ragged, left-padded prompt.
+
+    By default the input cache is donated (its buffers are reused), so keep using the returned
+    one. ``donate=False`` leaves it intact: branch a shared prefix into several continuations by
+    stepping the same cache more than once. Past ``max_len`` a concrete cache raises; under jit
+    the logits come back NaN (the write would otherwise overwrite the last slot)."""
+    weights, config = unpack(params, config)
     check_ids(ids, config)
     _check_mask(attention_mask, ids, "attention_mask")
     rows, max_len = cache["mask"].shape
@@ -248,4 +324,5 @@ def step(params, cache, ids, config: Config, *, attention_mask=None, dtype=jnp.f
         raise ValueError(f"ids have {ids.shape[0]} rows, the cache holds {rows}")
     if _is_concrete(cache["pos"]) and int(cache["pos"]) + ids.shape[1] > max_len:
         raise ValueError(f"cache is full: {int(cache['pos'])} + {ids.shape[1]} tokens > max_len={max_len}")
-    return _step_jit(params, cache, ids, attention_mask, config=config, dtype=jnp.dtype(dtype))
+    run = _step_donating if donate else _step_keeping
+    return run(weights, cache, ids, attention_mask, config=config, dtype=compute_dtype(dtype))

@@ -1,21 +1,29 @@
 """The parameter tree: its one description (``param_shapes``), random init, and validation.
 
-Everything else that needs the tree's layout (the loader's checks, ``jax.eval_shape`` tests,
-sharding later) derives it from ``param_shapes``.
+Params are a plain nested dict of arrays (lists for per-layer blocks) that also carries its
+config at ``params["config"]`` (and, once loaded from a checkpoint, its generation defaults at
+``params["generation_config"]``): both are leafless static pytree nodes, invisible to
+``jax.tree.map``, ``grad``, optimizers and sharding. Everything else that needs the tree's layout
+(the loader, validation, sharding rules) derives it from ``param_shapes``.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import gpt2, vit
 from .config import Config
+from .errors import ParamsError
 
 ENCODERS = {"vit": vit}
 DECODERS = {"gpt2": gpt2}
+# Keys of a params dict that hold static descriptions, not weights.
+STATIC_KEYS = ("config", "generation_config")
 
 
 def encoder_module(config: Config):
@@ -27,7 +35,7 @@ def decoder_module(config: Config):
 
 
 def param_shapes(config: Config) -> dict:
-    """Nested dict of shape tuples (lists for per-layer blocks), mirroring the params tree."""
+    """Nested dict of shape tuples (lists for per-layer blocks), mirroring the weights tree."""
     shapes = {"encoder": encoder_module(config).param_shapes(config.encoder),
               "decoder": decoder_module(config).param_shapes(config.decoder)}
     if config.has_projection:
@@ -41,9 +49,10 @@ def is_shape(x) -> bool:
 
 
 def flatten(tree, prefix: str = "") -> dict[str, object]:
-    """{"decoder.blocks.0.attn.q.w": leaf, ...}: the dotted paths used in messages and checks."""
-    if isinstance(tree, dict):
-        items = tree.items()
+    """{"decoder.blocks.0.attn.q.w": leaf, ...}: the dotted paths used in messages and checks
+    (the static config entries are not leaves and are left out)."""
+    if isinstance(tree, Mapping):
+        items = ((k, v) for k, v in tree.items() if not (prefix == "" and k in STATIC_KEYS))
     elif isinstance(tree, list):
         items = enumerate(tree)
     else:
@@ -52,6 +61,15 @@ def flatten(tree, prefix: str = "") -> dict[str, object]:
     for k, v in items:
         out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
     return out
+
+
+def map_with_path(tree, fn, prefix: str = ""):
+    """Rebuild a shapes-style tree (dicts and lists) with ``fn(dotted path, leaf)`` at each leaf."""
+    if isinstance(tree, dict):
+        return {k: map_with_path(v, fn, f"{prefix}.{k}" if prefix else k) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [map_with_path(v, fn, f"{prefix}.{i}") for i, v in enumerate(tree)]
+    return fn(prefix, tree)
 
 
 def _init_leaf(path: str, shape: tuple, config: Config, key, dtype):
@@ -73,30 +91,82 @@ def _init_leaf(path: str, shape: tuple, config: Config, key, dtype):
 
 
 def init_params(config: Config, key, dtype=jnp.float32) -> dict:
-    """Random parameters laid out as ``param_shapes(config)``; same key, same params."""
+    """Random parameters laid out as ``param_shapes(config)``, carrying ``config``; same key, same params."""
+    if not isinstance(config, Config):
+        raise TypeError(f"init_params(config, key): config must be a purevedec.Config, got {type(config).__name__}")
     shapes = param_shapes(config)
     flat = flatten(shapes)
     keys = dict(zip(flat, jax.random.split(key, len(flat))))
-    return _map_with_path(shapes, lambda path, shape: _init_leaf(path, shape, config, keys[path], dtype))
+    weights = map_with_path(shapes, lambda path, shape: _init_leaf(path, shape, config, keys[path], dtype))
+    return {**weights, "config": config}
 
 
-def _map_with_path(tree, fn, prefix: str = ""):
-    if isinstance(tree, dict):
-        return {k: _map_with_path(v, fn, f"{prefix}.{k}" if prefix else k) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_map_with_path(v, fn, f"{prefix}.{i}") for i, v in enumerate(tree)]
-    return fn(prefix, tree)
+def _describe(x) -> str:
+    return type(x).__name__ if not hasattr(x, "shape") else f"{type(x).__name__}{list(x.shape)}"
 
 
-def check_params(params: dict, config: Config) -> None:
-    """Raise ValueError naming the first param whose presence or shape differs from the config."""
-    want = flatten(param_shapes(config))
-    have = flatten(params)
-    missing = sorted(set(want) - set(have))
-    extra = sorted(set(have) - set(want))
-    if missing or extra:
-        raise ValueError(f"params do not match the config: missing {missing[:5]}, unexpected {extra[:5]}")
-    for path, shape in want.items():
-        got = tuple(getattr(have[path], "shape", ()))
-        if got != shape:
-            raise ValueError(f"param {path} has shape {got}, the config needs {shape}")
+def _mismatch(want, have, path: str) -> str | None:
+    """The first difference between the expected shapes tree and a weights tree, in words."""
+    where = path or "params"
+    if isinstance(want, dict):
+        if not isinstance(have, Mapping):
+            return f"{where} is {_describe(have)}, expected a dict with keys {sorted(want)}"
+        missing, extra = sorted(set(want) - set(have)), sorted(map(str, set(have) - set(want)))
+        if missing or extra:
+            return f"{where}: missing {missing[:5]}, unexpected {extra[:5]}"
+        return next((m for k in want if (m := _mismatch(want[k], have[k], f"{path}.{k}" if path else k))), None)
+    if isinstance(want, list):
+        if not isinstance(have, (list, tuple)):
+            hint = (" (a checkpointer restored the list of layers as a dict: pass "
+                    f"[blocks[str(i)] for i in range({len(want)})])") if isinstance(have, Mapping) else ""
+            return f"{where} is {_describe(have)}, expected a list of {len(want)} layers{hint}"
+        if len(have) != len(want):
+            return f"{where} has {len(have)} layers, the config has {len(want)}"
+        return next((m for i, (w, h) in enumerate(zip(want, have)) if (m := _mismatch(w, h, f"{path}.{i}"))), None)
+    shape, dtype = getattr(have, "shape", None), getattr(have, "dtype", None)
+    if shape is None or dtype is None:
+        return f"{where} is {_describe(have)}, expected an array of shape {list(want)}"
+    if tuple(shape) != want:
+        return f"{where} has shape {list(shape)}, the config needs {list(want)}"
+    if not jnp.issubdtype(dtype, jnp.floating):
+        return f"{where} has dtype {dtype}, expected a floating-point dtype"
+    return None
+
+
+_CHECKED: set = set()  # (config, tree structure, leaf shapes and dtypes) already found valid
+
+
+def check_params(params: Mapping, config: Config | None = None) -> None:
+    """Raise ``ParamsError`` naming the first leaf whose presence, container, shape or dtype
+    differs from what ``config`` (default: ``params["config"]``) describes. Cheap after the
+    first call for a given tree structure, shapes and config (the result is cached)."""
+    config = _config_of(params, config)
+    weights = {k: v for k, v in params.items() if k not in STATIC_KEYS}
+    leaves, treedef = jax.tree.flatten(weights)
+    signature = (config, treedef, tuple((tuple(np.shape(x)), str(getattr(x, "dtype", type(x)))) for x in leaves))
+    if signature in _CHECKED:
+        return
+    problem = _mismatch(param_shapes(config), weights, "")
+    if problem:
+        raise ParamsError(f"params do not match the config: {problem}")
+    _CHECKED.add(signature)
+
+
+def _config_of(params: Any, config: Config | None) -> Config:
+    if not isinstance(params, Mapping):
+        raise ParamsError(f"params must be the dict load()/init_params() return, got {type(params).__name__}")
+    config = config if config is not None else params.get("config")
+    if config is None:
+        raise ParamsError("params carry no config (params['config']) and none was passed: pass config=..., "
+                          "or build params with purevedec.load / init_params, which attach it")
+    if not isinstance(config, Config):
+        raise ParamsError(f"config must be a purevedec.Config, got {type(config).__name__}")
+    return config
+
+
+def unpack(params: Mapping, config: Config | None = None) -> tuple[dict, Config]:
+    """(weights without the static entries, config): an explicit ``config`` wins over the one
+    the params carry. The weights are validated against the config (see ``check_params``)."""
+    config = _config_of(params, config)
+    check_params(params, config)
+    return {k: v for k, v in params.items() if k not in STATIC_KEYS}, config

@@ -120,7 +120,7 @@ def block(p: dict, x: jax.Array, cfg: ViTConfig, dtype, key=None):
     return x + dropout(h, cfg.hidden_dropout_prob, site_key(key, 2)), weights
 
 
-def encode(p: dict, pixels: jax.Array, cfg: ViTConfig, *, interpolate_pos_encoding: bool = False,
+def apply(p: dict, pixels: jax.Array, cfg: ViTConfig, *, interpolate_pos_encoding: bool = False,
            dtype=jnp.float32, key=None) -> dict:
     """Returns {"last_hidden_state": [B,S,D] (after the final norm),
     "hidden_states": embeddings + each layer's output (before the final norm),

@@ -1,29 +1,21 @@
-"""Captioner and CLI mechanics on a tiny local checkpoint.
-
-Until ``purevedec.generate`` lands, the mechanics run against a stand-in greedy loop defined
-here (teacher-forced ``forward`` + argmax) that honours generate's output contract; the
-end-to-end equality with transformers runs once the real ``generate`` exists.
-"""
+"""Captioner and CLI mechanics on a tiny local checkpoint, with the real ``generate``."""
 
 from __future__ import annotations
 
 import os
 import io
 import json
-import types
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
 import purevedec
-from purevedec import attention_map, cli
+from purevedec.captioning import attention_map, cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from tests.conftest import make_reference
 
-HAS_GENERATE = hasattr(purevedec, "generate")
 PREPROCESSOR = {"image_processor_type": "ViTImageProcessor", "size": {"height": 16, "width": 16},
                 "resample": 2, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
 
@@ -53,37 +45,6 @@ def checkpoint(tmp_path_factory):
     return model, str(path)
 
 
-def _stand_in_generate(params, pixels, config, *, key=None, output_cross_attentions=False,
-                       max_new_tokens=6, num_beams=1, **options):
-    """Greedy decoding by repeated teacher-forced forward; shapes as generate's contract."""
-    start, eos = config.decoder_start_token_id, config.eos_token_id
-    ids = np.full((pixels.shape[0], 1), start, np.int32)
-    done = np.zeros(pixels.shape[0], bool)
-    logprobs = []
-    for _ in range(max_new_tokens):
-        logp = np.asarray(jnp.asarray(purevedec.forward(params, jnp.asarray(pixels), jnp.asarray(ids), config))[:, -1])
-        logp = logp - np.log(np.exp(logp - logp.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logp.max(-1, keepdims=True)
-        nxt = np.where(done, config.pad_token_id, logp.argmax(-1))
-        logprobs.append(np.where(done, 0.0, logp.max(-1)))
-        ids = np.concatenate([ids, nxt[:, None].astype(np.int32)], 1)
-        done |= nxt == eos
-        if done.all():
-            break
-    cross = None
-    if output_cross_attentions:
-        out = purevedec.forward(params, jnp.asarray(pixels), jnp.asarray(ids[:, :-1]), config, output_attentions=True)
-        cross = np.stack([np.asarray(a) for a in out.cross_attentions], 1)   # [B,layers,H,T,S]
-        cross = cross.transpose(0, 3, 1, 2, 4)                                # [B,T,layers,H,S]
-    token_logprobs = np.stack(logprobs, 1)
-    return types.SimpleNamespace(sequences=ids, scores=token_logprobs.sum(1), token_logprobs=token_logprobs,
-                                 cross_attentions=cross)
-
-
-@pytest.fixture
-def fake_generate(monkeypatch):
-    monkeypatch.setattr(purevedec, "generate", _stand_in_generate, raising=False)
-
-
 def _images(folder, n, size=(20, 30)):
     folder.mkdir(exist_ok=True)
     rs = np.random.RandomState(n)
@@ -94,13 +55,19 @@ def _images(folder, n, size=(20, 30)):
     return paths
 
 
-def _run(argv):
-    out, err = io.StringIO(), io.StringIO()
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal, so the progress bar shows."""
+    def isatty(self):
+        return True
+
+
+def _run(argv, err=None):
+    out, err = io.StringIO(), err or io.StringIO()
     code = cli.main(argv, out, err)
     return code, out.getvalue(), err.getvalue()
 
 
-def test_captioner_batches_and_matches_single(checkpoint, fake_generate, tmp_path):
+def test_captioner_batches_and_matches_single(checkpoint, tmp_path):
     cap = purevedec.Captioner.from_pretrained(checkpoint[1])
     paths = _images(tmp_path / "imgs", 5)
     texts = cap.caption(paths, batch_size=2, max_new_tokens=5)
@@ -116,7 +83,7 @@ def test_captioner_batches_and_matches_single(checkpoint, fake_generate, tmp_pat
     assert (c.attention.sum(-1) < 1.0).all()  # the CLS share is dropped
 
 
-def test_cli_text_jsonl_folder_glob_and_corrupt(checkpoint, fake_generate, tmp_path):
+def test_cli_text_jsonl_folder_glob_and_corrupt(checkpoint, tmp_path):
     paths = _images(tmp_path / "imgs", 3)
     (tmp_path / "imgs" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
     data = open(paths[0], "rb").read()
@@ -136,16 +103,20 @@ def test_cli_text_jsonl_folder_glob_and_corrupt(checkpoint, fake_generate, tmp_p
     assert code == 0 and out.splitlines() == [f"{p}\t{t}" for p, t in zip(paths, expected)]
 
 
-def test_cli_missing_inputs_and_progress(checkpoint, fake_generate, tmp_path):
+def test_cli_missing_inputs_and_progress(checkpoint, tmp_path):
     paths = _images(tmp_path / "imgs", 3)
-    code, out, err = _run(["caption", *paths, str(tmp_path / "nope.png"), str(tmp_path / "*.gif"),
-                           "--model", checkpoint[1], "--batch-size", "1", "--max-new-tokens", "3"])
+    argv = ["caption", *paths, str(tmp_path / "nope.png"), str(tmp_path / "*.gif"),
+            "--model", checkpoint[1], "--batch-size", "1", "--max-new-tokens", "3"]
+    code, out, err = _run(argv, _Terminal())
     assert code == 1 and len(out.splitlines()) == 3
     assert "nope.png" in err and "*.gif: no file matches" in err
-    assert "5/5 images" in err  # the bar: more inputs than one batch
+    assert "5/5" in err  # the bar: more inputs than one batch, on a terminal
+    assert "error: " in err.splitlines()[0] or any(line.startswith("error: ") for line in err.splitlines())
+    _, _, redirected = _run(argv)
+    assert "5/5" not in redirected and "\r" not in redirected  # no bar when stderr is a file or pipe
 
 
-def test_attention_map_png(checkpoint, fake_generate, tmp_path):
+def test_attention_map_png(checkpoint, tmp_path):
     paths = _images(tmp_path / "imgs", 2)
     maps = tmp_path / "maps"
     code, out, _ = _run(["caption", *paths, "--model", checkpoint[1], "--attention-map", str(maps),
@@ -180,7 +151,6 @@ def test_bad_checkpoint_dir_is_one_line(tmp_path):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "cannot load model" in err
 
 
-@pytest.mark.skipif(not HAS_GENERATE, reason="needs the real purevedec.generate")
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_cli_equals_transformers_generate(checkpoint, tmp_path, num_beams):
     import torch

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from purevedec import ConfigError
-from purevedec.image import ImageConfig, ImageError, load_image_config, parse_image_config, preprocess
+from purevedec.captioning.image import ImageConfig, ImageError, load_image_config, parse_image_config, preprocess
 
 TOL = 1e-5
 

@@ -157,7 +157,7 @@ def test_input_errors(tiny):
     from conftest import rand_ids, rand_pixels
     _, path = tiny
     params, config = pv.load(path)
-    with pytest.raises(ValueError, match="same batch size"):
+    with pytest.raises(ValueError, match="3 rows, which is not a multiple of the 2 images"):
         pv.forward(params, rand_pixels(2), rand_ids(3, 4), config)
     with pytest.raises(ValueError, match=r"Input image size \(20\*16\) doesn't match"):
         pv.forward(params, rand_pixels(1, h=20), rand_ids(1, 4), config)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from purevedec.text import TokenizerError, load_tokenizer
+from purevedec.captioning.text import TokenizerError, load_tokenizer
 
 CORPUS = ["a man riding a horse on a beach.", "two dogs play in the snow, don't they?",
           "a café — naïve 日本語 text 🙂", "there's a cat; it's   sleeping!\n\nnew line"]

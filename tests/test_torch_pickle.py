@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import purevedec as pv
-from purevedec.safetensors_io import read_safetensors
-from purevedec.flax_msgpack import read_flax_msgpack
-from purevedec.torch_pickle import read_torch_bin
+from purevedec.checkpoints.safetensors_io import read_safetensors
+from purevedec.checkpoints.flax_msgpack import read_flax_msgpack
+from purevedec.checkpoints.torch_pickle import read_torch_bin
 
 
 class _Call:

@@ -16,11 +16,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .jsonfile import read_json_object
-
-
-class TokenizerError(ValueError):
-    """A checkpoint whose tokenizer files are missing or malformed."""
+from ..checkpoints.jsonfile import read_json_object
+from ..errors import TokenizerError
 
 
 # tokenizer_config.json keys that name special tokens (a string, or a dict with "content").

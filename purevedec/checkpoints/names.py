@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from .config import Config
+from ..config import Config
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Hub repo id -> local snapshot directory, downloading only what loading needs.
 
-Online, the repo's file list decides the weights format (see ``checkpoint.FORMATS``) and only
+Online, the repo's file list decides the weights format (see ``formats.FORMATS``) and only
 that format is fetched, with the config, generation config, preprocessor and tokenizer files.
 Offline (``HF_HUB_OFFLINE=1``, which huggingface_hub reads itself) or when the Hub cannot be
 reached, the snapshot already in the local cache is used, and a clear error says what is
@@ -10,14 +10,25 @@ missing from it.
 from __future__ import annotations
 
 import os
+import re
 
-from .checkpoint import FORMATS, pick_format
-from .errors import CheckpointError
+from ..errors import CheckpointError
+from .formats import FORMATS, pick_format
 
 # Everything besides weights that a captioning checkpoint may carry and the package may read.
 SIDE_FILES = ["config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json",
               "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
               "added_tokens.json"]
+
+
+# A Hub repo id: "name" or "owner/name", letters, digits, '-', '_', '.' (huggingface_hub's rule).
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+
+
+def looks_like_repo_id(name: str) -> bool:
+    """Whether ``name`` can be a Hub repo id (a path such as ``./ckpt``, ``/data/x`` or ``a/b/c``
+    cannot: such names fail at once instead of retrying the Hub)."""
+    return bool(_REPO_ID.match(name)) and ".." not in name and "--" not in name and not name.endswith(".")
 
 
 def _where(repo_id: str, revision: str | None) -> str:
@@ -44,10 +55,13 @@ def _cached(repo_id: str, revision: str | None, cache_dir: str | None, why: str)
     return folder
 
 
-def resolve(repo_id: str, *, revision: str | None = None, cache_dir: str | None = None) -> str:
+def snapshot_dir(repo_id: str, *, revision: str | None = None, cache_dir: str | None = None) -> str:
     """A local directory holding ``repo_id``'s config and one weights format."""
     from huggingface_hub import HfApi, constants, snapshot_download
     from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
+    if not looks_like_repo_id(repo_id):
+        raise CheckpointError(f"{repo_id!r:.200} is not a directory, and cannot be a Hub repo id ('name' or "
+                              "'owner/name'): check the path")
     if constants.HF_HUB_OFFLINE:
         return _cached(repo_id, revision, cache_dir, "the machine is offline (HF_HUB_OFFLINE=1)")
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def read_json_object(path: str, error: type[Exception] = ConfigError) -> dict:

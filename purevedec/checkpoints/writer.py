@@ -15,10 +15,10 @@ from typing import Iterator
 
 import numpy as np
 
-from . import hf_names
-from .generation_config import FIELDS, GenerationConfig
-from .config import Config
-from .params import check_params, flatten
+from ..config import Config
+from ..generation.options import FIELDS, GenerationConfig, defaults_for
+from ..params import flatten, unpack
+from . import names as hf_names
 
 
 def _layers(template: str, flat: dict) -> list[str]:
@@ -66,10 +66,10 @@ def _json_value(v):
     return [_json_value(x) for x in v] if isinstance(v, tuple) else v
 
 
-def generation_dict(config: Config) -> dict:
+def generation_dict(config: Config, gen: GenerationConfig) -> dict:
     """generation_config.json: the options that differ from transformers' defaults, plus the
     special tokens generation starts and stops on."""
-    gen, default = config.generation, GenerationConfig()
+    default = GenerationConfig()
     d = {f: getattr(gen, f) for f in FIELDS if getattr(gen, f) != getattr(default, f)}
     fallback = {"decoder_start_token_id": config.decoder_start_token_id, "bos_token_id": config.decoder.bos_token_id,
                 "eos_token_id": config.eos_token_id if config.eos_token_id is not None else config.decoder.eos_token_id,
@@ -88,13 +88,32 @@ def _write_json(d: dict, path: str) -> None:
         f.write("\n")
 
 
-def save(params: dict, config: Config, path: str | os.PathLike) -> None:
-    """Write ``params`` as an HF VisionEncoderDecoder checkpoint directory at ``path``."""
+def _stored_dtype(weights: dict) -> str:
+    """The params' dtype name as transformers writes it ("float32", "bfloat16", ...)."""
+    return str(np.asarray(next(iter(flatten(weights).values()))).dtype)
+
+
+def save(params: dict, config_or_path, path: str | os.PathLike | None = None, *,
+         generation_config: GenerationConfig | None = None) -> None:
+    """Write ``params`` as an HF VisionEncoderDecoder checkpoint directory: ``save(params, path)``
+    with the config the params carry, or ``save(params, config, path)`` with an explicit one.
+
+    config.json records the dtype the weights are stored in; generation_config.json holds
+    ``generation_config``, else the params' own (``params["generation_config"]``), else the
+    config's special ids."""
     from safetensors.numpy import save_file
-    check_params(params, config)
+    if path is None:
+        config, path = None, config_or_path
+    else:
+        config = config_or_path
+    weights, config = unpack(params, config)
+    gen = generation_config or params.get("generation_config") or defaults_for(config)
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)
-    _write_json(config_dict(config), os.path.join(path, "config.json"))
-    _write_json(generation_dict(config), os.path.join(path, "generation_config.json"))
+    config_json = config_dict(config)
+    config_json["dtype"] = _stored_dtype(weights)
+    config_json.pop("torch_dtype", None)  # transformers 5 reads "dtype"; an old copy would contradict it
+    _write_json(config_json, os.path.join(path, "config.json"))
+    _write_json(generation_dict(config, gen), os.path.join(path, "generation_config.json"))
     # transformers refuses safetensors files whose metadata does not name a known format.
-    save_file(dict(hf_tensors(params, config)), os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    save_file(dict(hf_tensors(weights, config)), os.path.join(path, "model.safetensors"), metadata={"format": "pt"})

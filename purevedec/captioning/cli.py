@@ -62,19 +62,11 @@ def expand_inputs(args: list[str]) -> Iterator[tuple[str, str | None]]:
                 yield arg, "no file matches this pattern"
 
 
-class Progress:
-    """A one-line bar on stderr, redrawn in place; shown for runs longer than one batch."""
-
-    def __init__(self, total: int, stream: TextIO, enabled: bool):
-        self.total, self.done, self.stream, self.enabled = total, 0, stream, enabled
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        if self.enabled:
-            filled = int(30 * self.done / max(self.total, 1))
-            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} images")
-            self.stream.write("\n" if self.done >= self.total else "")
-            self.stream.flush()
+def progress_bar(total: int, stream: TextIO, enabled: bool):
+    """tqdm's bar on its own stderr line, with images/s and ETA; off when asked, for a run of one
+    batch, or when stderr is not a terminal (redirected logs get no carriage returns)."""
+    from tqdm import tqdm
+    return tqdm(total=total, unit="image", file=stream, disable=not enabled, dynamic_ncols=True)
 
 
 def _write_result(out: TextIO, fmt: str, path: str, caption) -> None:
@@ -114,21 +106,22 @@ def caption_files(captioner, args, out: TextIO, err: TextIO) -> int:
     """Caption every input; returns the number of inputs that failed."""
     from .image import ImageError, preprocess_one
     inputs = list(expand_inputs(args.images))
-    progress = Progress(len(inputs), err, enabled=not args.no_progress and len(inputs) > args.batch_size)
+    shown = not args.no_progress and len(inputs) > args.batch_size and err.isatty()
     failed, batch = 0, []
-    for i, (path, problem) in enumerate(inputs):
-        try:
-            if problem:
-                raise ImageError(f"{path}: {problem}")
-            batch.append((path, preprocess_one(path, captioner.image_config)))
-        except ImageError as e:
-            failed += 1
-            err.write(f"\rerror: {e}\n")
-            progress.advance(1)
-        if batch and (len(batch) == args.batch_size or i == len(inputs) - 1):
-            _run_batch(captioner, batch, args, out)
-            progress.advance(len(batch))
-            batch = []
+    with progress_bar(len(inputs), err, shown) as progress:
+        for i, (path, problem) in enumerate(inputs):
+            try:
+                if problem:
+                    raise ImageError(f"{path}: {problem}")
+                batch.append((path, preprocess_one(path, captioner.image_config)))
+            except ImageError as e:
+                failed += 1
+                progress.write(f"error: {e}", file=err)
+                progress.update(1)
+            if batch and (len(batch) == args.batch_size or i == len(inputs) - 1):
+                _run_batch(captioner, batch, args, out)
+                progress.update(len(batch))
+                batch = []
     return failed
 
 

@@ -17,8 +17,8 @@ from typing import BinaryIO, Iterator
 import ml_dtypes
 import numpy as np
 
-from . import hf_names
-from .errors import CheckpointError, reading
+from . import names as hf_names
+from ..errors import CheckpointError, reading
 
 _NDARRAY_EXT = 1
 _MAX_DEPTH = 64  # params nest ~8 deep; refuse pathological nesting early

@@ -15,13 +15,12 @@ from typing import Any, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from .checkpoint import local_dir
+from ..checkpoints.loader import load, local_dir
+from ..errors import ModelNotFound
+from ..generation import generate
+from ..generation.options import defaults_for
 from .image import ImageConfig, ImageInput, as_list, load_image_config, preprocess
 from .text import TextTokenizer, load_tokenizer
-
-
-class ModelNotFound(RuntimeError):
-    """A model name that is neither a local directory nor available from the hub or its cache."""
 
 
 class Caption(NamedTuple):
@@ -31,7 +30,7 @@ class Caption(NamedTuple):
     attention: Optional[np.ndarray]      # [T, P]: per generated token, cross-attention over the P patches
 
 
-def resolve(name: str | os.PathLike) -> str:
+def model_dir(name: str | os.PathLike) -> str:
     """A local checkpoint directory, or a hub id fetched to (or found in) the local cache."""
     try:  # the loader's own resolver: it fetches only one weights format, with the side files
         return local_dir(name)
@@ -65,22 +64,25 @@ class Captioner:
 
     @classmethod
     def from_pretrained(cls, name: str | os.PathLike, *, dtype=None) -> "Captioner":
-        import purevedec
-        path = resolve(name)
-        params, config = purevedec.load(path, dtype=dtype)
+        path = model_dir(name)
+        params, config = load(path, dtype=dtype)
         return cls(params, config, load_image_config(path), load_tokenizer(path), dtype)
+
+    @property
+    def generation_config(self):
+        """The checkpoint's generation defaults (what ``caption`` uses unless told otherwise)."""
+        return self.params.get("generation_config") or defaults_for(self.config)
 
     def pixels(self, images: ImageInput | Iterable[ImageInput]) -> np.ndarray:
         return preprocess(images, self.image_config)
 
     def caption_pixels(self, pixels: np.ndarray, *, attention: bool = False, **options) -> list[Caption]:
         """One generate call over pixels [B,3,H,W]; B * num_return_sequences captions."""
-        import purevedec
         options = {k: v for k, v in options.items() if v is not None}
         if self.dtype is not None:
             options.setdefault("dtype", self.dtype)
-        out = purevedec.generate(self.params, pixels, self.config, output_cross_attentions=attention, **options)
-        eos = options.get("eos_token_id", self.config.generation.eos_token_id)
+        out = generate(self.params, pixels, self.config, output_cross_attentions=attention, **options)
+        eos = options.get("eos_token_id", self.generation_config.eos_token_id)
         sequences, scores = np.asarray(out.sequences), np.asarray(out.scores)
         cross = np.asarray(out.cross_attentions) if attention else None
         captions = []

@@ -29,12 +29,8 @@ from typing import Any, Iterable, Mapping, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .config import ConfigError
-from .jsonfile import read_json_object
-
-
-class ImageError(ValueError):
-    """An input that cannot be read or turned into an RGB image."""
+from ..checkpoints.jsonfile import read_json_object
+from ..errors import ConfigError, ImageError
 
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]

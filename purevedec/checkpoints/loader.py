@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable, Iterable, Iterator, NamedTuple
+from typing import Iterable, Iterator
 
 import jax.numpy as jnp
 import numpy as np
 
-from . import hf_names
-from .config import Config, load_config
-from .errors import CheckpointError, reading
-from .flax_msgpack import read_flax_msgpack
-from .safetensors_io import read_safetensors
-from .torch_pickle import read_torch_bin
-from .params import _map_with_path, flatten, param_shapes
+from ..config import Config
+from ..errors import CheckpointError, reading
+from ..params import flatten, map_with_path, param_shapes
+from . import names as hf_names
+from .config_files import load_config, load_generation_config
+from .formats import FORMATS, Format, pick_format
+from .hub import snapshot_dir
 
 
 def _convert(name: str, array: np.ndarray, paths: tuple[str, ...], rule: hf_names.Rule,
@@ -70,7 +70,7 @@ def build_params(tensors: Iterable[tuple[str, np.ndarray]], config: Config, *, d
     if missing:
         raise CheckpointError(f"{where}: missing tensors for {len(missing)} params, e.g. "
                               f"{', '.join(_hf_name_of(p, config) for p in missing[:5])}")
-    return _map_with_path(param_shapes(config), lambda path, _: flat[path])
+    return {**map_with_path(param_shapes(config), lambda path, _: flat[path]), "config": config}
 
 
 def _hf_name_of(path: str, config: Config) -> str:
@@ -81,26 +81,6 @@ def _hf_name_of(path: str, config: Config) -> str:
             if m:
                 return rule.hf.replace("{i}", m.group(1)) if m.groups() else rule.hf
     return path
-
-
-class Format(NamedTuple):
-    single: str        # the one-file name
-    index: str         # the sharded index, whose weight_map names the shards
-    shards: str        # a glob for the shard names (what to download from the Hub)
-    reader: Callable[[str], Iterator[tuple[str, np.ndarray]]]
-
-
-# In order of preference when a checkpoint ships several.
-FORMATS = (
-    Format("model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors", read_safetensors),
-    Format("pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin", read_torch_bin),
-    Format("flax_model.msgpack", "flax_model.msgpack.index.json", "flax_model-*-of-*.msgpack", read_flax_msgpack),
-)
-
-
-def pick_format(files) -> Format | None:
-    files = set(files)
-    return next((f for f in FORMATS if f.single in files or f.index in files), None)
 
 
 def _shards(path: str, index: str) -> list[str]:
@@ -134,14 +114,16 @@ def read_tensors(fmt: Format, files: list[str]) -> Iterator[tuple[str, np.ndarra
 
 
 def load_dir(path: str, *, dtype=None) -> tuple[dict, Config]:
-    """Load ``(params, config)`` from a local checkpoint directory (any supported format)."""
+    """Load ``(params, config)`` from a local checkpoint directory (any supported format); the
+    params carry the config and the checkpoint's generation defaults."""
     if not os.path.isdir(path):
         raise CheckpointError(f"{path} is not a checkpoint directory")
     config = load_config(path)
+    generation = load_generation_config(path)
     fmt, files = weight_files(path)
     where = files[0] if len(files) == 1 else os.path.join(path, fmt.index)
     params = build_params(read_tensors(fmt, files), config, dtype=dtype and jnp.dtype(dtype), where=where)
-    return params, config
+    return {**params, "generation_config": generation}, config
 
 
 def local_dir(name_or_path: str | os.PathLike, *, revision: str | None = None,
@@ -150,8 +132,7 @@ def local_dir(name_or_path: str | os.PathLike, *, revision: str | None = None,
     path = os.fspath(name_or_path)
     if os.path.isdir(path):
         return path
-    from .hub import resolve
-    return resolve(path, revision=revision, cache_dir=cache_dir)
+    return snapshot_dir(path, revision=revision, cache_dir=cache_dir)
 
 
 def load(name_or_path: str | os.PathLike, *, revision: str | None = None, dtype=None,
@@ -160,5 +141,7 @@ def load(name_or_path: str | os.PathLike, *, revision: str | None = None, dtype=
 
     Weights are read in the first format present of safetensors (one file or sharded),
     PyTorch .bin (read without torch) and Flax msgpack. ``dtype`` casts the parameters while
-    loading (default: as stored)."""
+    loading (default: as stored). The params carry the config (``params["config"]``) and the
+    checkpoint's generation defaults (``params["generation_config"]``), so
+    ``forward(params, pixels, ids)`` and ``generate(params, pixels)`` need nothing else."""
     return load_dir(local_dir(name_or_path, revision=revision, cache_dir=cache_dir), dtype=dtype)

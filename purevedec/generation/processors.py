@@ -3,11 +3,17 @@
 Each takes scores [R,V] (logits for greedy/sampling, log-probs for beam search, as in
 transformers), the token buffer [R,Lmax] of which the first ``cur`` columns are real, and
 returns new scores. ``process`` applies them in transformers' order.
+
+Which processors run is static (``Processing``, hashed by jit); the plain numbers
+temperature, top_p and repetition_penalty are traced (``Knobs``), so a sweep over their values
+compiles once. Sizes stay static because they set array shapes or loop bounds: top_k (the size
+of a top-k selection), n-gram size, bad words, lengths.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +27,7 @@ class Processing:
     prompt_len: int
     max_length: int
     eos: tuple[int, ...] = ()
-    repetition_penalty: float = 1.0
+    repetition_penalty: bool = False   # whether the penalty runs; its value is Knobs.repetition_penalty
     no_repeat_ngram_size: int = 0
     bad_single: tuple[int, ...] = ()
     bad_multi: tuple[tuple[int, ...], ...] = ()
@@ -30,10 +36,18 @@ class Processing:
     forced_bos_token_id: int | None = None
     forced_eos_token_id: tuple[int, ...] | None = None
     sample: bool = False
-    temperature: float = 1.0
+    temperature: bool = False          # whether logits are divided by Knobs.temperature
     top_k: int = 0
-    top_p: float = 1.0
+    top_p: bool = False                # whether the nucleus filter runs with Knobs.top_p
     min_tokens_to_keep: int = 1
+
+
+class Knobs(NamedTuple):
+    """The traced values of the numeric options (float32 scalars)."""
+    temperature: jax.Array
+    top_p: jax.Array
+    repetition_penalty: jax.Array
+    length_penalty: jax.Array
 
 
 def _present(tokens, where, vocab: int):
@@ -113,10 +127,10 @@ def top_p(scores, p, keep):
     return jnp.where(drop, NEG_INF, scores)
 
 
-def process(pr: Processing, scores, tokens, cur, ignore_len):
+def process(pr: Processing, knobs: Knobs, scores, tokens, cur, ignore_len):
     """All configured processors, in the order transformers' generate applies them."""
-    if pr.repetition_penalty != 1.0:
-        scores = repetition_penalty(scores, tokens, cur, pr.repetition_penalty, ignore_len)
+    if pr.repetition_penalty:
+        scores = repetition_penalty(scores, tokens, cur, knobs.repetition_penalty, ignore_len)
     if pr.no_repeat_ngram_size > 0:
         scores = no_repeat_ngram(scores, tokens, cur, pr.no_repeat_ngram_size)
     if pr.bad_single or pr.bad_multi:
@@ -130,10 +144,11 @@ def process(pr: Processing, scores, tokens, cur, ignore_len):
     if pr.forced_eos_token_id is not None:
         scores = _only(scores, pr.forced_eos_token_id, cur == pr.max_length - 1)
     if pr.sample:
-        if pr.temperature != 1.0:
-            scores = scores / pr.temperature
+        if pr.temperature:
+            scores = scores / knobs.temperature
         if pr.top_k:
             scores = top_k(scores, max(pr.top_k, pr.min_tokens_to_keep))
-        if pr.top_p < 1.0:
-            scores = top_p(scores, pr.top_p, pr.min_tokens_to_keep)
+        if pr.top_p:
+            # transformers skips the filter at top_p = 1.0; a traced 1.0 must leave scores untouched too
+            scores = jnp.where(knobs.top_p < 1.0, top_p(scores, knobs.top_p, pr.min_tokens_to_keep), scores)
     return scores

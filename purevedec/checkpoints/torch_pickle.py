@@ -20,7 +20,7 @@ from typing import Iterator, NamedTuple
 import ml_dtypes
 import numpy as np
 
-from .errors import CheckpointError, reading
+from ..errors import CheckpointError, reading
 
 _DTYPES = {
     "Float": np.float32, "Double": np.float64, "Half": np.float16, "BFloat16": ml_dtypes.bfloat16,

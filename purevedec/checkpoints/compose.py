@@ -3,7 +3,8 @@
 As transformers' ``from_encoder_decoder_pretrained``: the decoder config becomes a decoder
 with cross-attention, the pretrained tensors are copied exactly, and the layers neither
 checkpoint has (GPT-2's cross-attention and the encoder->decoder projection) are initialised
-from ``key`` the way transformers initialises them (``params.init_params``).
+from ``key`` the way transformers initialises them (``params.init_params``). The params carry the
+composed config, as ``load``'s do.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from typing import Iterator
 import jax.numpy as jnp
 import numpy as np
 
-from . import hf_names
-from .checkpoint import build_params, local_dir, read_tensors, weight_files
-from .config import Config, parse_config
-from .errors import CheckpointError
+from . import names as hf_names
+from ..config import Config, parse_config
+from ..errors import CheckpointError
+from ..params import flatten, init_params
 from .jsonfile import read_json_object
-from .params import flatten, init_params
+from .loader import build_params, local_dir, read_tensors, weight_files
 
 # Params that exist only in the composed model.
 _NEW = re.compile(r"^(decoder\.blocks\.\d+\.(ln_cross|cross)\.|proj\.)")

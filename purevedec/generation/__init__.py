@@ -1,0 +1,7 @@
+"""Generation: options, logits processors, the sample and beam loops, and ``generate``.
+Imports only the model core."""
+
+from .search import GenerateOutput, GenerationResult, generate, generate_core
+from .options import GenerationConfig
+
+__all__ = ["GenerateOutput", "GenerationConfig", "GenerationResult", "generate", "generate_core"]

@@ -1,0 +1,155 @@
+"""Beam search (and beam sampling) as one ``lax.while_loop``, following transformers' beam
+search step for step: top continuations over beams x vocab, finished hypotheses merged into a
+kept set of num_beams, transformers' early-stop heuristic. Beams reorder only the
+self-attention cache; cross-attention K/V stay once per image."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from .plan import Plan
+from .processors import Knobs, process
+from .sample_loop import step_if
+
+NEG = -1.0e9  # transformers' "impossible" beam score
+
+
+class BeamState(NamedTuple):
+    """The loop state; B images, N beams, Lmax = max_length, G = Lmax - prompt length."""
+    cur: jax.Array                   # int32: the column the next token goes to
+    go: jax.Array                    # bool: whether another iteration runs
+    logits: jax.Array                # [B*N,V] float32: the model's logits for column cur
+    cache: dict                      # decoder cache of the running beams (columns < cur)
+    cross: jax.Array                 # [B*N,layers,H,S]: cross-attention of column cur's query
+    running_tokens: jax.Array        # [B,N,Lmax] int32: the running (unfinished) beams
+    running_scores: jax.Array        # [B,N] float32: their summed log-probs
+    running_logprobs: jax.Array      # [B,N,G]: their per-token log-probs
+    running_cross: Optional[jax.Array]  # [B,N,G,layers,H,S]: their per-token cross-attention (when asked)
+    done_tokens: jax.Array           # [B,N,Lmax]: the best finished hypotheses so far
+    done_scores: jax.Array           # [B,N]: their length-penalised scores (NEG where none)
+    done_mask: jax.Array             # [B,N] bool: which slots hold a finished hypothesis
+    done_logprobs: jax.Array         # [B,N,G]
+    done_cross: Optional[jax.Array]  # [B,N,G,layers,H,S]
+    done_lengths: jax.Array          # [B,N] int32: generated tokens of each finished hypothesis
+    improving: jax.Array             # [B,1] bool: whether a running beam can still beat the finished ones
+
+
+def _gather(x, idx):
+    """x [B,N,...] rows picked per image by idx [B,M] -> [B,M,...]"""
+    return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+class Candidates(NamedTuple):
+    """The top continuations of one step (M = max(2, 1 + #eos) * N per image)."""
+    scores: jax.Array       # [B,M] summed log-probs
+    source: jax.Array       # [B,M] the beam each continues
+    tokens: jax.Array       # [B,M,Lmax] with the new token at column cur
+    logprobs: jax.Array     # [B,M,G]
+    cross: Optional[jax.Array]
+    ends: jax.Array         # [B,M] bool: the continuation ends here (EOS or max_length)
+
+
+def _candidates(s: BeamState, scores, key, plan: Plan, b: int, nb: int) -> Candidates:
+    """Top continuations over all beams x vocab, as transformers' _get_top_k_continuations."""
+    pr = plan.processing
+    v = scores.shape[-1]
+    keep = max(2, 1 + len(pr.eos)) * nb
+    acc = (scores.reshape(b, nb, v) + s.running_scores[:, :, None]).reshape(b, nb * v)
+    if plan.mode == "beam_sample":  # sampling without replacement = top-k of Gumbel-perturbed scores
+        g = jax.random.gumbel(jax.random.fold_in(key, s.cur), acc.shape)
+        idx = jax.lax.top_k(jnp.where(jnp.isfinite(acc), acc + g, -jnp.inf), keep)[1]
+        top = jnp.take_along_axis(acc, idx, -1)
+        order = jnp.argsort(-top, axis=-1, stable=True)
+        top, idx = jnp.take_along_axis(top, order, -1), jnp.take_along_axis(idx, order, -1)
+    else:
+        top, idx = jax.lax.top_k(acc, keep)
+    src, tok = idx // v, (idx % v).astype(jnp.int32)
+    token_lp = jnp.take_along_axis(scores.reshape(b, nb * v), idx, -1)  # this step's (processed) log-prob
+    i = s.cur - pr.prompt_len
+    cross = None
+    if plan.cross_attentions:
+        now = _gather(s.cross.reshape((b, nb) + s.cross.shape[1:]), src)
+        cross = _gather(s.running_cross, src).at[:, :, i].set(now)
+    return Candidates(
+        scores=top, source=src, tokens=_gather(s.running_tokens, src).at[:, :, s.cur].set(tok),
+        logprobs=_gather(s.running_logprobs, src).at[:, :, i].set(token_lp), cross=cross,
+        ends=(s.cur + 1 >= pr.max_length) | jnp.isin(tok, jnp.array(pr.eos or (-1,))))
+
+
+def _merge_finished(s: BeamState, c: Candidates, knobs: Knobs, plan: Plan, nb: int) -> dict:
+    """Merge newly finished hypotheses into the kept ones (transformers' _update_finished_beams)."""
+    pr = plan.processing
+    finished = c.ends & (jnp.arange(c.scores.shape[1]) < nb)[None, :]
+    score = c.scores / ((s.cur + 1 - pr.prompt_len).astype(jnp.float32) ** knobs.length_penalty)
+    full = jnp.all(s.done_mask, -1, keepdims=True) & (plan.early_stopping is True)
+    score = score + full * NEG + (~s.improving) * NEG + (~finished) * NEG
+    cat = lambda a, x: jnp.concatenate([a, x], axis=1)  # noqa: E731
+    pick = jax.lax.top_k(cat(s.done_scores, score), nb)[1]
+    new_len = jnp.broadcast_to(s.cur + 1 - pr.prompt_len, finished.shape)
+    return dict(done_tokens=_gather(cat(s.done_tokens, c.tokens), pick),
+                done_scores=_gather(cat(s.done_scores, score), pick),
+                done_mask=_gather(cat(s.done_mask, finished), pick),
+                done_logprobs=_gather(cat(s.done_logprobs, c.logprobs), pick),
+                done_lengths=_gather(cat(s.done_lengths, new_len), pick),
+                done_cross=_gather(cat(s.done_cross, c.cross), pick) if plan.cross_attentions else None)
+
+
+def _still_improving(s: BeamState, knobs: Knobs, plan: Plan):
+    """transformers' _check_early_stop_heuristic, after cur was advanced."""
+    pr = plan.processing
+    generated = (s.cur - pr.prompt_len).astype(jnp.float32)
+    if plan.early_stopping == "never":
+        best_len = jnp.where(knobs.length_penalty > 0.0, jnp.float32(pr.max_length - pr.prompt_len), generated)
+    else:
+        best_len = generated
+    best_running = s.running_scores[:, :1] / best_len ** knobs.length_penalty
+    worst_done = jnp.where(s.done_mask, jnp.min(s.done_scores, axis=1, keepdims=True), NEG)
+    return s.improving & jnp.any(best_running > worst_done, axis=-1, keepdims=True)
+
+
+def beam_loop(weights, cache, logits, cross, tokens, ignore_len, key, knobs: Knobs, *, config, plan: Plan, dtype):
+    """Returns (tokens [B*K,Lmax], lengths [B*K], logprobs [B*K,G], scores [B*K], cross maps), the
+    K = num_return_sequences best finished hypotheses of each image, best first."""
+    pr = plan.processing
+    nb = plan.num_beams
+    b = tokens.shape[0] // nb
+    gen_len = pr.max_length - pr.prompt_len
+    running = tokens.reshape(b, nb, -1)
+    no_cross = jnp.zeros((b, nb, gen_len) + cross.shape[1:], jnp.float32) if plan.cross_attentions else None
+    state = BeamState(
+        cur=jnp.int32(pr.prompt_len), go=jnp.bool_(True), logits=logits, cache=cache, cross=cross,
+        running_tokens=running, running_scores=jnp.zeros((b, nb)).at[:, 1:].set(NEG),
+        running_logprobs=jnp.zeros((b, nb, gen_len)), running_cross=no_cross,
+        done_tokens=running, done_scores=jnp.full((b, nb), NEG), done_mask=jnp.zeros((b, nb), bool),
+        done_logprobs=jnp.zeros((b, nb, gen_len)), done_cross=no_cross,
+        done_lengths=jnp.zeros((b, nb), jnp.int32), improving=jnp.ones((b, 1), bool))
+
+    def body(s: BeamState) -> BeamState:
+        flat = s.running_tokens.reshape(b * nb, -1)
+        scores = process(pr, knobs, jax.nn.log_softmax(s.logits, axis=-1), flat, s.cur, ignore_len)
+        c = _candidates(s, scores, key, plan, b, nb)
+        alive_scores = c.scores + c.ends * NEG
+        nxt = jax.lax.top_k(alive_scores, nb)[1]
+        s = s._replace(running_tokens=_gather(c.tokens, nxt), running_scores=_gather(alive_scores, nxt),
+                       running_logprobs=_gather(c.logprobs, nxt),
+                       running_cross=_gather(c.cross, nxt) if plan.cross_attentions else None,
+                       **_merge_finished(s, c, knobs, plan, nb))
+        origin = (_gather(c.source, nxt) + jnp.arange(b)[:, None] * nb).reshape(-1)
+        cache = dict(s.cache, self=jax.tree.map(lambda a: a[origin], s.cache["self"]),
+                     mask=s.cache["mask"][origin])  # cross K/V stay once per image
+        s = s._replace(cur=s.cur + 1)
+        s = s._replace(improving=_still_improving(s, knobs, plan))
+        go = (jnp.any(s.improving) & ~(jnp.all(s.done_mask) & (plan.early_stopping is True))
+              & ~jnp.all(c.ends) & (s.cur < pr.max_length))
+        last = s.running_tokens.reshape(b * nb, -1)[:, s.cur - 1][:, None]
+        logits, cache, cross = step_if(weights, cache, last, go, s.logits, s.cross, config, dtype)
+        return s._replace(go=go, logits=logits, cache=cache, cross=cross)
+
+    s = jax.lax.while_loop(lambda s: s.go, body, state)
+    keep = plan.num_return_sequences
+    flat = lambda a: None if a is None else a[:, :keep].reshape((b * keep,) + a.shape[2:])  # noqa: E731
+    return (flat(s.done_tokens), flat(s.done_lengths) + pr.prompt_len, flat(s.done_logprobs), flat(s.done_scores),
+            flat(s.done_cross))

@@ -1,0 +1,81 @@
+"""Greedy search and sampling as one ``lax.while_loop``: one token per row per iteration until
+every row has produced EOS or the buffer is full."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from ..model import cache_step
+from .plan import Plan
+from .processors import Knobs, process
+
+
+class SampleState(NamedTuple):
+    """The loop state; R rows (images x samples), Lmax = max_length, G = Lmax - prompt length."""
+    tokens: jax.Array               # [R,Lmax] int32: the prompt, then generated tokens, plan.pad after EOS
+    cur: jax.Array                  # int32: the column the next token goes to
+    live: jax.Array                 # [R] bool: rows that have not produced EOS yet
+    lengths: jax.Array              # [R] int32: tokens in each row so far, prompt and EOS included
+    logits: jax.Array               # [R,V] float32: the model's logits for column cur
+    cache: dict                     # the decoder cache holding columns < cur
+    logprobs: jax.Array             # [R,G] float32: each generated token's log-prob after processing; 0 after EOS
+    cross: jax.Array                # [R,layers,H,S] float32: the cross-attention of column cur's query
+    cross_maps: Optional[jax.Array]  # [R,G,layers,H,S]: ``cross`` of every generated token (when asked)
+
+
+def last_cross(cross_ws) -> jax.Array:
+    """Per-layer weights [R,H,t,S] -> the last query's, stacked [R,layers,H,S]."""
+    return jnp.stack([w[:, :, -1] for w in cross_ws], axis=1)
+
+
+def step_if(weights, cache, ids, go, logits, cross, config, dtype):
+    """Run the decoder on ``ids`` only when the loop will continue (the last token needs no logits)."""
+    def run(_):
+        out, new_cache, cross_ws = cache_step(weights, cache, ids, config, None, dtype)
+        return out[:, -1].astype(jnp.float32), new_cache, last_cross(cross_ws).astype(cross.dtype)
+    return jax.lax.cond(go, run, lambda _: (logits, cache, cross), None)
+
+
+def sample_loop(weights, cache, logits, cross, tokens, ignore_len, key, knobs: Knobs, *, config, plan: Plan, dtype):
+    """Returns (tokens [R,Lmax], lengths [R], logprobs [R,G], scores [R] (summed logprobs), cross_maps)."""
+    pr = plan.processing
+    rows = tokens.shape[0]
+    gen_len = pr.max_length - pr.prompt_len
+    eos = jnp.array(pr.eos or (-1,))
+    state = SampleState(
+        tokens=tokens, cur=jnp.int32(pr.prompt_len), live=jnp.ones(rows, bool),
+        lengths=jnp.full(rows, pr.prompt_len, jnp.int32), logits=logits, cache=cache,
+        logprobs=jnp.zeros((rows, gen_len), jnp.float32), cross=cross,
+        cross_maps=jnp.zeros((rows, gen_len) + cross.shape[1:], jnp.float32) if plan.cross_attentions else None)
+
+    def body(s: SampleState) -> SampleState:
+        scores = process(pr, knobs, s.logits, s.tokens, s.cur, ignore_len)
+        if plan.mode == "sample":
+            tok = jax.random.categorical(jax.random.fold_in(key, s.cur), scores, axis=-1)
+        else:
+            tok = jnp.argmax(scores, axis=-1)
+        lp = jnp.take_along_axis(jax.nn.log_softmax(scores, axis=-1), tok[:, None], -1)[:, 0]
+        tok = tok.astype(jnp.int32)
+        written = jnp.where(s.live, tok, plan.pad)
+        i = s.cur - pr.prompt_len
+        cross_maps = s.cross_maps
+        if plan.cross_attentions:
+            cross_maps = cross_maps.at[:, i].set(jnp.where(s.live[:, None, None, None], s.cross, 0.0))
+        live = s.live & ~jnp.isin(tok, eos)
+        cur = s.cur + 1
+        go = (cur < pr.max_length) & jnp.any(live)
+        # Finished rows feed token 0, not the pad id, which may lie outside the vocabulary (GPT-2's
+        # 50256 in a small model); their logits are never used.
+        logits, cache, cross = step_if(weights, s.cache, jnp.where(s.live, tok, 0)[:, None], go, s.logits, s.cross,
+                                       config, dtype)
+        return SampleState(
+            tokens=jax.lax.dynamic_update_slice(s.tokens, written[:, None], (0, s.cur)), cur=cur, live=live,
+            lengths=s.lengths + s.live.astype(jnp.int32), logits=logits, cache=cache,
+            logprobs=jax.lax.dynamic_update_slice(s.logprobs, jnp.where(s.live, lp, 0.0)[:, None], (0, i)),
+            cross=cross, cross_maps=cross_maps)
+
+    s = jax.lax.while_loop(lambda s: (s.cur < pr.max_length) & jnp.any(s.live), body, state)
+    return s.tokens, s.lengths, s.logprobs, jnp.sum(s.logprobs, -1), s.cross_maps

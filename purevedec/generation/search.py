@@ -1,0 +1,134 @@
+"""``generate``: caption images with one jitted ``lax.while_loop`` (greedy, sampling, beams).
+
+``generate_core`` is the traceable part: fixed-shape arrays out, no host sync, usable under
+``jit``, ``vmap`` and ``shard_map`` (on-device evaluation, RL, self-critical training).
+``generate`` calls it, then trims the buffers to the longest row on the host, as transformers
+returns them. Options and their defaults follow transformers' ``generate``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..config import Config
+from ..model import cache_step, check_ids, check_pixels, compute_dtype, encoder_states, new_cache
+from ..params import unpack
+from .beam_loop import beam_loop
+from .options import TRACEABLE, GenerationConfig, defaults_for, with_options
+from .plan import make_plan, prepare_prompt, start_origin
+from .processors import Knobs
+from .sample_loop import last_cross, sample_loop
+
+
+class GenerationResult(NamedTuple):
+    """``generate_core``'s fixed-shape output; N = images x returned sequences, Lmax = max_length,
+    G = Lmax - prompt length."""
+    sequences: jax.Array                # [N,Lmax] int32: prompt, generated tokens, pad after EOS and to Lmax
+    lengths: jax.Array                  # [N] int32: tokens of each row, prompt and EOS included
+    scores: jax.Array                   # [N] float32: beam score (length-penalised), else sum of token_logprobs
+    token_logprobs: jax.Array           # [N,G] float32: log-prob of each generated token after processing; 0 after EOS
+    cross_attentions: Optional[jax.Array] = None  # [N,G,layers,heads,S] when asked
+
+
+class GenerateOutput(NamedTuple):
+    """``generate``'s output, as numpy arrays trimmed to the longest row (L <= Lmax)."""
+    sequences: np.ndarray               # [N,L]: start token (or prompt) first, pad after EOS
+    scores: np.ndarray                  # [N]: beam score (length-penalised), else sum of token_logprobs
+    token_logprobs: np.ndarray          # [N,L-P]: log-prob of each generated token after processing; 0 after EOS
+    cross_attentions: Optional[np.ndarray] = None  # [N,L-P,layers,heads,S] when asked
+
+
+@partial(jax.jit, static_argnames=("config", "plan", "dtype", "interpolate_pos_encoding"))
+def _generate_jit(weights, pixels, prompt, prompt_mask, ignore_len, key, knobs, *, config, plan, dtype,
+                  interpolate_pos_encoding):
+    enc = encoder_states(weights, pixels, config, interpolate_pos_encoding, dtype)
+    cache = new_cache(weights, enc, config, plan.processing.max_length, plan.rows_per_image, dtype)
+    logits, cache, cross = cache_step(weights, cache, prompt, config, prompt_mask, dtype)
+    tokens = jnp.full((prompt.shape[0], plan.processing.max_length), plan.pad, jnp.int32)
+    tokens = tokens.at[:, :prompt.shape[1]].set(prompt)
+    loop = beam_loop if plan.mode.startswith("beam") else sample_loop
+    seq, lengths, logprobs, scores, cross_maps = loop(
+        weights, cache, logits[:, -1].astype(jnp.float32), last_cross(cross).astype(jnp.float32), tokens,
+        ignore_len, key, knobs, config=config, plan=plan, dtype=dtype)
+    return GenerationResult(seq, lengths, scores, logprobs, cross_maps)
+
+
+def _is_tracer(x) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def _split_traced(options: dict) -> tuple[dict, dict]:
+    """(options, traced numeric options): temperature, top_p, repetition_penalty and
+    length_penalty given as tracers bypass the Python checks and are used as traced values."""
+    traced = {k: options[k] for k in TRACEABLE if _is_tracer(options.get(k))}
+    return {k: val for k, val in options.items() if k not in traced}, traced
+
+
+def _prompt(gen: GenerationConfig, batch: int, ids, mask):
+    """The decoder prompt [B,P] and mask: prepared on the host when concrete (ragged lists,
+    start token prepended when missing); a traced prompt is used as given."""
+    if _is_tracer(ids) or _is_tracer(mask):
+        return ids, mask
+    return prepare_prompt(gen, batch, ids, mask)
+
+
+def generate_core(params, pixels, config: Config | None = None, *, key=None,
+                  generation_config: GenerationConfig | None = None, decoder_input_ids=None,
+                  decoder_attention_mask=None, output_cross_attentions: bool = False,
+                  interpolate_pos_encoding: bool = False, dtype=jnp.float32, **options) -> GenerationResult:
+    """The traceable generation core: pixels [B,C,H,W] -> ``GenerationResult`` of fixed-shape arrays.
+
+    Takes ``generate``'s options. Under ``jit``/``vmap`` the pixels, prompt, key and the numeric
+    options temperature, top_p, repetition_penalty and length_penalty may be traced: a sweep over
+    their values compiles once. Structural options stay static (num_beams, lengths, top_k, n-gram
+    size, bad words): they set shapes and loop bounds. A processor runs when its option is traced
+    or differs from its neutral value (temperature 1, top_p 1, penalties 1), so going from the
+    neutral value to another compiles once more. ``key`` feeds sampling; greedy and beam search
+    ignore it. A traced ``decoder_input_ids`` is used as given (it must start with the start token)."""
+    weights, config = unpack(params, config)
+    check_pixels(pixels, config)
+    options, traced = _split_traced(options)
+    gen = with_options(generation_config or params.get("generation_config") or defaults_for(config), options)
+    prompt, mask = _prompt(gen, pixels.shape[0], decoder_input_ids, decoder_attention_mask)
+    plan = make_plan(gen, config, prompt.shape[1], bool(output_cross_attentions), traced=frozenset(traced))
+    if plan.processing.sample and key is None:
+        raise ValueError("do_sample=True draws random numbers: pass key=jax.random.key(seed)")
+    origin = "" if decoder_input_ids is not None else f" (the decoder start token, from {start_origin(gen)})"
+    check_ids(prompt, config, "decoder_input_ids", origin=origin)
+    knobs = Knobs(*(jnp.asarray(traced.get(k, getattr(gen, k)), jnp.float32) for k in Knobs._fields))
+    rep = lambda a: jnp.repeat(jnp.asarray(a, jnp.int32), plan.rows_per_image, axis=0)  # noqa: E731 (image-major)
+    ignore = jnp.zeros(prompt.shape[0], jnp.int32) if mask is None else jnp.argmax(jnp.asarray(mask) != 0, axis=1)
+    return _generate_jit(weights, pixels, rep(prompt), None if mask is None else rep(mask), rep(ignore),
+                         key if key is not None else jax.random.key(0), knobs, config=config, plan=plan,
+                         dtype=compute_dtype(dtype), interpolate_pos_encoding=bool(interpolate_pos_encoding))
+
+
+def generate(params, pixels, config: Config | None = None, *, key=None,
+             generation_config: GenerationConfig | None = None, decoder_input_ids=None,
+             decoder_attention_mask=None, output_cross_attentions: bool = False,
+             interpolate_pos_encoding: bool = False, dtype=jnp.float32, **options) -> GenerateOutput:
+    """Caption a batch of images. pixels [B,C,H,W] -> ``GenerateOutput`` with ``sequences`` laid
+    out as transformers returns them (trimmed to the longest row, on the host).
+
+    Options are transformers' generate keywords (max_new_tokens, num_beams, do_sample,
+    temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size, bad_words_ids,
+    length_penalty, early_stopping, num_return_sequences, min_new_tokens, ...); unset ones come
+    from ``generation_config``, else the checkpoint's (``params["generation_config"]``), else the
+    config's own special ids. Sampling draws only from ``key``: same key, same output; greedy and
+    beam search ignore it. ``decoder_input_ids`` is a prompt: a [B,P] array (with
+    ``decoder_attention_mask`` for left padding) or a list of per-image token lists of different
+    lengths. For a traceable call with fixed-shape outputs, use ``generate_core``."""
+    out = generate_core(params, pixels, config, key=key, generation_config=generation_config,
+                        decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask,
+                        output_cross_attentions=output_cross_attentions,
+                        interpolate_pos_encoding=interpolate_pos_encoding, dtype=dtype, **options)
+    n = int(jnp.max(out.lengths))
+    gen_n = n - (out.sequences.shape[1] - out.token_logprobs.shape[1])
+    return GenerateOutput(np.asarray(out.sequences)[:, :n], np.asarray(out.scores),
+                          np.asarray(out.token_logprobs)[:, :gen_n],
+                          None if out.cross_attentions is None else np.asarray(out.cross_attentions)[:, :gen_n])
