@@ -1,10 +1,13 @@
 """The benchmark suite: purevedec against transformers (PyTorch) in one run, on the same inputs.
 
-    python -m benchmarks.run [--quick] [--tiny] [--out benchmarks/results]
+    python -m benchmarks.run [--quick] [--tiny] [--out DIR] [--publish]
 
-Writes results.json, results.md and chart.png into --out: fidelity, speed (with each result's
+Writes results.json, results.md and chart.png into --out (default benchmarks/runs/last, not
+tracked by git): fidelity, speed (with each result's
 machine-derived lower bound), cold start, peak memory, the seed Flax implementation as a third
 column when its side environment exists (benchmarks/seed_env.sh), and the targets met or missed.
+Only ``--publish`` changes tracked files: the results go to benchmarks/results and the tables
+into the README's results block.
 """
 
 from __future__ import annotations
@@ -33,7 +36,10 @@ SEED_PYTHON = os.path.join(ROOT, ".seed-venv", "bin", "python")
 
 def _args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    ap.add_argument("--out", default=None,
+                    help="results folder (default benchmarks/runs/last; benchmarks/results with --publish)")
+    ap.add_argument("--publish", action="store_true",
+                    help="write the published results (benchmarks/results) and the README's results block")
     ap.add_argument("--tiny", action="store_true", help="a tiny random model (checks the suite itself)")
     ap.add_argument("--quick", action="store_true", help="batches 1 and 8 only, no bf16 at batch 32")
     ap.add_argument("--batches", default="1,8,32")
@@ -44,8 +50,13 @@ def _args(argv=None):
     ap.add_argument("--no-process", action="store_true", help="skip cold start and peak memory")
     ap.add_argument("--readme", default=None,
                     help="README whose results block gets the tables (default: this repository's README.md "
-                         "after a full run, none after --tiny/--quick; 'none' to leave it)")
-    return ap.parse_args(argv)
+                         "with --publish, else none)")
+    args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = os.path.join(ROOT, "benchmarks", "results" if args.publish else os.path.join("runs", "last"))
+    if args.readme is None:
+        args.readme = os.path.join(ROOT, "README.md") if args.publish else "none"
+    return args
 
 
 def _speed(model, path, config, args, log) -> list[dict]:
@@ -236,9 +247,8 @@ def main(argv=None) -> dict:
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(text)
     report.chart(cells, os.path.join(args.out, "chart.png"))
-    readme = args.readme or ("none" if args.tiny or args.quick else os.path.join(ROOT, "README.md"))
-    if readme != "none":
-        report.update_readme(readme, text)
+    if args.readme != "none":
+        report.update_readme(args.readme, text)
     log(text)
     log(f"wrote {args.out}/results.json, results.md, chart.png in {time.time() - t0:.0f} s")
     return res
