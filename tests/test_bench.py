@@ -68,3 +68,14 @@ def test_fresh_process_child_captions_like_in_process(tmp_path):
     assert 0 < got["import_s"] < got["first_caption_s"] <= got["process_s"]
     assert got["peak_mb"] >= got["load_peak_mb"] >= 0
     assert os.path.isdir(path)
+
+
+def test_only_publish_touches_tracked_results():
+    from benchmarks.run import ROOT, _args
+    short = _args(["--tiny"])
+    assert short.out == os.path.join(ROOT, "benchmarks", "runs", "last") and short.readme == "none"
+    full = _args([])
+    assert full.out == short.out and full.readme == "none"  # a full run publishes nothing unless asked
+    published = _args(["--publish"])
+    assert published.out == os.path.join(ROOT, "benchmarks", "results")
+    assert published.readme == os.path.join(ROOT, "README.md")
