@@ -20,6 +20,10 @@ def read_json_object(path: str, error: type[Exception] = ConfigError) -> dict:
         raise error(f"cannot read {path} ({e})") from None
     except json.JSONDecodeError as e:
         raise error(f"{path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise error(f"{path} nests JSON arrays or objects too deeply to be a config file") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits (Python's int parsing limit)
+        raise error(f"{path} is not valid JSON: {e}") from None
     if not isinstance(d, dict):
         raise error(f"{path} must hold a JSON object")
     return d
