@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -417,13 +418,24 @@ def test_config_is_checked_against_the_weights_before_building(tiny, tmp_path):
              "positions": lambda d: d["decoder"].__setitem__("n_positions", 10 ** 12)}
     dirs = {}
     for i, (label, edit) in enumerate(edits.items()):
-        import shutil
         dirs[label] = shutil.copytree(path, tmp_path / f"c{i}")
         _edit_json(os.path.join(dirs[label], "config.json"), edit)
-    results = run_bounded({k: f"pv.load({str(d)!r})" for k, d in dirs.items()})
+    attacks = {k: f"pv.load({str(d)!r})" for k, d in dirs.items()}
+    # Composing a ViT and a GPT-2 checkpoint: the decoder's 10**8 layers would be initialised first.
+    with open(os.path.join(path, "config.json")) as f:
+        whole = json.load(f)
+    for part, config in (("enc", whole["encoder"]), ("dec", {**whole["decoder"], "n_layer": 10 ** 8})):
+        shutil.copytree(path, tmp_path / part)
+        with open(tmp_path / part / "config.json", "w") as f:
+            json.dump(config, f)
+    attacks["compose"] = (f"pv.from_encoder_decoder_pretrained({str(tmp_path / 'enc')!r}, {str(tmp_path / 'dec')!r}, "
+                          "key=__import__('jax').random.PRNGKey(0))")
+    results = run_bounded(attacks)
     assert_refused(results, {k: ("CheckpointError", r"model\.safetensors: config\.json describes \d+ parameter values "
                                                     r"in \d+ tensors .* more than the \d+ bytes of weights on disk")
                              for k in dirs})
+    assert_refused(results, {"compose": ("CheckpointError", r"enc \+ .*dec: config\.json describes \d+ parameter "
+                                                            r"values .* more than")})
     # The check is not looser than the truth: the real config's needs, counted independently.
     from purevedec.checkpoints.loader import needed_size
     params, config = pv.load(path)
@@ -483,3 +495,157 @@ def test_deeply_nested_json_is_the_library_error(tiny, name, error):
             pv.TokenizerError: pv.load_tokenizer, pv.CheckpointError: pv.load}[error]
     with pytest.raises(error, match=name.replace(".", r"\.")):
         read(path)
+
+
+# ----- images: decoded pixels bounded before decoding -----
+
+def png_of_zeros(path, width: int, height: int, rows: int | None = None) -> str:
+    """A grayscale PNG of width x height zero pixels (only `rows` rows of data when given: enough
+    for a header check), a few hundred KB whatever its size."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    rows = height if rows is None else rows
+    per_block = 1000  # rows per fully flushed deflate block, repeated
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = c.compress(bytes((width + 1) * per_block)) + c.flush(zlib.Z_FULL_FLUSH)
+    last = zlib.compressobj(9, zlib.DEFLATED, -15)
+    tail = last.compress(bytes((width + 1) * (rows % per_block))) + last.flush()
+    adler = 1
+    for _ in range(rows // per_block):
+        adler = zlib.adler32(bytes((width + 1) * per_block), adler)
+    adler = zlib.adler32(bytes((width + 1) * (rows % per_block)), adler)
+    idat = b"\x78\x01" + block * (rows // per_block) + tail + struct.pack(">I", adler)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return str(path)
+
+
+def test_image_pixels_are_bounded_before_decoding(tmp_path):
+    """13000 x 13000 (169 M pixels, under pillow's own refusal at 179 M: it decodes to 0.5 GB of
+    RGB and more in copies) and 20000 x 20000 (pillow's DecompressionBombError): both are the
+    file's ImageError, before any pixel is decoded; a small image still reads."""
+    from PIL import Image
+    files = {"13000 squared": png_of_zeros(tmp_path / "big.png", 13000, 13000),
+             "20000 squared": png_of_zeros(tmp_path / "bomb.png", 20000, 20000, rows=1),
+             "small": png_of_zeros(tmp_path / "small.png", 30, 20)}
+    assert os.path.getsize(files["13000 squared"]) < 2 ** 20
+    with pytest.warns(Image.DecompressionBombWarning), Image.open(files["13000 squared"]) as im:
+        assert im.size == (13000, 13000)  # pillow only warns: it would decode this one
+    results = run_bounded({k: f"pv.preprocess([{p!r}], pv.ImageConfig())" for k, p in files.items()})
+    assert_refused(results, {
+        "13000 squared": ("ImageError", r"big\.png: image of 13000 x 13000 pixels is larger than the 89478485"),
+        "20000 squared": ("ImageError", r"bomb\.png: cannot read image \(Image size \(400000000 pixels\) exceeds"),
+    })
+    assert results["small"]["type"] is None, results["small"]
+
+
+# ----- errors of the wrong type become the library's one-line errors -----
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("encoder", "patch_size", 0, r"encoder\.patch_size must be a positive int"),
+    ("encoder", "patch_size", -8, r"encoder\.patch_size must be a positive int"),
+    ("encoder", "image_size", -16, r"encoder\.image_size must be a positive int"),
+    ("encoder", "layer_norm_eps", float("nan"), r"encoder\.layer_norm_eps must be a finite number, got nan"),
+    ("encoder", "layer_norm_eps", -1e-5, r"encoder\.layer_norm_eps must be > 0"),
+    ("decoder", "activation_function", ["gelu"], r"decoder\.activation_function=\['gelu'\] is not supported"),
+    ("decoder", "n_layer", 0, r"decoder\.n_layer must be a positive int"),
+    ("decoder", "n_layer", "9" * 5000, r"config\.json is not valid JSON: Exceeds the limit"),  # a 5000-digit number
+])
+def test_bad_config_fields_are_config_errors(tiny, section, key, value, message):
+    _, path = tiny
+    file = os.path.join(path, "config.json")
+    with open(file) as f:
+        text = f.read()
+    d = json.loads(text)
+    d[section][key] = value
+    text = json.dumps(d).replace(f'"{value}"', value) if isinstance(value, str) else json.dumps(d)
+    with open(file, "w") as f:
+        f.write(text)
+    with pytest.raises(pv.ConfigError, match=message):
+        pv.load(path)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"additional_special_tokens": 5}, r"tokenizer_config\.json: additional_special_tokens=5 must be a list"),
+    ({"added_tokens_decoder": [1]}, r"tokenizer_config\.json: added_tokens_decoder=\[1\] must be a map"),
+    ({"added_tokens_decoder": {"x": {"content": "a"}}}, r"added_tokens_decoder entry 'x'"),
+    ({"added_tokens_decoder": {"3": "ab"}}, r"added_tokens_decoder entry '3'"),
+    ({"eos_token": 7}, r"tokenizer_config\.json: eos_token=7 must be a token string"),
+])
+def test_bad_tokenizer_config_is_a_tokenizer_error(tmp_path, config, message):
+    _write_tokenizer(tmp_path, with_json=False)
+    with open(tmp_path / "tokenizer_config.json", "w") as f:
+        json.dump(config, f)
+    with pytest.raises(pv.TokenizerError, match=message):
+        pv.load_tokenizer(tmp_path)
+
+
+def test_negative_ids_reaching_the_tokenizer(tmp_path):
+    _write_tokenizer(tmp_path, with_json=True)
+    tok = pv.load_tokenizer(tmp_path)
+    assert tok.decode([0, 1, 2]) == tok.backend.decode([0, 1, 2]) == "a b"  # eos "ab" skipped, as the backend does
+    for ids in ([0, -1], [2 ** 32]):
+        with pytest.raises(pv.TokenizerError, match=f"cannot decode token id {ids[-1]}"):
+            tok.decode(ids)
+    with pytest.raises(pv.TokenizerError, match="cannot decode token id -1"):
+        tok.token_text(-1)
+
+
+@pytest.mark.parametrize("name, shape", [
+    ("decoder.transformer.h.0.crossattention.c_attn.weight", (24 * 48,)),   # 1-D
+    ("decoder.transformer.h.0.crossattention.c_attn.weight", (24, 47)),     # odd: no K/V halves
+    ("decoder.transformer.h.0.crossattention.c_attn.bias", (47,)),
+    ("decoder.transformer.h.0.attn.c_attn.weight", (72,)),
+])
+def test_misshaped_split_tensors_are_checkpoint_errors(tiny, name, shape):
+    from safetensors.numpy import load_file, save_file
+    _, path = tiny
+    file = os.path.join(path, "model.safetensors")
+    tensors = load_file(file)
+    tensors[name] = np.zeros(shape, np.float32)
+    save_file(tensors, file)
+    with pytest.raises(pv.CheckpointError, match=rf"model\.safetensors: tensor {re.escape(name)} has shape "
+                                                 rf"{re.escape(str(list(shape)))}, which does not give"):
+        pv.load(path)
+
+
+def test_path_like_names_fail_fast(tmp_path):
+    import time
+    start = time.perf_counter()
+    for name in ("no/such/x", str(tmp_path / "missing"), "./ckpt", "a/../b"):
+        with pytest.raises(pv.CheckpointError, match="is not a directory, and cannot be a Hub repo id"):
+            pv.load(name)
+    assert time.perf_counter() - start < 5
+
+
+# ----- generation options, from a file or keywords (validated in generation/options.py) -----
+
+@pytest.mark.parametrize("option, value, message", [
+    ("temperature", 0, r"temperature must be > 0"), ("temperature", float("nan"), r"temperature must be a finite"),
+    ("top_p", -0.1, r"top_p must be >= 0"), ("top_p", 1.5, r"top_p must be <= 1"),
+    ("top_k", -1, r"top_k must be an int >= 0"), ("repetition_penalty", 0, r"repetition_penalty must be > 0"),
+    ("length_penalty", float("nan"), r"length_penalty must be a finite"),
+    ("pad_token_id", 2 ** 31, r"pad_token_id must be a token id in \[0, 2\^31\)"),
+    ("decoder_start_token_id", -1, r"decoder_start_token_id must be a token id"),
+    ("num_beams", 2_000_000, r"num_beams=2000000 is more than"),
+    ("bad_words_ids", [[-1]], r"bad_words_ids must be a token id"),
+])
+def test_bad_generation_options_name_the_file_and_option(tiny, option, value, message):
+    _, path = tiny
+    with open(os.path.join(path, "generation_config.json"), "w") as f:
+        json.dump({option: value}, f)  # NaN is written as NaN, which Python's json (and transformers) read
+    with pytest.raises(pv.ConfigError, match=rf"generation_config\.json: {message}"):
+        pv.load_generation_config(path)
+
+
+def test_generation_ids_outside_the_vocabulary_are_refused(tiny):
+    _, path = tiny
+    params, _ = pv.load(path)
+    pixels = np.zeros((1, 3, 16, 16), np.float32)
+    for kwargs, message in [({"bad_words_ids": [[50]]}, r"bad_words_ids holds \[50\], outside the vocabulary \[0, 50\)"),
+                            ({"forced_bos_token_id": 99}, r"forced_bos_token_id holds \[99\]"),
+                            ({"forced_eos_token_id": 50}, r"forced_eos_token_id holds \[50\]"),
+                            ({"temperature": 0.0, "do_sample": True}, r"temperature must be > 0")]:
+        with pytest.raises(pv.ConfigError, match=message):
+            pv.generate(params, pixels, max_new_tokens=2, **kwargs)

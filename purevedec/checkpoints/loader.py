@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from typing import Iterable, Iterator
 
 import jax.numpy as jnp
@@ -130,29 +131,28 @@ def _with_layers(sub, n: int):
     return dataclasses.replace(sub, **{field: n}), getattr(sub, field)
 
 
-def _size(config: Config) -> tuple[int, int]:
-    """(values, tensors) of the params a config describes."""
-    shapes = flatten(param_shapes(config))
-    return sum(math.prod(s) for s in shapes.values()), len(shapes)
+def _size(config: Config, skip: re.Pattern | None) -> tuple[int, int]:
+    """(values, tensors) of the params a config describes, leaving out paths ``skip`` matches."""
+    shapes = [s for p, s in flatten(param_shapes(config)).items() if not (skip and skip.match(p))]
+    return sum(math.prod(s) for s in shapes), len(shapes)
 
 
-def needed_size(config: Config) -> tuple[int, int]:
+def needed_size(config: Config, skip: re.Pattern | None = None) -> tuple[int, int]:
     """(values, tensors) the config's params hold, computed from 1- and 2-layer versions of it, so
     that a config claiming 10^8 layers costs nothing to check."""
     enc1, n_enc = _with_layers(config.encoder, 1)
     dec1, n_dec = _with_layers(config.decoder, 1)
-    base = _size(dataclasses.replace(config, encoder=enc1, decoder=dec1))
-    enc_layer = [a - b for a, b in zip(_size(dataclasses.replace(config, encoder=_with_layers(enc1, 2)[0],
-                                                                  decoder=dec1)), base)]
-    dec_layer = [a - b for a, b in zip(_size(dataclasses.replace(config, encoder=enc1,
-                                                                  decoder=_with_layers(dec1, 2)[0])), base)]
-    return tuple(b + (n_enc - 1) * e + (n_dec - 1) * d for b, e, d in zip(base, enc_layer, dec_layer))
+    base = _size(dataclasses.replace(config, encoder=enc1, decoder=dec1), skip)
+    enc2 = _size(dataclasses.replace(config, encoder=_with_layers(enc1, 2)[0], decoder=dec1), skip)
+    dec2 = _size(dataclasses.replace(config, encoder=enc1, decoder=_with_layers(dec1, 2)[0]), skip)
+    return tuple(b + (n_enc - 1) * (e - b) + (n_dec - 1) * (d - b) for b, e, d in zip(base, enc2, dec2))
 
 
-def check_fits(config: Config, files: list[str], where: str) -> None:
-    """Refuse a config whose params cannot be in ``files`` (at least one byte per value and a few
-    per tensor), before anything proportional to its sizes or layer counts is built."""
-    values, tensors = needed_size(config)
+def check_fits(config: Config, files: list[str], where: str, skip: re.Pattern | None = None) -> None:
+    """Refuse a config whose params (those ``skip`` does not match: the ones to read from ``files``)
+    cannot be in ``files`` (at least one byte per value and a few per tensor), before anything
+    proportional to its sizes or layer counts is built."""
+    values, tensors = needed_size(config, skip)
     have = sum(os.path.getsize(f) for f in files)
     if values + _BYTES_PER_TENSOR * tensors > have:
         raise CheckpointError(
