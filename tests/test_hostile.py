@@ -454,6 +454,11 @@ def test_side_file_options_are_bounded(tiny):
     _edit_json_or_write("generation_config.json", {"num_beams": 2_000_000})
     with pytest.raises(pv.ConfigError, match=r"generation_config\.json: num_beams=2000000 is more than"):
         pv.load_generation_config(path)
+    # 17 MB of "[]," parses to ~0.4 GB of lists: side files are bounded at 16 MiB before parsing.
+    with open(os.path.join(path, "preprocessor_config.json"), "w") as f:
+        f.write('{"a": [' + "[]," * (17 * 2 ** 20 // 3) + "[]]}")
+    with pytest.raises(pv.ConfigError, match=r"preprocessor_config\.json holds \d+ bytes, more than the 16777216"):
+        pv.load_image_config(path)
 
 
 def _write_tokenizer(path, with_json: bool) -> None:

@@ -9,7 +9,6 @@ loading holds at most one extra copy of a tensor beyond the params being built.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -19,12 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..config import Config
-from ..errors import CheckpointError, reading
+from ..errors import CheckpointError
 from ..params import flatten, map_with_path, param_shapes
 from . import names as hf_names
 from .config_files import load_config, load_generation_config
 from .formats import FORMATS, Format, pick_format
 from .hub import snapshot_dir
+from .jsonfile import read_json_object
 
 
 def _convert(name: str, array: np.ndarray, paths: tuple[str, ...], rule: hf_names.Rule,
@@ -91,10 +91,14 @@ def _hf_name_of(path: str, config: Config) -> str:
 
 def _shards(path: str, index: str) -> list[str]:
     """The shard files an index names, checked to exist beside it."""
-    with reading(index, "weights index (JSON with a weight_map)"), open(index, encoding="utf-8") as f:
-        names = sorted(set(json.load(f)["weight_map"].values()))
+    weight_map = read_json_object(index, CheckpointError).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index}: no weight_map object (tensor name -> shard file)")
+    if not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index}: weight_map values must be shard file names")
+    names = sorted(set(weight_map.values()))
     for name in names:
-        if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
+        if os.path.basename(name) != name or name in ("", ".", ".."):
             raise CheckpointError(f"{index}: shard name {name!r:.100} is not a plain file name")
         if not os.path.isfile(os.path.join(path, name)):
             raise CheckpointError(f"{index} names shard {name}, which is not in {path}")

@@ -21,13 +21,12 @@ import numpy as np
 
 from ..errors import CheckpointError, reading
 from .bounds import brief, checked_shape, is_count, numel
+from .jsonfile import MAX_JSON_BYTES
 
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
            "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 
 
-# The safetensors library's own limit on the JSON header.
-_MAX_HEADER = 100_000_000
 
 
 def _no_duplicates(pairs: list) -> dict:
@@ -77,8 +76,9 @@ def read_safetensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
     with reading(path, "safetensors file"), open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         n = struct.unpack("<Q", f.read(8))[0]
-        if n > min(size - 8, _MAX_HEADER):
-            raise CheckpointError(f"header length {n} exceeds the file size {size} or the 100 MB limit")
+        if n > min(size - 8, MAX_JSON_BYTES):
+            raise CheckpointError(f"header length {n} exceeds the file size {size} or the "
+                                  f"{MAX_JSON_BYTES} bytes a header may take (parsed JSON takes many times its size)")
         header = json.loads(f.read(n), object_pairs_hook=_no_duplicates)
         if not isinstance(header, dict):
             raise CheckpointError("header is not a JSON object")
