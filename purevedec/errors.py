@@ -49,5 +49,7 @@ def reading(path: str, what: str):
         if path in str(e):
             raise
         raise CheckpointError(f"{path}: {e}") from None
+    except MemoryError:
+        raise  # a reader's bounds failed: that is a bug to see, not a corrupt file to report
     except (Exception, RecursionError) as e:  # noqa: BLE001 - corrupt input may fail anywhere
         raise CheckpointError(f"{path}: not a readable {what} ({type(e).__name__}: {e})") from None

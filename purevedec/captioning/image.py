@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..checkpoints.jsonfile import read_json_object
+from .. import validate as v
 from ..errors import ConfigError, ImageError
 
 
@@ -61,27 +62,37 @@ _CONFIG_KEYS = frozenset(ImageConfig.__dataclass_fields__) | _INERT_KEYS | {"do_
                                                                             "do_pad", "pad_size"}
 
 
+# The largest side a preprocessor may resize to: ViT checkpoints use 224 or 384, and one
+# 4096 x 4096 image already takes 400 MB as float64 during rescaling.
+MAX_SIZE = 4096
+
+
+def _side(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SIZE
+
+
 def _size(value: Any) -> tuple[int, int]:
     """Legacy int (square) or {"height", "width"}; other forms change the ViT input shape."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    if _side(value):
         return (value, value)
     if isinstance(value, (list, tuple)) and len(value) == 2:
         value = {"height": value[0], "width": value[1]}
-    if isinstance(value, Mapping) and set(value) == {"height", "width"} and all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value.values()):
+    if isinstance(value, Mapping) and set(value) == {"height", "width"} and all(map(_side, value.values())):
         return (value["height"], value["width"])
-    raise ConfigError(f"preprocessor size={value!r} is not supported: expected an int or "
-                      '{"height": H, "width": W}')
+    raise ConfigError(f"preprocessor size={value!r:.80} is not supported: expected an int or "
+                      f'{{"height": H, "width": W}}, sides in [1, {MAX_SIZE}]')
 
 
 def _triple(value: Any, key: str) -> tuple[float, float, float]:
-    """A per-channel statistic; a single number applies to all three channels, as in transformers."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return (float(value),) * 3
-    if isinstance(value, (list, tuple)) and len(value) == 3 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        return tuple(float(v) for v in value)
-    raise ConfigError(f"preprocessor {key}={value!r} must be a number or a list of 3 numbers")
+    """A per-channel statistic; a single number applies to all three channels, as in transformers.
+    Finite (a NaN or infinite mean or std would make every pixel NaN), and a std nonzero."""
+    values = [value] * 3 if not isinstance(value, (list, tuple)) else value
+    if len(values) != 3:
+        raise ConfigError(f"preprocessor {key}={value!r:.80} must be a number or a list of 3 numbers")
+    out = tuple(v.number(x, f"preprocessor {key}") for x in values)
+    if key == "image_std" and 0.0 in out:
+        raise ConfigError(f"preprocessor image_std={value!r:.80} has a zero: it divides every pixel")
+    return out
 
 
 def _flag(d: Mapping, key: str, default: bool) -> bool:
@@ -95,7 +106,7 @@ def _flag(d: Mapping, key: str, default: bool) -> bool:
 
 def _check_type(d: Mapping) -> None:
     kind = d.get("image_processor_type", d.get("feature_extractor_type"))
-    if kind is not None and kind not in _KNOWN_TYPES:
+    if kind is not None and (not isinstance(kind, str) or kind not in _KNOWN_TYPES):
         raise ConfigError(f"preprocessor type {kind!r} is not supported; supported: {sorted(_KNOWN_TYPES)}")
     for key in ("do_center_crop", "do_pad"):
         if d.get(key):
@@ -110,16 +121,14 @@ def parse_image_config(d: Mapping) -> ImageConfig:
     """Parse the dict of a ``preprocessor_config.json``, refusing options that change the math."""
     _check_type(d)
     resample = d.get("resample", 2)
-    if resample not in _RESAMPLE or isinstance(resample, bool):
+    if type(resample) is not int or resample not in _RESAMPLE:
         raise ConfigError(f"preprocessor resample={resample!r} must be a PIL resampling filter "
                           f"{ {k: v for k, v in _RESAMPLE.items()} }")
-    factor = d.get("rescale_factor", 1 / 255)
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)):
-        raise ConfigError(f"preprocessor rescale_factor={factor!r} must be a number")
+    factor = v.number(d.get("rescale_factor", 1 / 255), "preprocessor rescale_factor")
     return ImageConfig(
         size=_size(d.get("size", {"height": 224, "width": 224})),
         do_resize=_flag(d, "do_resize", True), resample=resample,
-        do_rescale=_flag(d, "do_rescale", True), rescale_factor=float(factor),
+        do_rescale=_flag(d, "do_rescale", True), rescale_factor=factor,
         do_normalize=_flag(d, "do_normalize", True),
         image_mean=_triple(d.get("image_mean", 0.5), "image_mean"),
         image_std=_triple(d.get("image_std", 0.5), "image_std"),
@@ -132,18 +141,39 @@ def load_image_config(path: str | os.PathLike) -> ImageConfig:
     path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, "preprocessor_config.json")
-    return parse_image_config(read_json_object(path))
+    try:
+        return parse_image_config(read_json_object(path))
+    except ConfigError as e:
+        if path in str(e):
+            raise
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:
-    """Read a file fully (so a truncated file fails here, not later) as an upright RGB image."""
+    """Read a file fully (so a truncated file fails here, not later) as an upright RGB image,
+    refusing one of more than ``MAX_IMAGE_PIXELS`` pixels before decoding it."""
     try:
         with Image.open(path) as im:
+            _check_pixels(im, path)
             im.load()
             return ImageOps.exif_transpose(im).convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        # PIL reports truncation as OSError, some corrupt headers as SyntaxError/ValueError.
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        # PIL reports truncation as OSError, some corrupt headers as SyntaxError/ValueError, and
+        # refuses images over twice its own pixel limit with DecompressionBombError at open.
         raise ImageError(f"{os.fspath(path)}: cannot read image ({e})") from None
+
+
+# Pillow's own threshold for its decompression-bomb warning (89.5 million pixels, a
+# 9459 x 9459 image; it refuses only at twice that): a larger image is refused here before it
+# is decoded, since decoding and converting it takes several bytes per pixel several times over.
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+def _check_pixels(im: Image.Image, path) -> None:
+    w, h = im.size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise ImageError(f"{os.fspath(path)}: image of {w} x {h} pixels is larger than the "
+                         f"{MAX_IMAGE_PIXELS} pixels purevedec decodes (a decompression bomb?)")
 
 
 def _composite_on_white(im: Image.Image) -> Image.Image:

@@ -26,7 +26,41 @@ _SPECIAL_LISTS = ("additional_special_tokens", "extra_special_tokens")
 
 
 def _read_json(path: str) -> dict:
-    return read_json_object(path, TokenizerError) if os.path.exists(path) else {}
+    if not os.path.exists(path):
+        return {}
+    d = read_json_object(path, TokenizerError)
+    _check_token_config(d, path)
+    return d
+
+
+def _is_token(value: Any) -> bool:
+    """A special token as a config may write it: a string, or an AddedToken dict with a string content."""
+    return isinstance(value, str) or (isinstance(value, Mapping) and isinstance(value.get("content"), str))
+
+
+def _check_token_config(d: Mapping, path: str) -> None:
+    """The special-token keys of tokenizer_config.json / special_tokens_map.json have the types
+    transformers writes, so that reading them cannot fail with a raw TypeError later."""
+    for key in _SPECIAL_KEYS:
+        if d.get(key) is not None and not _is_token(d[key]):
+            raise TokenizerError(f"{path}: {key}={d[key]!r:.80} must be a token string or "
+                                 '{"content": "..."}')
+    for key in _SPECIAL_LISTS:
+        value = d.get(key)
+        items = value.values() if isinstance(value, Mapping) else value
+        if value is not None and not (isinstance(items, (list, tuple, type({}.values())))
+                                      and all(map(_is_token, items))):
+            raise TokenizerError(f"{path}: {key}={value!r:.80} must be a list of token strings")
+    added = d.get("added_tokens_decoder")
+    if added is None:
+        return
+    if not isinstance(added, Mapping):
+        raise TokenizerError(f"{path}: added_tokens_decoder={added!r:.80} must be a map of token id -> token")
+    for tid, token in added.items():
+        if not (isinstance(tid, str) and tid.isdigit() and len(tid) <= 10 and _is_token(token)
+                and isinstance(token, Mapping)):
+            raise TokenizerError(f"{path}: added_tokens_decoder entry {tid!r:.20}: {token!r:.80} must map an "
+                                 'id to {"content": "...", ...}')
 
 
 def _content(value: Any) -> str | None:
@@ -52,7 +86,7 @@ def _added_tokens(config: Mapping) -> list:
     from tokenizers import AddedToken
     entries = config.get("added_tokens_decoder") or {}
     out = []
-    for _, v in sorted(entries.items(), key=lambda kv: int(kv[0])):
+    for _, v in sorted(entries.items(), key=lambda kv: int(kv[0])):  # keys checked to be digits
         if isinstance(v, Mapping) and isinstance(v.get("content"), str):
             out.append(AddedToken(v["content"], single_word=bool(v.get("single_word", False)),
                                   lstrip=bool(v.get("lstrip", False)), rstrip=bool(v.get("rstrip", False)),
@@ -103,8 +137,7 @@ class TextTokenizer:
         return self.backend.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        text = self.backend.decode([int(i) for i in np.asarray(ids).reshape(-1)],
-                                   skip_special_tokens=skip_special_tokens)
+        text = self.backend.decode(_checked_ids(ids), skip_special_tokens=skip_special_tokens)
         return _clean_up(text) if self.cleanup else text
 
     def batch_decode(self, rows: Iterable[Sequence[int]], skip_special_tokens: bool = True) -> list[str]:
@@ -112,7 +145,16 @@ class TextTokenizer:
 
     def token_text(self, token_id: int) -> str:
         """One token as readable text (special tokens kept), for labels."""
-        return self.backend.decode([int(token_id)], skip_special_tokens=False)
+        return self.backend.decode(_checked_ids([token_id]), skip_special_tokens=False)
+
+
+def _checked_ids(ids) -> list[int]:
+    flat = [int(i) for i in np.asarray(ids).reshape(-1)]
+    bad = next((i for i in flat if not 0 <= i < 2 ** 32), None)
+    if bad is not None:  # the backend would raise a bare OverflowError (ids past the vocabulary it skips)
+        raise TokenizerError(f"cannot decode token id {bad}: token ids are in [0, 2^32) (was a pad or "
+                             "eos id of -1 used?)")
+    return flat
 
 
 def _clean_up(text: str) -> str:

@@ -22,7 +22,7 @@ from ..config import Config, parse_config
 from ..errors import CheckpointError
 from ..params import flatten, init_params
 from .jsonfile import read_json_object
-from .loader import build_params, local_dir, read_tensors, weight_files
+from .loader import build_params, check_fits, local_dir, read_tensors, weight_files
 
 # Params that exist only in the composed model.
 _NEW = re.compile(r"^(decoder\.blocks\.\d+\.(ln_cross|cross)\.|proj\.)")
@@ -52,6 +52,8 @@ def from_encoder_decoder_pretrained(encoder: str, decoder: str, *, key, dtype=No
     GPT-2 checkpoint (GPT2LMHeadModel or GPT2Model), local directories or Hub repo ids."""
     enc_path, dec_path = local_dir(encoder), local_dir(decoder)
     config = composed_config(_config_dict(enc_path), _config_dict(dec_path))
+    files = [f for path in (enc_path, dec_path) for f in weight_files(path)[1]]
+    check_fits(config, files, f"{enc_path} + {dec_path}", skip=_NEW)  # before init_params builds every layer
     dtype = dtype and jnp.dtype(dtype)
     fresh = {p: v for p, v in flatten(init_params(config, key, dtype or jnp.float32)).items() if _NEW.match(p)}
     tensors = itertools.chain(_renamed(enc_path, "encoder"), _renamed(dec_path, "decoder"))

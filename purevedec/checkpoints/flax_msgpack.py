@@ -9,7 +9,6 @@ at a time instead of decoding the whole file into memory first.
 
 from __future__ import annotations
 
-import math
 import os
 import struct
 from typing import BinaryIO, Iterator
@@ -19,9 +18,12 @@ import numpy as np
 
 from . import names as hf_names
 from ..errors import CheckpointError, reading
+from .bounds import brief, checked_shape, numel
 
 _NDARRAY_EXT = 1
 _MAX_DEPTH = 64  # params nest ~8 deep; refuse pathological nesting early
+# Whole values decoded here are shapes, [shape, dtype, data] triples and chunk maps: small.
+_MAX_ITEMS = 65536
 _DTYPES = {name: np.dtype(name) for name in
            ("float32", "float16", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")}
 _DTYPES["bfloat16"] = np.dtype(ml_dtypes.bfloat16)
@@ -89,17 +91,26 @@ def _value(s: _Stream, depth: int = 0):
         return s.read(n).decode("utf-8")
     if kind == "bin":
         return s.read(n)
+    if kind in ("array", "map") and n > _MAX_ITEMS:
+        raise CheckpointError(f"a msgpack {kind} of {n} items where a shape or chunk list belongs")
     if kind == "array":
         return [_value(s, depth + 1) for _ in range(n)]
     if kind == "map":
-        return {_key(s, depth): _value(s, depth + 1) for _ in range(n)}
+        return _map([(_key(s, depth), _value(s, depth + 1)) for _ in range(n)])
     return _ext(s, n)
+
+
+def _map(pairs: list) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise CheckpointError("a msgpack map repeats a key")
+    return out
 
 
 def _key(s: _Stream, depth: int) -> str:
     key = _value(s, depth + 1)
     if not isinstance(key, str):
-        raise CheckpointError(f"map key {key!r:.50} is not a string")
+        raise CheckpointError(f"map key {brief(key)} is not a string")
     return key
 
 
@@ -108,28 +119,48 @@ def _ext(s: _Stream, length: int) -> np.ndarray:
     if code != _NDARRAY_EXT:
         raise CheckpointError(f"msgpack ext type {code} is not a real ndarray (complex and scalars are not weights)")
     before = s.left
-    shape, dtype, data = _value(s, _MAX_DEPTH - 2)
+    triple = _value(s, _MAX_DEPTH - 2)
+    if not (isinstance(triple, list) and len(triple) == 3):
+        raise CheckpointError(f"ndarray ext holds {brief(triple)}, expected [shape, dtype, data]")
+    shape, dtype, data = triple
     if s.left != before - length:
         raise CheckpointError("ndarray ext length does not match its contents")
     return _array(shape, dtype, data)
 
 
 def _array(shape, dtype, data) -> np.ndarray:
-    if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
-        raise CheckpointError(f"bad array shape {shape!r:.100}")
-    if dtype not in _DTYPES:
-        raise CheckpointError(f"unsupported array dtype {dtype!r:.50}")
-    want = math.prod(shape) * _DTYPES[dtype].itemsize
+    shape = checked_shape(shape, "array")
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise CheckpointError(f"unsupported array dtype {brief(dtype)}")
+    want = numel(shape) * _DTYPES[dtype].itemsize
     if not isinstance(data, bytes) or len(data) != want:
-        raise CheckpointError(f"array {shape} {dtype} needs {want} bytes, got {len(data) if isinstance(data, bytes) else data!r:.50}")
+        raise CheckpointError(f"array {list(shape)} {dtype} needs {want} bytes, got "
+                              f"{len(data) if isinstance(data, bytes) else brief(data)}")
     return np.frombuffer(data, _DTYPES[dtype]).reshape(shape)
+
+
+def _numbered(d, what: str) -> list:
+    """flax's list-as-map {"0": x0, "1": x1, ...} -> [x0, x1, ...], every index present once."""
+    if not isinstance(d, dict) or set(d) != {str(i) for i in range(len(d))}:
+        raise CheckpointError(f"chunked array: {what} is {brief(d)}, expected a map numbered from \"0\"")
+    return [d[str(i)] for i in range(len(d))]
 
 
 def _unchunk(d: dict) -> np.ndarray:
     """Reassemble an array flax split into flat chunks ({"0": ..., "1": ...}) to fit msgpack."""
-    shape = [d["shape"][str(i)] for i in range(len(d["shape"]))]
-    flat = np.concatenate([d["chunks"][str(i)].reshape(-1) for i in range(len(d["chunks"]))])
-    return flat.reshape(shape)
+    if set(d) != {"shape", "chunks"}:
+        raise CheckpointError(f"chunked array: keys {sorted(d)[:5]}, expected shape and chunks")
+    shape = checked_shape(_numbered(d["shape"], "shape"), "chunked array")
+    chunks = _numbered(d["chunks"], "chunks")
+    if not chunks or not all(isinstance(c, np.ndarray) for c in chunks):
+        raise CheckpointError("chunked array: chunks must be one or more arrays")
+    dtypes = sorted({str(c.dtype) for c in chunks})
+    if len(dtypes) > 1:  # np.concatenate would silently upcast them to one type
+        raise CheckpointError(f"chunked array: chunks of different dtypes {dtypes}")
+    if sum(c.size for c in chunks) != numel(shape):
+        raise CheckpointError(f"chunked array: chunks hold {sum(c.size for c in chunks)} values, "
+                              f"shape {list(shape)} needs {numel(shape)}")
+    return np.concatenate([c.reshape(-1) for c in chunks]).reshape(shape)
 
 
 def _tree(s: _Stream, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
@@ -146,7 +177,7 @@ def _tree(s: _Stream, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], 
         key = _key(s, len(path))
         if key == _CHUNKED and i == 0:  # one (big) array split into chunks: small map, decode it whole
             _value(s, len(path) + 1)  # the marker's value (true)
-            rest = {_key(s, len(path)): _value(s, len(path) + 1) for _ in range(n - 1)}
+            rest = _map([(_key(s, len(path)), _value(s, len(path) + 1)) for _ in range(n - 1)])
             yield path, _unchunk(rest)
             return
         yield from _tree(s, path + (key,))

@@ -8,20 +8,23 @@ loading holds at most one extra copy of a tensor beyond the params being built.
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import math
 import os
+import re
 from typing import Iterable, Iterator
 
 import jax.numpy as jnp
 import numpy as np
 
 from ..config import Config
-from ..errors import CheckpointError, reading
+from ..errors import CheckpointError
 from ..params import flatten, map_with_path, param_shapes
 from . import names as hf_names
 from .config_files import load_config, load_generation_config
 from .formats import FORMATS, Format, pick_format
 from .hub import snapshot_dir
+from .jsonfile import read_json_object
 
 
 def _convert(name: str, array: np.ndarray, paths: tuple[str, ...], rule: hf_names.Rule,
@@ -35,7 +38,10 @@ def _convert(name: str, array: np.ndarray, paths: tuple[str, ...], rule: hf_name
             raise CheckpointError(f"{where}: tensor {name} has shape {list(array.shape)}, the config needs "
                                   f"{int(np.prod(want[0]))} values for {paths[0]} {list(want[0])}")
         return [array.reshape(want[0])]
-    parts = hf_names.TRANSFORMS[rule.kind][0](array) if array.ndim else [array]
+    try:
+        parts = hf_names.TRANSFORMS[rule.kind][0](array) if array.ndim else [array]
+    except (ValueError, IndexError):  # np.split of an odd length, a missing axis: a wrong shape
+        parts = []
     got = [tuple(p.shape) for p in parts]
     if len(parts) != len(paths) or got != [tuple(w) for w in want]:
         raise CheckpointError(f"{where}: tensor {name} has shape {list(array.shape)}, which does not give "
@@ -85,10 +91,14 @@ def _hf_name_of(path: str, config: Config) -> str:
 
 def _shards(path: str, index: str) -> list[str]:
     """The shard files an index names, checked to exist beside it."""
-    with reading(index, "weights index (JSON with a weight_map)"), open(index, encoding="utf-8") as f:
-        names = sorted(set(json.load(f)["weight_map"].values()))
+    weight_map = read_json_object(index, CheckpointError).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index}: no weight_map object (tensor name -> shard file)")
+    if not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index}: weight_map values must be shard file names")
+    names = sorted(set(weight_map.values()))
     for name in names:
-        if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
+        if os.path.basename(name) != name or name in ("", ".", ".."):
             raise CheckpointError(f"{index}: shard name {name!r:.100} is not a plain file name")
         if not os.path.isfile(os.path.join(path, name)):
             raise CheckpointError(f"{index} names shard {name}, which is not in {path}")
@@ -113,6 +123,48 @@ def read_tensors(fmt: Format, files: list[str]) -> Iterator[tuple[str, np.ndarra
         yield from fmt.reader(file)
 
 
+# Layer-count fields of the encoder and decoder configs (all architectures' spellings).
+_LAYER_FIELDS = ("num_hidden_layers", "n_layer")
+# The fewest bytes any weights format spends on one tensor besides its values (its name alone is
+# longer): with one byte per value, a floor on the file size a config needs.
+_BYTES_PER_TENSOR = 8
+
+
+def _with_layers(sub, n: int):
+    field = next(f for f in _LAYER_FIELDS if hasattr(sub, f))
+    return dataclasses.replace(sub, **{field: n}), getattr(sub, field)
+
+
+def _size(config: Config, skip: re.Pattern | None) -> tuple[int, int]:
+    """(values, tensors) of the params a config describes, leaving out paths ``skip`` matches."""
+    shapes = [s for p, s in flatten(param_shapes(config)).items() if not (skip and skip.match(p))]
+    return sum(math.prod(s) for s in shapes), len(shapes)
+
+
+def needed_size(config: Config, skip: re.Pattern | None = None) -> tuple[int, int]:
+    """(values, tensors) the config's params hold, computed from 1- and 2-layer versions of it, so
+    that a config claiming 10^8 layers costs nothing to check."""
+    enc1, n_enc = _with_layers(config.encoder, 1)
+    dec1, n_dec = _with_layers(config.decoder, 1)
+    base = _size(dataclasses.replace(config, encoder=enc1, decoder=dec1), skip)
+    enc2 = _size(dataclasses.replace(config, encoder=_with_layers(enc1, 2)[0], decoder=dec1), skip)
+    dec2 = _size(dataclasses.replace(config, encoder=enc1, decoder=_with_layers(dec1, 2)[0]), skip)
+    return tuple(b + (n_enc - 1) * (e - b) + (n_dec - 1) * (d - b) for b, e, d in zip(base, enc2, dec2))
+
+
+def check_fits(config: Config, files: list[str], where: str, skip: re.Pattern | None = None) -> None:
+    """Refuse a config whose params (those ``skip`` does not match: the ones to read from ``files``)
+    cannot be in ``files`` (at least one byte per value and a few per tensor), before anything
+    proportional to its sizes or layer counts is built."""
+    values, tensors = needed_size(config, skip)
+    have = sum(os.path.getsize(f) for f in files)
+    if values + _BYTES_PER_TENSOR * tensors > have:
+        raise CheckpointError(
+            f"{where}: config.json describes {values} parameter values in {tensors} tensors "
+            f"({config.encoder.model_type} and {config.decoder.model_type} layers, widths and vocabulary), "
+            f"more than the {have} bytes of weights on disk can hold: is config.json for these weights?")
+
+
 def load_dir(path: str, *, dtype=None) -> tuple[dict, Config]:
     """Load ``(params, config)`` from a local checkpoint directory (any supported format); the
     params carry the config and the checkpoint's generation defaults."""
@@ -122,6 +174,7 @@ def load_dir(path: str, *, dtype=None) -> tuple[dict, Config]:
     generation = load_generation_config(path)
     fmt, files = weight_files(path)
     where = files[0] if len(files) == 1 else os.path.join(path, fmt.index)
+    check_fits(config, files, where)
     params = build_params(read_tensors(fmt, files), config, dtype=dtype and jnp.dtype(dtype), where=where)
     return {**params, "generation_config": generation}, config
 
