@@ -64,6 +64,13 @@ _GPT2_INERT = frozenset({
     "summary_first_dropout", "n_ctx",
 })
 _VIT_INERT = frozenset({"encoder_stride", "pooler_output_size", "pooler_act"})
+# BEiT keys for its segmentation/backbone/masked-image heads, which an image-to-text model never builds.
+_BEIT_INERT = _VIT_INERT | frozenset({
+    "vocab_size", "use_mask_token", "out_indices", "out_features", "stage_names", "pool_scales",
+    "use_auxiliary_head", "auxiliary_loss_weight", "auxiliary_channels", "auxiliary_num_convs",
+    "auxiliary_concat_input", "semantic_loss_ignore_index", "add_fpn", "reshape_hidden_states",
+})
+_TROCR_INERT = frozenset({"classifier_dropout"})
 
 
 def _set(obj, name: str, value) -> None:
@@ -169,13 +176,128 @@ class GPT2Config:
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
+    @property
+    def cross_attention_hidden_size(self) -> int | None:
+        return None  # GPT-2's cross-attention always reads width n_embd
+
+
+@dataclass(frozen=True)
+class DeiTConfig(ViTConfig):
+    """DeiT: a ViT with a distillation token beside [CLS] (its layers and fields are ViT's)."""
+    model_type: str = "deit"
+
+
+@dataclass(frozen=True)
+class BeitConfig(ViTConfig):
+    """BEiT: a ViT without key bias (queries and values keep theirs, ``qkv_bias`` is unused),
+    with layer scale, relative position biases (per layer and/or shared) and optional absolute
+    positions; with mean pooling the final norm moves to the pooler, so the states the decoder
+    reads are the last layer's output unnormalised."""
+    use_absolute_position_embeddings: bool = False
+    use_relative_position_bias: bool = False
+    use_shared_relative_position_bias: bool = False
+    layer_scale_init_value: float = 0.1
+    use_mean_pooling: bool = True
+    drop_path_rate: float = 0.1
+    model_type: str = "beit"
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("use_absolute_position_embeddings", "use_relative_position_bias",
+                     "use_shared_relative_position_bias", "use_mean_pooling"):
+            v.flag(getattr(self, name), f"encoder.{name}")
+        _set(self, "layer_scale_init_value",
+             v.number(self.layer_scale_init_value, "encoder.layer_scale_init_value", low=0.0))
+        _set(self, "drop_path_rate", v.probability(self.drop_path_rate, "encoder.drop_path_rate"))
+
+    @property
+    def num_relative_distance(self) -> int:
+        """Rows of a relative position bias table: every (dy, dx) between patches, plus 3 for [CLS]."""
+        gh, gw = self.grid
+        return (2 * gh - 1) * (2 * gw - 1) + 3
+
+
+@dataclass(frozen=True)
+class TrOCRConfig:
+    """transformers' TrOCRConfig fields that change the math (defaults: trocr-base's decoder).
+
+    The generic names the rest of the package reads (``n_embd``, ``n_layer``, ``n_head``,
+    ``n_positions``, ``initializer_range``) are properties over TrOCR's own."""
+    vocab_size: int = 50265
+    d_model: int = 1024
+    decoder_layers: int = 12
+    decoder_attention_heads: int = 16
+    decoder_ffn_dim: int = 4096
+    activation_function: str = "gelu"
+    max_position_embeddings: int = 512
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    decoder_layerdrop: float = 0.0
+    init_std: float = 0.02
+    scale_embedding: bool = False
+    use_learned_position_embeddings: bool = True
+    layernorm_embedding: bool = True
+    tie_word_embeddings: bool = True
+    cross_attention_hidden_size: int | None = None   # the encoder width cross-attention K/V read
+    bos_token_id: int | None = 0
+    eos_token_id: int | tuple[int, ...] | None = 2
+    pad_token_id: int | None = 1
+    model_type: str = "trocr"
+
+    def __post_init__(self):
+        w = "decoder"
+        for name in ("vocab_size", "d_model", "decoder_layers", "decoder_attention_heads", "decoder_ffn_dim",
+                     "max_position_embeddings"):
+            v.positive_int(getattr(self, name), f"{w}.{name}")
+        if self.d_model % self.decoder_attention_heads:
+            raise ConfigError(f"{w}.d_model={self.d_model} is not a multiple of "
+                              f"decoder_attention_heads={self.decoder_attention_heads}")
+        v.one_of(self.activation_function, f"{w}.activation_function", ACTIVATION_NAMES)
+        for name in ("dropout", "attention_dropout", "activation_dropout", "decoder_layerdrop"):
+            _set(self, name, v.probability(getattr(self, name), f"{w}.{name}"))
+        for name in ("scale_embedding", "use_learned_position_embeddings", "layernorm_embedding",
+                     "tie_word_embeddings"):
+            v.flag(getattr(self, name), f"{w}.{name}")
+        if self.cross_attention_hidden_size is not None:
+            v.positive_int(self.cross_attention_hidden_size, f"{w}.cross_attention_hidden_size")
+        _set(self, "init_std", v.number(self.init_std, f"{w}.init_std", low=0.0))
+        v.token_id(self.bos_token_id, f"{w}.bos_token_id")
+        v.token_id(self.pad_token_id, f"{w}.pad_token_id")
+        if not self.use_learned_position_embeddings:
+            if self.pad_token_id is None:
+                raise ConfigError(f"{w}.use_learned_position_embeddings=false needs pad_token_id: sinusoidal "
+                                  "positions are counted from the pad id")
+            if self.d_model < 4:
+                raise ConfigError(f"{w}.d_model={self.d_model} is too small for sinusoidal positions (needs >= 4)")
+        eos = v.token_ids(self.eos_token_id, f"{w}.eos_token_id")
+        _set(self, "eos_token_id", eos[0] if eos and len(eos) == 1 else eos)
+
+    n_embd = property(lambda self: self.d_model)
+    n_layer = property(lambda self: self.decoder_layers)
+    n_head = property(lambda self: self.decoder_attention_heads)
+    n_inner = property(lambda self: self.decoder_ffn_dim)
+    initializer_range = property(lambda self: self.init_std)
+    n_positions = property(lambda self: self.max_position_embeddings, doc=(
+        "Decoder tokens the position embeddings cover. transformers regrows the sinusoidal table "
+        "for a longer uncached forward, but its cached decoding indexes past the table and fails, "
+        "so both kinds stop here."))
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.decoder_attention_heads
+
+    @property
+    def cross_width(self) -> int:
+        return self.cross_attention_hidden_size or self.d_model
+
 
 @jax.tree_util.register_static
 @dataclass(frozen=True)
 class Config:
     """A whole VisionEncoderDecoder: encoder, decoder, and how they are joined."""
-    encoder: ViTConfig = ViTConfig()
-    decoder: GPT2Config = GPT2Config()
+    encoder: ViTConfig = ViTConfig()               # ViTConfig, DeiTConfig or BeitConfig
+    decoder: GPT2Config | TrOCRConfig = GPT2Config()
     decoder_start_token_id: int | None = None
     pad_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
@@ -195,14 +317,20 @@ class Config:
     @property
     def has_projection(self) -> bool:
         """transformers adds enc_to_dec_proj when widths differ and no cross size is given."""
-        return self.encoder.hidden_size != self.decoder.n_embd
+        return (self.encoder.hidden_size != self.decoder.n_embd
+                and self.decoder.cross_attention_hidden_size is None)
+
+    @property
+    def cross_width(self) -> int:
+        """The width of the states the decoder's cross-attention reads (after any projection)."""
+        return self.decoder.cross_attention_hidden_size or self.decoder.n_embd
 
     def with_source(self, d: Mapping) -> "Config":
         return dataclasses.replace(self, source=json.dumps(d, sort_keys=True))
 
 
-ENCODER_CONFIG_TYPES = (ViTConfig,)
-DECODER_CONFIG_TYPES = (GPT2Config,)
+ENCODER_CONFIG_TYPES = (ViTConfig, DeiTConfig, BeitConfig)
+DECODER_CONFIG_TYPES = (GPT2Config, TrOCRConfig)
 
 
 def _warn_unknown(d: Mapping, known: frozenset, where: str) -> None:
@@ -223,10 +351,35 @@ def _fields(cls, d: Mapping, where: str, renames: Mapping[str, str] = {}) -> dic
     return {k: val for k, val in d.items() if k in names and k != "model_type"}
 
 
-def parse_vit(d: Mapping, where: str = "encoder") -> ViTConfig:
+def parse_vit(d: Mapping, where: str = "encoder", cls=ViTConfig, inert: frozenset = _VIT_INERT) -> ViTConfig:
     v.one_of(d.get("pooler_act", "tanh"), f"{where}.pooler_act", ACTIVATION_NAMES)  # unused, still checked
-    _warn_unknown(d, frozenset(f.name for f in dataclasses.fields(ViTConfig)) | _VIT_INERT, where)
-    return ViTConfig(**_fields(ViTConfig, d, where))
+    _warn_unknown(d, frozenset(f.name for f in dataclasses.fields(cls)) | inert, where)
+    return cls(**_fields(cls, d, where))
+
+
+def parse_deit(d: Mapping, where: str = "encoder") -> DeiTConfig:
+    return parse_vit(d, where, DeiTConfig)
+
+
+def parse_beit(d: Mapping, where: str = "encoder") -> BeitConfig:
+    # BEiT has no qkv_bias option (its key projection never has a bias); refuse rather than ignore one.
+    if "qkv_bias" in d:
+        raise ConfigError(f"{where}.qkv_bias is not a BEiT option (BEiT's key projection has no bias, "
+                          "its query and value projections always do)")
+    return parse_vit(d, where, BeitConfig, _BEIT_INERT)
+
+
+# transformers' TrOCRConfig.attribute_map.
+_TROCR_ALIASES = {"hidden_size": "d_model", "num_attention_heads": "decoder_attention_heads",
+                  "num_hidden_layers": "decoder_layers"}
+
+
+def parse_trocr(d: Mapping, where: str = "decoder") -> TrOCRConfig:
+    """TrOCR always has cross-attention inside VisionEncoderDecoder (TrOCRForCausalLM sets
+    is_decoder), whatever add_cross_attention says."""
+    known = frozenset(f.name for f in dataclasses.fields(TrOCRConfig)) | _TROCR_INERT | frozenset(_TROCR_ALIASES)
+    _warn_unknown(d, known, where)
+    return TrOCRConfig(**_fields(TrOCRConfig, d, where, _TROCR_ALIASES))
 
 
 # transformers' GPT2Config.attribute_map: the generic names are aliases of the n_* ones.
@@ -245,8 +398,8 @@ def parse_gpt2(d: Mapping, where: str = "decoder") -> GPT2Config:
     return GPT2Config(**_fields(GPT2Config, d, where, _GPT2_ALIASES))
 
 
-ENCODER_PARSERS = {"vit": parse_vit}
-DECODER_PARSERS = {"gpt2": parse_gpt2}
+ENCODER_PARSERS = {"vit": parse_vit, "deit": parse_deit, "beit": parse_beit}
+DECODER_PARSERS = {"gpt2": parse_gpt2, "trocr": parse_trocr}
 
 # What each model_type is, for the error a user sees when pointing us at the wrong kind of checkpoint.
 _OTHER_MODEL_TYPES = {
@@ -280,7 +433,7 @@ def parse_config(d: Mapping) -> Config:
     encoder = ENCODER_PARSERS[enc_type](enc_d)
     decoder = DECODER_PARSERS[dec_type](dec_d)
     if d.get("tie_encoder_decoder") or enc_d.get("tie_encoder_decoder") or dec_d.get("tie_encoder_decoder"):
-        raise ConfigError("tie_encoder_decoder=true is not supported for a ViT encoder and GPT-2 decoder")
+        raise ConfigError("tie_encoder_decoder=true is not supported (image encoder and text decoder share no layers)")
     _check_cross_size(dec_d.get("cross_attention_hidden_size"), encoder, decoder)
     _warn_unknown({k: val for k, val in d.items() if k not in ("encoder", "decoder")}, frozenset(), "config")
     return Config(
@@ -291,7 +444,7 @@ def parse_config(d: Mapping) -> Config:
     ).with_source(d)
 
 
-def _check_cross_size(cross: Any, encoder: ViTConfig, decoder: GPT2Config) -> None:
+def _check_cross_size(cross: Any, encoder: ViTConfig, decoder: GPT2Config | TrOCRConfig) -> None:
     if cross is None:
         return
     if cross != encoder.hidden_size:
@@ -299,7 +452,7 @@ def _check_cross_size(cross: Any, encoder: ViTConfig, decoder: GPT2Config) -> No
             "If `cross_attention_hidden_size` is specified in the decoder's configuration, it has to be "
             f"equal to the encoder's `hidden_size`. Got {cross!r:.40} for `config.decoder.cross_attention_hidden_size` "
             f"and {encoder.hidden_size} for `config.encoder.hidden_size`.")
-    if cross != decoder.n_embd:
+    if decoder.model_type == "gpt2" and cross != decoder.n_embd:
         # With the size given transformers adds no projection, and GPT-2's cross-attention only
         # reads inputs of width n_embd, so such a model cannot run anywhere.
         raise ConfigError(

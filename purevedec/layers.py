@@ -134,9 +134,11 @@ def merge_heads(x: jax.Array) -> jax.Array:
     return x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])
 
 
-def attention(q, k, v, mask, scale: float, *, upcast: bool = False, dropout_rate: float = 0.0, key=None):
+def attention(q, k, v, mask, scale: float, *, upcast: bool = False, dropout_rate: float = 0.0, key=None,
+              bias=None):
     """Softmax attention, heads first. q [B,H,T,K], k/v [B,H,U,K], mask bool broadcastable to
-    [B,H,T,U] (True = attend) or None. Returns out [B,H,T,K] and weights [B,H,T,U] (float32).
+    [B,H,T,U] (True = attend) or None; ``bias`` float broadcastable to [B,H,T,U] is added to the
+    scaled scores (BEiT's relative positions). Returns out [B,H,T,K] and weights [B,H,T,U] (float32).
 
     ``upcast`` computes q·k in float32 too (GPT-2's ``reorder_and_upcast_attn``); the softmax
     is always float32. With a ``key``, dropout acts on the weights (as in transformers).
@@ -145,11 +147,14 @@ def attention(q, k, v, mask, scale: float, *, upcast: bool = False, dropout_rate
         # One low-precision query row (a decode step): XLA:CPU turns both products into matrix-
         # vector ones that first copy all of K and V to float32, every step. Two query rows keep
         # the native bf16 kernel (bf16 greedy batch 8: ~70 -> ~55 ms per token).
-        out, weights = attention(jnp.pad(q, [(0, 0)] * (q.ndim - 2) + [(0, 1), (0, 0)]), k, v, mask, scale)
+        out, weights = attention(jnp.pad(q, [(0, 0)] * (q.ndim - 2) + [(0, 1), (0, 0)]), k, v, mask, scale,
+                                 bias=bias)
         return out[..., :1, :], weights[..., :1, :]
     if upcast:
         q, k = q.astype(F32), k.astype(F32)
     scores = product("bhtk,bhuk->bhtu", q, k) * scale
+    if bias is not None:
+        scores = scores + bias.astype(F32)
     if mask is not None:
         scores = jnp.where(mask, scores, MASKED)
     if key is not None and dropout_rate > 0.0:  # dropout acts on the normalised weights

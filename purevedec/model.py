@@ -115,8 +115,8 @@ def _check_rows(images: int, rows: int, what: str) -> None:
 
 
 def _check_enc(enc, config: Config) -> None:
-    if getattr(enc, "ndim", None) != 3 or enc.shape[-1] != config.decoder.n_embd:
-        raise ValueError(f"enc must be [B,S,{config.decoder.n_embd}] (encode()'s output), "
+    if getattr(enc, "ndim", None) != 3 or enc.shape[-1] != config.cross_width:
+        raise ValueError(f"enc must be [B,S,{config.cross_width}] (encode()'s output), "
                          f"got {getattr(enc, 'shape', None)}")
 
 

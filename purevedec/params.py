@@ -16,12 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import gpt2, vit
+from . import beit, deit, gpt2, trocr, vit
 from .config import Config
 from .errors import ParamsError
 
-ENCODERS = {"vit": vit}
-DECODERS = {"gpt2": gpt2}
+ENCODERS = {"vit": vit, "deit": deit, "beit": beit}
+DECODERS = {"gpt2": gpt2, "trocr": trocr}
 # Keys of a params dict that hold static descriptions, not weights.
 STATIC_KEYS = ("config", "generation_config")
 
@@ -74,18 +74,22 @@ def map_with_path(tree, fn, prefix: str = ""):
 
 def _init_leaf(path: str, shape: tuple, config: Config, key, dtype):
     """transformers' init: normal(0, initializer_range) weights and embeddings, zero biases,
-    unit norms, truncated-normal ViT cls/pos, and GPT-2's residual projections scaled by
-    1/sqrt(2 * n_layer)."""
+    unit norms, truncated-normal ViT/DeiT cls/pos, zero BEiT tokens, positions and relative
+    biases, BEiT's layer scales at layer_scale_init_value, and GPT-2's residual projections
+    scaled by 1/sqrt(2 * n_layer)."""
     part = path.split(".")
     leaf, section = part[-1], part[0]
     std = config.encoder.initializer_range if section == "encoder" else config.decoder.initializer_range
     if leaf == "scale":
         return jnp.ones(shape, dtype)
-    if leaf in ("b", "bias"):
+    if leaf in ("b", "bias", "rel_bias", "dist") or (section == "encoder" and config.encoder.model_type == "beit"
+                                                      and leaf in ("cls", "pos")):
         return jnp.zeros(shape, dtype)
+    if leaf in ("ls1", "ls2"):
+        return jnp.full(shape, config.encoder.layer_scale_init_value, dtype)
     if section == "encoder" and leaf in ("cls", "pos"):
         return (std * jax.random.truncated_normal(key, -2.0 / std, 2.0 / std, shape)).astype(dtype)
-    if section == "decoder" and part[-2] in ("o", "out"):
+    if section == "decoder" and config.decoder.model_type == "gpt2" and part[-2] in ("o", "out"):
         std = std / math.sqrt(2 * config.decoder.n_layer)
     return (std * jax.random.normal(key, shape)).astype(dtype)
 

@@ -71,8 +71,9 @@ def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
     return m.astype(np.float32)
 
 
-def position_embeddings(p: dict, cfg: ViTConfig, height: int, width: int, interpolate: bool):
-    """[1+N', D] position table for an image of this size (bicubic-resized when asked)."""
+def position_embeddings(p: dict, cfg: ViTConfig, height: int, width: int, interpolate: bool, special: int = 1):
+    """[special+N', D] position table for an image of this size (bicubic-resized when asked);
+    the first ``special`` rows (class and distillation tokens) are never resized."""
     gh, gw = height // cfg.patch_size[0], width // cfg.patch_size[1]
     if not interpolate:
         if (height, width) != cfg.image_size:
@@ -83,12 +84,12 @@ def position_embeddings(p: dict, cfg: ViTConfig, height: int, width: int, interp
     if gh * gw == cfg.num_patches and height == width:
         return p["pos"]  # transformers skips the resize in exactly this case
     oh, ow = cfg.grid
-    table = p["pos"][1:].reshape(oh, ow, -1).astype(jnp.float32)
+    table = p["pos"][special:].reshape(oh, ow, -1).astype(jnp.float32)
     rows, cols = jnp.asarray(bicubic_matrix(oh, gh)), jnp.asarray(bicubic_matrix(ow, gw))
     # Bicubic resize is separable: rows, then columns.  [oh,ow,D] -> [gh,gw,D]
     resized = jnp.einsum("yh,hwd,xw->yxd", rows, table, cols, precision="highest")
     resized = resized.reshape(gh * gw, -1).astype(p["pos"].dtype)
-    return jnp.concatenate([p["pos"][:1], resized], axis=0)
+    return jnp.concatenate([p["pos"][:special], resized], axis=0)
 
 
 def embed(p: dict, pixels: jax.Array, cfg: ViTConfig, *, interpolate_pos_encoding: bool, dtype,

@@ -1,8 +1,10 @@
-"""Compose a pretrained ViT and a pretrained GPT-2 into one VisionEncoderDecoder.
+"""Compose a pretrained image encoder (ViT, DeiT, BEiT) and a pretrained text decoder (GPT-2,
+TrOCR) into one VisionEncoderDecoder.
 
 As transformers' ``from_encoder_decoder_pretrained``: the decoder config becomes a decoder
 with cross-attention, the pretrained tensors are copied exactly, and the layers neither
-checkpoint has (GPT-2's cross-attention and the encoder->decoder projection) are initialised
+checkpoint has (GPT-2's cross-attention, a TrOCR decoder's when its checkpoint lacks it, and the
+encoder->decoder projection) are initialised
 from ``key`` the way transformers initialises them (``params.init_params``). The params carry the
 composed config, as ``load``'s do.
 """
@@ -40,22 +42,24 @@ def composed_config(encoder: dict, decoder: dict) -> Config:
                          "encoder": encoder, "decoder": decoder})
 
 
-def _renamed(path: str, part: str) -> Iterator[tuple[str, np.ndarray]]:
+def _renamed(path: str, model_type: str) -> Iterator[tuple[str, np.ndarray]]:
     for name, array in read_tensors(*weight_files(path)):
-        composed = hf_names.standalone_name(name, part)
+        composed = hf_names.standalone_name(name, model_type)
         if composed is not None:
             yield composed, array
 
 
 def from_encoder_decoder_pretrained(encoder: str, decoder: str, *, key, dtype=None) -> tuple[dict, Config]:
-    """``(params, config)`` from a ViT checkpoint (ViTModel or ViTForImageClassification) and a
-    GPT-2 checkpoint (GPT2LMHeadModel or GPT2Model), local directories or Hub repo ids."""
+    """``(params, config)`` from an encoder checkpoint (ViT/DeiT/BEiT, bare or with a
+    classification head) and a decoder checkpoint (GPT2LMHeadModel, GPT2Model or
+    TrOCRForCausalLM), local directories or Hub repo ids."""
     enc_path, dec_path = local_dir(encoder), local_dir(decoder)
     config = composed_config(_config_dict(enc_path), _config_dict(dec_path))
     files = [f for path in (enc_path, dec_path) for f in weight_files(path)[1]]
     check_fits(config, files, f"{enc_path} + {dec_path}", skip=_NEW)  # before init_params builds every layer
     dtype = dtype and jnp.dtype(dtype)
     fresh = {p: v for p, v in flatten(init_params(config, key, dtype or jnp.float32)).items() if _NEW.match(p)}
-    tensors = itertools.chain(_renamed(enc_path, "encoder"), _renamed(dec_path, "decoder"))
+    tensors = itertools.chain(_renamed(enc_path, config.encoder.model_type),
+                              _renamed(dec_path, config.decoder.model_type))
     params = build_params(tensors, config, dtype=dtype, where=f"{enc_path} + {dec_path}", defaults=fresh)
     return params, config

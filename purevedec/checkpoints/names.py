@@ -57,21 +57,54 @@ _VIT_LINEARS = {"attention.attention.query": "attn.q", "attention.attention.key"
 _NORMS = {"weight": "scale", "bias": "bias"}
 
 
-def _vit_rules() -> list[Rule]:
-    rules = [Rule("encoder.embeddings.cls_token", ("encoder.cls",), "reshape"),
-             Rule("encoder.embeddings.position_embeddings", ("encoder.pos",), "reshape"),
-             Rule("encoder.embeddings.patch_embeddings.projection.weight", ("encoder.patch.w",), "reshape"),
-             Rule("encoder.embeddings.patch_embeddings.projection.bias", ("encoder.patch.b",))]
-    for hf, ours in _VIT_LINEARS.items():
-        rules += [Rule(f"{_ENC}{hf}.weight", (f"encoder.blocks.{{i}}.{ours}.w",)),
-                  Rule(f"{_ENC}{hf}.bias", (f"encoder.blocks.{{i}}.{ours}.b",))]
+def _vit_layer_rules(linears: dict, biased: frozenset | None = None) -> list[Rule]:
+    """The per-layer rules ViT, DeiT and BEiT share; ``biased`` limits which linears have a bias."""
+    rules = []
+    for hf, ours in linears.items():
+        rules.append(Rule(f"{_ENC}{hf}.weight", (f"encoder.blocks.{{i}}.{ours}.w",)))
+        if biased is None or hf in biased:
+            rules.append(Rule(f"{_ENC}{hf}.bias", (f"encoder.blocks.{{i}}.{ours}.b",)))
     for hf_norm, ours in (("layernorm_before", "ln1"), ("layernorm_after", "ln2")):
         rules += [Rule(f"{_ENC}{hf_norm}.{a}", (f"encoder.blocks.{{i}}.{ours}.{b}",)) for a, b in _NORMS.items()]
-    rules += [Rule(f"encoder.layernorm.{a}", (f"encoder.ln_f.{b}",)) for a, b in _NORMS.items()]
     return rules
 
 
-def _gpt2_rules() -> list[Rule]:
+def _embedding_rules() -> list[Rule]:
+    return [Rule("encoder.embeddings.cls_token", ("encoder.cls",), "reshape"),
+            Rule("encoder.embeddings.patch_embeddings.projection.weight", ("encoder.patch.w",), "reshape"),
+            Rule("encoder.embeddings.patch_embeddings.projection.bias", ("encoder.patch.b",))]
+
+
+_FINAL_NORM = [Rule(f"encoder.layernorm.{a}", (f"encoder.ln_f.{b}",)) for a, b in _NORMS.items()]
+_POSITIONS = Rule("encoder.embeddings.position_embeddings", ("encoder.pos",), "reshape")
+
+
+def _vit_rules(config: Config) -> list[Rule]:
+    return _embedding_rules() + [_POSITIONS] + _vit_layer_rules(_VIT_LINEARS) + _FINAL_NORM
+
+
+def _deit_rules(config: Config) -> list[Rule]:
+    return _vit_rules(config) + [Rule("encoder.embeddings.distillation_token", ("encoder.dist",), "reshape")]
+
+
+def _beit_rules(config: Config) -> list[Rule]:
+    """BEiT: no key bias, layer scale (lambda_1/2), relative bias tables per layer and/or shared;
+    absolute positions and the final norm only when the config has them."""
+    enc = config.encoder
+    rules = _embedding_rules() + _vit_layer_rules(_VIT_LINEARS, frozenset(_VIT_LINEARS) - {"attention.attention.key"})
+    table = "relative_position_bias.relative_position_bias_table"
+    if enc.use_absolute_position_embeddings:
+        rules.append(_POSITIONS)
+    if enc.use_relative_position_bias:
+        rules.append(Rule(f"{_ENC}attention.attention.{table}", ("encoder.blocks.{i}.rel_bias",)))
+    if enc.use_shared_relative_position_bias:
+        rules.append(Rule(f"encoder.encoder.{table}", ("encoder.rel_bias",)))
+    if enc.layer_scale_init_value > 0:
+        rules += [Rule(f"{_ENC}lambda_1", ("encoder.blocks.{i}.ls1",)), Rule(f"{_ENC}lambda_2", ("encoder.blocks.{i}.ls2",))]
+    return rules if enc.use_mean_pooling else rules + _FINAL_NORM
+
+
+def _gpt2_rules(config: Config) -> list[Rule]:
     blk = "decoder.blocks.{i}."
     kv = tuple(f"{blk}cross.{n}" for n in "kv")
     rules = [Rule("decoder.transformer.wte.weight", ("decoder.wte",)),
@@ -91,7 +124,32 @@ def _gpt2_rules() -> list[Rule]:
     return rules
 
 
-RULES = {"vit": _vit_rules(), "gpt2": _gpt2_rules()}
+_TROCR = "decoder.model.decoder."
+_TROCR_LAYER = _TROCR + "layers.{i}."
+_TROCR_LINEARS = {f"{hf}_attn.{p}_proj": f"{ours}.{q}" for hf, ours in (("self", "attn"), ("encoder", "cross"))
+                  for p, q in (("q", "q"), ("k", "k"), ("v", "v"), ("out", "o"))}
+_TROCR_LINEARS.update({"fc1": "mlp.fc", "fc2": "mlp.out"})
+_TROCR_NORMS = {"self_attn_layer_norm": "ln1", "encoder_attn_layer_norm": "ln_cross", "final_layer_norm": "ln2"}
+
+
+def _trocr_rules(config: Config) -> list[Rule]:
+    """TrOCR keeps PyTorch Linear layouts: every tensor is a copy. Sinusoidal positions have no tensor."""
+    blk = "decoder.blocks.{i}."
+    rules = [Rule(f"{_TROCR}embed_tokens.weight", ("decoder.embed",)),
+             Rule("decoder.output_projection.weight", ("decoder.lm_head",))]
+    if config.decoder.use_learned_position_embeddings:
+        rules.append(Rule(f"{_TROCR}embed_positions.weight", ("decoder.pos",)))
+    if config.decoder.layernorm_embedding:
+        rules += [Rule(f"{_TROCR}layernorm_embedding.{a}", (f"decoder.ln_embed.{b}",)) for a, b in _NORMS.items()]
+    for hf, ours in _TROCR_LINEARS.items():
+        rules += [Rule(f"{_TROCR_LAYER}{hf}.{a}", (f"{blk}{ours}.{b}",)) for a, b in (("weight", "w"), ("bias", "b"))]
+    for hf, ours in _TROCR_NORMS.items():
+        rules += [Rule(f"{_TROCR_LAYER}{hf}.{a}", (f"{blk}{ours}.{b}",)) for a, b in _NORMS.items()]
+    return rules
+
+
+# model_type -> the rules for a config of that type (optional parts only when the config has them).
+RULES = {"vit": _vit_rules, "deit": _deit_rules, "beit": _beit_rules, "gpt2": _gpt2_rules, "trocr": _trocr_rules}
 PROJECTION_RULES = [Rule("enc_to_dec_proj.weight", ("proj.w",)), Rule("enc_to_dec_proj.bias", ("proj.b",))]
 
 # Tensors real checkpoints carry that are not parameters of the captioning model: GPT-2's
@@ -100,24 +158,32 @@ PROJECTION_RULES = [Rule("enc_to_dec_proj.weight", ("proj.w",)), Rule("enc_to_de
 IGNORED = [re.compile(p) for p in (
     r"^decoder\.transformer\.h\.\d+\.(attn|crossattention)\.(bias|masked_bias)$",
     r"^encoder\.pooler\.dense\.(weight|bias)$",
+    r"^encoder\.pooler\.layernorm\.(weight|bias)$",  # BEiT's mean-pooling norm (pooler output only)
+    r"^encoder\.encoder\.(layer\.\d+\.attention\.attention\.)?relative_position_bias\.relative_position_index$",
+    r"^decoder\.model\.decoder\.embed_positions\._float_tensor$",  # old TrOCR's sinusoid device marker
 )]
+# The output projection's name, per decoder: skipped on load and save when tied to the embedding.
+_HEADS = {"gpt2": "decoder.lm_head.weight", "trocr": "decoder.output_projection.weight"}
 
 
 def placeholders(config: Config, pooler_size: int | None = None) -> list[tuple[str, tuple[int, ...]]]:
     """Tensors save() writes as zeros only so that transformers reports nothing missing: the
-    ViT pooler that ViTModel builds but VisionEncoderDecoder never runs."""
+    pooler that ViTModel/DeiTModel/BeitModel build but VisionEncoderDecoder never runs."""
     d = config.encoder.hidden_size
+    if config.encoder.model_type == "beit":
+        return [(f"encoder.pooler.layernorm.{a}", (d,)) for a in ("weight", "bias")] \
+            if config.encoder.use_mean_pooling else []
     return [("encoder.pooler.dense.weight", (pooler_size or d, d)), ("encoder.pooler.dense.bias", (pooler_size or d,))]
 
 
 def rules_for(config: Config) -> list[Rule]:
-    rules = RULES[config.encoder.model_type] + RULES[config.decoder.model_type]
+    rules = RULES[config.encoder.model_type](config) + RULES[config.decoder.model_type](config)
     return rules + PROJECTION_RULES if config.has_projection else rules
 
 
 def is_ignored(name: str, config: Config) -> bool:
-    """Known non-parameters, and an lm_head that merely repeats the tied embedding."""
-    if name == "decoder.lm_head.weight" and config.decoder.tie_word_embeddings:
+    """Known non-parameters, and an output projection that merely repeats the tied embedding."""
+    if name == _HEADS[config.decoder.model_type] and config.decoder.tie_word_embeddings:
         return True
     return any(p.match(name) for p in IGNORED)
 
@@ -125,7 +191,9 @@ def is_ignored(name: str, config: Config) -> bool:
 # The HF shapes of the "reshape" tensors, which our params store flattened (save needs them back).
 _HF_SHAPES: dict[str, Callable] = {
     "encoder.embeddings.cls_token": lambda c: (1, 1, c.encoder.hidden_size),
-    "encoder.embeddings.position_embeddings": lambda c: (1, 1 + c.encoder.num_patches, c.encoder.hidden_size),
+    "encoder.embeddings.distillation_token": lambda c: (1, 1, c.encoder.hidden_size),
+    "encoder.embeddings.position_embeddings":
+        lambda c: (1, (2 if c.encoder.model_type == "deit" else 1) + c.encoder.num_patches, c.encoder.hidden_size),
     "encoder.embeddings.patch_embeddings.projection.weight":
         lambda c: (c.encoder.hidden_size, c.encoder.num_channels, *c.encoder.patch_size),
 }
@@ -162,17 +230,26 @@ def from_flax(path: tuple[str, ...], array: np.ndarray) -> tuple[str, np.ndarray
 
 # A standalone checkpoint's names inside the composed model (from_encoder_decoder_pretrained):
 # ViTModel ("embeddings.*") or ViTForImageClassification ("vit.*" plus a classifier we drop),
-# GPT2LMHeadModel ("transformer.*", "lm_head.weight") or GPT2Model ("h.*", "wte.weight", ...).
+# the same for DeiT ("deit.*", with or without the teacher's two heads) and BEiT ("beit.*");
+# GPT2LMHeadModel ("transformer.*", "lm_head.weight") or GPT2Model ("h.*", "wte.weight", ...);
+# TrOCRForCausalLM ("model.decoder.*", "output_projection.weight").
 _STANDALONE = {
-    "encoder": (("classifier.", None), ("vit.", "encoder."), ("", "encoder.")),
-    "decoder": (("transformer.", "decoder.transformer."), ("lm_head.", "decoder.lm_head."),
-                ("", "decoder.transformer.")),
+    "vit": (("classifier.", None), ("vit.", "encoder."), ("", "encoder.")),
+    "deit": (("classifier.", None), ("cls_classifier.", None), ("distillation_classifier.", None),
+             ("deit.", "encoder."), ("", "encoder.")),
+    "beit": (("classifier.", None), ("pooler.", None), ("beit.pooler.", None), ("beit.", "encoder."),
+             ("", "encoder.")),
+    "gpt2": (("transformer.", "decoder.transformer."), ("lm_head.", "decoder.lm_head."),
+             ("", "decoder.transformer.")),
+    "trocr": (("model.decoder.", "decoder.model.decoder."), ("output_projection.", "decoder.output_projection."),
+              ("", "decoder.model.decoder.")),
 }
 
 
-def standalone_name(name: str, part: str) -> str | None:
-    """The composed-model name of a tensor of a standalone encoder/decoder; None to drop it."""
-    for prefix, repl in _STANDALONE[part]:
+def standalone_name(name: str, model_type: str) -> str | None:
+    """The composed-model name of a tensor of a standalone encoder/decoder of ``model_type``;
+    None to drop it (a classification head, an unused pooler)."""
+    for prefix, repl in _STANDALONE[model_type]:
         if name.startswith(prefix):
             return None if repl is None else repl + name[len(prefix):]
     raise AssertionError("unreachable: the empty prefix matches every name")

@@ -47,6 +47,8 @@ def hf_tensors(params: dict, config: Config) -> Iterator[tuple[str, np.ndarray]]
 def _vit_dict(cfg) -> dict:
     d = dataclasses.asdict(cfg)
     d["image_size"], d["patch_size"] = list(cfg.image_size), list(cfg.patch_size)
+    if cfg.model_type == "beit":
+        d.pop("qkv_bias")  # not a BEiT option (its key projection never has a bias)
     return d
 
 

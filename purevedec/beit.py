@@ -1,0 +1,142 @@
+"""The BEiT image encoder: pre-norm ViT layers with relative position biases and layer scale.
+
+Parameter tree (``param_shapes``)::
+
+    patch    {"w": [D, C*P*P], "b": [D]}
+    cls      [D]
+    pos      [1 + N, D]        only with use_absolute_position_embeddings
+    rel_bias [R, H]            the shared relative bias table, only with use_shared_relative_position_bias
+    blocks   [ {ln1, attn{q, k (no bias), v, o}, rel_bias [R, H] (use_relative_position_bias),
+                ls1 [D], ls2 [D] (layer scale, when layer_scale_init_value > 0), ln2, mlp{fc, out}} ] * L
+    ln_f     {"scale", "bias"} only without use_mean_pooling
+
+R = (2*Gh - 1) * (2*Gw - 1) + 3 rows: one per patch offset (dy, dx), then [CLS]->patch,
+patch->[CLS] and [CLS]->[CLS]. With mean pooling transformers moves the final norm into the
+pooler, which VisionEncoderDecoder never runs, so the decoder reads the last layer's raw output.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import vit
+from .config import BeitConfig
+from .layers import (activation, attention, dense, dense_shape, dropout, layer_norm, merge_heads, norm_shape,
+                     site_key, split_heads)
+
+
+def param_shapes(cfg: BeitConfig) -> dict:
+    d, heads, f = cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size
+    hk = heads * cfg.head_dim
+    block = {"ln1": norm_shape(d),
+             "attn": {"q": dense_shape(hk, d), "k": dense_shape(hk, d, bias=False), "v": dense_shape(hk, d),
+                      "o": dense_shape(d, hk)},
+             "ln2": norm_shape(d), "mlp": {"fc": dense_shape(f, d), "out": dense_shape(d, f)}}
+    if cfg.use_relative_position_bias:
+        block["rel_bias"] = (cfg.num_relative_distance, heads)
+    if cfg.layer_scale_init_value > 0:
+        block["ls1"], block["ls2"] = (d,), (d,)
+    shapes = {"patch": dense_shape(d, cfg.num_channels * cfg.patch_size[0] * cfg.patch_size[1]), "cls": (d,),
+              "blocks": [block] * cfg.num_hidden_layers}
+    if cfg.use_absolute_position_embeddings:
+        shapes["pos"] = (1 + cfg.num_patches, d)
+    if cfg.use_shared_relative_position_bias:
+        shapes["rel_bias"] = (cfg.num_relative_distance, heads)
+    if not cfg.use_mean_pooling:
+        shapes["ln_f"] = norm_shape(d)
+    return shapes
+
+
+@functools.lru_cache(maxsize=16)
+def relative_position_index(grid: tuple[int, int]) -> np.ndarray:
+    """[1+N, 1+N] row of the bias table for each (query, key) pair: patch pairs by their offset
+    (dy + Gh - 1) * (2Gw - 1) + (dx + Gw - 1); then the three [CLS] rows, as BEiT numbers them."""
+    gh, gw = grid
+    coords = np.stack(np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")).reshape(2, -1)  # [2,N]
+    rel = coords[:, :, None] - coords[:, None, :]  # [2,N,N]
+    patch_index = (rel[0] + gh - 1) * (2 * gw - 1) + (rel[1] + gw - 1)
+    distances = (2 * gh - 1) * (2 * gw - 1) + 3
+    index = np.zeros((gh * gw + 1,) * 2, np.int32)
+    index[1:, 1:] = patch_index
+    index[0, :] = distances - 3  # [CLS] -> token
+    index[:, 0] = distances - 2  # token -> [CLS]
+    index[0, 0] = distances - 1  # [CLS] -> [CLS]
+    return index
+
+
+def relative_bias(table: jax.Array, cfg: BeitConfig) -> jax.Array:
+    """[R,H] table -> the [1,H,S,S] bias added to the attention scores."""
+    index = relative_position_index(cfg.grid)
+    return jnp.take(table, jnp.asarray(index.reshape(-1)), axis=0).reshape(*index.shape, -1).transpose(2, 0, 1)[None]
+
+
+def embed(p: dict, pixels: jax.Array, cfg: BeitConfig, *, interpolate_pos_encoding: bool, dtype,
+          key=None) -> jax.Array:
+    """[B,C,H,W] -> [B,1+N,D]. Relative biases are tied to the configured grid, so another image
+    size is refused when the model has them (transformers would resize the tables bilinearly)."""
+    if pixels.ndim != 4:
+        raise ValueError(f"pixels must be [B,C,H,W], got shape {pixels.shape}")
+    b, c, h, w = pixels.shape
+    if c != cfg.num_channels:
+        raise ValueError("Make sure that the channel dimension of the pixel values match with the one set "
+                         f"in the configuration. Expected {cfg.num_channels} but got {c}.")
+    if (h, w) != cfg.image_size and (cfg.use_relative_position_bias or cfg.use_shared_relative_position_bias):
+        raise ValueError(f"Input image size ({h}*{w}) doesn't match the BEiT model "
+                         f"({cfg.image_size[0]}*{cfg.image_size[1]}); purevedec does not resize relative "
+                         "position bias tables")
+    x = dense(p["patch"], vit.patchify(pixels, cfg.patch_size), dtype)
+    x = jnp.concatenate([jnp.broadcast_to(p["cls"].astype(dtype), (b, 1, cfg.hidden_size)), x], axis=1)
+    if cfg.use_absolute_position_embeddings:
+        # transformers' BEiT resizes its absolute positions whenever the size differs, flag or not.
+        x = x + vit.position_embeddings(p, cfg, h, w, True).astype(dtype)
+    return dropout(x, cfg.hidden_dropout_prob, key)
+
+
+def drop_path(x: jax.Array, rate: float, key) -> jax.Array:
+    """Stochastic depth: each sample's residual branch is dropped whole (training only)."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def block(p: dict, x: jax.Array, shared_bias, cfg: BeitConfig, path_rate: float, dtype, key=None):
+    """One BEiT layer. [B,S,D] -> ([B,S,D], attention weights [B,H,S,S])"""
+    bias = shared_bias
+    if "rel_bias" in p:
+        own = relative_bias(p["rel_bias"], cfg)
+        bias = own if bias is None else bias + own
+    h = layer_norm(p["ln1"], x, cfg.layer_norm_eps)
+    q, k, v = (split_heads(dense(p["attn"][n], h, dtype), cfg.num_attention_heads) for n in "qkv")
+    out, weights = attention(q, k, v, None, cfg.head_dim ** -0.5, dropout_rate=cfg.attention_probs_dropout_prob,
+                             key=site_key(key, 0), bias=bias)
+    h = dropout(dense(p["attn"]["o"], merge_heads(out), dtype), cfg.hidden_dropout_prob, site_key(key, 1))
+    if "ls1" in p:
+        h = h * p["ls1"].astype(dtype)
+    x = x + drop_path(h, path_rate, site_key(key, 2))
+    h = layer_norm(p["ln2"], x, cfg.layer_norm_eps)
+    h = dense(p["mlp"]["out"], activation(cfg.hidden_act, dense(p["mlp"]["fc"], h, dtype)), dtype)
+    h = dropout(h, cfg.hidden_dropout_prob, site_key(key, 3))
+    if "ls2" in p:
+        h = h * p["ls2"].astype(dtype)
+    return x + drop_path(h, path_rate, site_key(key, 4)), weights
+
+
+def apply(p: dict, pixels: jax.Array, cfg: BeitConfig, *, interpolate_pos_encoding: bool = False,
+          dtype=jnp.float32, key=None) -> dict:
+    """Same outputs as ``vit.apply``; ``last_hidden_state`` is unnormalised with mean pooling."""
+    x = embed(p, pixels, cfg, interpolate_pos_encoding=interpolate_pos_encoding, dtype=dtype, key=site_key(key, 0))
+    shared = relative_bias(p["rel_bias"], cfg) if cfg.use_shared_relative_position_bias else None
+    layers = cfg.num_hidden_layers
+    hidden, attns = [x], []
+    for i, bp in enumerate(p["blocks"]):
+        rate = cfg.drop_path_rate * i / max(layers - 1, 1)  # transformers' linear stochastic-depth schedule
+        x, weights = block(bp, x, shared, cfg, rate, dtype, key=site_key(key, 1, i))
+        hidden.append(x)
+        attns.append(weights)
+    last = x if cfg.use_mean_pooling else layer_norm(p["ln_f"], x, cfg.layer_norm_eps)
+    return {"last_hidden_state": last, "hidden_states": tuple(hidden), "attentions": tuple(attns)}

@@ -1,0 +1,153 @@
+"""DeiT and BEiT encoders (with the TrOCR decoder, as the released OCR checkpoints pair them)
+against transformers: logits and encoder states, generation, save/reload and composition."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import purevedec as pv
+from benchmarks.ocr_reference import START, PAD, TINY_ENCODER, TINY_TROCR, load_reference, make_ocr_reference, randomize
+from conftest import maxdiff, rand_pixels, torch_forward
+from formats_util import hf_state_dict
+
+# Every BEiT option that changes the math: per-layer relative biases with layer scale and mean
+# pooling (the final norm unused), and a shared bias with absolute positions, no layer scale and
+# the final norm.
+VARIANTS = {
+    "deit": dict(encoder="deit"),
+    "beit_layer_bias": dict(encoder="beit", enc_kw=dict(use_relative_position_bias=True, use_mean_pooling=True,
+                                                        layer_scale_init_value=0.1)),
+    "beit_shared_abs": dict(encoder="beit", enc_kw=dict(use_shared_relative_position_bias=True,
+                                                        use_absolute_position_embeddings=True,
+                                                        use_mean_pooling=False, layer_scale_init_value=0.0)),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def variant(request, tmp_path_factory):
+    model = make_ocr_reference(seed=4, **VARIANTS[request.param])
+    path = tmp_path_factory.mktemp(request.param)
+    model.save_pretrained(path)
+    params, config = pv.load(path)
+    return request.param, model, params, config, path
+
+
+def _ids(b, t, seed):
+    ids = np.random.RandomState(seed).randint(3, 60, (b, t)).astype(np.int32)
+    ids[:, 0] = START
+    return ids
+
+
+def test_params_follow_the_options(variant):
+    name, _, params, config, _ = variant
+    enc = params["encoder"]
+    assert config.encoder.model_type == name.split("_")[0]
+    if name == "deit":
+        assert enc["pos"].shape[0] == 2 + config.encoder.num_patches and "dist" in enc
+    elif name == "beit_layer_bias":
+        assert "rel_bias" in enc["blocks"][0] and "ls1" in enc["blocks"][0] and "ln_f" not in enc and "pos" not in enc
+    else:
+        assert "rel_bias" in enc and "ls1" not in enc["blocks"][0] and "ln_f" in enc and "pos" in enc
+
+
+def test_logits_and_encoder_states_match(variant):
+    _, model, params, _, _ = variant
+    px, ids = rand_pixels(2, seed=3), _ids(2, 8, seed=4)
+    mask = np.ones_like(ids)
+    ids[1, 5:], mask[1, 5:] = PAD, 0
+    ref = torch_forward(model, px, ids, decoder_attention_mask=mask, output_hidden_states=True)
+    out = pv.forward(params, px, ids, attention_mask=mask, output_hidden_states=True)
+    assert maxdiff(out.logits, ref.logits) <= 1e-4
+    assert maxdiff(out.encoder_last_hidden_state, ref.encoder_last_hidden_state) <= 1e-4
+    assert len(out.encoder_hidden_states) == len(ref.encoder_hidden_states)
+    for ours, theirs in zip(out.encoder_hidden_states, ref.encoder_hidden_states):
+        assert maxdiff(ours, theirs) <= 1e-4
+
+
+def test_beam_recipe_is_token_identical(variant):
+    _, model, params, _, _ = variant
+    px = rand_pixels(2, seed=6)
+    kw = dict(num_beams=4, max_length=20, no_repeat_ngram_size=3, length_penalty=2.0, early_stopping=True)
+    with torch.no_grad():
+        ref = model.generate(pixel_values=torch.tensor(px), **kw).numpy()
+    np.testing.assert_array_equal(pv.generate(params, px, **kw).sequences, ref)
+
+
+def test_save_loads_in_transformers(variant, tmp_path):
+    _, model, params, _, path = variant
+    pv.save(params, tmp_path)
+    want, got = hf_state_dict(path), hf_state_dict(tmp_path)
+    assert set(got) == set(want)
+    for name in want:
+        if "pooler" not in name:  # the unused pooler is written as zeros
+            np.testing.assert_array_equal(got[name].numpy(), want[name].numpy(), err_msg=name)
+    reloaded = load_reference(tmp_path)
+    for name, t in model.state_dict().items():
+        if "pooler" not in name:
+            np.testing.assert_array_equal(reloaded.state_dict()[name].numpy(), t.numpy(), err_msg=name)
+
+
+def test_deit_interpolated_positions_match(tmp_path):
+    """DeiT resizes only the patch positions (bicubic), never the class and distillation rows."""
+    model = make_ocr_reference("deit", seed=2)
+    model.save_pretrained(tmp_path)
+    params, _ = pv.load(tmp_path)
+    px, ids = rand_pixels(1, h=24, w=20, seed=1), _ids(1, 4, seed=2)
+    ref = torch_forward(model, px, ids, interpolate_pos_encoding=True).logits
+    assert maxdiff(pv.forward(params, px, ids, interpolate_pos_encoding=True), ref) <= 1e-4
+    with pytest.raises(ValueError, match="doesn't match"):
+        pv.forward(params, px, ids)
+
+
+def test_beit_relative_bias_at_another_size_is_refused(tmp_path):
+    model = make_ocr_reference(seed=2, **VARIANTS["beit_layer_bias"])
+    model.save_pretrained(tmp_path)
+    params, _ = pv.load(tmp_path)
+    with pytest.raises(ValueError, match="relative position bias"):
+        pv.encode(params, rand_pixels(1, h=24, w=24), interpolate_pos_encoding=True)
+
+
+def test_beit_refuses_qkv_bias_key(tmp_path):
+    import json
+    model = make_ocr_reference(seed=2, encoder="beit")
+    model.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["encoder"]["qkv_bias"] = False
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(pv.ConfigError, match="qkv_bias is not a BEiT option"):
+        pv.load(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["deit_teacher", "beit_classifier"])
+def test_compose_with_classifier_checkpoints(tmp_path, kind):
+    """A DeiT with its teacher heads or a BEiT classifier (heads dropped) + TrOCRForCausalLM:
+    every pretrained tensor copied exactly, the file transformers writes for the same composition."""
+    import jax
+    from transformers import (AutoConfig, BeitConfig, BeitForImageClassification, DeiTConfig,
+                              DeiTForImageClassificationWithTeacher, TrOCRConfig, TrOCRForCausalLM,
+                              VisionEncoderDecoderModel)
+    torch.manual_seed(0)
+    if kind == "deit_teacher":
+        enc = DeiTForImageClassificationWithTeacher(DeiTConfig(**TINY_ENCODER, num_labels=3))
+    else:
+        enc = BeitForImageClassification(BeitConfig(**TINY_ENCODER, num_labels=3, use_relative_position_bias=True))
+    dec = TrOCRForCausalLM(TrOCRConfig(**TINY_TROCR))
+    randomize(enc, 1)
+    randomize(dec, 2)
+    enc.save_pretrained(tmp_path / "enc")
+    dec.save_pretrained(tmp_path / "dec")
+    params, config = pv.from_encoder_decoder_pretrained(str(tmp_path / "enc"), str(tmp_path / "dec"),
+                                                         key=jax.random.PRNGKey(0))
+    dec_cfg = AutoConfig.from_pretrained(tmp_path / "dec")
+    dec_cfg.is_decoder, dec_cfg.add_cross_attention = True, True
+    ref = VisionEncoderDecoderModel.from_encoder_decoder_pretrained(str(tmp_path / "enc"), str(tmp_path / "dec"),
+                                                                    decoder_config=dec_cfg)
+    ref.save_pretrained(tmp_path / "ref")
+    pv.save(params, tmp_path / "ours")
+    want, got = hf_state_dict(tmp_path / "ref"), hf_state_dict(tmp_path / "ours")
+    assert set(got) == set(want)
+    for name in want:
+        if "pooler" not in name and "enc_to_dec_proj" not in name:
+            np.testing.assert_array_equal(got[name].numpy(), want[name].numpy(), err_msg=name)
