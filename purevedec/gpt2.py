@@ -147,13 +147,29 @@ def init_self_cache(cfg: GPT2Config, rows: int, max_len: int, dtype) -> list:
     return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.n_layer)]
 
 
+def token_positions(cache: dict, valid, t: int, shifted: bool) -> tuple[jax.Array, jax.Array]:
+    """(position ids [R,t], the updated cache["offset"] [R]) of ``t`` new tokens, ``valid`` [R,t]
+    marking the real ones (None: all are).
+
+    Per row by default: a real token's position is the number of real tokens before it in its
+    row (buffer index minus the padding so far, kept in cache["offset"]), so a left-padded row
+    continues exactly as it would alone. ``shifted`` keeps buffer indices and leaves the offsets
+    alone, as transformers numbers a left-padded decoder_input_ids (padding shifts the row).
+    Padding itself sits at position 0 (it is hidden; a negative index would embed as NaN)."""
+    buffer_pos = cache["pos"] + jnp.arange(t)  # [t]
+    if shifted or valid is None:  # no new padding: the offsets stay
+        return buffer_pos[None, :] - cache["offset"][:, None], cache["offset"]
+    padding = cache["offset"][:, None] + jnp.cumsum(~valid, axis=1, dtype=jnp.int32)  # [R,t] padding up to each token
+    return jnp.where(valid, buffer_pos - padding, 0), padding[:, -1]
+
+
 def apply_cached(p: dict, cache: dict, ids: jax.Array, cfg: GPT2Config, *, attention_mask=None,
-                 dtype=jnp.float32):
+                 shifted: bool = False, dtype=jnp.float32):
     """Decode ``ids`` [R,t] after the ``cache["pos"]`` tokens already in the cache.
 
     New K/V are written at pos..pos+t-1; queries attend causally to every cached position the
-    key mask marks valid (padding of a ragged prompt stays hidden). Positions are absolute
-    buffer indices, as transformers numbers them during generation. Writing past the buffer
+    key mask marks valid (padding of a ragged prompt stays hidden). Positions count per row
+    from its first real token unless ``shifted`` (``token_positions``). Writing past the buffer
     (possible only under jit) makes the logits NaN rather than overwrite the last slot.
     Returns (logits [R,t,V] float32, new cache, cross-attention weights per layer [R,H,t,S])."""
     r, t = ids.shape
@@ -161,10 +177,10 @@ def apply_cached(p: dict, cache: dict, ids: jax.Array, cfg: GPT2Config, *, atten
     max_len = cache["mask"].shape[1]
     valid = jnp.ones((r, t), bool) if attention_mask is None else attention_mask != 0
     key_mask = jax.lax.dynamic_update_slice(cache["mask"], valid, (0, pos))  # [R,Tmax]
-    q_pos = pos + jnp.arange(t)
-    causal = jnp.arange(max_len)[None, :] <= q_pos[:, None]  # [t,Tmax]
+    causal = jnp.arange(max_len)[None, :] <= (pos + jnp.arange(t))[:, None]  # [t,Tmax]
     mask = causal[None, None] & key_mask[:, None, None, :]  # [R,1,t,Tmax]
-    x = embed(p, ids, jnp.broadcast_to(q_pos, (r, t)), cfg, dtype)
+    position_ids, offset = token_positions(cache, None if attention_mask is None else valid, t, shifted)
+    x = embed(p, ids, position_ids, cfg, dtype)
     new_self, cross_ws = [], []
     for i, bp in enumerate(p["blocks"]):
         x, _, cross_w, layer = block(bp, x, cache["cross"][i], mask, cfg, i, dtype, cache=cache["self"][i], pos=pos)
@@ -172,4 +188,4 @@ def apply_cached(p: dict, cache: dict, ids: jax.Array, cfg: GPT2Config, *, atten
         cross_ws.append(cross_w)
     logits = lm_head(p, layer_norm(p["ln_f"], x, cfg.layer_norm_epsilon), cfg, dtype)
     logits = jnp.where(pos + t <= max_len, logits, jnp.nan)
-    return logits, {**cache, "self": new_self, "mask": key_mask, "pos": pos + t}, cross_ws
+    return logits, {**cache, "self": new_self, "mask": key_mask, "offset": offset, "pos": pos + t}, cross_ws

@@ -266,6 +266,7 @@ def new_cache(weights, enc, config: Config, max_len: int, rows_per_image: int, d
         "cross": layer_kv(weights, enc, config, dtype),  # [B,H,S,K] per layer, once per image
         "self": decoder_module(config).init_self_cache(config.decoder, rows, max_len, dtype),
         "mask": jnp.zeros((rows, max_len), bool),  # which cached positions hold real tokens
+        "offset": jnp.zeros((rows,), jnp.int32),  # padding so far per row: position = index - offset
         "pos": jnp.zeros((), jnp.int32),  # next write index
     }
 
@@ -279,7 +280,8 @@ def init_cache(params, enc, config: Config | None = None, max_len: int = None, *
                dtype=jnp.float32):
     """A decoding cache for ``max_len`` decoder tokens. Cross-attention K/V are computed here,
     once per image; ``rows_per_image`` decoder rows (beams, samples) share them, image-major
-    (row r reads image r // rows_per_image)."""
+    (row r reads image r // rows_per_image). ``cache["offset"]`` [R] counts each row's padding
+    so far: the attention mask of a left-padded prompt sets it in ``step``."""
     weights, config = unpack(params, config)
     _check_enc(enc, config)
     if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or \
@@ -291,26 +293,47 @@ def init_cache(params, enc, config: Config | None = None, max_len: int = None, *
                            dtype=compute_dtype(dtype))
 
 
-def cache_step(weights, cache, ids, config: Config, attention_mask=None, dtype=jnp.float32):
+POSITIONS = ("per_row", "shifted")
+
+
+def shifted_positions(positions: str) -> bool:
+    """Check the ``positions`` option of step/generate: whether positions are transformers' shifted ones.
+
+    "per_row" (default): a row's positions count from its first real token, so a left-padded
+    row continues exactly as it would alone. "shifted": positions are buffer indices, so left
+    padding shifts a row's positions, as transformers numbers a padded decoder_input_ids."""
+    if not isinstance(positions, str) or positions not in POSITIONS:
+        raise ValueError(f"positions={positions!r} must be one of {POSITIONS}: 'per_row' counts each row's "
+                         "positions from its first real token, 'shifted' (transformers) from the buffer start")
+    return positions == "shifted"
+
+
+def cache_step(weights, cache, ids, config: Config, attention_mask=None, dtype=jnp.float32, *, shifted=False):
     """The unjitted core of ``step``, for use inside other jitted code (generate); also returns
     the per-layer cross-attention weights."""
     return decoder_module(config).apply_cached(weights["decoder"], cache, ids, config.decoder,
-                                               attention_mask=attention_mask, dtype=dtype)
+                                               attention_mask=attention_mask, shifted=shifted, dtype=dtype)
 
 
-def _step(weights, cache, ids, attention_mask, *, config, dtype):
-    logits, cache, _ = cache_step(weights, cache, ids, config, attention_mask, dtype)
+def _step(weights, cache, ids, attention_mask, *, config, dtype, shifted):
+    logits, cache, _ = cache_step(weights, cache, ids, config, attention_mask, dtype, shifted=shifted)
     return logits, cache
 
 
-_step_donating = jax.jit(_step, static_argnames=("config", "dtype"), donate_argnames=("cache",))
-_step_keeping = jax.jit(_step, static_argnames=("config", "dtype"))
+_step_donating = jax.jit(_step, static_argnames=("config", "dtype", "shifted"), donate_argnames=("cache",))
+_step_keeping = jax.jit(_step, static_argnames=("config", "dtype", "shifted"))
 
 
-def step(params, cache, ids, config: Config | None = None, *, attention_mask=None, dtype=jnp.float32,
-         donate: bool = True):
+def step(params, cache, ids, config: Config | None = None, *, attention_mask=None, positions: str = "per_row",
+         dtype=jnp.float32, donate: bool = True):
     """Feed ``ids`` [R,t] (a prompt, or one token) to the cached decoder: (logits [R,t,V], cache).
-    ``attention_mask`` [R,t] marks padding inside a ragged, left-padded prompt.
+    ``attention_mask`` [R,t] marks padding inside a ragged, left-padded prompt (0 = padding).
+
+    ``positions="per_row"`` (default): the padding is counted into ``cache["offset"]`` and each
+    row's positions count from its first real token, in this step and every later one: each
+    row's logits are those of the row alone. ``positions="shifted"`` numbers tokens by their
+    buffer index, as transformers does for a left-padded decoder_input_ids (its batched output).
+    Without padding both are the same (positions 0, 1, 2, ...).
 
     By default the input cache is donated (its buffers are reused), so keep using the returned
     one. ``donate=False`` leaves it intact: branch a shared prefix into several continuations by
@@ -319,10 +342,11 @@ def step(params, cache, ids, config: Config | None = None, *, attention_mask=Non
     weights, config = unpack(params, config)
     check_ids(ids, config)
     _check_mask(attention_mask, ids, "attention_mask")
+    shifted = shifted_positions(positions)
     rows, max_len = cache["mask"].shape
     if ids.shape[0] != rows:
         raise ValueError(f"ids have {ids.shape[0]} rows, the cache holds {rows}")
     if _is_concrete(cache["pos"]) and int(cache["pos"]) + ids.shape[1] > max_len:
         raise ValueError(f"cache is full: {int(cache['pos'])} + {ids.shape[1]} tokens > max_len={max_len}")
     run = _step_donating if donate else _step_keeping
-    return run(weights, cache, ids, attention_mask, config=config, dtype=compute_dtype(dtype))
+    return run(weights, cache, ids, attention_mask, config=config, dtype=compute_dtype(dtype), shifted=shifted)

@@ -48,13 +48,15 @@ def test_cached_steps_equal_forward(tiny):
 
 
 def test_cached_ragged_prompt_equals_masked_forward(tiny):
+    """positions="shifted": transformers' forward over the padded batch (positions 0..T-1);
+    the default per-row positions are checked in test_ragged.py."""
     _, path = tiny
     params, config = pv.load(path)
     px, ids = rand_pixels(2), rand_ids(2, 6)
     mask = np.array([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]], np.int32)
     full = np.asarray(pv.forward(params, px, ids, config, attention_mask=mask))
     cache = pv.init_cache(params, pv.encode(params, px, config), config, 8)
-    logits, cache = pv.step(params, cache, ids, config, attention_mask=mask)
+    logits, cache = pv.step(params, cache, ids, config, attention_mask=mask, positions="shifted")
     real = mask.astype(bool)
     assert np.max(np.abs(np.asarray(logits)[real] - full[real])) <= 1e-4
 
@@ -112,10 +114,12 @@ def test_rows_end_at_different_steps_and_pad_after_eos(gen_model):
 
 
 def test_ragged_prompts_match_transformers(gen_model):
+    """positions="shifted" (transformers' batched left padding); per-row positions: test_ragged.py."""
     model, params, config = gen_model
     px = rand_pixels(3, seed=2)
     prompts = [[0, 5, 6, 7], [0, 9], [0, 4, 4]]
-    ours = pv.generate(params, px, config, decoder_input_ids=prompts, max_new_tokens=8, num_beams=2)
+    ours = pv.generate(params, px, config, decoder_input_ids=prompts, max_new_tokens=8, num_beams=2,
+                       positions="shifted")
     width = 4
     ids = np.array([[1] * (width - len(p)) + p for p in prompts])
     mask = np.array([[0] * (width - len(p)) + [1] * len(p) for p in prompts])

@@ -10,11 +10,13 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from .keys import gumbel
 from .plan import Plan
 from .processors import Knobs, process
 from .sample_loop import step_if
 
 NEG = -1.0e9  # transformers' "impossible" beam score
+ROW_ENTRIES = ("self", "mask", "offset")  # the decoder cache's per-row entries, which follow their beam
 
 
 class BeamState(NamedTuple):
@@ -59,7 +61,7 @@ def _candidates(s: BeamState, scores, key, plan: Plan, b: int, nb: int) -> Candi
     keep = max(2, 1 + len(pr.eos)) * nb
     acc = (scores.reshape(b, nb, v) + s.running_scores[:, :, None]).reshape(b, nb * v)
     if plan.mode == "beam_sample":  # sampling without replacement = top-k of Gumbel-perturbed scores
-        g = jax.random.gumbel(jax.random.fold_in(key, s.cur), acc.shape)
+        g = gumbel(key, acc.shape, s.cur, s.cur - pr.prompt_len)
         idx = jax.lax.top_k(jnp.where(jnp.isfinite(acc), acc + g, -jnp.inf), keep)[1]
         top = jnp.take_along_axis(acc, idx, -1)
         order = jnp.argsort(-top, axis=-1, stable=True)
@@ -138,8 +140,9 @@ def beam_loop(weights, cache, logits, cross, tokens, ignore_len, key, knobs: Kno
                        running_cross=_gather(c.cross, nxt) if plan.cross_attentions else None,
                        **_merge_finished(s, c, knobs, plan, nb))
         origin = (_gather(c.source, nxt) + jnp.arange(b)[:, None] * nb).reshape(-1)
-        cache = dict(s.cache, self=jax.tree.map(lambda a: a[origin], s.cache["self"]),
-                     mask=s.cache["mask"][origin])  # cross K/V stay once per image
+        # Each beam takes its origin's self-attention cache, key mask and position offset;
+        # cross K/V stay once per image.
+        cache = dict(s.cache, **{n: jax.tree.map(lambda a: a[origin], s.cache[n]) for n in ROW_ENTRIES})
         s = s._replace(cur=s.cur + 1)
         s = s._replace(improving=_still_improving(s, knobs, plan))
         go = (jnp.any(s.improving) & ~(jnp.all(s.done_mask) & (plan.early_stopping is True))

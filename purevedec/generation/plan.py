@@ -126,15 +126,18 @@ def _ragged(rows, pad: int) -> tuple[np.ndarray, np.ndarray]:
 
 def prepare_prompt(gen: GenerationConfig, batch: int, decoder_input_ids=None,
                    decoder_attention_mask=None) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """Decoder prompt [B,P] and mask. Rows given as lists of different lengths are left-padded.
-    Like transformers, the start token is prepended when no row begins with it."""
+    """Decoder prompt [B,P] and mask. Rows given as lists of different lengths are left-padded,
+    after the start token is put before each row that lacks it (as that row alone would get it;
+    deciding after padding would take a pad id equal to the start id, as GPT-2's, for a start).
+    For an array, like transformers, the start token is prepended when no row begins with it."""
     start, _, pad = special_ids(gen)
     if decoder_input_ids is None:
         return np.full((batch, 1), start, np.int32), None
     if isinstance(decoder_input_ids, (list, tuple)) and any(np.ndim(r) == 1 for r in decoder_input_ids):
         if decoder_attention_mask is not None:
             raise ValueError("pass decoder_attention_mask only with a padded [B,P] decoder_input_ids array")
-        decoder_input_ids, decoder_attention_mask = _ragged(decoder_input_ids, pad if pad is not None else start)
+        rows = [list(r) if len(r) and r[0] == start else [start, *r] for r in decoder_input_ids]
+        decoder_input_ids, decoder_attention_mask = _ragged(rows, pad if pad is not None else start)
     ids = np.asarray(decoder_input_ids)
     if ids.ndim != 2 or ids.shape[0] != batch:
         raise ValueError(f"decoder_input_ids must be [{batch},P] (one row per image), got shape {ids.shape}")

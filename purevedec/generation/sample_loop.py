@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from ..model import cache_step
+from .keys import categorical
 from .plan import Plan
 from .processors import Knobs, process
 
@@ -54,7 +55,7 @@ def sample_loop(weights, cache, logits, cross, tokens, ignore_len, key, knobs: K
     def body(s: SampleState) -> SampleState:
         scores = process(pr, knobs, s.logits, s.tokens, s.cur, ignore_len)
         if plan.mode == "sample":
-            tok = jax.random.categorical(jax.random.fold_in(key, s.cur), scores, axis=-1)
+            tok = categorical(key, scores, s.cur, s.cur - pr.prompt_len)
         else:
             tok = jnp.argmax(scores, axis=-1)
         lp = jnp.take_along_axis(jax.nn.log_softmax(scores, axis=-1), tok[:, None], -1)[:, 0]

@@ -16,9 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..config import Config
-from ..model import cache_step, check_ids, check_pixels, compute_dtype, encoder_states, new_cache
+from ..model import cache_step, check_ids, check_pixels, compute_dtype, encoder_states, new_cache, shifted_positions
 from ..params import unpack
 from .beam_loop import beam_loop
+from .keys import batch_key, per_image, row_keys
 from .options import TRACEABLE, GenerationConfig, defaults_for, with_options
 from .plan import make_plan, prepare_prompt, start_origin
 from .processors import Knobs
@@ -43,15 +44,18 @@ class GenerateOutput(NamedTuple):
     cross_attentions: Optional[np.ndarray] = None  # [N,L-P,layers,heads,S] when asked
 
 
-@partial(jax.jit, static_argnames=("config", "plan", "dtype", "interpolate_pos_encoding"))
+@partial(jax.jit, static_argnames=("config", "plan", "dtype", "interpolate_pos_encoding", "shifted"))
 def _generate_jit(weights, pixels, prompt, prompt_mask, ignore_len, key, knobs, *, config, plan, dtype,
-                  interpolate_pos_encoding):
+                  interpolate_pos_encoding, shifted):
     enc = encoder_states(weights, pixels, config, interpolate_pos_encoding, dtype)
     cache = new_cache(weights, enc, config, plan.processing.max_length, plan.rows_per_image, dtype)
-    logits, cache, cross = cache_step(weights, cache, prompt, config, prompt_mask, dtype)
+    logits, cache, cross = cache_step(weights, cache, prompt, config, prompt_mask, dtype, shifted=shifted)
     tokens = jnp.full((prompt.shape[0], plan.processing.max_length), plan.pad, jnp.int32)
     tokens = tokens.at[:, :prompt.shape[1]].set(prompt)
-    loop = beam_loop if plan.mode.startswith("beam") else sample_loop
+    beams = plan.mode.startswith("beam")
+    loop = beam_loop if beams else sample_loop
+    if per_image(key) and not beams:  # beam sampling draws per image, sampling per row
+        key = row_keys(key, plan.rows_per_image)
     seq, lengths, logprobs, scores, cross_maps = loop(
         weights, cache, logits[:, -1].astype(jnp.float32), last_cross(cross).astype(jnp.float32), tokens,
         ignore_len, key, knobs, config=config, plan=plan, dtype=dtype)
@@ -79,7 +83,7 @@ def _prompt(gen: GenerationConfig, batch: int, ids, mask):
 
 def generate_core(params, pixels, config: Config | None = None, *, key=None,
                   generation_config: GenerationConfig | None = None, decoder_input_ids=None,
-                  decoder_attention_mask=None, output_cross_attentions: bool = False,
+                  decoder_attention_mask=None, positions: str = "per_row", output_cross_attentions: bool = False,
                   interpolate_pos_encoding: bool = False, dtype=jnp.float32, **options) -> GenerationResult:
     """The traceable generation core: pixels [B,C,H,W] -> ``GenerationResult`` of fixed-shape arrays.
 
@@ -88,10 +92,12 @@ def generate_core(params, pixels, config: Config | None = None, *, key=None,
     their values compiles once. Structural options stay static (num_beams, lengths, top_k, n-gram
     size, bad words): they set shapes and loop bounds. A processor runs when its option is traced
     or differs from its neutral value (temperature 1, top_p 1, penalties 1), so going from the
-    neutral value to another compiles once more. ``key`` feeds sampling; greedy and beam search
-    ignore it. A traced ``decoder_input_ids`` is used as given (it must start with the start token)."""
+    neutral value to another compiles once more. ``key`` feeds sampling (one key, or one per
+    image); greedy and beam search ignore it. A traced ``decoder_input_ids`` is used as given (it
+    must start with the start token). ``positions`` ("per_row" or "shifted") as in ``generate``."""
     weights, config = unpack(params, config)
     check_pixels(pixels, config)
+    shifted = shifted_positions(positions)
     options, traced = _split_traced(options)
     gen = with_options(generation_config or params.get("generation_config") or defaults_for(config), options)
     prompt, mask = _prompt(gen, pixels.shape[0], decoder_input_ids, decoder_attention_mask)
@@ -103,14 +109,15 @@ def generate_core(params, pixels, config: Config | None = None, *, key=None,
     knobs = Knobs(*(jnp.asarray(traced.get(k, getattr(gen, k)), jnp.float32) for k in Knobs._fields))
     rep = lambda a: jnp.repeat(jnp.asarray(a, jnp.int32), plan.rows_per_image, axis=0)  # noqa: E731 (image-major)
     ignore = jnp.zeros(prompt.shape[0], jnp.int32) if mask is None else jnp.argmax(jnp.asarray(mask) != 0, axis=1)
-    return _generate_jit(weights, pixels, rep(prompt), None if mask is None else rep(mask), rep(ignore),
-                         key if key is not None else jax.random.key(0), knobs, config=config, plan=plan,
-                         dtype=compute_dtype(dtype), interpolate_pos_encoding=bool(interpolate_pos_encoding))
+    key = batch_key(key, pixels.shape[0]) if key is not None else jax.random.key(0)
+    return _generate_jit(weights, pixels, rep(prompt), None if mask is None else rep(mask), rep(ignore), key, knobs,
+                         config=config, plan=plan, dtype=compute_dtype(dtype),
+                         interpolate_pos_encoding=bool(interpolate_pos_encoding), shifted=shifted)
 
 
 def generate(params, pixels, config: Config | None = None, *, key=None,
              generation_config: GenerationConfig | None = None, decoder_input_ids=None,
-             decoder_attention_mask=None, output_cross_attentions: bool = False,
+             decoder_attention_mask=None, positions: str = "per_row", output_cross_attentions: bool = False,
              interpolate_pos_encoding: bool = False, dtype=jnp.float32, **options) -> GenerateOutput:
     """Caption a batch of images. pixels [B,C,H,W] -> ``GenerateOutput`` with ``sequences`` laid
     out as transformers returns them (trimmed to the longest row, on the host).
@@ -120,12 +127,19 @@ def generate(params, pixels, config: Config | None = None, *, key=None,
     length_penalty, early_stopping, num_return_sequences, min_new_tokens, ...); unset ones come
     from ``generation_config``, else the checkpoint's (``params["generation_config"]``), else the
     config's own special ids. Sampling draws only from ``key``: same key, same output; greedy and
-    beam search ignore it. ``decoder_input_ids`` is a prompt: a [B,P] array (with
-    ``decoder_attention_mask`` for left padding) or a list of per-image token lists of different
-    lengths. For a traceable call with fixed-shape outputs, use ``generate_core``."""
+    beam search ignore it. ``key`` may also be one key per image ([B] keys, e.g.
+    ``jax.random.split(k, B)``): each image then draws from its own key only, and gets the same
+    output whatever else is in the batch.
+
+    ``decoder_input_ids`` is a prompt: a [B,P] array (with ``decoder_attention_mask`` for left
+    padding) or a list of per-image token lists of different lengths (left-padded here). With
+    ``positions="per_row"`` (default) each row's positions count from its first real token, so
+    every row continues exactly as its prompt would alone; ``positions="shifted"`` numbers them
+    from the start of the padded buffer, as transformers does (its batched output, token for
+    token). For a traceable call with fixed-shape outputs, use ``generate_core``."""
     out = generate_core(params, pixels, config, key=key, generation_config=generation_config,
                         decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask,
-                        output_cross_attentions=output_cross_attentions,
+                        positions=positions, output_cross_attentions=output_cross_attentions,
                         interpolate_pos_encoding=interpolate_pos_encoding, dtype=dtype, **options)
     n = int(jnp.max(out.lengths))
     gen_n = n - (out.sequences.shape[1] - out.token_logprobs.shape[1])
