@@ -335,7 +335,7 @@ def test_huge_shape_integers_are_bounded(tmp_path):
         "safetensors dim": ("CheckpointError", r"tensor w: shape \[1152921504606846976, 1152921504606846976\] is not"),
         "msgpack rank": ("CheckpointError", r"array: shape a list of 60000 items is not a list of at most 16"),
         "bin rank": ("CheckpointError", r"tensor w: shape a tuple of 300 items is not a list of at most 16"),
-        "bin dim": ("CheckpointError", r"tensor w: shape a tuple of 1 items is not a list of at most 16"),
+        "bin dim": ("CheckpointError", r"tensor w: shape \[an int of 13288 bits\] is not a list of at most 16"),
     })
 
 
@@ -539,7 +539,7 @@ def test_image_pixels_are_bounded_before_decoding(tmp_path):
         assert im.size == (13000, 13000)  # pillow only warns: it would decode this one
     results = run_bounded({k: f"pv.preprocess([{p!r}], pv.ImageConfig())" for k, p in files.items()})
     assert_refused(results, {
-        "13000 squared": ("ImageError", r"big\.png: image of 13000 x 13000 pixels is larger than the 89478485"),
+        "13000 squared": ("ImageError", r"^[^()]*big\.png: image of 13000 x 13000 pixels is larger than the 89478485"),
         "20000 squared": ("ImageError", r"bomb\.png: cannot read image \(Image size \(400000000 pixels\) exceeds"),
     })
     assert results["small"]["type"] is None, results["small"]

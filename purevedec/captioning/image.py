@@ -157,6 +157,8 @@ def open_image(path: str | os.PathLike) -> Image.Image:
             _check_pixels(im, path)
             im.load()
             return ImageOps.exif_transpose(im).convert("RGB")
+    except ImageError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         # PIL reports truncation as OSError, some corrupt headers as SyntaxError/ValueError, and
         # refuses images over twice its own pixel limit with DecompressionBombError at open.

@@ -44,8 +44,8 @@ def brief(x, width: int = 80) -> str:
     if isinstance(x, (str, bytes)):
         text = repr(x[:width])
         return text if len(x) <= width else f"{text}... ({len(x)} long)"
-    if isinstance(x, (list, tuple)) and len(x) <= 8 and all(type(d) is int and abs(d) < 2 ** 64 for d in x):
-        return repr(list(x))  # a short shape: worth showing
+    if isinstance(x, (list, tuple)) and len(x) <= 8 and all(type(d) is int for d in x):
+        return "[" + ", ".join(map(brief, x)) + "]"  # a short shape: worth showing
     if isinstance(x, (list, tuple, dict)):
-        return f"a {type(x).__name__} of {len(x)} items"
+        return f"a {type(x).__name__} of {len(x)} item{'' if len(x) == 1 else 's'}"
     return f"a {type(x).__name__}"
