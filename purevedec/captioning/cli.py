@@ -206,6 +206,9 @@ def recorded_paths(path: str, fmt: str) -> set[str]:
     return done
 
 
+_MAX_LINE = 1 << 20   # bytes; a caption record is far shorter
+
+
 def _drop_partial_line(path: str, err: TextIO) -> None:
     """A run killed mid-write may leave a last line without its newline: cut it, so that the
     lines appended next stay whole."""
@@ -217,8 +220,10 @@ def _drop_partial_line(path: str, err: TextIO) -> None:
             f.seek(size - 1)
             if f.read(1) == b"\n":
                 return
-            f.seek(max(0, size - (1 << 20)))
+            f.seek(max(0, size - _MAX_LINE))
             tail = f.read()
+            if b"\n" not in tail and len(tail) < size:
+                raise UsageError(f"{path}: its last {_MAX_LINE} bytes hold no line end: not a caption file")
             keep = size - len(tail) + tail.rfind(b"\n") + 1
             f.truncate(keep)
             say(err, f"warning: {path}: removed an unfinished last line ({size - keep} bytes)")
