@@ -72,13 +72,13 @@ def test_captioner_batches_and_matches_single(checkpoint, tmp_path):
     paths = _images(tmp_path / "imgs", 5)
     texts = cap.caption(paths, batch_size=2, max_new_tokens=5)
     assert len(texts) == 5 and all(isinstance(t, str) for t in texts)
-    singles = [next(cap.captions(p, max_new_tokens=5)) for p in paths]
+    singles = [next(cap.captions(p, max_new_tokens=5))[0] for p in paths]
     assert texts == [c.text for c in singles]
     # Scores differ per image (texts of a random model may not): they pin the batch order.
-    batched = [c.score for c in cap.captions(paths, batch_size=2, max_new_tokens=5)]
+    batched = [c[0].score for c in cap.captions(paths, batch_size=2, max_new_tokens=5)]
     assert len(set(batched)) == 5 and np.allclose(batched, [c.score for c in singles], atol=1e-4)
     assert texts[0] == cap.caption(Image.open(paths[0]), max_new_tokens=5)[0]
-    c = next(cap.captions(paths[:1], attention=True, max_new_tokens=5))
+    [c] = next(cap.captions(paths[:1], attention=True, max_new_tokens=5))
     assert c.attention.shape == (len(c.token_ids), cap.config.encoder.num_patches)
     assert (c.attention.sum(-1) < 1.0).all()  # the CLS share is dropped
 
@@ -94,7 +94,8 @@ def test_cli_text_jsonl_folder_glob_and_corrupt(checkpoint, tmp_path):
     assert "broken.jpg" in err and "cut.png" in err and "2 input(s) could not be captioned" in err
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["path"] for r in rows] == paths
-    singles = [next(purevedec.Captioner.from_pretrained(checkpoint[1]).captions(p, max_new_tokens=4)) for p in paths]
+    singles = [next(purevedec.Captioner.from_pretrained(checkpoint[1]).captions(p, max_new_tokens=4))[0]
+               for p in paths]
     expected = [c.text for c in singles]
     assert [r["caption"] for r in rows] == expected
     assert np.allclose([r["score"] for r in rows], [c.score for c in singles], atol=1e-4)
@@ -123,9 +124,9 @@ def test_attention_map_png(checkpoint, tmp_path):
                          "--max-new-tokens", "7", "--format", "jsonl"])
     assert code == 0
     cap = purevedec.Captioner.from_pretrained(checkpoint[1])
-    for path, c in zip(paths, cap.captions(paths, attention=True, max_new_tokens=7)):
-        png = Image.open(maps / (path.rsplit("/", 1)[1]))
-        assert png.size == attention_map.map_size(len(c.token_ids))
+    for path, [c] in zip(paths, cap.captions(paths, attention=True, max_new_tokens=7)):
+        png = Image.open(maps / (path.rsplit("/", 1)[1] + ".png"))
+        assert png.size == attention_map.map_size(len(c.token_ids), Image.open(path).size)
         assert len(np.unique(np.asarray(png).reshape(-1, 3), axis=0)) > 50  # heat and image, not blank
 
 
@@ -133,7 +134,8 @@ def test_render_checks_and_layout():
     img = Image.new("RGB", (30, 20), "gray")
     att = np.random.RandomState(0).rand(7, 12)
     out = attention_map.render(img, att, [f"t{i}" for i in range(7)], (3, 4))
-    assert out.size == (5 * attention_map.CELL, 2 * (attention_map.CELL + attention_map.LABEL))
+    cell_h = round(attention_map.CELL * 20 / 30)  # the image's aspect ratio, 160 pixels wide
+    assert out.size == (5 * attention_map.CELL, 2 * (cell_h + attention_map.LABEL) + attention_map.SCALE)
     with pytest.raises(ValueError, match="patch grid"):
         attention_map.render(img, att, ["a"], (3, 4))
 
@@ -186,3 +188,162 @@ def test_compile_cache_fills_and_is_reused(checkpoint, tmp_path):
     assert second.returncode == 0 and second.stdout == first.stdout
     # A miss would compile again and rewrite its entry; every entry is untouched.
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == entries
+
+
+# --- issue 20: the small things ------------------------------------------------------------------
+
+def _torch_inputs(path, paths):
+    from transformers import AutoImageProcessor
+    from transformers.image_utils import load_image
+    return AutoImageProcessor.from_pretrained(path)([load_image(p) for p in paths], return_tensors="pt").pixel_values
+
+
+def test_last_batch_is_padded_and_does_not_compile_again(checkpoint, tmp_path):
+    """5 images in batches of 2: the last image is padded to 2 rows, so one program serves the run."""
+    from purevedec.generation.search import _generate_jit
+    paths = _images(tmp_path / "imgs", 5)
+    before = _generate_jit._cache_size()
+    code, out, _ = _run(["caption", *paths, "--model", checkpoint[1], "--batch-size", "2",
+                         "--max-new-tokens", "11", "--format", "jsonl"])  # a length no other test compiles
+    assert code == 0 and [json.loads(r)["path"] for r in out.splitlines()] == paths
+    assert _generate_jit._cache_size() - before == 1
+
+
+def test_captioner_errors_raise_skip_return(checkpoint, tmp_path):
+    cap = purevedec.Captioner.from_pretrained(checkpoint[1])
+    good = _images(tmp_path / "imgs", 2)
+    bad = str(tmp_path / "imgs" / "bad.png")
+    open(bad, "wb").write(b"\x89PNG\r\n\x1a\n not a png")
+    expected = cap.caption(good, max_new_tokens=4)
+    with pytest.warns(UserWarning, match="bad.png"):
+        assert cap.caption([good[0], bad, good[1]], errors="skip", max_new_tokens=4) == [expected[0], None, expected[1]]
+    returned = cap.caption([good[0], bad, good[1]], errors="return", max_new_tokens=4)
+    assert returned[0::2] == expected and isinstance(returned[1], purevedec.ImageError) and "bad.png" in str(returned[1])
+    with pytest.raises(purevedec.ImageError, match="bad.png"):
+        cap.caption([good[0], bad, good[1]], max_new_tokens=4)
+    stream = cap.captions([good[0], bad, good[1]], max_new_tokens=4)   # errors="raise": earlier items come first
+    assert next(stream)[0].text == expected[0]
+    with pytest.raises(purevedec.ImageError, match="bad.png"):
+        next(stream)
+    with pytest.raises(ValueError, match="errors must be one of"):
+        cap.caption(good, errors="ignore")
+
+
+def test_captioner_groups_top_n_per_image(checkpoint, tmp_path):
+    """num_return_sequences=2 over 3 images in batches of 2: a list of 2 captions per image, equal
+    to transformers' flat B*N output regrouped (texts and beam scores)."""
+    import torch
+    from transformers import AutoTokenizer
+    model, path = checkpoint
+    paths = _images(tmp_path / "imgs", 3)
+    with torch.no_grad():
+        ref = model.generate(pixel_values=_torch_inputs(path, paths), max_new_tokens=5, num_beams=3,
+                             num_return_sequences=2, output_scores=True, return_dict_in_generate=True)
+    texts = AutoTokenizer.from_pretrained(path).batch_decode(ref.sequences, skip_special_tokens=True)
+    cap = purevedec.Captioner.from_pretrained(path)
+    grouped = cap.caption(paths, batch_size=2, num_beams=3, num_return_sequences=2, max_new_tokens=5)
+    assert grouped == [texts[0:2], texts[2:4], texts[4:6]]
+    scores = [c.score for caps in cap.captions(paths, batch_size=2, num_beams=3, num_return_sequences=2,
+                                               max_new_tokens=5) for c in caps]
+    assert np.allclose(scores, ref.sequences_scores.numpy(), atol=1e-4)
+    assert isinstance(cap.caption(paths[:1], max_new_tokens=5)[0], str)   # one sequence: plain strings
+
+
+def test_sampled_captions_belong_to_their_image(checkpoint, tmp_path):
+    """Sampling 2 captions per image in padded batches: each caption's score is the summed
+    log-probability transformers' model gives its tokens for *that* image (top_k off, T=1)."""
+    import torch
+    model, path = checkpoint
+    paths = _images(tmp_path / "imgs", 3, size=(12, 40))
+    pixels = _torch_inputs(path, paths)
+    cap = purevedec.Captioner.from_pretrained(path)
+    opts = dict(batch_size=2, do_sample=True, top_k=0, num_return_sequences=2, max_new_tokens=6)
+    results = list(cap.captions(paths, **opts))
+    assert [len(r) for r in results] == [2, 2, 2]
+    for i, caps in enumerate(results):
+        for c in caps:
+            ids = torch.tensor([[0, *c.token_ids[:-1]]])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(pixel_values=pixels[i:i + 1], decoder_input_ids=ids).logits[0], -1)
+            assert abs(float(logp[torch.arange(len(c.token_ids)), list(c.token_ids)].sum()) - c.score) < 1e-3
+    again = list(cap.captions(paths, **opts))
+    assert [[c.token_ids for c in r] for r in again] == [[c.token_ids for c in r] for r in results]
+    import jax
+    other = list(cap.captions(paths, key=jax.random.key(7), **opts))
+    assert [[c.token_ids for c in r] for r in other] != [[c.token_ids for c in r] for r in results]
+
+
+def test_sixteen_bit_gray_is_scaled_and_warned_once(checkpoint, tmp_path):
+    """A 16-bit grayscale PNG is read as value/257 (not clipped to white as PIL's convert and
+    transformers do), with one warning for several images."""
+    import warnings
+    from purevedec.captioning.image import ImageConfig, preprocess_one
+    ramp = (np.arange(24 * 32).reshape(24, 32) * 85).astype(np.uint16)     # 0 .. 65195
+    wide = tmp_path / "wide.png"
+    Image.fromarray(ramp).save(wide)
+    narrow = tmp_path / "narrow.png"
+    Image.fromarray(np.round(ramp / 257).astype(np.uint8), "L").save(narrow)   # the 8-bit image it should be
+    config = ImageConfig(size=(16, 16))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")
+        got = preprocess_one(str(wide), config)
+        preprocess_one(str(wide), config)
+    assert Image.open(wide).mode.startswith("I")
+    assert np.array_equal(got, preprocess_one(str(narrow), config))
+    assert len([w for w in seen if "16-bit" in str(w.message)]) == 1
+    from transformers import AutoImageProcessor
+    from transformers.image_utils import load_image
+    white = AutoImageProcessor.from_pretrained(checkpoint[1])([load_image(str(wide))]).pixel_values[0]
+    assert (np.asarray(white) == 1.0).mean() > 0.95   # what transformers does: (nearly) all white
+
+
+def test_render_keeps_aspect_draws_scale_and_marks_special():
+    img = Image.new("RGB", (60, 20), "gray")
+    att = np.random.RandomState(1).rand(2, 12)
+    out = np.asarray(attention_map.render(img, att, ["dog", "eos"], (3, 4), special=[False, True]))
+    cw, ch = attention_map.cell_size((60, 20))
+    assert (cw, ch) == (160, 53)
+    assert out.shape == (ch + attention_map.LABEL + attention_map.SCALE, 2 * cw, 3)
+    bar = out[ch + attention_map.LABEL + 8]             # a row through the colour scale
+    assert tuple(bar[0]) == (0, 0, 127) and tuple(bar[-1]) == (255, 255, 0)
+    labels = out[ch:ch + attention_map.LABEL]
+    red = (labels[..., 0] > 150) & (labels[..., 1] < 60) & (labels[..., 2] < 60)
+    assert red[:, cw:].sum() > 5 and red[:, :cw].sum() == 0   # only the special token's label is red
+
+
+def test_special_labels_mark_eos(checkpoint):
+    cap = purevedec.Captioner.from_pretrained(checkpoint[1])
+    labels, special = cli._special_labels(cap, [5, 0])
+    assert special == [False, True] and labels[1] == "<|endoftext|>"
+
+
+def test_version_and_docstrings():
+    import inspect
+    import tomllib
+    code, out, _ = _run(["--version"])
+    version = tomllib.load(open(os.path.join(ROOT, "pyproject.toml"), "rb"))["project"]["version"]
+    assert code == 0 and out.strip() == f"purevedec {version}"
+    public = [f for name, f in vars(cli).items() if inspect.isfunction(f) and not name.startswith("_")
+              and f.__module__ == cli.__name__]
+    assert public and all(f.__doc__ for f in public), [f.__name__ for f in public if not f.__doc__]
+    for obj in (purevedec.Captioner, purevedec.Caption, purevedec.Captioner.caption, purevedec.Captioner.captions):
+        assert obj.__doc__ and len(obj.__doc__) > 40
+
+
+def test_attention_maps_of_same_names_kept_apart(checkpoint, tmp_path):
+    """a/x.png, b/x.png and b/x.jpg get three maps, each the size of its own image's map."""
+    rs = np.random.RandomState(3)
+    sizes = {"a/x.png": (40, 20), "b/x.png": (20, 40), "b/x.jpg": (30, 30)}
+    for name, (w, h) in sizes.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.fromarray(rs.randint(0, 256, (h, w, 3), np.uint8)).save(tmp_path / name)
+    paths = [str(tmp_path / n) for n in sizes]
+    maps = tmp_path / "maps"
+    code, out, _ = _run(["caption", *paths, "--model", checkpoint[1], "--attention-map", str(maps),
+                         "--max-new-tokens", "7", "--format", "jsonl"])
+    assert code == 0
+    rows = [json.loads(r) for r in out.splitlines()]
+    assert [r["attention_map"] for r in rows] == [str(maps / (n + ".png")) for n in sizes]
+    cap = purevedec.Captioner.from_pretrained(checkpoint[1])
+    for (name, size), [c] in zip(sizes.items(), cap.captions(paths, attention=True, max_new_tokens=7)):
+        assert Image.open(maps / (name + ".png")).size == attention_map.map_size(len(c.token_ids), size)

@@ -2,32 +2,53 @@
 
     cap = purevedec.Captioner.from_pretrained("nlpconnect/vit-gpt2-image-captioning")
     cap.caption(["cat.jpg", pil_image], num_beams=4)        # -> ["a cat sitting on a couch", ...]
+    cap.caption(["cat.jpg"], num_beams=4, num_return_sequences=2)   # -> [["a cat ...", "a cat on ..."]]
+    cap.caption(["cat.jpg", "broken.jpg"], errors="skip")   # -> ["a cat ...", None]
 
 Generation goes through ``purevedec.generate`` (transformers' generate options, defaults from
-the checkpoint's generation config); one call per batch of ``batch_size`` images.
+the checkpoint's generation config). Images are read one by one (an unreadable one is that
+item's error, see ``errors``) and captioned ``batch_size`` readable images per generate call.
+Every call of a run has the same number of rows, min(batch_size, number of images): the last,
+smaller batch is padded (its padding rows' outputs are dropped), so it does not compile again.
 """
 
 from __future__ import annotations
 
 import os
+import stat
+import warnings
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, NamedTuple, Optional, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
 from ..checkpoints.loader import load, local_dir
-from ..errors import ModelNotFound
+from ..errors import ImageError, ModelNotFound
 from ..generation import generate
 from ..generation.options import defaults_for
-from .image import ImageConfig, ImageInput, as_list, load_image_config, preprocess
+from .image import ImageConfig, ImageInput, as_list, load_image_config, preprocess, preprocess_one
 from .text import TextTokenizer, load_tokenizer
+
+ERROR_MODES = ("raise", "skip", "return")
 
 
 class Caption(NamedTuple):
+    """One generated caption of one image.
+
+    ``score`` is the sequence score ``generate`` reports: the length-normalised beam score for
+    beam search, the sum of the generated tokens' log-probabilities for greedy search and
+    sampling. ``token_ids`` are the generated tokens (the decoder start token excluded) up to
+    and including the first EOS. ``attention`` is None unless asked for: [T, P] float32, per
+    generated token, the cross-attention over the P image patches (row-major over the patch
+    grid), averaged over layers and heads, without the CLS token's share."""
     text: str
-    score: float                         # the sequence score generate reports (length-normalised for beams)
-    token_ids: tuple[int, ...]           # generated tokens, up to and including the first EOS
-    attention: Optional[np.ndarray]      # [T, P]: per generated token, cross-attention over the P patches
+    score: float
+    token_ids: tuple[int, ...]
+    attention: Optional[np.ndarray]
+
+
+# Per image: its captions (num_return_sequences of them), None (errors="skip") or the error (errors="return").
+ImageResult = Union[list[Caption], None, Exception]
 
 
 def model_dir(name: str | os.PathLike) -> str:
@@ -54,8 +75,50 @@ def _patch_attention(cross: np.ndarray) -> np.ndarray:
     return cross.mean(axis=(1, 2))[:, 1:]
 
 
+def input_name(image: ImageInput, index: int) -> str:
+    """How errors name an input: its path, else its position in the call."""
+    return os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"image {index}"
+
+
+def read_pixels(image: ImageInput, config: ImageConfig, index: int = 0) -> np.ndarray:
+    """One input -> [3,H,W] float32, every failure an ``ImageError`` naming the input.
+
+    A path must be a regular file: a FIFO or device would block or never end, so it is refused
+    before it is opened. Any exception while decoding (pillow's DecompressionBombError, a
+    MemoryError, a corrupt header) becomes this input's error, not the whole call's."""
+    name = input_name(image, index)
+    try:
+        if isinstance(image, (str, os.PathLike)):
+            mode = os.stat(image).st_mode
+            if not stat.S_ISREG(mode):
+                kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+                raise ImageError(f"{name}: {kind}, not an image file; skipped")
+        return preprocess_one(image, config)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"{name}: no such file") from None
+    except Exception as e:  # noqa: BLE001 - decoding untrusted bytes may fail in any way
+        raise ImageError(f"{name}: cannot read image ({type(e).__name__}: {e})") from None
+
+
+@dataclass
+class _Pending:
+    """One input waiting for its batch: its pixels, or the error that replaced them."""
+    pixels: Optional[np.ndarray]
+    error: Optional[ImageError]
+    result: Optional[list[Caption]] = None
+
+
 @dataclass(frozen=True)
 class Captioner:
+    """A checkpoint ready to caption: params (with their config), preprocessing and tokenizer.
+
+    Build it with ``Captioner.from_pretrained(name_or_path, dtype=None)``. ``caption`` returns
+    texts, ``captions`` yields ``Caption`` records (scores, token ids, attention maps), one
+    list per image. Options are ``purevedec.generate``'s (num_beams, max_new_tokens, do_sample,
+    temperature, top_k, top_p, num_return_sequences, ...); unset ones come from the checkpoint's
+    generation config. Inputs are paths, PIL images or arrays (HWC, CHW or HW)."""
     params: Any
     config: Any                          # purevedec.Config
     image_config: ImageConfig
@@ -64,6 +127,7 @@ class Captioner:
 
     @classmethod
     def from_pretrained(cls, name: str | os.PathLike, *, dtype=None) -> "Captioner":
+        """Load a local checkpoint directory or a hub id (weights, preprocessor and tokenizer)."""
         path = model_dir(name)
         params, config = load(path, dtype=dtype)
         return cls(params, config, load_image_config(path), load_tokenizer(path), dtype)
@@ -73,15 +137,23 @@ class Captioner:
         """The checkpoint's generation defaults (what ``caption`` uses unless told otherwise)."""
         return self.params.get("generation_config") or defaults_for(self.config)
 
+    def special_token_ids(self) -> frozenset[int]:
+        """Ids the tokenizer treats as special (EOS, BOS, pad, ...), e.g. to mark them in maps."""
+        added = self.tokenizer.backend.get_added_tokens_decoder()
+        return frozenset(i for i, t in added.items() if t.special) | frozenset(self.generation_config.eos_token_id or ())
+
     def pixels(self, images: ImageInput | Iterable[ImageInput]) -> np.ndarray:
+        """Inputs -> pixels [B,3,H,W] float32, as the checkpoint's image processor makes them."""
         return preprocess(images, self.image_config)
 
-    def caption_pixels(self, pixels: np.ndarray, *, attention: bool = False, **options) -> list[Caption]:
-        """One generate call over pixels [B,3,H,W]; B * num_return_sequences captions."""
+    def caption_pixels(self, pixels: np.ndarray, *, attention: bool = False, key=None,
+                       **options) -> list[list[Caption]]:
+        """One generate call over pixels [B,3,H,W] -> B lists of num_return_sequences captions
+        each, in generate's order (for beam search, best first). ``key`` feeds sampling."""
         options = {k: v for k, v in options.items() if v is not None}
         if self.dtype is not None:
             options.setdefault("dtype", self.dtype)
-        out = generate(self.params, pixels, self.config, output_cross_attentions=attention, **options)
+        out = generate(self.params, pixels, self.config, output_cross_attentions=attention, key=key, **options)
         eos = options.get("eos_token_id", self.generation_config.eos_token_id)
         sequences, scores = np.asarray(out.sequences), np.asarray(out.scores)
         cross = np.asarray(out.cross_attentions) if attention else None
@@ -90,18 +162,86 @@ class Captioner:
             n = _generated(row[1:], eos)
             captions.append(Caption(self.tokenizer.decode(row), float(scores[i]), tuple(row[1:1 + n].tolist()),
                                     _patch_attention(cross[i, :n]) if cross is not None else None))
-        return captions
+        per_image = len(captions) // pixels.shape[0]
+        return [captions[i:i + per_image] for i in range(0, len(captions), per_image)]
+
+    def _run(self, pending: list[_Pending], rows: int, batch_index: int, key, attention: bool,
+             options: dict) -> None:
+        """Caption the readable inputs of ``pending`` in one call padded to ``rows`` rows."""
+        good = [p for p in pending if p.pixels is not None]
+        if not good:
+            return
+        import jax
+        pixels = np.stack([p.pixels for p in good])
+        padded = np.concatenate([pixels, np.repeat(pixels[:1], rows - len(good), axis=0)]) if rows > len(good) \
+            else pixels
+        results = self.caption_pixels(padded, attention=attention, key=jax.random.fold_in(key, batch_index),
+                                      **options)
+        for p, r in zip(good, results):  # the padding rows' results are dropped
+            p.result = r
 
     def captions(self, images: Sequence[ImageInput], *, batch_size: int = 8, attention: bool = False,
-                 **options) -> Iterator[Caption]:
-        """Captions for ``images`` in order, generated ``batch_size`` images at a time."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        images = as_list(images)
-        for start in range(0, len(images), batch_size):
-            yield from self.caption_pixels(self.pixels(images[start:start + batch_size]),
-                                           attention=attention, **options)
+                 errors: str = "raise", key=None, **options) -> Iterator[ImageResult]:
+        """Per input, in order: the list of its captions (num_return_sequences of them).
 
-    def caption(self, images, *, batch_size: int = 8, **options) -> list[str]:
-        """Caption texts, as transformers' ``batch_decode(generate(...), skip_special_tokens=True)``."""
-        return [c.text for c in self.captions(images, batch_size=batch_size, **options)]
+        ``errors`` says what an unreadable input gives: "raise" raises its ``ImageError`` (after
+        yielding every earlier input's captions), "skip" yields None in its place and warns,
+        "return" yields the ``ImageError`` itself. ``key`` (a jax key, default ``key(0)``) feeds
+        sampling, folded with the batch number: the same call gives the same captions."""
+        import jax
+        if errors not in ERROR_MODES:
+            raise ValueError(f"errors must be one of {ERROR_MODES}, got {errors!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        images = as_list(images)
+        rows = min(batch_size, len(images))
+        key = jax.random.key(0) if key is None else key
+        pending: list[_Pending] = []
+        batch_index = 0
+        for index, image in enumerate(images):
+            try:
+                pending.append(_Pending(read_pixels(image, self.image_config, index), None))
+            except ImageError as e:
+                pending.append(_Pending(None, e))
+            ready = sum(p.pixels is not None for p in pending)
+            last = index == len(images) - 1
+            if ready == rows or last or (errors == "raise" and pending[-1].error is not None):
+                self._run(pending, rows, batch_index, key, attention, options)
+                batch_index += 1
+                yield from self._results(pending, errors)
+                pending = []
+
+    @staticmethod
+    def _results(pending: list[_Pending], errors: str) -> Iterator[ImageResult]:
+        for p in pending:
+            if p.error is None:
+                yield p.result
+            elif errors == "raise":
+                raise p.error
+            elif errors == "skip":
+                warnings.warn(f"skipped: {p.error}", stacklevel=3)
+                yield None
+            else:
+                yield p.error
+
+    def caption(self, images, *, batch_size: int = 8, errors: str = "raise", key=None,
+                **options) -> list:
+        """Caption texts, as transformers' ``batch_decode(generate(...), skip_special_tokens=True)``.
+
+        One entry per input. With num_return_sequences = 1 (the usual case) an entry is a str;
+        with num_return_sequences = n > 1 (from the options or the checkpoint's generation
+        config) it is a list of that image's n texts, in generate's order (beams: best first).
+        An unreadable input raises (``errors="raise"``), gives None (``"skip"``) or its
+        ``ImageError`` (``"return"``)."""
+        grouped = self._returns_many(options)
+        out = []
+        for result in self.captions(images, batch_size=batch_size, errors=errors, key=key, **options):
+            if isinstance(result, list):
+                out.append([c.text for c in result] if grouped else result[0].text)
+            else:
+                out.append(result)
+        return out
+
+    def _returns_many(self, options: dict) -> bool:
+        n = options.get("num_return_sequences")
+        return (n if n is not None else self.generation_config.num_return_sequences) > 1

@@ -8,7 +8,12 @@ identical, not merely close.
 Colour handling, per input kind:
 
 - a path is opened like ``transformers.image_utils.load_image``: EXIF orientation applied,
-  then ``convert("RGB")`` (alpha is dropped, palettes expanded, 16-bit clipped by PIL);
+  then ``convert("RGB")`` (alpha is dropped, palettes expanded);
+- 16- and 32-bit integer grayscale (PIL modes ``I;16*`` and ``I``, e.g. scans saved as 16-bit
+  PNG or TIFF) is scaled to 8 bits (value / 257, the full 16-bit range onto 0..255) with a
+  warning: PIL's ``convert("RGB")`` clips every value above 255 to white, and transformers'
+  processor does that too, so such images get a blank-white caption there (a deliberate
+  difference from the reference);
 - a PIL image in RGB is used as is; another mode is composited onto white when the config
   says ``do_convert_rgb`` (the processor's ``convert_to_rgb``), else ``convert("RGB")`` (where
   transformers' processor would fail on the channel count);
@@ -149,6 +154,21 @@ def load_image_config(path: str | os.PathLike) -> ImageConfig:
         raise ConfigError(f"{path}: {e}") from None
 
 
+_WIDE_GRAY_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
+
+
+def to_8bit(im: Image.Image) -> Image.Image:
+    """A 16/32-bit integer grayscale image -> mode "L", the 16-bit range scaled onto 0..255 (values
+    outside 0..65535 clipped); other images unchanged. Warns (once per process, by the warnings
+    module's default rule) that transformers turns such an image white instead."""
+    if im.mode not in _WIDE_GRAY_MODES:
+        return im
+    warnings.warn("a 16-bit grayscale image was scaled to 8 bits (value / 257); transformers clips "
+                  "such images to white, so captions differ from its on them", UserWarning, stacklevel=3)
+    wide = np.clip(np.asarray(im, dtype=np.int64), 0, 65535)
+    return Image.fromarray(np.round(wide / 257).astype(np.uint8), "L")
+
+
 def open_image(path: str | os.PathLike) -> Image.Image:
     """Read a file fully (so a truncated file fails here, not later) as an upright RGB image,
     refusing one of more than ``MAX_IMAGE_PIXELS`` pixels before decoding it."""
@@ -156,7 +176,7 @@ def open_image(path: str | os.PathLike) -> Image.Image:
         with Image.open(path) as im:
             _check_pixels(im, path)
             im.load()
-            return ImageOps.exif_transpose(im).convert("RGB")
+            return to_8bit(ImageOps.exif_transpose(im)).convert("RGB")
     except ImageError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
@@ -187,6 +207,7 @@ def _composite_on_white(im: Image.Image) -> Image.Image:
 
 
 def _pil_to_rgb(im: Image.Image, config: ImageConfig) -> np.ndarray:
+    im = to_8bit(im)
     if im.mode != "RGB":
         im = _composite_on_white(im) if config.do_convert_rgb else im.convert("RGB")
     return np.array(im)
