@@ -1,5 +1,9 @@
-"""Random transformers VisionEncoderDecoder models: the reference every purevedec output is
-compared with. Used by the tests and the benchmarks; needs the test extra (torch, transformers).
+"""Random transformers VisionEncoderDecoder models, and the tokenizer and preprocessor a
+captioning checkpoint carries: the reference every purevedec output is compared with.
+
+The one builder of reference models, used by the tests (``from models import ...``, the tests
+folder being on the path) and by the benchmarks (``from tests.models import ...``); needs the
+test extra (torch, transformers).
 """
 
 from __future__ import annotations
