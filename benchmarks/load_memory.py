@@ -59,7 +59,7 @@ def _write(model, root: str) -> dict[str, str]:
 
 
 def main(tiny: bool = False) -> None:
-    from benchmarks.reference import make_full_reference, make_reference
+    from tests.models import make_full_reference, make_reference
     model = make_reference() if tiny else make_full_reference()
     mb = 2 ** 20
     with tempfile.TemporaryDirectory() as root:

@@ -15,7 +15,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.fidelity import logits_parity  # noqa: E402
-from benchmarks.reference import make_full_reference, make_reference  # noqa: E402
+from tests.models import make_full_reference, make_reference  # noqa: E402
 
 
 def main() -> int:

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import purevedec as pv  # noqa: E402
 from benchmarks import costs, machine, process, report, speed  # noqa: E402
 from benchmarks.fidelity import logits_parity, token_agreement  # noqa: E402
-from benchmarks.reference import make_full_reference, make_reference, save_captioning_checkpoint  # noqa: E402
+from tests.models import make_full_reference, make_reference, save_captioning_checkpoint  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED_PYTHON = os.path.join(ROOT, ".seed-venv", "bin", "python")

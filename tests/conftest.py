@@ -16,7 +16,7 @@ os.environ["PUREVEDEC_COMPILE_CACHE"] = "none"
 import numpy as np
 import pytest
 
-from benchmarks.reference import make_reference  # noqa: F401  (re-exported for tests)
+from models import make_reference  # noqa: F401  (re-exported for tests)
 
 
 def save_reference(model, path, **kwargs) -> str:

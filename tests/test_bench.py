@@ -9,7 +9,7 @@ from PIL import Image
 
 import purevedec as pv
 from benchmarks import costs, process, report, run
-from benchmarks.reference import FULL_DECODER, FULL_ENCODER, make_reference, save_captioning_checkpoint
+from models import FULL_DECODER, FULL_ENCODER, make_reference, save_captioning_checkpoint
 
 
 def test_suite_runs_and_writes_tables_json_and_chart(tmp_path):

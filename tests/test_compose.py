@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import purevedec as pv
-from benchmarks.reference import TINY_DECODER, TINY_ENCODER
+from models import TINY_DECODER, TINY_ENCODER
 from conftest import maxdiff, rand_ids, rand_pixels, torch_forward
 from formats_util import hf_state_dict
 

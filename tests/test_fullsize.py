@@ -1,12 +1,9 @@
 """Parity at the real vit-gpt2 size (ViT-B/16 224 + GPT-2 124M with cross-attention, random)."""
 
-import pytest
-
 from benchmarks.fidelity import logits_parity as measure
-from benchmarks.reference import make_full_reference
+from models import make_full_reference
 
 
-@pytest.mark.slow
 def test_full_size_parity(tmp_path, capsys):
     model = make_full_reference()
     model.save_pretrained(tmp_path)

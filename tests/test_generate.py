@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
 import purevedec as pv
-from conftest import make_reference, rand_ids, rand_pixels, save_reference
+from conftest import make_reference, rand_ids, rand_pixels, save_reference, torch_forward
 
 
 @pytest.fixture(scope="module")
@@ -201,16 +202,135 @@ def test_beam_sampling_is_reproducible(gen_model):
     assert a.sequences.shape[0] == 4
 
 
-def test_cross_attentions_are_returned_per_token(gen_model):
-    _, params, config = gen_model
+def _generated_lengths(sequences, eos, prompt_len=1) -> list[int]:
+    """Per row, the generated tokens up to and including the first EOS."""
+    out = []
+    for row in np.asarray(sequences)[:, prompt_len:].tolist():
+        out.append(row.index(eos) + 1 if eos in row else len(row))
+    return out
+
+
+@pytest.mark.parametrize("kw", [dict(max_new_tokens=6), dict(max_new_tokens=6, num_beams=3),
+                                dict(max_new_tokens=6, num_beams=3, num_return_sequences=2, length_penalty=0.0)],
+                         ids=["greedy", "beam", "beam_return_2"])
+def test_generated_cross_attention_is_the_forward_pass_on_the_sequences(gen_model, kw):
+    """Each generated token's cross-attention (every layer and head) is transformers' forward
+    cross-attention at the query position that produced it, on the returned sequence: for beams
+    that means the attention followed its hypothesis through every reordering."""
+    model, params, config = gen_model
     px = rand_pixels(2, seed=3)
+    eos = _frequent_token(model, px)
+    out = pv.generate(params, px, config, eos_token_id=eos, output_cross_attentions=True, **kw)
+    n = out.sequences.shape[0]
+    lengths = _generated_lengths(out.sequences, eos)
+    ref = torch_forward(model, np.repeat(px, n // 2, axis=0), out.sequences, output_attentions=True)
+    want = np.stack([a.numpy() for a in ref.cross_attentions]).transpose(1, 3, 0, 2, 4)  # [L,N,H,T,S] -> [N,T,L,H,S]
+    assert out.cross_attentions.shape == (n, out.sequences.shape[1] - 1, *want.shape[2:])
+    for i, g in enumerate(lengths):
+        np.testing.assert_allclose(out.cross_attentions[i, :g], want[i, :g], atol=1e-5, err_msg=f"row {i}")
+    if kw.get("num_return_sequences"):  # two hypotheses per image whose attention differs
+        assert np.max(np.abs(want[0, :min(lengths[:2])] - want[1, :min(lengths[:2])])) > 1e-3
+
+
+def test_eos_token_id_list_matches_transformers(gen_model):
+    model, params, config = gen_model
+    px = rand_pixels(3, seed=11)
+    seq = _reference(model, px, max_new_tokens=8)
+    eos = [int(seq[1, 3]), int(seq[0, 2])]  # two tokens that end different rows
+    for kw in (dict(max_new_tokens=8), dict(max_new_tokens=8, num_beams=3)):
+        np.testing.assert_array_equal(pv.generate(params, px, config, eos_token_id=eos, **kw).sequences,
+                                      _reference(model, px, eos_token_id=eos, **kw))
+
+
+def test_no_repeat_ngram_spans_the_prompt(gen_model):
+    """An n-gram that the prompt already holds is banned in the continuation too."""
+    model, params, config = gen_model
+    px = rand_pixels(2, seed=4)
+    greedy = _reference(model, px, max_new_tokens=6)
+    prompt = np.concatenate([greedy[:, :3], greedy[:, 1:3]], axis=1)  # repeats its own bigram
+    kw = dict(decoder_input_ids=prompt, max_new_tokens=6, no_repeat_ngram_size=2)
     for beams in (1, 2):
-        out = pv.generate(params, px, config, max_new_tokens=5, num_beams=beams, output_cross_attentions=True)
-        n_gen = out.sequences.shape[1] - 1
-        s = 1 + config.encoder.num_patches
-        assert out.cross_attentions.shape == (2, n_gen, config.decoder.n_layer, config.decoder.n_head, s)
-        live = out.token_logprobs != 0
-        np.testing.assert_allclose(out.cross_attentions.sum(-1)[live], 1.0, atol=1e-5)
+        ours = pv.generate(params, px, config, num_beams=beams, **kw).sequences
+        np.testing.assert_array_equal(ours, _reference(model, px, num_beams=beams, **kw))
+
+
+def test_padded_prompt_array_with_mask_equals_ragged_lists(gen_model):
+    _, params, config = gen_model
+    px = rand_pixels(2, seed=2)
+    prompts = [[0, 5, 6, 7], [0, 9]]
+    ids = np.array([[0, 5, 6, 7], [1, 1, 0, 9]])
+    mask = np.array([[1, 1, 1, 1], [0, 0, 1, 1]])
+    for kw in (dict(max_new_tokens=5), dict(max_new_tokens=5, num_beams=2, repetition_penalty=1.5)):
+        a = pv.generate(params, px, config, decoder_input_ids=prompts, **kw)
+        b = pv.generate(params, px, config, decoder_input_ids=ids, decoder_attention_mask=mask, **kw)
+        np.testing.assert_array_equal(a.sequences, b.sequences)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+
+
+def test_sampling_several_images_times_return_sequences(gen_model):
+    """Rows are image-major: image i owns rows [i*k, (i+1)*k). With top_k=1 every sample is
+    image i's greedy caption; with a real distribution the k samples of one image differ."""
+    _, params, config = gen_model
+    px = rand_pixels(3, seed=6)
+    greedy = pv.generate(params, px, config, max_new_tokens=6).sequences
+    top1 = pv.generate(params, px, config, max_new_tokens=6, do_sample=True, top_k=1, num_return_sequences=4,
+                       key=jax.random.key(0)).sequences
+    np.testing.assert_array_equal(top1, np.repeat(greedy, 4, axis=0))
+    hot = pv.generate(params, px, config, max_new_tokens=6, do_sample=True, temperature=3.0, top_k=0,
+                      num_return_sequences=4, key=jax.random.key(1)).sequences
+    assert hot.shape[0] == 12
+    assert all(len({tuple(r) for r in hot[i * 4:(i + 1) * 4]}) > 1 for i in range(3))
+
+
+def test_interpolate_pos_encoding_through_generate(gen_model):
+    model, params, config = gen_model
+    px = rand_pixels(2, h=24, w=20, seed=7)
+    for kw in (dict(max_new_tokens=6), dict(max_new_tokens=6, num_beams=2)):
+        ours = pv.generate(params, px, config, interpolate_pos_encoding=True, **kw).sequences
+        np.testing.assert_array_equal(ours, _reference(model, px, interpolate_pos_encoding=True, **kw))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_low_precision_cached_steps_equal_same_dtype_forward(tiny, dtype, rows):
+    """step in bf16/fp16 (one row: weight products padded to 4 rows and the single query row to
+    2; low-precision caches) gives the logits of forward in the same dtype, far closer than
+    either is to float32."""
+    _, path = tiny
+    params, config = pv.load(path, dtype=dtype)
+    px, ids = rand_pixels(rows), rand_ids(rows, 9)
+    full = np.asarray(pv.forward(params, px, ids, dtype=dtype))
+    fp32 = np.asarray(pv.forward(pv.load(path)[0], px, ids))
+    cache = pv.init_cache(params, pv.encode(params, px, dtype=dtype), max_len=12, dtype=dtype)
+    assert all(a.dtype == dtype for a in jax.tree.leaves(cache) if jnp.issubdtype(a.dtype, jnp.floating))
+    logits, cache = pv.step(params, cache, ids[:, :4], dtype=dtype)
+    parts = [np.asarray(logits)]
+    for t in range(4, 9):
+        logits, cache = pv.step(params, cache, ids[:, t:t + 1], dtype=dtype)
+        parts.append(np.asarray(logits))
+    low_error = np.max(np.abs(full - fp32))
+    assert low_error > 1e-5  # really computed in low precision
+    assert np.max(np.abs(np.concatenate(parts, 1) - full)) <= low_error / 10
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bf16", "fp16"])
+def test_low_precision_generate_tokens_equal_float32(gen_model, tmp_path, dtype):
+    """On a model with decisive logits, bf16/fp16 generation (params and compute) picks
+    transformers' float32 tokens, greedy and beam; its token log-probs are the same-dtype
+    forward pass's."""
+    model, params, config = gen_model
+    low = jax.tree.map(lambda a: a.astype(dtype), params)
+    px = rand_pixels(3, seed=12)
+    for kw in (dict(max_new_tokens=8), dict(max_new_tokens=8, num_beams=3)):
+        out = pv.generate(low, px, config, dtype=dtype, **kw)
+        np.testing.assert_array_equal(out.sequences, _reference(model, px, **kw))
+    logits = np.asarray(pv.forward(low, px, out.sequences[:, :-1], dtype=dtype))
+    greedy = pv.generate(low, px, config, dtype=dtype, max_new_tokens=8)
+    logits = np.asarray(pv.forward(low, px, greedy.sequences[:, :-1], dtype=dtype))
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    chosen = np.take_along_axis(logp, greedy.sequences[:, 1:, None], -1)[..., 0]
+    live = greedy.token_logprobs != 0
+    np.testing.assert_allclose(greedy.token_logprobs[live], chosen[live], atol=2e-3)
 
 
 def test_second_call_does_not_recompile(gen_model):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -179,4 +180,93 @@ def test_bad_generation_config_file(tiny, text, message):
     with open(os.path.join(path, "generation_config.json"), "w") as f:
         f.write(text)
     with pytest.raises(pv.ConfigError, match=r"generation_config\.json.*" + message):
+        pv.load(path)
+
+
+@pytest.mark.parametrize("name, relayout", [
+    # same element count, another layout: a count-only check would reshape these into wrong values
+    ("encoder.embeddings.position_embeddings", lambda a: np.ascontiguousarray(a.transpose(0, 2, 1))),
+    ("encoder.embeddings.patch_embeddings.projection.weight", lambda a: np.ascontiguousarray(a.transpose(2, 3, 1, 0))),
+    ("encoder.embeddings.cls_token", lambda a: a.reshape(-1, 1, 1)),
+])
+def test_reshaped_tensor_in_another_layout_is_refused(tiny, name, relayout):
+    _, path = tiny
+    shape = []
+    _rewrite(path, lambda t: (shape.extend(t[name].shape), t.__setitem__(name, relayout(t[name]))))
+    wrong = list(relayout(np.zeros(shape)).shape)
+    assert wrong != shape and np.prod(wrong) == np.prod(shape)
+    with pytest.raises(pv.CheckpointError, match=rf"model\.safetensors: tensor {re.escape(name)} has shape "
+                                                rf"{re.escape(str(wrong))}, the config needs {re.escape(str(shape))}"):
+        pv.load(path)
+
+
+def _sharded(tmp_path):
+    from conftest import make_reference
+    path = str(tmp_path / "m")
+    make_reference().save_pretrained(path, max_shard_size="20KB")
+    index = os.path.join(path, "model.safetensors.index.json")
+    return path, index, json.load(open(index))
+
+
+@pytest.mark.parametrize("shard", ["../model-00001-of-00009.safetensors", "/etc/passwd", "sub/x.safetensors", "..",
+                                   5])
+def test_shard_name_outside_the_folder_is_refused(tmp_path, shard):
+    path, index, data = _sharded(tmp_path)
+    (tmp_path / "model-00001-of-00009.safetensors").write_bytes(b"outside")  # a file the name would reach
+    data["weight_map"] = {name: shard for name in data["weight_map"]}
+    json.dump(data, open(index, "w"))
+    with pytest.raises(pv.CheckpointError, match=rf"model\.safetensors\.index\.json: shard name "
+                                                rf"{re.escape(repr(shard))} is not a plain file name"):
+        pv.load(path)
+
+
+@pytest.mark.parametrize("weight_map, problem", [
+    (None, "KeyError: 'weight_map'"),
+    (["model-00001-of-00002.safetensors"], "AttributeError"),
+    ({"a": "x.safetensors", "b": 3}, "TypeError"),
+])
+def test_malformed_weight_map_names_the_index(tmp_path, weight_map, problem):
+    path, index, data = _sharded(tmp_path)
+    if weight_map is None:
+        del data["weight_map"]
+    else:
+        data["weight_map"] = weight_map
+    json.dump(data, open(index, "w"))
+    with pytest.raises(pv.CheckpointError, match=rf"{re.escape(index)}: not a readable weights index .*{problem}"):
+        pv.load(path)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_safetensors_load_exactly(tmp_path, dtype):
+    """bf16/f16 safetensors (as torch writes them) load bit-exact, as stored, and compute."""
+    import jax.numpy as jnp
+    import torch
+    from safetensors.torch import load_file as load_torch, save_file as save_torch
+    from conftest import make_reference, rand_ids, rand_pixels, save_reference, torch_forward
+    model = make_reference()
+    path = save_reference(model, tmp_path / "m")
+    f = os.path.join(path, "model.safetensors")
+    save_torch({k: v.to(getattr(torch, dtype)).contiguous() for k, v in load_torch(f).items()}, f)
+    params, config = pv.load(path)
+    want = load_torch(f)
+    assert params["decoder"]["wte"].dtype == jnp.dtype(dtype)
+    np.testing.assert_array_equal(np.asarray(params["decoder"]["wte"], np.float32),
+                                  want["decoder.transformer.wte.weight"].float().numpy())
+    np.testing.assert_array_equal(np.asarray(params["encoder"]["pos"], np.float32),
+                                  want["encoder.embeddings.position_embeddings"].float().numpy()[0])
+    px, ids = rand_pixels(1), rand_ids(1, 4)
+    ref = torch_forward(model, px, ids).logits.numpy()  # the float32 model these weights were rounded from
+    ours = np.asarray(pv.forward(params, px, ids, dtype=dtype))
+    assert np.linalg.norm(ours - ref) < 3e-2 * np.linalg.norm(ref)
+
+
+@pytest.mark.parametrize("option, value", [("num_beam_groups", 2), ("constraints", [[1, 2]]), ("typical_p", 0.5),
+                                           ("suppress_tokens", [3])])
+def test_generation_config_with_unsupported_option(tiny, option, value):
+    _, path = tiny
+    f = os.path.join(path, "generation_config.json")
+    d = json.load(open(f))
+    d[option] = value
+    json.dump(d, open(f, "w"))
+    with pytest.raises(pv.ConfigError, match=rf"generation_config\.json: {option}=.* is not supported"):
         pv.load(path)

@@ -9,32 +9,14 @@ import pytest
 
 import purevedec as pv
 from conftest import make_reference, maxdiff, rand_ids, rand_pixels, save_reference, torch_forward
+from models import CASES, SEEDS
 
 TOL = 1e-4
-
-# Each case changes options a real checkpoint can carry; together they cover every option the
-# config parser implements.
-CASES = {
-    "default_projection": ({}, {}),
-    "same_width_no_qkv_bias_relu": (dict(hidden_size=24, qkv_bias=False, hidden_act="gelu_new"),
-                                    dict(activation_function="relu", n_inner=40)),
-    "inverse_layer_scale_upcast": (dict(layer_norm_eps=1e-6, hidden_act="quick_gelu"),
-                                   dict(scale_attn_by_inverse_layer_idx=True, reorder_and_upcast_attn=True,
-                                        layer_norm_epsilon=1e-3, activation_function="gelu_pytorch_tanh")),
-    "unscaled_attention_untied_head": (dict(hidden_act="silu"),
-                                       dict(scale_attn_weights=False, tie_word_embeddings=False,
-                                            activation_function="gelu")),
-    "rect_image_one_channel": (dict(image_size=[16, 24], patch_size=4, num_channels=1, hidden_act="relu"),
-                               dict(activation_function="gelu_fast", n_head=2)),
-    "rect_patch": (dict(image_size=[16, 24], patch_size=[4, 8], intermediate_size=20), dict(n_layer=3)),
-    "cross_size_given": (dict(hidden_size=24, num_attention_heads=3), dict(cross_attention_hidden_size=24)),
-}
-
 
 @pytest.fixture(scope="module", params=sorted(CASES))
 def case(request, tmp_path_factory):
     enc_kw, dec_kw = CASES[request.param]
-    model = make_reference(enc_kw, dec_kw, seed=hash(request.param) % 1000)
+    model = make_reference(enc_kw, dec_kw, seed=SEEDS[request.param])
     path = save_reference(model, tmp_path_factory.mktemp(request.param))
     params, config = pv.load(path)
     return model, params, config
@@ -77,6 +59,26 @@ def test_encode_then_decode_equals_forward(case):
     assert enc.shape == (2, 1 + config.encoder.num_patches, config.decoder.n_embd)
     np.testing.assert_allclose(pv.decode(params, ids, enc, config), pv.forward(params, px, ids, config),
                                atol=1e-5)
+
+
+def test_cached_steps_and_generation_match(case):
+    """Every config variant: a prompt then token-by-token cached steps give forward's logits, and
+    greedy generation gives transformers' tokens."""
+    import torch
+    model, params, config = case
+    px, ids = _pixels_for(config, 2, seed=3), rand_ids(2, 7, config.decoder.vocab_size, seed=4)
+    full = np.asarray(pv.forward(params, px, ids))
+    cache = pv.init_cache(params, pv.encode(params, px), max_len=9)
+    logits, cache = pv.step(params, cache, ids[:, :3])
+    parts = [np.asarray(logits)]
+    for t in range(3, 7):
+        logits, cache = pv.step(params, cache, ids[:, t:t + 1])
+        parts.append(np.asarray(logits))
+    assert np.max(np.abs(np.concatenate(parts, 1) - full)) <= TOL
+    # greedy only: the search code does not depend on the variant (test_generate covers beams)
+    with torch.no_grad():
+        ref = model.generate(pixel_values=torch.tensor(px), max_new_tokens=6).numpy()
+    np.testing.assert_array_equal(pv.generate(params, px, max_new_tokens=6).sequences, ref)
 
 
 @pytest.mark.parametrize("side", ["right", "left"])

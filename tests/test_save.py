@@ -12,6 +12,7 @@ import pytest
 
 import purevedec as pv
 from conftest import make_reference, maxdiff, rand_ids, rand_pixels, save_reference, torch_forward
+from models import CASES, SEEDS
 
 
 def _reload_in_transformers(path):
@@ -63,3 +64,44 @@ def test_save_refuses_params_that_do_not_fit(tiny, tmp_path):
     del params["proj"]
     with pytest.raises(ValueError, match="proj"):
         pv.save(params, config, tmp_path / "out")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_save_every_config_variant(tmp_path, case):
+    """Each variant of the config matrix (no qkv bias, rectangular patches, no projection,
+    untied head, ...) saves to a directory transformers loads with every weight equal; the
+    pooler that ViTModel builds is written as a zeros placeholder of its shape."""
+    enc_kw, dec_kw = CASES[case]
+    model = make_reference(enc_kw, dec_kw, seed=SEEDS[case])
+    params, config = pv.load(save_reference(model, tmp_path / "in"))
+    pv.save(params, config, tmp_path / "out")
+    back = _reload_in_transformers(str(tmp_path / "out"))
+    got = back.state_dict()
+    for name, t in model.state_dict().items():
+        if "pooler" in name:
+            assert got[name].shape == t.shape and not got[name].any(), name
+        else:
+            assert (got[name] == t).all(), name
+    assert pv.load_config(tmp_path / "out") == config
+
+
+def test_save_bf16_params(tiny, tmp_path):
+    """bf16 params are written as BF16 tensors (no float32 detour) that transformers reads back
+    as the same bf16 values."""
+    import jax.numpy as jnp
+    import torch
+    from safetensors import safe_open
+    model, path = tiny
+    params, config = pv.load(path, dtype=jnp.bfloat16)
+    pv.save(params, config, tmp_path / "out")
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+    assert dtypes == {"BF16"}
+    back = _reload_in_transformers(str(tmp_path / "out"))
+    want = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
+    for name, t in back.state_dict().items():
+        if "pooler" not in name:
+            assert t.dtype == torch.bfloat16 and (t == want[name]).all(), name
+    again, _ = pv.load(tmp_path / "out")
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32)),
+                 params, again)

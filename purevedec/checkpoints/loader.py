@@ -28,15 +28,18 @@ from .jsonfile import read_json_object
 
 
 def _convert(name: str, array: np.ndarray, paths: tuple[str, ...], rule: hf_names.Rule,
-             shapes: dict, where: str) -> list[np.ndarray]:
+             shapes: dict, where: str, config: Config) -> list[np.ndarray]:
     want = [shapes.get(p) for p in paths]
     if None in want:
         raise CheckpointError(f"{where}: tensor {name} does not fit the config (no param {paths[want.index(None)]}; "
                               "is the layer count in config.json right?)")
     if rule.kind == "reshape":
-        if array.size != int(np.prod(want[0])):
+        # The exact HF shape, not only the element count: a same-size tensor in another layout
+        # (a transposed position table, an HWIO patch kernel) would reshape into wrong values.
+        hf = hf_names.hf_shape(rule, config)
+        if tuple(array.shape) != hf:
             raise CheckpointError(f"{where}: tensor {name} has shape {list(array.shape)}, the config needs "
-                                  f"{int(np.prod(want[0]))} values for {paths[0]} {list(want[0])}")
+                                  f"{list(hf)} (for {paths[0]} {list(want[0])})")
         return [array.reshape(want[0])]
     try:
         parts = hf_names.TRANSFORMS[rule.kind][0](array) if array.ndim else [array]
@@ -66,7 +69,7 @@ def build_params(tensors: Iterable[tuple[str, np.ndarray]], config: Config, *, d
             raise CheckpointError(f"{where}: unexpected tensor {name} {list(np.shape(array))}: no "
                                   f"{config.encoder.model_type}/{config.decoder.model_type} parameter has that name")
         rule, paths = found
-        for path, part in zip(paths, _convert(name, np.asarray(array), paths, rule, shapes, where)):
+        for path, part in zip(paths, _convert(name, np.asarray(array), paths, rule, shapes, where, config)):
             if path in flat:
                 raise CheckpointError(f"{where}: tensor {name} appears more than once")
             flat[path] = jnp.asarray(part, dtype=dtype or part.dtype)

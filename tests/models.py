@@ -1,5 +1,9 @@
-"""Random transformers VisionEncoderDecoder models: the reference every purevedec output is
-compared with. Used by the tests and the benchmarks; needs the test extra (torch, transformers).
+"""Random transformers VisionEncoderDecoder models, and the tokenizer and preprocessor a
+captioning checkpoint carries: the reference every purevedec output is compared with.
+
+The one builder of reference models, used by the tests (``from models import ...``, the tests
+folder being on the path) and by the benchmarks (``from tests.models import ...``); needs the
+test extra (torch, transformers).
 """
 
 from __future__ import annotations
@@ -13,6 +17,27 @@ FULL_ENCODER = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=1
                     image_size=224, patch_size=16)
 FULL_DECODER = dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024,
                     bos_token_id=50256, eos_token_id=50256, pad_token_id=50256)
+
+
+# The config matrix: each case changes options a real checkpoint can carry; together they cover
+# every option the config parser implements. Values are (encoder, decoder) keyword overrides.
+CASES = {
+    "default_projection": ({}, {}),
+    "same_width_no_qkv_bias_relu": (dict(hidden_size=24, qkv_bias=False, hidden_act="gelu_new"),
+                                    dict(activation_function="relu", n_inner=40)),
+    "inverse_layer_scale_upcast": (dict(layer_norm_eps=1e-6, hidden_act="quick_gelu"),
+                                   dict(scale_attn_by_inverse_layer_idx=True, reorder_and_upcast_attn=True,
+                                        layer_norm_epsilon=1e-3, activation_function="gelu_pytorch_tanh")),
+    "unscaled_attention_untied_head": (dict(hidden_act="silu"),
+                                       dict(scale_attn_weights=False, tie_word_embeddings=False,
+                                            activation_function="gelu")),
+    "rect_image_one_channel": (dict(image_size=[16, 24], patch_size=4, num_channels=1, hidden_act="relu"),
+                               dict(activation_function="gelu_fast", n_head=2)),
+    "rect_patch": (dict(image_size=[16, 24], patch_size=[4, 8], intermediate_size=20), dict(n_layer=3)),
+    "cross_size_given": (dict(hidden_size=24, num_attention_heads=3), dict(cross_attention_hidden_size=24)),
+}
+# Fixed per case, so that a failure reproduces (string hashes change from process to process).
+SEEDS = {name: seed for seed, name in enumerate(CASES)}
 
 
 def make_reference(enc_kw=None, dec_kw=None, *, seed=0, init_scale=1.0, top_kw=None,
