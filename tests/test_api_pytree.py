@@ -62,8 +62,8 @@ def test_the_config_is_a_leafless_node(params):
     leaves = jax.tree.leaves(params)
     assert len(leaves) == len(jax.tree.leaves(weights_only(params)))
     assert not any(isinstance(x, pv.Config) for x in leaves)
-    # Config equality and hash ignore the generation defaults: they live beside it, not inside.
-    assert hash(CONFIG) == hash(tiny_config())
+    # The config lives in the tree structure (static): unflattening restores it.
+    assert jax.tree.unflatten(jax.tree.structure(params), leaves)["config"] is CONFIG
 
 
 def test_three_arguments_equal_four(params, logits):
