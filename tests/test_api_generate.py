@@ -5,7 +5,6 @@ static, and greedy/beam search ignore a key."""
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
