@@ -77,9 +77,8 @@ def _value_range(x) -> tuple[int, int] | None:
     return int(x.min()), int(x.max())
 
 
-def check_ids(ids, config: Config, name: str = "ids", offset: int = 0, origin: str = "") -> None:
-    """Shape, dtype and (when concrete) range checks for decoder token ids [B,T]. ``origin``
-    says where the ids came from, for the message."""
+def check_ids(ids, config: Config, name: str = "ids", offset: int = 0) -> None:
+    """Shape, dtype and (when concrete) range checks for decoder token ids [B,T]."""
     if getattr(ids, "ndim", None) != 2:
         raise ValueError(f"{name} must be a [B,T] array of token ids, got shape {getattr(ids, 'shape', None)}")
     if not jnp.issubdtype(ids.dtype, jnp.integer):
@@ -91,7 +90,7 @@ def check_ids(ids, config: Config, name: str = "ids", offset: int = 0, origin: s
     found = _value_range(ids)
     if found and (found[0] < 0 or found[1] >= dec.vocab_size):
         raise ValueError(f"{name} hold token ids in [{found[0]}, {found[1]}], outside the vocabulary "
-                         f"[0, {dec.vocab_size}){origin}")
+                         f"[0, {dec.vocab_size})")
 
 
 def _check_positions(position_ids, ids, config: Config) -> None:

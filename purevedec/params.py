@@ -72,26 +72,33 @@ def map_with_path(tree, fn, prefix: str = ""):
     return fn(prefix, tree)
 
 
-def _init_leaf(path: str, shape: tuple, config: Config, key, dtype):
-    """transformers' init: normal(0, initializer_range) weights and embeddings, zero biases,
-    unit norms, truncated-normal ViT/DeiT cls/pos, zero BEiT tokens, positions and relative
-    biases, BEiT's layer scales at layer_scale_init_value, and GPT-2's residual projections
-    scaled by 1/sqrt(2 * n_layer)."""
+def _init_rule(path: str, config: Config) -> tuple[str, float]:
+    """transformers' init of one leaf as (kind, value): normal(0, initializer_range) weights and
+    embeddings, zero biases, unit norms, truncated-normal ViT/DeiT cls/pos, zero BEiT tokens,
+    positions and relative biases, BEiT's layer scales at layer_scale_init_value, and GPT-2's
+    residual projections scaled by 1/sqrt(2 * n_layer)."""
     part = path.split(".")
     leaf, section = part[-1], part[0]
     std = config.encoder.initializer_range if section == "encoder" else config.decoder.initializer_range
     if leaf == "scale":
-        return jnp.ones(shape, dtype)
+        return "ones", 1.0
     if leaf in ("b", "bias", "rel_bias", "dist") or (section == "encoder" and config.encoder.model_type == "beit"
                                                       and leaf in ("cls", "pos")):
-        return jnp.zeros(shape, dtype)
+        return "zeros", 0.0
     if leaf in ("ls1", "ls2"):
-        return jnp.full(shape, config.encoder.layer_scale_init_value, dtype)
+        return "full", config.encoder.layer_scale_init_value
     if section == "encoder" and leaf in ("cls", "pos"):
-        return (std * jax.random.truncated_normal(key, -2.0 / std, 2.0 / std, shape)).astype(dtype)
+        return "truncated", std
     if section == "decoder" and config.decoder.model_type == "gpt2" and part[-2] in ("o", "out"):
         std = std / math.sqrt(2 * config.decoder.n_layer)
-    return (std * jax.random.normal(key, shape)).astype(dtype)
+    return "normal", std
+
+
+# One jitted draw per kind for the whole tree: a draw per leaf compiled a random kernel per
+# shape (~30 s for a tiny model on a busy 2-core CPU, against ~2 s for two draws).
+_normal = jax.jit(lambda key, n: jax.random.normal(key, (n,)), static_argnums=1)
+# transformers' trunc_normal_ cuts at absolute values +-2, i.e. +-2/std standard deviations.
+_truncated = jax.jit(lambda key, n, cut: jax.random.truncated_normal(key, -cut, cut, (n,)), static_argnums=1)
 
 
 def init_params(config: Config, key, dtype=jnp.float32) -> dict:
@@ -99,10 +106,30 @@ def init_params(config: Config, key, dtype=jnp.float32) -> dict:
     if not isinstance(config, Config):
         raise TypeError(f"init_params(config, key): config must be a purevedec.Config, got {type(config).__name__}")
     shapes = param_shapes(config)
-    flat = flatten(shapes)
-    keys = dict(zip(flat, jax.random.split(key, len(flat))))
-    weights = map_with_path(shapes, lambda path, shape: _init_leaf(path, shape, config, keys[path], dtype))
-    return {**weights, "config": config}
+    rules = {path: _init_rule(path, config) for path in flatten(shapes)}
+    offsets, sizes = {}, {"normal": 0, "truncated": 0}
+    for path, shape in flatten(shapes).items():
+        kind = rules[path][0]
+        if kind in sizes:
+            offsets[path] = sizes[kind]
+            sizes[kind] += math.prod(shape)
+    k_normal, k_truncated = jax.random.split(key)
+    draws = {"normal": _normal(k_normal, sizes["normal"]),
+             "truncated": _truncated(k_truncated, sizes["truncated"], 2.0 / config.encoder.initializer_range)}
+    # Concrete draws are cut into leaves with numpy (no kernel compiled per shape); traced ones
+    # (under jit or eval_shape) with jax.
+    xp = jnp if isinstance(draws["normal"], jax.core.Tracer) else np
+    draws = {k: xp.asarray(v) for k, v in draws.items()}
+
+    def leaf(path, shape):
+        kind, std = rules[path]
+        if kind in ("ones", "zeros"):
+            return jnp.asarray(getattr(xp, kind)(shape, dtype))
+        if kind == "full":
+            return jnp.asarray(xp.full(shape, std, dtype))
+        start = offsets[path]
+        return jnp.asarray((std * draws[kind][start:start + math.prod(shape)].reshape(shape)).astype(dtype))
+    return {**map_with_path(shapes, leaf), "config": config}
 
 
 def _describe(x) -> str:

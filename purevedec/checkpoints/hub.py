@@ -57,11 +57,11 @@ def _cached(repo_id: str, revision: str | None, cache_dir: str | None, why: str)
 
 def snapshot_dir(repo_id: str, *, revision: str | None = None, cache_dir: str | None = None) -> str:
     """A local directory holding ``repo_id``'s config and one weights format."""
-    from huggingface_hub import HfApi, constants, snapshot_download
-    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
-    if not looks_like_repo_id(repo_id):
+    if not looks_like_repo_id(repo_id):  # before importing huggingface_hub (~1 s): a typo fails at once
         raise CheckpointError(f"{repo_id!r:.200} is not a directory, and cannot be a Hub repo id ('name' or "
                               "'owner/name'): check the path")
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
     if constants.HF_HUB_OFFLINE:
         return _cached(repo_id, revision, cache_dir, "the machine is offline (HF_HUB_OFFLINE=1)")
     try:

@@ -74,7 +74,12 @@ def start_origin(gen: GenerationConfig) -> str:
 
 
 def _check_vocab(gen: GenerationConfig, vocab: int) -> None:
-    """Ids that processors index the vocabulary with (JAX indexing would wrap or drop them)."""
+    """Ids that the decoder reads or processors index the vocabulary with (JAX indexing would
+    wrap or drop them). The start token begins every prompt, given or not."""
+    start = special_ids(gen)[0]
+    if not 0 <= start < vocab:
+        raise ConfigError(f"the decoder start token {start} (from {start_origin(gen)}) is outside the vocabulary "
+                          f"[0, {vocab}): set decoder_start_token_id in the Config or pass it to generate()")
     named = {"bad_words_ids": [t for row in gen.bad_words_ids or () for t in row],
              "forced_bos_token_id": [] if gen.forced_bos_token_id is None else [gen.forced_bos_token_id],
              "forced_eos_token_id": list(gen.forced_eos_token_id or ())}

@@ -21,7 +21,7 @@ from ..params import unpack
 from .beam_loop import beam_loop
 from .keys import batch_key, per_image, row_keys
 from .options import TRACEABLE, GenerationConfig, defaults_for, with_options
-from .plan import make_plan, prepare_prompt, start_origin
+from .plan import make_plan, prepare_prompt
 from .processors import Knobs
 from .sample_loop import last_cross, sample_loop
 
@@ -104,8 +104,7 @@ def generate_core(params, pixels, config: Config | None = None, *, key=None,
     plan = make_plan(gen, config, prompt.shape[1], bool(output_cross_attentions), traced=frozenset(traced))
     if plan.processing.sample and key is None:
         raise ValueError("do_sample=True draws random numbers: pass key=jax.random.key(seed)")
-    origin = "" if decoder_input_ids is not None else f" (the decoder start token, from {start_origin(gen)})"
-    check_ids(prompt, config, "decoder_input_ids", origin=origin)
+    check_ids(prompt, config, "decoder_input_ids")  # the start token was checked by make_plan
     knobs = Knobs(*(jnp.asarray(traced.get(k, getattr(gen, k)), jnp.float32) for k in Knobs._fields))
     rep = lambda a: jnp.repeat(jnp.asarray(a, jnp.int32), plan.rows_per_image, axis=0)  # noqa: E731 (image-major)
     ignore = jnp.zeros(prompt.shape[0], jnp.int32) if mask is None else jnp.argmax(jnp.asarray(mask) != 0, axis=1)
