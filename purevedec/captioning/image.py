@@ -69,7 +69,7 @@ class ImageConfig:
 _CONFIG_KEYS = frozenset(ImageConfig.__dataclass_fields__) | _INERT_KEYS | {"do_pad", "pad_size"}
 
 
-def _size(value: Any) -> tuple[int, int]:
+def _size(value: Any, key: str = "size") -> tuple[int, int]:
     """Legacy int (square) or {"height", "width"}; other forms change the ViT input shape."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return (value, value)
@@ -78,7 +78,7 @@ def _size(value: Any) -> tuple[int, int]:
     if isinstance(value, Mapping) and set(value) == {"height", "width"} and all(
             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value.values()):
         return (value["height"], value["width"])
-    raise ConfigError(f"preprocessor size={value!r} is not supported: expected an int or "
+    raise ConfigError(f"preprocessor {key}={value!r} is not supported: expected an int or "
                       '{"height": H, "width": W}')
 
 
@@ -135,7 +135,7 @@ def parse_image_config(d: Mapping) -> ImageConfig:
         image_std=_triple(d.get("image_std", 0.5), "image_std"),
         do_convert_rgb=_flag(d, "do_convert_rgb", False),
         do_center_crop=_flag(d, "do_center_crop", False),
-        crop_size=_size(d.get("crop_size", {"height": 224, "width": 224})),
+        crop_size=_size(d.get("crop_size", {"height": 224, "width": 224}), "crop_size"),
     )
 
 
