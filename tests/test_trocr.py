@@ -147,7 +147,8 @@ def test_generation_is_token_identical(gen_model, case):
     np.testing.assert_array_equal(ours, ref)
     assert np.all(ours[:, 0] == START)
     ends = [1 + list(row[1:]).index(EOS) if EOS in row[1:] else None for row in ours]
-    assert any(e is not None for e in ends) and max(e or ours.shape[1] for e in ends) > 4
+    if case in ("greedy", "recipe"):  # rows that end on EOS, and not all at once
+        assert any(e is not None for e in ends) and max(e or ours.shape[1] for e in ends) > 4
     for row, end in zip(ours, ends):
         if end is not None:
             assert np.all(row[end + 1:] == PAD)
