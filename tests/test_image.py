@@ -168,7 +168,7 @@ def test_defaults_match_vit_processor():
     ({"resample": 7}, "resample"),
     ({"image_mean": [0.5, 0.5]}, "image_mean"),
     ({"do_resize": "yes"}, "do_resize"),
-    ({"do_center_crop": True, "crop_size": 10}, "do_center_crop"),
+    ({"do_center_crop": True, "crop_size": {"shortest_edge": 10}}, "crop_size"),  # the crop itself is supported
     ({"rescale_factor": "x"}, "rescale_factor"),
 ])
 def test_config_errors(d, match):

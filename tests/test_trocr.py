@@ -147,7 +147,8 @@ def test_generation_is_token_identical(gen_model, case):
     np.testing.assert_array_equal(ours, ref)
     assert np.all(ours[:, 0] == START)
     ends = [1 + list(row[1:]).index(EOS) if EOS in row[1:] else None for row in ours]
-    assert any(e is not None for e in ends) and max(e or ours.shape[1] for e in ends) > 4
+    if case in ("greedy", "recipe"):  # rows that end on EOS, and not all at once
+        assert any(e is not None for e in ends) and max(e or ours.shape[1] for e in ends) > 4
     for row, end in zip(ours, ends):
         if end is not None:
             assert np.all(row[end + 1:] == PAD)
@@ -252,3 +253,23 @@ def test_compose_vit_and_trocr_matches_transformers(tmp_path):
     params2, _ = pv.load(tmp_path / "ref")
     px, ids = rand_pixels(1), _ids(1, 4, seed=0)
     assert maxdiff(pv.forward(params2, px, ids), torch_forward(load_reference(tmp_path / "ref"), px, ids).logits) <= 1e-4
+
+
+def test_hand_built_config_saves_and_transformers_runs_it(tmp_path):
+    """Config(DeiTConfig, TrOCRConfig) built in code -> init_params -> save -> transformers
+    reads the config.json written from the dataclasses and computes the same logits."""
+    import jax
+    from purevedec.config import Config, DeiTConfig, TrOCRConfig
+    config = Config(encoder=DeiTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                       intermediate_size=37, image_size=16, patch_size=4),
+                    decoder=TrOCRConfig(vocab_size=60, d_model=24, decoder_layers=1, decoder_attention_heads=4,
+                                        decoder_ffn_dim=40, max_position_embeddings=20, cross_attention_hidden_size=32,
+                                        use_learned_position_embeddings=False, tie_word_embeddings=False),
+                    decoder_start_token_id=START, pad_token_id=PAD, eos_token_id=EOS)
+    assert not config.has_projection and config.cross_width == 32
+    params = pv.init_params(config, jax.random.PRNGKey(0))
+    pv.save(params, tmp_path)
+    ref = load_reference(tmp_path)
+    assert type(ref.decoder).__name__ == "TrOCRForCausalLM" and type(ref.encoder).__name__ == "DeiTModel"
+    px, ids = rand_pixels(1, seed=4), _ids(1, 5, seed=5)
+    assert maxdiff(pv.forward(params, px, ids), torch_forward(ref, px, ids).logits) <= 1e-4

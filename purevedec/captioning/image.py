@@ -1,4 +1,7 @@
-"""Image files -> ``pixels`` [B,3,H,W] float32, as transformers' ViT image processor makes them.
+"""Image files -> ``pixels`` [B,3,H,W] float32, as transformers' ViT (and DeiT) image processor makes them.
+
+DeiT's processor is ViT's with a center crop between the resize and the rescale, and other
+defaults (256 px bicubic resize, 224 px crop), applied when its type is named.
 
 The reference is ``ViTImageProcessorPil`` (transformers 5; it is also what ``ViTImageProcessor``
 falls back to without torchvision): resize with PIL on uint8 RGB, rescale in float64 then cast
@@ -43,7 +46,11 @@ ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 # image_processor_type / feature_extractor_type values whose preprocessing this file reproduces.
 _KNOWN_TYPES = frozenset({"ViTImageProcessor", "ViTImageProcessorPil", "ViTImageProcessorFast",
-                          "ViTFeatureExtractor"})
+                          "ViTFeatureExtractor", "DeiTImageProcessor", "DeiTImageProcessorPil",
+                          "DeiTImageProcessorFast", "DeiTFeatureExtractor"})
+# transformers' DeiTImageProcessor class defaults, where they differ from ViT's.
+_DEIT_DEFAULTS = {"size": {"height": 256, "width": 256}, "resample": 3, "do_center_crop": True,
+                  "crop_size": {"height": 224, "width": 224}}
 _INERT_KEYS = frozenset({"image_processor_type", "feature_extractor_type", "processor_class",
                          "default_to_square", "input_data_format", "data_format", "return_tensors"})
 _RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -61,10 +68,11 @@ class ImageConfig:
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     do_convert_rgb: bool = False
+    do_center_crop: bool = False
+    crop_size: tuple[int, int] = (224, 224)   # (height, width), used with do_center_crop
 
 
-_CONFIG_KEYS = frozenset(ImageConfig.__dataclass_fields__) | _INERT_KEYS | {"do_center_crop", "crop_size",
-                                                                            "do_pad", "pad_size"}
+_CONFIG_KEYS = frozenset(ImageConfig.__dataclass_fields__) | _INERT_KEYS | {"do_pad", "pad_size"}
 
 
 # The largest side a preprocessor may resize to: ViT checkpoints use 224 or 384, and one
@@ -76,7 +84,7 @@ def _side(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SIZE
 
 
-def _size(value: Any) -> tuple[int, int]:
+def _size(value: Any, key: str = "size") -> tuple[int, int]:
     """Legacy int (square) or {"height", "width"}; other forms change the ViT input shape."""
     if _side(value):
         return (value, value)
@@ -84,7 +92,7 @@ def _size(value: Any) -> tuple[int, int]:
         value = {"height": value[0], "width": value[1]}
     if isinstance(value, Mapping) and set(value) == {"height", "width"} and all(map(_side, value.values())):
         return (value["height"], value["width"])
-    raise ConfigError(f"preprocessor size={value!r:.80} is not supported: expected an int or "
+    raise ConfigError(f"preprocessor {key}={value!r:.80} is not supported: expected an int or "
                       f'{{"height": H, "width": W}}, sides in [1, {MAX_SIZE}]')
 
 
@@ -113,7 +121,7 @@ def _check_type(d: Mapping) -> None:
     kind = d.get("image_processor_type", d.get("feature_extractor_type"))
     if kind is not None and (not isinstance(kind, str) or kind not in _KNOWN_TYPES):
         raise ConfigError(f"preprocessor type {kind!r} is not supported; supported: {sorted(_KNOWN_TYPES)}")
-    for key in ("do_center_crop", "do_pad"):
+    for key in ("do_pad",):
         if d.get(key):
             raise ConfigError(f"preprocessor {key}=true is not supported by the ViT preprocessing")
     unknown = sorted(k for k in d if k not in _CONFIG_KEYS)
@@ -125,6 +133,8 @@ def _check_type(d: Mapping) -> None:
 def parse_image_config(d: Mapping) -> ImageConfig:
     """Parse the dict of a ``preprocessor_config.json``, refusing options that change the math."""
     _check_type(d)
+    if str(d.get("image_processor_type", d.get("feature_extractor_type", ""))).startswith("DeiT"):
+        d = {**_DEIT_DEFAULTS, **{k: v for k, v in d.items() if v is not None}}
     resample = d.get("resample", 2)
     if type(resample) is not int or resample not in _RESAMPLE:
         raise ConfigError(f"preprocessor resample={resample!r} must be a PIL resampling filter "
@@ -138,6 +148,8 @@ def parse_image_config(d: Mapping) -> ImageConfig:
         image_mean=_triple(d.get("image_mean", 0.5), "image_mean"),
         image_std=_triple(d.get("image_std", 0.5), "image_std"),
         do_convert_rgb=_flag(d, "do_convert_rgb", False),
+        do_center_crop=_flag(d, "do_center_crop", False),
+        crop_size=_size(d.get("crop_size", {"height": 224, "width": 224}), "crop_size"),
     )
 
 
@@ -291,11 +303,26 @@ def _normalize(arr: np.ndarray, mean, std) -> np.ndarray:
     return (arr - np.array(mean, arr.dtype)) / np.array(std, arr.dtype)
 
 
+def center_crop(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[H,W,C] -> [h,w,C] around the centre (top = (H - h) // 2), as transformers' center_crop; a
+    side shorter than the crop is first zero-padded, ceil((h - H) / 2) before it."""
+    (height, width), (h, w) = arr.shape[:2], size
+    pad_top, pad_left = max(0, -(-(h - height) // 2)), max(0, -(-(w - width) // 2))
+    if pad_top or pad_left:
+        canvas = np.zeros((max(h, height), max(w, width), arr.shape[2]), arr.dtype)
+        canvas[pad_top:pad_top + height, pad_left:pad_left + width] = arr
+        arr = canvas
+    top, left = (height - h) // 2 + pad_top, (width - w) // 2 + pad_left
+    return arr[max(0, top):top + h, max(0, left):left + w]
+
+
 def preprocess_one(image: ImageInput, config: ImageConfig) -> np.ndarray:
     """One input -> [3,H,W] float32."""
     arr = to_rgb_array(image, config)
     if config.do_resize:
         arr = _resize(arr, config.size, config.resample)
+    if config.do_center_crop:
+        arr = center_crop(arr, config.crop_size)
     if config.do_rescale:
         arr = _rescale(arr, config.rescale_factor)
     if config.do_normalize:
