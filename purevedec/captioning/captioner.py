@@ -24,10 +24,18 @@ from .text import TextTokenizer, load_tokenizer
 
 
 class Caption(NamedTuple):
+    """One generated caption of one image.
+
+    ``text`` is the decoded caption, special tokens skipped. ``score`` is the sequence score ``generate`` reports: the length-normalised beam score for
+    beam search, the sum of the generated tokens' log-probabilities for greedy search and
+    sampling. ``token_ids`` are the generated tokens (the decoder start token excluded) up to
+    and including the first EOS. ``attention`` is None unless asked for: [T, P] float32, per
+    generated token, the cross-attention over the P image patches (row-major over the patch
+    grid), averaged over layers and heads, without the CLS token's share."""
     text: str
-    score: float                         # the sequence score generate reports (length-normalised for beams)
-    token_ids: tuple[int, ...]           # generated tokens, up to and including the first EOS
-    attention: Optional[np.ndarray]      # [T, P]: per generated token, cross-attention over the P patches
+    score: float
+    token_ids: tuple[int, ...]
+    attention: Optional[np.ndarray]
 
 
 def model_dir(name: str | os.PathLike) -> str:
@@ -56,11 +64,23 @@ def _patch_attention(cross: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Captioner:
+    """A checkpoint ready to caption: params (with their config), preprocessing and tokenizer.
+
+    Build it with ``Captioner.from_pretrained(name_or_path, dtype=None)``. ``caption`` returns
+    texts, ``captions`` yields ``Caption`` records. Options are ``purevedec.generate``'s
+    (num_beams, max_new_tokens, do_sample, temperature, top_k, top_p, num_return_sequences,
+    ...); unset ones come from the checkpoint's generation config. Inputs are paths, PIL images
+    or arrays (HWC, CHW or HW)."""
     params: Any
-    config: Any                          # purevedec.Config
+    """The model's params (they carry their config)."""
+    config: Any
+    """The model's ``purevedec.Config``."""
     image_config: ImageConfig
+    """The checkpoint's preprocessing (``preprocessor_config.json``)."""
     tokenizer: TextTokenizer
-    dtype: Any = None                    # compute dtype for generate (None: float32)
+    """The checkpoint's tokenizer."""
+    dtype: Any = None
+    """Compute dtype for generate (None: float32)."""
 
     @classmethod
     def from_pretrained(cls, name: str | os.PathLike, *, dtype=None) -> "Captioner":
