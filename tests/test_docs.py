@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import inspect
 import io
 import json
@@ -28,7 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 HUB_ID = "nlpconnect/vit-gpt2-image-captioning"
 PUBLIC_MODULES = ("purevedec", "purevedec.config", "purevedec.errors", "purevedec.model", "purevedec.params",
-                  "purevedec.generation", "purevedec.checkpoints", "purevedec.captioning")
+                  "purevedec.generation", "purevedec.checkpoints", "purevedec.captioning",
+                  *(m for m in ("purevedec.sharding", "purevedec.training") if importlib.util.find_spec(m)))
 PREPROCESSOR = {"image_processor_type": "ViTImageProcessor", "size": {"height": 16, "width": 16},
                 "resample": 2, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
 # pdoc cannot resolve the string annotations of the __init__ that typing.NamedTuple generates

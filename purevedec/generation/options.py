@@ -51,7 +51,7 @@ class GenerationConfig:
     repetition_penalty: float = 1.0
     """Divides positive (multiplies negative) logits of tokens already in the sequence (1 is off)."""
     length_penalty: float = 1.0
-    """Beam search: a finished beam's score is its summed log-prob / length ** length_penalty."""
+    """Beam search: a finished beam's score is its summed log-prob / (generated tokens) ** length_penalty."""
     early_stopping: bool | str = False
     """Beam search stopping rule: True, False or "never", as transformers."""
     no_repeat_ngram_size: int = 0
