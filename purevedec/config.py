@@ -81,20 +81,35 @@ def _set(obj, name: str, value) -> None:
 class ViTConfig:
     """transformers' ViTConfig fields that change the math (defaults: ViT-B/16 at 224)."""
     hidden_size: int = 768
+    """Width D_enc of the encoder's tokens."""
     num_hidden_layers: int = 12
+    """Transformer layers L_enc."""
     num_attention_heads: int = 12
-    head_dim: int | None = None               # None: hidden_size // num_attention_heads
+    """Attention heads H per layer."""
+    head_dim: int | None = None
+    """Width K of one head; None (the default) means ``hidden_size // num_attention_heads``."""
     intermediate_size: int = 3072
+    """Width of the MLP's hidden layer."""
     hidden_act: str = "gelu"
+    """The MLP's activation, by transformers' ``ACT2FN`` name."""
     layer_norm_eps: float = 1e-12
-    image_size: tuple[int, int] = (224, 224)  # an int means a square
+    """Epsilon of every layer norm."""
+    image_size: tuple[int, int] = (224, 224)
+    """(height, width) in pixels of the images the position table was trained for; an int means a square."""
     patch_size: tuple[int, int] = (16, 16)
+    """(height, width) of a patch; an int means a square. S = patches + 1 ([CLS]) tokens."""
     num_channels: int = 3
+    """Channels C of the input pixels."""
     qkv_bias: bool = True
+    """Whether the query, key and value projections have biases."""
     hidden_dropout_prob: float = 0.0
+    """Dropout after the embeddings, attention output and MLP (only with a ``key``)."""
     attention_probs_dropout_prob: float = 0.0
+    """Dropout on the attention weights (only with a ``key``)."""
     initializer_range: float = 0.02
+    """Standard deviation of ``init_params``' truncated-normal draws."""
     model_type: str = "vit"
+    """transformers' model_type: "vit" ("deit", "beit" for the subclasses)."""
 
     def __post_init__(self):
         w = "encoder"
@@ -131,25 +146,45 @@ class ViTConfig:
 class GPT2Config:
     """transformers' GPT2Config fields that change the math (defaults: GPT-2 124M)."""
     vocab_size: int = 50257
+    """Vocabulary size V."""
     n_positions: int = 1024
+    """Rows of the learned position table: the longest decoder sequence."""
     n_embd: int = 768
+    """Width D of the decoder."""
     n_layer: int = 12
+    """Transformer layers L."""
     n_head: int = 12
-    n_inner: int | None = None                # None: 4 * n_embd
+    """Attention heads H per layer (head width K = n_embd // n_head)."""
+    n_inner: int | None = None
+    """Width of the MLP's hidden layer; None (the default) means ``4 * n_embd``."""
     activation_function: str = "gelu_new"
+    """The MLP's activation, by transformers' ``ACT2FN`` name."""
     layer_norm_epsilon: float = 1e-5
+    """Epsilon of every layer norm."""
     scale_attn_weights: bool = True
+    """Divide attention scores by sqrt(K)."""
     scale_attn_by_inverse_layer_idx: bool = False
+    """Also divide the scores of layer i by i + 1."""
     reorder_and_upcast_attn: bool = False
+    """transformers' float32 attention option (the scores are float32 here anyway)."""
     tie_word_embeddings: bool = True
+    """The LM head is ``wte`` itself (no ``lm_head`` param) when True."""
     resid_pdrop: float = 0.1
+    """Dropout on residual branches (only with a ``key``)."""
     embd_pdrop: float = 0.1
+    """Dropout on the embeddings (only with a ``key``)."""
     attn_pdrop: float = 0.1
+    """Dropout on the attention weights (only with a ``key``)."""
     initializer_range: float = 0.02
+    """Standard deviation of ``init_params``' normal draws."""
     bos_token_id: int | None = 50256
+    """Beginning-of-sequence id (GPT-2's 50256)."""
     eos_token_id: int | tuple[int, ...] | None = 50256
+    """End-of-sequence id, or a tuple of them."""
     pad_token_id: int | None = None
+    """Padding id, or None."""
     model_type: str = "gpt2"
+    """transformers' model_type: "gpt2"."""
 
     def __post_init__(self):
         w = "decoder"
@@ -296,13 +331,18 @@ class TrOCRConfig:
 @dataclass(frozen=True)
 class Config:
     """A whole VisionEncoderDecoder: encoder, decoder, and how they are joined."""
-    encoder: ViTConfig = ViTConfig()               # ViTConfig, DeiTConfig or BeitConfig
+    encoder: ViTConfig = ViTConfig()
+    """The image encoder's config: ``ViTConfig``, ``DeiTConfig`` or ``BeitConfig``."""
     decoder: GPT2Config | TrOCRConfig = GPT2Config()
+    """The text decoder's config: ``GPT2Config`` or ``TrOCRConfig``."""
     decoder_start_token_id: int | None = None
+    """The token every generated sequence starts with (and ``shift_right`` puts first)."""
     pad_token_id: int | None = None
+    """The id written after EOS in generated sequences."""
     eos_token_id: int | tuple[int, ...] | None = None
-    # The original config.json text, kept so that save() can write back what it read.
+    """End-of-sequence id, or a tuple of them."""
     source: str = dataclasses.field(default="", compare=False, repr=False)
+    """The original config.json text, kept so that ``save`` can write back what it read (not compared)."""
 
     def __post_init__(self):
         if not isinstance(self.encoder, tuple(ENCODER_CONFIG_TYPES)) or not isinstance(

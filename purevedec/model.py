@@ -27,21 +27,32 @@ from .params import decoder_module, encoder_module, unpack
 
 class EncoderOutput(NamedTuple):
     """What ``encode`` returns when hidden states or attentions are asked for."""
-    hidden: jax.Array                     # [B,S,D_dec]: what the decoder reads (after projection)
-    last_hidden_state: jax.Array          # [B,S,D_enc]: the encoder's own output (before projection)
-    hidden_states: Optional[tuple] = None  # embeddings + each layer's output, [B,S,D_enc] each
-    attentions: Optional[tuple] = None     # each layer's [B,H,S,S] weights
+    hidden: jax.Array
+    """[B,S,D_dec] float32: what the decoder reads (after the projection)."""
+    last_hidden_state: jax.Array
+    """[B,S,D_enc] float32: the encoder's own output (before the projection)."""
+    hidden_states: Optional[tuple] = None
+    """The embeddings and each layer's output, [B,S,D_enc] each (L_enc + 1 arrays), when asked."""
+    attentions: Optional[tuple] = None
+    """Each layer's attention weights [B,H,S,S] (L_enc arrays), when asked."""
 
 
 class Output(NamedTuple):
     """What ``forward`` returns when hidden states or attentions are asked for (transformers' names)."""
-    logits: jax.Array                     # [B,T,V] float32
-    encoder_last_hidden_state: jax.Array  # [B_img,S,D_enc]
-    encoder_hidden_states: Optional[tuple] = None   # L_enc+1 x [B_img,S,D_enc]
-    encoder_attentions: Optional[tuple] = None      # L_enc x [B_img,H,S,S]
-    decoder_hidden_states: Optional[tuple] = None   # L_dec+1 x [B,T,D], the last after the final norm
-    decoder_attentions: Optional[tuple] = None      # L_dec x [B,H,T,T]
-    cross_attentions: Optional[tuple] = None        # L_dec x [B,H,T,S]
+    logits: jax.Array
+    """[B,T,V] float32 next-token logits (B decoder rows)."""
+    encoder_last_hidden_state: jax.Array
+    """[B_img,S,D_enc]: the encoder's output before the projection."""
+    encoder_hidden_states: Optional[tuple] = None
+    """L_enc + 1 arrays [B_img,S,D_enc] (embeddings, then each layer), when asked."""
+    encoder_attentions: Optional[tuple] = None
+    """L_enc arrays [B_img,H,S,S] of attention weights, when asked."""
+    decoder_hidden_states: Optional[tuple] = None
+    """L_dec + 1 arrays [B,T,D] (the last after the final norm), when asked."""
+    decoder_attentions: Optional[tuple] = None
+    """L_dec arrays [B,H,T,T] of self-attention weights, when asked."""
+    cross_attentions: Optional[tuple] = None
+    """L_dec arrays [B,H,T,S] of cross-attention weights over the image tokens, when asked."""
 
 
 _STATIC = ("config", "interpolate_pos_encoding", "dtype", "output_hidden_states", "output_attentions")

@@ -35,7 +35,8 @@ ERROR_MODES = ("raise", "skip", "return")
 class Caption(NamedTuple):
     """One generated caption of one image.
 
-    ``score`` is the sequence score ``generate`` reports: the length-normalised beam score for
+    ``text`` is the decoded caption, special tokens skipped. ``score`` is the sequence score
+    ``generate`` reports: the length-normalised beam score for
     beam search, the sum of the generated tokens' log-probabilities for greedy search and
     sampling. ``token_ids`` are the generated tokens (the decoder start token excluded) up to
     and including the first EOS. ``attention`` is None unless asked for: [T, P] float32, per
@@ -120,10 +121,15 @@ class Captioner:
     temperature, top_k, top_p, num_return_sequences, ...); unset ones come from the checkpoint's
     generation config. Inputs are paths, PIL images or arrays (HWC, CHW or HW)."""
     params: Any
-    config: Any                          # purevedec.Config
+    """The model's params (they carry their config)."""
+    config: Any
+    """The model's ``purevedec.Config``."""
     image_config: ImageConfig
+    """The checkpoint's preprocessing (``preprocessor_config.json``)."""
     tokenizer: TextTokenizer
-    dtype: Any = None                    # compute dtype for generate (None: float32)
+    """The checkpoint's tokenizer."""
+    dtype: Any = None
+    """Compute dtype for generate (None: float32)."""
 
     @classmethod
     def from_pretrained(cls, name: str | os.PathLike, *, dtype=None) -> "Captioner":

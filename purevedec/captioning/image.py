@@ -59,17 +59,28 @@ _RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 
 @dataclass(frozen=True)
 class ImageConfig:
     """What ``preprocessor_config.json`` says, with transformers' ViT defaults."""
-    size: tuple[int, int] = (224, 224)        # (height, width)
+    size: tuple[int, int] = (224, 224)
+    """(height, width) the image is resized to."""
     do_resize: bool = True
-    resample: int = 2                          # a PIL.Image.Resampling value; 2 = bilinear
+    """Resize to ``size`` (else the image must already have it)."""
+    resample: int = 2
+    """The resize filter, a ``PIL.Image.Resampling`` value (2 = bilinear)."""
     do_rescale: bool = True
+    """Multiply the 0-255 pixel values by ``rescale_factor``."""
     rescale_factor: float = 1 / 255
+    """The rescale multiplier (1/255)."""
     do_normalize: bool = True
+    """Subtract ``image_mean`` and divide by ``image_std`` per channel."""
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    """Per-channel mean (after rescaling)."""
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    """Per-channel standard deviation (after rescaling)."""
     do_convert_rgb: bool = False
+    """Convert every image to RGB first (images are RGB either way here)."""
     do_center_crop: bool = False
-    crop_size: tuple[int, int] = (224, 224)   # (height, width), used with do_center_crop
+    """Center-crop to ``crop_size`` after resizing (DeiT's processor)."""
+    crop_size: tuple[int, int] = (224, 224)
+    """(height, width) of the center crop, used with ``do_center_crop``."""
 
 
 _CONFIG_KEYS = frozenset(ImageConfig.__dataclass_fields__) | _INERT_KEYS | {"do_pad", "pad_size"}

@@ -129,8 +129,10 @@ def _backend(path: str, config: Mapping):
 @dataclass(frozen=True)
 class TextTokenizer:
     """Token ids <-> text, as ``AutoTokenizer.from_pretrained(path)`` does it."""
-    backend: Any                 # a tokenizers.Tokenizer
-    cleanup: bool = False        # transformers' clean_up_tokenization (only where it applies)
+    backend: Any
+    """The ``tokenizers.Tokenizer`` doing the work."""
+    cleanup: bool = False
+    """Apply transformers' ``clean_up_tokenization`` when decoding (only where it applies)."""
 
     def encode(self, text: str) -> list[int]:
         """A decoder prompt's ids: ``tokenizer(text, add_special_tokens=False).input_ids``."""

@@ -29,19 +29,28 @@ from .sample_loop import last_cross, sample_loop
 class GenerationResult(NamedTuple):
     """``generate_core``'s fixed-shape output; N = images x returned sequences, Lmax = max_length,
     G = Lmax - prompt length."""
-    sequences: jax.Array                # [N,Lmax] int32: prompt, generated tokens, pad after EOS and to Lmax
-    lengths: jax.Array                  # [N] int32: tokens of each row, prompt and EOS included
-    scores: jax.Array                   # [N] float32: beam score (length-penalised), else sum of token_logprobs
-    token_logprobs: jax.Array           # [N,G] float32: log-prob of each generated token after processing; 0 after EOS
-    cross_attentions: Optional[jax.Array] = None  # [N,G,layers,heads,S] when asked
+    sequences: jax.Array
+    """[N,Lmax] int32: prompt, generated tokens, pad after EOS and up to Lmax."""
+    lengths: jax.Array
+    """[N] int32: tokens in each row, prompt and EOS included."""
+    scores: jax.Array
+    """[N] float32: the length-penalised beam score for beam search, else the sum of ``token_logprobs``."""
+    token_logprobs: jax.Array
+    """[N,G] float32: log-prob of each generated token after the logits processors; 0 after EOS."""
+    cross_attentions: Optional[jax.Array] = None
+    """[N,G,layers,heads,S] float32 cross-attention of each generated token, when asked; else None."""
 
 
 class GenerateOutput(NamedTuple):
     """``generate``'s output, as numpy arrays trimmed to the longest row (L <= Lmax)."""
-    sequences: np.ndarray               # [N,L]: start token (or prompt) first, pad after EOS
-    scores: np.ndarray                  # [N]: beam score (length-penalised), else sum of token_logprobs
-    token_logprobs: np.ndarray          # [N,L-P]: log-prob of each generated token after processing; 0 after EOS
-    cross_attentions: Optional[np.ndarray] = None  # [N,L-P,layers,heads,S] when asked
+    sequences: np.ndarray
+    """[N,L] int: start token (or prompt) first, pad after EOS, as transformers returns them."""
+    scores: np.ndarray
+    """[N] float32: the length-penalised beam score for beam search, else the sum of ``token_logprobs``."""
+    token_logprobs: np.ndarray
+    """[N,L-P] float32: log-prob of each generated token after the logits processors; 0 after EOS."""
+    cross_attentions: Optional[np.ndarray] = None
+    """[N,L-P,layers,heads,S] float32 cross-attention of each generated token, when asked; else None."""
 
 
 @partial(jax.jit, static_argnames=("config", "plan", "dtype", "interpolate_pos_encoding", "shifted"))

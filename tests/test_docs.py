@@ -1,0 +1,187 @@
+"""The documentation: the API reference builds, every public name is documented, and the
+README's quick start runs as written.
+
+The README marks the Python blocks it promises to run with ``<!-- test: NAME -->`` on the line
+before the fence; they run here on a tiny local checkpoint (the Hub id in them is replaced by
+its folder) and their results are compared with transformers on the same inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import inspect
+import io
+import json
+import os
+import re
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import purevedec
+from tests.conftest import make_reference, maxdiff, torch_forward
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(ROOT, "README.md")
+HUB_ID = "nlpconnect/vit-gpt2-image-captioning"
+PUBLIC_MODULES = ("purevedec", "purevedec.config", "purevedec.errors", "purevedec.model", "purevedec.params",
+                  "purevedec.generation", "purevedec.checkpoints", "purevedec.captioning",
+                  *(m for m in ("purevedec.sharding", "purevedec.training") if importlib.util.find_spec(m)))
+PREPROCESSOR = {"image_processor_type": "ViTImageProcessor", "size": {"height": 16, "width": 16},
+                "resample": 2, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
+# pdoc cannot resolve the string annotations of the __init__ that typing.NamedTuple generates
+# (it is compiled in a namespace of its own, so under ``from __future__ import annotations``
+# ``Optional``/``np`` are unknown there); the fields' types are rendered from the class body.
+_PDOC_NAMEDTUPLE_INIT = re.compile(r"Error parsing type annotation .* for purevedec\.[\w.]+\.__init__\. Import of")
+
+
+def readme_blocks() -> dict[str, str]:
+    """{name: code} of the README's Python blocks marked ``<!-- test: name -->``."""
+    text = open(README, encoding="utf-8").read()
+    return dict(re.findall(r"<!-- test: (\w+) -->\n```python\n(.*?)\n```", text, flags=re.S))
+
+
+# --- (a) the reference builds -------------------------------------------------------------------
+
+def test_reference_builds_without_warnings(tmp_path):
+    pdoc = pytest.importorskip("pdoc")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)   # from imported libraries
+        warnings.filterwarnings("ignore", message=_PDOC_NAMEDTUPLE_INIT.pattern)
+        pdoc.pdoc(*PUBLIC_MODULES, output_directory=tmp_path)
+    pages = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.html")}
+    for module in PUBLIC_MODULES:
+        assert module.replace(".", "/") + ".html" in pages, (module, sorted(pages))
+    page = (tmp_path / "purevedec.html").read_text(encoding="utf-8")
+    for name in ("forward", "generate_core", "Captioner", "GenerationResult"):
+        assert f'id="{name}"' in page, name
+
+
+# --- (b) every public name and field is documented ----------------------------------------------
+
+def _fields(cls) -> list[str]:
+    if hasattr(cls, "_fields"):
+        return list(cls._fields)
+    if dataclasses.is_dataclass(cls):
+        return [f.name for f in dataclasses.fields(cls)]
+    return []
+
+
+def test_every_public_name_has_a_docstring():
+    pdoc = pytest.importorskip("pdoc")
+    module = pdoc.doc.Module(purevedec)
+    missing = [name for name in purevedec.__all__ if not (module.get(name) and module.get(name).docstring.strip())]
+    assert not missing, f"public names without a docstring: {missing}"
+
+
+def test_public_classes_document_their_fields():
+    """A field is documented by its own docstring (pdoc shows it under the field) or by name in
+    the class docstring (``field``)."""
+    pdoc = pytest.importorskip("pdoc")
+    module = pdoc.doc.Module(purevedec)
+    classes = [n for n in purevedec.__all__ if inspect.isclass(getattr(purevedec, n)) and _fields(getattr(purevedec, n))]
+    for expected in ("Output", "EncoderOutput", "GenerateOutput", "GenerationResult", "GenerationConfig",
+                     "Captioner", "Caption", "Config", "ViTConfig", "GPT2Config", "ImageConfig"):
+        assert expected in classes
+    undocumented = []
+    for name in classes:
+        doc = module.get(name)
+        for field in _fields(getattr(purevedec, name)):
+            member = doc.members.get(field)
+            own = member.docstring.strip() if member is not None else ""
+            if own.startswith("Alias for field number"):  # namedtuple's placeholder
+                own = ""
+            if not own and f"``{field}``" not in doc.docstring:
+                undocumented.append(f"{name}.{field}")
+    assert not undocumented, f"fields without documentation: {undocumented}"
+
+
+def test_shapes_are_documented_for_array_outputs():
+    for cls in (purevedec.Output, purevedec.EncoderOutput, purevedec.GenerateOutput, purevedec.GenerationResult):
+        source = inspect.getsource(cls)
+        for field in cls._fields:
+            doc = re.search(rf"    {field}: .*\n    \"\"\"(.*?)\"\"\"", source)
+            assert doc and "[" in doc.group(1), f"{cls.__name__}.{field} documents no shape"
+
+
+# --- (c) the README's quick start runs as written ------------------------------------------------
+
+def _tokenizer(path) -> int:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["a dog on the grass", "a cat on a red couch"] * 3, trainers.BpeTrainer(
+        vocab_size=280, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                            unk_token="<|endoftext|>").save_pretrained(path)
+    return tok.get_vocab_size()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny captioning checkpoint: model, tokenizer and preprocessor config in one folder."""
+    path = tmp_path_factory.mktemp("ckpt")
+    vocab = _tokenizer(path)
+    model = make_reference(dec_kw={"vocab_size": vocab, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0},
+                           init_scale=3.0)
+    model.save_pretrained(path)
+    (path / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR))
+    return model, str(path)
+
+
+def _run_block(name: str, checkpoint_dir: str, cwd) -> tuple[dict, str]:
+    code = readme_blocks()[name]
+    assert HUB_ID in code, f"README block {name} no longer loads {HUB_ID}"
+    code = code.replace(f'"{HUB_ID}"', repr(checkpoint_dir))
+    namespace, out, here = {"__name__": "__readme__"}, io.StringIO(), os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, f"README.md:{name}", "exec"), namespace)
+    finally:
+        os.chdir(here)
+    return namespace, out.getvalue()
+
+
+def test_readme_marks_its_quick_start_blocks():
+    blocks = readme_blocks()
+    assert {"quickstart", "research"} <= set(blocks)
+    assert "pv.forward(params, pixels, ids)" in blocks["research"]   # the three-argument call, first
+    text = open(README, encoding="utf-8").read()
+    assert text.index("<!-- test: research -->") < text.index("pv.encode(")
+
+
+def test_readme_quick_start_captions_as_transformers(checkpoint, tmp_path):
+    import torch
+    from transformers import AutoImageProcessor, AutoTokenizer
+    model, path = checkpoint
+    rs = np.random.RandomState(3)
+    names = re.findall(r'"(\w+\.(?:jpg|png))"', readme_blocks()["quickstart"])
+    assert len(names) >= 1
+    for i, name in enumerate(names):
+        Image.fromarray(rs.randint(0, 256, (20 + i, 30, 3), np.uint8)).convert("RGB").save(tmp_path / name)
+    _, printed = _run_block("quickstart", path, tmp_path)
+    captions = eval(printed.strip(), {})   # the block prints a list of strings
+    images = [Image.open(tmp_path / n).convert("RGB") for n in names]
+    pixels = AutoImageProcessor.from_pretrained(path).preprocess(images, return_tensors="pt").pixel_values
+    with torch.no_grad():
+        ids = model.generate(pixel_values=pixels, num_beams=4)
+    want = AutoTokenizer.from_pretrained(path).batch_decode(ids, skip_special_tokens=True)
+    assert captions == want
+
+
+def test_readme_research_block_matches_transformers(checkpoint, tmp_path):
+    model, path = checkpoint
+    ns, _ = _run_block("research", path, tmp_path)
+    logits = np.asarray(ns["logits"])
+    assert logits.shape == (2, 4, model.config.decoder.vocab_size) and logits.dtype == np.float32
+    assert ns["params"]["config"] == ns["config"]
+    ref = torch_forward(model, np.asarray(ns["pixels"]), np.asarray(ns["ids"])).logits
+    assert maxdiff(logits, ref) < 1e-4
