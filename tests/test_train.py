@@ -148,16 +148,20 @@ def test_grad_norm_and_clipping():
     batch = task(seed=6)
     grads = jax.grad(lambda p: pv.loss(p, *batch).loss)(params)
     norm = float(np.sqrt(sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(grads))))
-    cfg = TrainConfig(learning_rate=1e-2, total_steps=3, max_grad_norm=norm / 10, schedule="constant")
-    _, m = run(cfg, params, batch, 1)
+    # eps=0.1 makes AdamW's step depend on the gradient's scale, so clipping shows in the params
+    cfg = TrainConfig(learning_rate=1e-2, total_steps=3, max_grad_norm=norm / 10, schedule="constant", eps=0.1)
+    got, m = run(cfg, params, batch, 1)
     assert float(m[0].grad_norm) == pytest.approx(norm, rel=1e-4)  # reported before clipping
-    # clipping to norm/10 equals optax's AdamW fed gradients divided by 10 by hand
-    opt = optax.adamw(1e-2, weight_decay=0.0, mask=lambda p: leaf_flags(p, decays))
-    upd, _ = opt.update(jax.tree.map(lambda g: g / 10, grads), opt.init(params), params)
-    want = optax.apply_updates(params, upd)
-    got, _ = run(cfg, params, batch, 1)
-    for x, y in zip(jax.tree.leaves(want), jax.tree.leaves(got.params)):
-        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-7)
+
+    def by_hand(scale):
+        opt = optax.adamw(1e-2, eps=0.1, weight_decay=0.0)
+        upd, _ = opt.update(jax.tree.map(lambda g: g * scale, grads), opt.init(params), params)
+        return optax.apply_updates(params, upd)
+    clipped, unclipped = by_hand(0.1), by_hand(1.0)  # clipping to norm/10 divides the gradients by 10
+    for x, y, z in zip(jax.tree.leaves(clipped), jax.tree.leaves(got.params), jax.tree.leaves(unclipped)):
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-8)
+    assert max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(got.params),
+                                                          jax.tree.leaves(unclipped))) > 1e-4
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path):
