@@ -132,7 +132,9 @@ def test_accumulation_equals_one_big_batch():
     """Token-weighted: two micro-batches with different padding give the big batch's gradient."""
     params = pv.init_params(tiny_config(), jax.random.key(3))
     batch = task(n_images=4, k=2, seed=4)
-    one = TrainConfig(learning_rate=1e-2, total_steps=3, max_grad_norm=None, schedule="constant")
+    # eps=0.1: AdamW's step follows the gradient rather than its sign, so the exactly-zero
+    # attention key-bias gradients (round-off on both sides) are not blown up to steps of lr
+    one = TrainConfig(learning_rate=1e-2, total_steps=3, max_grad_norm=None, schedule="constant", eps=0.1)
     two = one.replace(accumulation_steps=2)
     a, ma = run(one, params, batch, 2)
     b, mb = run(two, params, batch, 2)
@@ -140,7 +142,7 @@ def test_accumulation_equals_one_big_batch():
     assert float(mb[0].loss) == pytest.approx(float(ma[0].loss), abs=1e-6)
     assert int(mb[0].tokens) == int((batch[1] != -100).sum())
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-7)
 
 
 def test_grad_norm_and_clipping():
