@@ -4,7 +4,7 @@
     logits = purevedec.forward(params, pixels, ids)          # [B,T,V] float32
 
 Layers, each importing only those before it: the model core (config, layers, vit, gpt2, params,
-model) at the top; ``generation``; ``checkpoints``; ``captioning``.
+model) at the top; ``generation``; ``checkpoints``; ``captioning``; ``training``.
 """
 
 from .config import Config, GPT2Config, ViTConfig, parse_config
@@ -17,6 +17,7 @@ from .checkpoints import (build_params, from_encoder_decoder_pretrained, load, l
                           save)
 from .captioning import (Caption, Captioner, ImageConfig, TextTokenizer, enable_compilation_cache, load_image_config,
                          load_tokenizer, parse_image_config, preprocess)
+from .training import LossOutput, loss, shift_right
 
 __version__ = "0.1.0"
 
@@ -34,4 +35,6 @@ __all__ = [
     # captioning
     "Caption", "Captioner", "ImageConfig", "TextTokenizer", "enable_compilation_cache", "load_image_config",
     "load_tokenizer", "parse_image_config", "preprocess",
+    # training (the train step and loop need the optional extra: pip install purevedec[train])
+    "LossOutput", "loss", "shift_right",
 ]

@@ -16,6 +16,8 @@ cross-attention's K/V are computed once per image, so they stay split.
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 
@@ -121,10 +123,11 @@ def causal_mask(t: int, attention_mask: jax.Array | None, batch: int) -> jax.Arr
 
 
 def apply(p: dict, ids: jax.Array, kv_cross: list, cfg: GPT2Config, *, attention_mask=None,
-           position_ids=None, dtype=jnp.float32, key=None) -> dict:
+           position_ids=None, dtype=jnp.float32, key=None, remat: bool = False) -> dict:
     """Teacher-forced decoder pass. ids [B,T] -> {"logits": [B,T,V], "hidden_states": the
     embeddings and each layer's output, the last one after ln_f (as transformers returns them),
-    "attentions", "cross_attentions"}."""
+    "attentions", "cross_attentions"}. ``remat`` recomputes each layer's activations in the
+    backward pass (jax.checkpoint) instead of storing them: same outputs, less memory."""
     b, t = ids.shape
     if position_ids is None:
         position_ids = jnp.broadcast_to(jnp.arange(t), (b, t))  # transformers' default: 0..T-1
@@ -132,7 +135,9 @@ def apply(p: dict, ids: jax.Array, kv_cross: list, cfg: GPT2Config, *, attention
     mask = causal_mask(t, attention_mask, b)
     hidden, self_ws, cross_ws = [x], [], []
     for i, bp in enumerate(p["blocks"]):
-        x, self_w, cross_w, _ = block(bp, x, kv_cross[i], mask, cfg, i, dtype, key=site_key(key, 1, i))
+        layer = partial(block, cfg=cfg, layer=i, dtype=dtype)
+        layer = jax.checkpoint(layer) if remat else layer
+        x, self_w, cross_w, _ = layer(bp, x, kv_cross[i], mask, key=site_key(key, 1, i))
         hidden.append(x)
         self_ws.append(self_w)
         cross_ws.append(cross_w)

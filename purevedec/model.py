@@ -130,9 +130,10 @@ def _check_enc(enc, config: Config) -> None:
                          f"got {getattr(enc, 'shape', None)}")
 
 
-def _encode(weights, pixels, config, interpolate_pos_encoding, dtype, key):
+def _encode(weights, pixels, config, interpolate_pos_encoding, dtype, key, remat=False):
     out = encoder_module(config).apply(weights["encoder"], pixels, config.encoder,
-                                       interpolate_pos_encoding=interpolate_pos_encoding, dtype=dtype, key=key)
+                                       interpolate_pos_encoding=interpolate_pos_encoding, dtype=dtype, key=key,
+                                       remat=remat)
     hidden = out["last_hidden_state"]
     if config.has_projection:
         hidden = dense(weights["proj"], hidden, dtype)
@@ -200,10 +201,10 @@ def encode(params, pixels, config: Config | None = None, *, interpolate_pos_enco
                        output_attentions=bool(output_attentions))
 
 
-def _decode(weights, ids, enc, config, attention_mask, position_ids, dtype, key):
+def _decode(weights, ids, enc, config, attention_mask, position_ids, dtype, key, remat=False):
     return decoder_module(config).apply(weights["decoder"], ids, layer_kv(weights, enc, config, dtype), config.decoder,
                                         attention_mask=attention_mask, position_ids=position_ids, dtype=dtype,
-                                        key=key)
+                                        key=key, remat=remat)
 
 
 @partial(jax.jit, static_argnames=("config", "dtype"))

@@ -122,15 +122,19 @@ def block(p: dict, x: jax.Array, cfg: ViTConfig, dtype, key=None):
 
 
 def apply(p: dict, pixels: jax.Array, cfg: ViTConfig, *, interpolate_pos_encoding: bool = False,
-           dtype=jnp.float32, key=None) -> dict:
+           dtype=jnp.float32, key=None, remat: bool = False) -> dict:
     """Returns {"last_hidden_state": [B,S,D] (after the final norm),
     "hidden_states": embeddings + each layer's output (before the final norm),
-    "attentions": each layer's [B,H,S,S]}."""
+    "attentions": each layer's [B,H,S,S]}.
+    ``remat`` recomputes each layer's activations in the backward pass (jax.checkpoint) instead
+    of storing them: same outputs, less memory for training."""
     x = embed(p, pixels, cfg, interpolate_pos_encoding=interpolate_pos_encoding, dtype=dtype,
               key=site_key(key, 0))
+    layer = lambda bp, x, key: block(bp, x, cfg, dtype, key=key)  # noqa: E731
+    layer = jax.checkpoint(layer) if remat else layer
     hidden, attns = [x], []
     for i, bp in enumerate(p["blocks"]):
-        x, weights = block(bp, x, cfg, dtype, key=site_key(key, 1, i))
+        x, weights = layer(bp, x, site_key(key, 1, i))
         hidden.append(x)
         attns.append(weights)
     last = layer_norm(p["ln_f"], x, cfg.layer_norm_eps)

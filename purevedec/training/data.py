@@ -1,0 +1,203 @@
+"""A captioned image folder -> fixed-shape, padded training batches.
+
+The folder holds images and ``captions.jsonl`` (one object per line: ``{"image": "a.jpg",
+"caption": "..."}`` or ``{"image": ..., "captions": [...]}``) or ``captions.csv`` (columns
+``image,caption``; an image may have several rows). Problems (a missing image file, a bad line,
+an empty caption) are collected as messages naming the file and line, and the entry skipped.
+
+Batches have fixed shapes so that a run compiles a handful of programs: ``batch_size`` images
+and ``captions_per_image`` caption rows per image (image-major), caption length padded up to
+the smallest of a few bucket lengths; the last partial batch is kept, its empty rows zero
+pixels and -100 labels (they count for nothing). Images are decoded and preprocessed on a
+thread pool, one batch ahead of the step that consumes it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, NamedTuple
+
+import numpy as np
+
+from .cross_entropy import IGNORE_INDEX
+
+
+@dataclass
+class Example:
+    image: str                 # path of the image file
+    captions: list[str]
+
+
+@dataclass
+class Dataset:
+    examples: list[Example]
+    problems: list[str] = field(default_factory=list)  # what was skipped, and why
+
+
+class Batch(NamedTuple):
+    pixels: np.ndarray        # float32 [B,C,H,W]; zeros in unused rows
+    labels: np.ndarray        # int32 [B*k,T]: caption tokens then eos, -100 after it and in unused rows
+    images: list[str]         # the image paths in this batch (fewer than B in a partial one)
+    references: list[list[str]]  # every caption of each image (for metrics)
+
+
+def _from_jsonl(path: str, problems: list[str]) -> list[tuple[str, list[str], str]]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as e:
+                problems.append(f"{where}: not JSON ({e.msg})")
+                continue
+            if not isinstance(d, dict) or not isinstance(d.get("image"), str):
+                problems.append(f"{where}: needs an object with an 'image' file name")
+                continue
+            caps = d.get("captions", d.get("caption"))
+            caps = [caps] if isinstance(caps, str) else caps
+            if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+                problems.append(f"{where}: 'caption' must be a string or 'captions' a list of strings")
+                continue
+            rows.append((d["image"], caps, where))
+    return rows
+
+
+def _from_csv(path: str, problems: list[str]) -> list[tuple[str, list[str], str]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"image", "caption"} <= set(reader.fieldnames):
+            raise ValueError(f"{path}: needs the columns 'image' and 'caption', found {reader.fieldnames}")
+        return [(row["image"] or "", [row["caption"] or ""], f"{path}:{n}") for n, row in enumerate(reader, 2)]
+
+
+def read_folder(folder: str) -> Dataset:
+    """The captioned images of ``folder`` (captions.jsonl, else captions.csv), grouped by image
+    in first-seen order; unusable entries are reported in ``problems`` and skipped."""
+    problems: list[str] = []
+    jsonl, csv_path = os.path.join(folder, "captions.jsonl"), os.path.join(folder, "captions.csv")
+    if os.path.isfile(jsonl):
+        rows = _from_jsonl(jsonl, problems)
+    elif os.path.isfile(csv_path):
+        rows = _from_csv(csv_path, problems)
+    else:
+        raise FileNotFoundError(f"{folder}: no captions.jsonl or captions.csv")
+    grouped: dict[str, list[str]] = {}
+    for image, caps, where in rows:
+        path = os.path.join(folder, image)
+        if not image or not os.path.isfile(path):
+            problems.append(f"{where}: image file {image!r} not found")
+            continue
+        good = [c.strip() for c in caps if c.strip()]
+        if not good:
+            problems.append(f"{where}: {image}: no caption")
+            continue
+        grouped.setdefault(path, []).extend(good)
+    return Dataset([Example(p, c) for p, c in grouped.items()], problems)
+
+
+def split(data: Dataset, validation_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """(train, validation): a seeded random ``validation_fraction`` of the images (at least one
+    when the fraction is positive and there are two images or more)."""
+    order = np.random.default_rng(seed).permutation(len(data.examples))
+    n_val = int(round(validation_fraction * len(order)))
+    if validation_fraction > 0 and len(order) > 1:
+        n_val = min(max(n_val, 1), len(order) - 1)
+    val = [data.examples[i] for i in sorted(order[:n_val])]
+    train = [data.examples[i] for i in sorted(order[n_val:])]
+    return Dataset(train, data.problems), Dataset(val, [])
+
+
+def bucket_length(n: int, buckets: tuple[int, ...]) -> int:
+    """The smallest bucket that holds n tokens (the largest bucket is the maximum length)."""
+    return next((b for b in buckets if b >= n), buckets[-1])
+
+
+def default_buckets(max_length: int) -> tuple[int, ...]:
+    """Powers of two from 8 up to max_length, and max_length itself."""
+    out, b = [], 8
+    while b < max_length:
+        out.append(b)
+        b *= 2
+    return tuple(out) + (max_length,)
+
+
+@dataclass
+class Batcher:
+    """Turns a Dataset into Batches. ``encode`` maps a caption to token ids (without eos),
+    ``load`` an image path to a preprocessed float32 [C,H,W] array (it may raise)."""
+    encode: Callable[[str], list[int]]
+    load: Callable[[str], np.ndarray]
+    image_shape: tuple[int, int, int]
+    eos_token_id: int
+    batch_size: int
+    captions_per_image: int = 1
+    max_length: int = 32
+    buckets: tuple[int, ...] = ()
+    threads: int = 4
+    truncated: int = 0                                   # captions cut to max_length so far
+    problems: list[str] = field(default_factory=list)    # images that failed to load
+
+    def __post_init__(self):
+        self.buckets = tuple(self.buckets) or default_buckets(self.max_length)
+        self._tokens: dict[str, list[int]] = {}
+
+    def _ids(self, caption: str) -> list[int]:
+        if caption not in self._tokens:
+            ids = list(self.encode(caption))[: self.max_length - 1]
+            if len(ids) == self.max_length - 1:
+                self.truncated += 1
+            self._tokens[caption] = ids + [self.eos_token_id]
+        return self._tokens[caption]
+
+    def _pick(self, captions: list[str], rng: np.random.Generator | None) -> list[str]:
+        """k captions of an image: a seeded random choice when training (cycled if it has fewer)."""
+        k = self.captions_per_image
+        order = rng.permutation(len(captions)) if rng is not None else np.arange(len(captions))
+        return [captions[order[i % len(captions)]] for i in range(k)]
+
+    def _assemble(self, chunk: list[Example], pixels: list, rng) -> Batch:
+        b, k = self.batch_size, self.captions_per_image
+        out_px = np.zeros((b, *self.image_shape), np.float32)
+        rows, images, refs = [], [], []
+        for ex, px in zip(chunk, pixels):
+            if isinstance(px, Exception):
+                self.problems.append(f"{ex.image}: unreadable image skipped ({px})")
+                continue
+            out_px[len(images)] = px
+            images.append(ex.image)
+            refs.append(ex.captions)
+            rows.extend(self._ids(c) for c in self._pick(ex.captions, rng))
+        t = bucket_length(max((len(r) for r in rows), default=1), self.buckets)
+        labels = np.full((b * k, t), IGNORE_INDEX, np.int32)
+        for i, r in enumerate(rows):
+            labels[i, : len(r)] = r
+        return Batch(out_px, labels, images, refs)
+
+    def _load_all(self, pool, chunk: list[Example]):
+        def safe(path):
+            try:
+                return self.load(path)
+            except Exception as e:  # noqa: BLE001 - one bad file must not end a long run
+                return e
+        return pool.map(safe, [ex.image for ex in chunk])
+
+    def batches(self, data: Dataset, *, seed: int | None = None, epoch: int = 0) -> Iterator[Batch]:
+        """One pass: shuffled from (seed, epoch) when ``seed`` is given, in order otherwise; the
+        next batch's images load on the pool while the caller works on the current one."""
+        rng = np.random.default_rng([seed, epoch]) if seed is not None else None
+        order = rng.permutation(len(data.examples)) if rng is not None else np.arange(len(data.examples))
+        chunks = [[data.examples[i] for i in order[s: s + self.batch_size]]
+                  for s in range(0, len(order), self.batch_size)]
+        with ThreadPoolExecutor(self.threads) as pool:
+            pending = self._load_all(pool, chunks[0]) if chunks else None
+            for n, chunk in enumerate(chunks):
+                pixels = list(pending)
+                pending = self._load_all(pool, chunks[n + 1]) if n + 1 < len(chunks) else None
+                yield self._assemble(chunk, pixels, rng)
