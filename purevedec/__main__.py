@@ -1,7 +1,7 @@
-"""``python -m purevedec caption ...``"""
+"""``python -m purevedec caption ...`` / ``python -m purevedec train ...``"""
 
 import sys
 
-from .captioning.cli import main
+from .commands import main
 
 sys.exit(main())

@@ -118,7 +118,7 @@ def test_train_command_end_to_end_and_resume(tmp_path, capsys):
 
     import purevedec as pv
     from benchmarks.reference import make_reference, save_captioning_checkpoint
-    from purevedec.training.cli import main
+    from purevedec.commands import main  # the `purevedec` command line
 
     model = save_captioning_checkpoint(make_reference(seed=2), tmp_path / "model")
     data = make_folder(tmp_path, n=5)

@@ -82,13 +82,16 @@ def version() -> str:
         return "unknown (not installed)"
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(extra_commands=()) -> argparse.ArgumentParser:
     """The ``purevedec`` parser: one subparser per command, each with ``run`` set to its function
-    ``run(args, out, err) -> exit code`` (a new command adds a function like ``add_caption_command``)."""
+    ``run(args, out, err) -> exit code``. ``extra_commands`` are functions like
+    ``add_caption_command`` that add the commands of higher layers (``purevedec.commands``)."""
     parser = _Parser(prog="purevedec", description="Pure-JAX VisionEncoderDecoder tools.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_caption_command(commands)
+    for add in extra_commands:
+        add(commands)
     return parser
 
 
@@ -379,13 +382,14 @@ def _silence_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
 
 
-def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """The ``purevedec`` entry point; returns the exit code. ``out``/``err`` default to
-    sys.stdout/sys.stderr (tests pass their own)."""
+def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO | None = None, *,
+         extra_commands=()) -> int:
+    """The command line's driver; returns the exit code. ``out``/``err`` default to
+    sys.stdout/sys.stderr (tests pass their own); ``extra_commands`` as in ``_parser``."""
     out, err = out or sys.stdout, err or sys.stderr
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            args = _parser().parse_args(argv)
+            args = _parser(extra_commands).parse_args(argv)
     except SystemExit as e:  # --help, --version, or a one-line usage error
         return EXIT_OK if e.code is None else e.code if isinstance(e.code, int) else EXIT_USAGE
     try:

@@ -92,15 +92,3 @@ def _run(args) -> int:
         print(f"warning: {batcher.truncated} captions were longer than --max-length and were cut", file=sys.stderr)
     print(json.dumps(result))
     return 0
-
-
-def main(argv=None) -> int:
-    """``python -m purevedec.training.cli MODEL DATA --out DIR``, until the lead wires ``purevedec train``."""
-    parser = argparse.ArgumentParser(prog="purevedec")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

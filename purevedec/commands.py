@@ -1,0 +1,26 @@
+"""The ``purevedec`` command line: ``caption`` (captioning layer) and ``train`` (training layer).
+
+It sits above both layers, so neither imports the other: the captioning CLI drives the parser,
+and this module adds the commands of the layers above it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+
+def _add_train(commands) -> None:
+    from .training import cli as train_cli  # optax and the data loader only load for `train`
+    parser = train_cli.add_parser(commands)
+    parser.set_defaults(run=lambda args, out, err: train_cli.run(args))
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """``purevedec COMMAND ...``; returns the exit code."""
+    from .captioning import cli
+    return cli.main(argv, out, err, extra_commands=(_add_train,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
