@@ -50,7 +50,7 @@ def test_params_from_init_load_and_compose_carry_their_config(params, tiny, tmp_
     loaded, config = pv.load(tiny[1])  # the two-value form keeps working
     assert loaded["config"] == config and isinstance(loaded["generation_config"], pv.GenerationConfig)
     from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
-    from benchmarks.reference import TINY_DECODER, TINY_ENCODER
+    from models import TINY_DECODER, TINY_ENCODER
     ViTModel(ViTConfig(**TINY_ENCODER)).save_pretrained(tmp_path / "enc")
     GPT2LMHeadModel(GPT2Config(**TINY_DECODER)).save_pretrained(tmp_path / "dec")
     composed, config = pv.from_encoder_decoder_pretrained(str(tmp_path / "enc"), str(tmp_path / "dec"),

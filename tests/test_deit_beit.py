@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import purevedec as pv
-from benchmarks.ocr_reference import START, PAD, TINY_ENCODER, TINY_TROCR, load_reference, make_ocr_reference, randomize
+from ocr_models import START, PAD, TINY_ENCODER, TINY_TROCR, load_reference, make_ocr_reference, randomize
 from conftest import maxdiff, rand_pixels, torch_forward
 from formats_util import hf_state_dict
 

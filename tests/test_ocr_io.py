@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 import purevedec as pv
-from benchmarks.ocr_reference import make_ocr_reference
+from ocr_models import make_ocr_reference
 from purevedec.captioning import cli
 from purevedec.captioning.image import parse_image_config, preprocess
 from purevedec.captioning.text import load_tokenizer

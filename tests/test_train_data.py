@@ -117,7 +117,7 @@ def test_train_command_end_to_end_and_resume(tmp_path, capsys):
     import shutil
 
     import purevedec as pv
-    from benchmarks.reference import make_reference, save_captioning_checkpoint
+    from models import make_reference, save_captioning_checkpoint
     from purevedec.commands import main  # the `purevedec` command line
 
     model = save_captioning_checkpoint(make_reference(seed=2), tmp_path / "model")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import purevedec as pv
-from benchmarks.ocr_reference import EOS, PAD, START, load_reference, make_ocr_reference
+from ocr_models import EOS, PAD, START, load_reference, make_ocr_reference
 from conftest import maxdiff, rand_pixels, torch_forward
 from formats_util import copy_config, hf_state_dict, write_bin
 
@@ -227,7 +227,7 @@ def test_compose_vit_and_trocr_matches_transformers(tmp_path):
     and the model equals transformers' composition once loaded from it."""
     import jax
     from transformers import AutoConfig, TrOCRConfig, TrOCRForCausalLM, ViTConfig, ViTModel, VisionEncoderDecoderModel
-    from benchmarks.ocr_reference import TINY_ENCODER, TINY_TROCR, randomize
+    from ocr_models import TINY_ENCODER, TINY_TROCR, randomize
     torch.manual_seed(0)
     enc, dec = ViTModel(ViTConfig(**TINY_ENCODER)), TrOCRForCausalLM(TrOCRConfig(**TINY_TROCR))
     randomize(enc, 1)
