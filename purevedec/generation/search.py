@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..config import Config
-from ..model import cache_step, check_ids, check_pixels, compute_dtype, encoder_states, new_cache
+from ..model import (batch_split, cache_step, check_ids, check_pixels, compute_dtype, encoder_chunk,
+                     encoder_states, new_cache)
 from ..params import unpack
 from .beam_loop import beam_loop
 from .options import TRACEABLE, GenerationConfig, defaults_for, with_options
@@ -43,11 +44,11 @@ class GenerateOutput(NamedTuple):
     cross_attentions: Optional[np.ndarray] = None  # [N,L-P,layers,heads,S] when asked
 
 
-@partial(jax.jit, static_argnames=("config", "plan", "dtype", "interpolate_pos_encoding"))
+@partial(jax.jit, static_argnames=("config", "plan", "dtype", "interpolate_pos_encoding", "chunk", "split"))
 def _generate_jit(weights, pixels, prompt, prompt_mask, ignore_len, key, knobs, *, config, plan, dtype,
-                  interpolate_pos_encoding):
-    enc = encoder_states(weights, pixels, config, interpolate_pos_encoding, dtype)
-    cache = new_cache(weights, enc, config, plan.processing.max_length, plan.rows_per_image, dtype)
+                  interpolate_pos_encoding, chunk, split):
+    enc = encoder_states(weights, pixels, config, interpolate_pos_encoding, dtype, chunk)
+    cache = new_cache(weights, enc, config, plan.processing.max_length, plan.rows_per_image, dtype, split)
     logits, cache, cross = cache_step(weights, cache, prompt, config, prompt_mask, dtype)
     tokens = jnp.full((prompt.shape[0], plan.processing.max_length), plan.pad, jnp.int32)
     tokens = tokens.at[:, :prompt.shape[1]].set(prompt)
@@ -105,7 +106,8 @@ def generate_core(params, pixels, config: Config | None = None, *, key=None,
     ignore = jnp.zeros(prompt.shape[0], jnp.int32) if mask is None else jnp.argmax(jnp.asarray(mask) != 0, axis=1)
     return _generate_jit(weights, pixels, rep(prompt), None if mask is None else rep(mask), rep(ignore),
                          key if key is not None else jax.random.key(0), knobs, config=config, plan=plan,
-                         dtype=compute_dtype(dtype), interpolate_pos_encoding=bool(interpolate_pos_encoding))
+                         dtype=compute_dtype(dtype), interpolate_pos_encoding=bool(interpolate_pos_encoding),
+                         chunk=encoder_chunk(pixels), split=batch_split(pixels))
 
 
 def generate(params, pixels, config: Config | None = None, *, key=None,
