@@ -119,7 +119,59 @@ def data_parallel() -> dict:
     return facts
 
 
-CASES = {"data_parallel": data_parallel}
+MESHES = {"data8": ((8,), ("data",)), "model8": ((8,), ("model",)), "data2_model4": ((2, 4), ("data", "model")),
+          "data4_model2": ((4, 2), ("data", "model"))}
+
+
+def auto_mesh(shape, names):
+    return jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(names))
+
+
+def placement(params) -> dict:
+    """Per weight: [spec, bytes of the whole tensor, largest bytes any one device holds]."""
+    from purevedec.params import flatten
+    out = {}
+    for path, leaf in flatten({k: v for k, v in params.items() if k not in ("config", "generation_config")}).items():
+        out[path] = [spec(leaf), leaf.nbytes, max(s.data.nbytes for s in leaf.addressable_shards)]
+    return out
+
+
+def mesh_facts(params, mesh, px, ids, ref, **shard_kw) -> dict:
+    sharded = pv.shard_params(params, mesh, **shard_kw)
+    x, i = pv.shard_batch(px, mesh), pv.shard_batch(ids, mesh)
+    logits = pv.forward(sharded, x, i)
+    facts = {"placement": placement(sharded), "logits_spec": spec(logits),
+             "forward_diff": maxdiff(logits, ref["forward"]), "encode_diff": maxdiff(pv.encode(sharded, x), ref["encode"])}
+    for mode in ("greedy", "beam", "sample"):
+        out = pv.generate_core(sharded, x, max_new_tokens=4, key=KEY, **GENERATE_MODES[mode])
+        facts[mode] = bool(np.array_equal(np.asarray(out.sequences), ref[mode]))
+    return facts
+
+
+def tensor_parallel() -> dict:
+    """shard_params/shard_batch on four meshes (and fsdp on one): placement of every weight, and
+    forward, encode and generate (greedy, beam, sampling) against one device."""
+    params = tiny_params()
+    px, ids = pixels(8), np.random.RandomState(1).randint(0, 64, (8, 5)).astype(np.int32)
+    ref = {"forward": pv.forward(params, px, ids), "encode": pv.encode(params, px)}
+    for mode in ("greedy", "beam", "sample"):
+        ref[mode] = np.asarray(pv.generate_core(params, px, max_new_tokens=4, key=KEY, **GENERATE_MODES[mode]).sequences)
+    facts = {name: mesh_facts(params, auto_mesh(*m), px, ids, ref) for name, m in MESHES.items()}
+    facts["data4_model2_fsdp"] = mesh_facts(params, auto_mesh(*MESHES["data4_model2"]), px, ids, ref, fsdp=True)
+    try:
+        pv.shard_params(params, jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Explicit,) * 2))
+        facts["explicit_error"] = None
+    except ValueError as e:
+        facts["explicit_error"] = str(e)
+    try:
+        pv.shard_batch(pixels(6), auto_mesh(*MESHES["data8"]))
+        facts["batch_error"] = None
+    except ValueError as e:
+        facts["batch_error"] = str(e)
+    return facts
+
+
+CASES = {"data_parallel": data_parallel, "tensor_parallel": tensor_parallel}
 
 if __name__ == "__main__":
     assert jax.device_count() == 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
