@@ -96,7 +96,8 @@ def data_parallel() -> dict:
         x = jax.device_put(px, NamedSharding(mesh, P("data")))
         enc, hlo = compiled(lambda p, v: pv.encode(p, v), params, x)
         facts[f"encode{batch}"] = {"spec": spec(enc), "collectives": collectives(hlo),
-                                   "diff": maxdiff(enc, pv.encode(params, px)), "public_spec": spec(pv.encode(params, x))}
+                                   "diff": maxdiff(enc, pv.encode(params, px)),
+                                   "public_spec": spec(pv.encode(params, x))}
     px = pixels(16)
     x = jax.device_put(px, NamedSharding(mesh, P("data")))
     cache = pv.init_cache(params, pv.encode(params, x), max_len=6, rows_per_image=2)
@@ -141,7 +142,8 @@ def mesh_facts(params, mesh, px, ids, ref, **shard_kw) -> dict:
     x, i = pv.shard_batch(px, mesh), pv.shard_batch(ids, mesh)
     logits = pv.forward(sharded, x, i)
     facts = {"placement": placement(sharded), "logits_spec": spec(logits),
-             "forward_diff": maxdiff(logits, ref["forward"]), "encode_diff": maxdiff(pv.encode(sharded, x), ref["encode"])}
+             "forward_diff": maxdiff(logits, ref["forward"]),
+             "encode_diff": maxdiff(pv.encode(sharded, x), ref["encode"])}
     for mode in ("greedy", "beam", "sample"):
         out = pv.generate_core(sharded, x, max_new_tokens=4, key=KEY, **GENERATE_MODES[mode])
         facts[mode] = bool(np.array_equal(np.asarray(out.sequences), ref[mode]))
@@ -155,7 +157,8 @@ def tensor_parallel() -> dict:
     px, ids = pixels(8), np.random.RandomState(1).randint(0, 64, (8, 5)).astype(np.int32)
     ref = {"forward": pv.forward(params, px, ids), "encode": pv.encode(params, px)}
     for mode in ("greedy", "beam", "sample"):
-        ref[mode] = np.asarray(pv.generate_core(params, px, max_new_tokens=4, key=KEY, **GENERATE_MODES[mode]).sequences)
+        out = pv.generate_core(params, px, max_new_tokens=4, key=KEY, **GENERATE_MODES[mode])
+        ref[mode] = np.asarray(out.sequences)
     facts = {name: mesh_facts(params, auto_mesh(*m), px, ids, ref) for name, m in MESHES.items()}
     facts["data4_model2_fsdp"] = mesh_facts(params, auto_mesh(*MESHES["data4_model2"]), px, ids, ref, fsdp=True)
     try:
