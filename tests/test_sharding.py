@@ -85,11 +85,14 @@ MESH_SIZES = {"data8": {"data": 8}, "model8": {"model": 8}, "data2_model4": {"da
 SPLIT_OVER_MODEL = {
     "encoder.blocks.0.attn.q.w": ["model", None], "encoder.blocks.0.attn.q.b": ["model"],
     "encoder.blocks.0.attn.k.w": ["model", None], "encoder.blocks.0.attn.v.w": ["model", None],
+    "encoder.blocks.0.attn.k.b": ["model"], "encoder.blocks.0.attn.v.b": ["model"],
     "encoder.blocks.0.attn.o.w": [None, "model"], "encoder.blocks.0.mlp.fc.w": ["model", None],
     "encoder.blocks.0.mlp.fc.b": ["model"], "encoder.blocks.0.mlp.out.w": [None, "model"],
     "decoder.blocks.0.attn.qkv.w": ["model", None], "decoder.blocks.0.attn.qkv.b": ["model"],
     "decoder.blocks.0.attn.o.w": [None, "model"], "decoder.blocks.0.cross.q.w": ["model", None],
     "decoder.blocks.0.cross.k.w": ["model", None], "decoder.blocks.0.cross.v.w": ["model", None],
+    "decoder.blocks.0.cross.q.b": ["model"], "decoder.blocks.0.cross.k.b": ["model"],
+    "decoder.blocks.0.cross.v.b": ["model"], "decoder.blocks.0.mlp.fc.b": ["model"],
     "decoder.blocks.0.cross.o.w": [None, "model"], "decoder.blocks.0.mlp.fc.w": ["model", None],
     "decoder.blocks.0.mlp.out.w": [None, "model"], "decoder.wte": ["model", None],
 }
