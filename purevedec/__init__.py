@@ -4,7 +4,7 @@
     logits = purevedec.forward(params, pixels, ids)          # [B,T,V] float32
 
 Layers, each importing only those before it: the model core (config, layers, vit, gpt2, params,
-model) at the top; ``generation``; ``checkpoints``; ``captioning``; ``training``.
+model, sharding) at the top; ``generation``; ``checkpoints``; ``captioning``; ``training``.
 """
 
 from .config import Config, GPT2Config, ViTConfig, parse_config
@@ -12,6 +12,7 @@ from .errors import (CheckpointError, ConfigError, ImageError, ModelNotFound, Pa
                      TokenizerError)
 from .model import EncoderOutput, Output, cross_kv, decode, encode, forward, init_cache, step
 from .params import check_params, init_params, param_shapes
+from .sharding import shard_batch, shard_params
 from .generation import GenerateOutput, GenerationConfig, GenerationResult, generate, generate_core
 from .checkpoints import (build_params, from_encoder_decoder_pretrained, load, load_config, load_generation_config,
                           save)
@@ -25,6 +26,8 @@ __all__ = [
     # model core
     "Config", "EncoderOutput", "GPT2Config", "Output", "ViTConfig", "check_params", "cross_kv", "decode",
     "encode", "forward", "init_cache", "init_params", "param_shapes", "parse_config", "step",
+    # sharding
+    "shard_batch", "shard_params",
     # errors
     "CheckpointError", "ConfigError", "ImageError", "ModelNotFound", "ParamsError", "PurevedecError",
     "TokenizerError",

@@ -13,12 +13,14 @@ in which case they return an ``Output`` / ``EncoderOutput``. Nothing else change
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from .config import Config
 from .layers import dense, site_key
@@ -147,19 +149,49 @@ def _encode(weights, pixels, config, interpolate_pos_encoding, dtype, key, remat
 ENCODER_CHUNK = 8
 
 
-def encoder_states(weights, pixels, config, interpolate_pos_encoding, dtype) -> jax.Array:
-    """pixels [B,C,H,W] -> the (projected) states [B,S,D], ENCODER_CHUNK images at a time
-    (one compiled chunk under lax.map; a smaller remainder chunk after it)."""
+def encoder_chunk(pixels) -> int | None:
+    """Images per encoder chunk for this batch: ENCODER_CHUNK, or None (one pass) when the batch
+    is split over a number of devices that does not divide ENCODER_CHUNK: a chunk could not then
+    take the same number of images from every device, and chunking would gather the batch."""
+    sharding = None if isinstance(pixels, jax.core.Tracer) else getattr(pixels, "sharding", None)
+    if sharding is None or not pixels.shape[0]:
+        return ENCODER_CHUNK
+    shards = pixels.shape[0] // sharding.shard_shape(pixels.shape)[0]
+    return ENCODER_CHUNK if ENCODER_CHUNK % shards == 0 else None
+
+
+def encoder_states(weights, pixels, config, interpolate_pos_encoding, dtype, chunk: int | None):
+    """pixels [B,C,H,W] -> the (projected) states [B,S,D], ``chunk`` images at a time (one
+    compiled chunk in a loop, then a smaller remainder chunk; None: one pass).
+
+    The chunks are strided so that a batch sharded over devices stays sharded: with
+    G = gcd(B, chunk), the batch is viewed as G rows of B/G consecutive images, and chunk j takes
+    images j*k..j*k+k-1 (k = chunk/G) of every row. A batch split over d devices, d dividing
+    both B and chunk, keeps each row on one device, so every chunk takes chunk/d images from
+    each device and nothing moves between them (looping over a plain [B/chunk, chunk] reshape
+    puts the split axis on the sequential one, which gathers the whole batch). On one
+    device the chunk sizes are those of consecutive chunks: B//chunk of ``chunk``, one of B%chunk."""
     def run(x):
         return _encode(weights, x, config, interpolate_pos_encoding, dtype, None)[0]
     b = pixels.shape[0]
-    if b <= ENCODER_CHUNK:
+    if chunk is None or b <= chunk:
         return run(pixels)
-    whole = b - b % ENCODER_CHUNK
-    chunks = pixels[:whole].reshape(whole // ENCODER_CHUNK, ENCODER_CHUNK, *pixels.shape[1:])
-    out = jax.lax.map(run, chunks)
-    out = out.reshape(whole, *out.shape[2:])
-    return out if whole == b else jnp.concatenate([out, run(pixels[whole:])])
+    g = math.gcd(b, chunk)
+    k = chunk // g                    # images per row in one chunk
+    n, r = divmod(b // g, k)          # whole chunks, images per row left over
+    rows = pixels.reshape(g, b // g, *pixels.shape[1:])  # [G,B/G,C,H,W]
+    one = jax.eval_shape(run, jax.ShapeDtypeStruct((chunk, *pixels.shape[1:]), pixels.dtype))  # [chunk,S,D]
+
+    def step(j, out):  # chunk j: k images of every row, written back in place (no transposed copies)
+        x = jax.lax.dynamic_slice_in_dim(rows, j * k, k, axis=1)  # [G,k,C,H,W]
+        y = run(x.reshape(chunk, *x.shape[2:])).reshape(g, k, *one.shape[1:])
+        return jax.lax.dynamic_update_slice_in_dim(out, y, j * k, axis=1)
+
+    out = jax.lax.fori_loop(0, n, step, jnp.zeros((g, b // g, *one.shape[1:]), one.dtype))  # [G,B/G,S,D]
+    if r:
+        rest = run(rows[:, n * k:].reshape(g * r, *pixels.shape[1:]))
+        out = out.at[:, n * k:].set(rest.reshape(g, r, *rest.shape[1:]))
+    return out.reshape(b, *out.shape[2:])
 
 
 def layer_kv(weights, enc: jax.Array, config: Config, dtype) -> list:
@@ -175,12 +207,12 @@ def cross_kv(params, enc: jax.Array, config: Config | None = None, *, dtype=jnp.
     return layer_kv(weights, enc, config, compute_dtype(dtype))
 
 
-@partial(jax.jit, static_argnames=_STATIC)
+@partial(jax.jit, static_argnames=_STATIC + ("chunk",))
 def _encode_jit(weights, pixels, key, *, config, interpolate_pos_encoding, dtype, output_hidden_states,
-                output_attentions):
+                output_attentions, chunk):
     extras = output_hidden_states or output_attentions
     if not extras and key is None:
-        return encoder_states(weights, pixels, config, interpolate_pos_encoding, dtype)
+        return encoder_states(weights, pixels, config, interpolate_pos_encoding, dtype, chunk)
     hidden, out = _encode(weights, pixels, config, interpolate_pos_encoding, dtype, key)
     if not extras:
         return hidden
@@ -198,7 +230,7 @@ def encode(params, pixels, config: Config | None = None, *, interpolate_pos_enco
     check_pixels(pixels, config)
     return _encode_jit(weights, pixels, key, config=config, interpolate_pos_encoding=interpolate_pos_encoding,
                        dtype=compute_dtype(dtype), output_hidden_states=bool(output_hidden_states),
-                       output_attentions=bool(output_attentions))
+                       output_attentions=bool(output_attentions), chunk=encoder_chunk(pixels))
 
 
 def _decode(weights, ids, enc, config, attention_mask, position_ids, dtype, key, remat=False):
@@ -270,21 +302,46 @@ def forward(params, pixels, ids, config: Config | None = None, *, attention_mask
                         output_hidden_states=bool(output_hidden_states), output_attentions=bool(output_attentions))
 
 
-def new_cache(weights, enc, config: Config, max_len: int, rows_per_image: int, dtype) -> dict:
-    """The decoding cache (traceable): cross K/V from ``enc`` once per image, empty self K/V."""
+def batch_split(x) -> NamedSharding | None:
+    """How a concrete array's leading (batch) axis is split over a mesh: a NamedSharding with only
+    that axis given (``constrain_rows`` applies it to other arrays); None for a tracer, a batch
+    that is not split, or a sharding that names no mesh axes."""
+    sharding = None if isinstance(x, jax.core.Tracer) else getattr(x, "sharding", None)
+    if not isinstance(sharding, NamedSharding) or not len(sharding.spec) or sharding.spec[0] is None:
+        return None
+    return NamedSharding(sharding.mesh, PartitionSpec(sharding.spec[0]))
+
+
+def constrain_rows(x: jax.Array, split: NamedSharding | None) -> jax.Array:
+    """Split x's leading axis as ``split`` says, its other axes left to the partitioner."""
+    if split is None:
+        return x
+    spec = PartitionSpec(split.spec[0], *(PartitionSpec.UNCONSTRAINED,) * (x.ndim - 1))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(split.mesh, spec))
+
+
+def new_cache(weights, enc, config: Config, max_len: int, rows_per_image: int, dtype,
+              split: NamedSharding | None = None) -> dict:
+    """The decoding cache (traceable): cross K/V from ``enc`` once per image, empty self K/V.
+
+    The empty buffers depend on no input, so nothing tells the partitioner how to place them: when
+    the images are split over devices (``split``, from ``batch_split``), their rows are split the
+    same way (rows are image-major, so each device keeps the rows of its own images); without it a
+    jitted ``init_cache`` returns them whole on every device."""
     rows = enc.shape[0] * rows_per_image
+    empty = decoder_module(config).init_self_cache(config.decoder, rows, max_len, dtype)
     return {
         "cross": layer_kv(weights, enc, config, dtype),  # [B,H,S,K] per layer, once per image
-        "self": decoder_module(config).init_self_cache(config.decoder, rows, max_len, dtype),
-        "mask": jnp.zeros((rows, max_len), bool),  # which cached positions hold real tokens
-        "offset": jnp.zeros((rows,), jnp.int32),  # padding so far per row: position = index - offset
+        "self": jax.tree.map(lambda a: constrain_rows(a, split), empty),  # [R,H,Tmax,K] per layer
+        "mask": constrain_rows(jnp.zeros((rows, max_len), bool), split),  # which cached positions hold real tokens
+        "offset": constrain_rows(jnp.zeros((rows,), jnp.int32), split),  # padding so far per row
         "pos": jnp.zeros((), jnp.int32),  # next write index
     }
 
 
-@partial(jax.jit, static_argnames=("config", "max_len", "rows_per_image", "dtype"))
-def _init_cache_jit(weights, enc, *, config, max_len, rows_per_image, dtype):
-    return new_cache(weights, enc, config, max_len, rows_per_image, dtype)
+@partial(jax.jit, static_argnames=("config", "max_len", "rows_per_image", "dtype", "split"))
+def _init_cache_jit(weights, enc, *, config, max_len, rows_per_image, dtype, split):
+    return new_cache(weights, enc, config, max_len, rows_per_image, dtype, split)
 
 
 def init_cache(params, enc, config: Config | None = None, max_len: int = None, *, rows_per_image: int = 1,
@@ -301,7 +358,7 @@ def init_cache(params, enc, config: Config | None = None, max_len: int = None, *
     if isinstance(rows_per_image, bool) or not isinstance(rows_per_image, (int, np.integer)) or rows_per_image < 1:
         raise ValueError(f"rows_per_image={rows_per_image!r} must be a positive int")
     return _init_cache_jit(weights, enc, config=config, max_len=int(max_len), rows_per_image=int(rows_per_image),
-                           dtype=compute_dtype(dtype))
+                           dtype=compute_dtype(dtype), split=batch_split(enc))
 
 
 POSITIONS = ("per_row", "shifted")

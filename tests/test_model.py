@@ -138,17 +138,16 @@ def test_bf16_and_fp16_relative_error(tiny, capsys):
             assert rel < 3e-2
 
 
-@pytest.mark.parametrize("batch", [4, 5, 6])
-def test_encoder_chunks_equal_one_batch(tiny, monkeypatch, batch):
-    """Large batches are encoded in chunks (and a remainder): same states as the whole batch,
-    which the hidden-states path still encodes in one piece."""
+@pytest.mark.parametrize("batch,chunk", [(4, 2), (5, 2), (6, 2), (6, 4), (12, 8), (3, None)])
+def test_encoder_chunks_equal_one_batch(tiny, batch, chunk):
+    """Large batches are encoded in strided chunks (and a remainder): same states, in the same
+    order, as the whole batch, which the hidden-states path still encodes in one piece.
+    (6, 4) takes images 0,1,3,4 then 2,5; (5, 2) consecutive pairs then image 4."""
     from purevedec import model as pv_model
-    monkeypatch.setattr(pv_model, "ENCODER_CHUNK", 2)
     _, path = tiny
     params, config = pv.load(path)
     px = rand_pixels(batch)
-    # a fresh trace, so the patched chunk size is the one used
-    chunked = jax.jit(lambda p, x: pv_model.encoder_states(p, x, config, False, jnp.float32))(params, px)
+    chunked = jax.jit(lambda p, x: pv_model.encoder_states(p, x, config, False, jnp.float32, chunk))(params, px)
     whole = pv.encode(params, px, config, output_hidden_states=True).hidden
     assert chunked.shape == whole.shape
     np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), atol=1e-5)

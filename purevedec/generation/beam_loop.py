@@ -14,6 +14,7 @@ from .keys import gumbel
 from .plan import Plan
 from .processors import Knobs, process
 from .sample_loop import step_if
+from .topk import top_k
 
 NEG = -1.0e9  # transformers' "impossible" beam score
 ROW_ENTRIES = ("self", "mask", "offset")  # the decoder cache's per-row entries, which follow their beam
@@ -62,12 +63,12 @@ def _candidates(s: BeamState, scores, key, plan: Plan, b: int, nb: int) -> Candi
     acc = (scores.reshape(b, nb, v) + s.running_scores[:, :, None]).reshape(b, nb * v)
     if plan.mode == "beam_sample":  # sampling without replacement = top-k of Gumbel-perturbed scores
         g = gumbel(key, acc.shape, s.cur, s.cur - pr.prompt_len)
-        idx = jax.lax.top_k(jnp.where(jnp.isfinite(acc), acc + g, -jnp.inf), keep)[1]
+        idx = top_k(jnp.where(jnp.isfinite(acc), acc + g, -jnp.inf), keep)[1]
         top = jnp.take_along_axis(acc, idx, -1)
         order = jnp.argsort(-top, axis=-1, stable=True)
         top, idx = jnp.take_along_axis(top, order, -1), jnp.take_along_axis(idx, order, -1)
     else:
-        top, idx = jax.lax.top_k(acc, keep)
+        top, idx = top_k(acc, keep)
     src, tok = idx // v, (idx % v).astype(jnp.int32)
     token_lp = jnp.take_along_axis(scores.reshape(b, nb * v), idx, -1)  # this step's (processed) log-prob
     i = s.cur - pr.prompt_len
@@ -89,7 +90,7 @@ def _merge_finished(s: BeamState, c: Candidates, knobs: Knobs, plan: Plan, nb: i
     full = jnp.all(s.done_mask, -1, keepdims=True) & (plan.early_stopping is True)
     score = score + full * NEG + (~s.improving) * NEG + (~finished) * NEG
     cat = lambda a, x: jnp.concatenate([a, x], axis=1)  # noqa: E731
-    pick = jax.lax.top_k(cat(s.done_scores, score), nb)[1]
+    pick = top_k(cat(s.done_scores, score), nb)[1]
     new_len = jnp.broadcast_to(s.cur + 1 - pr.prompt_len, finished.shape)
     return dict(done_tokens=_gather(cat(s.done_tokens, c.tokens), pick),
                 done_scores=_gather(cat(s.done_scores, score), pick),
@@ -134,15 +135,17 @@ def beam_loop(weights, cache, logits, cross, tokens, ignore_len, key, knobs: Kno
         scores = process(pr, knobs, jax.nn.log_softmax(s.logits, axis=-1), flat, s.cur, ignore_len)
         c = _candidates(s, scores, key, plan, b, nb)
         alive_scores = c.scores + c.ends * NEG
-        nxt = jax.lax.top_k(alive_scores, nb)[1]
+        nxt = top_k(alive_scores, nb)[1]
         s = s._replace(running_tokens=_gather(c.tokens, nxt), running_scores=_gather(alive_scores, nxt),
                        running_logprobs=_gather(c.logprobs, nxt),
                        running_cross=_gather(c.cross, nxt) if plan.cross_attentions else None,
                        **_merge_finished(s, c, knobs, plan, nb))
-        origin = (_gather(c.source, nxt) + jnp.arange(b)[:, None] * nb).reshape(-1)
-        # Each beam takes its origin's self-attention cache, key mask and position offset;
-        # cross K/V stay once per image.
-        cache = dict(s.cache, **{n: jax.tree.map(lambda a: a[origin], s.cache[n]) for n in ROW_ENTRIES})
+        origin = _gather(c.source, nxt)  # [B,N]: the beam each new beam continues, within its image
+        # Each beam takes its origin's self-attention cache, key mask and position offset, reordered
+        # within each image (a gather batched over images), so a batch split over devices stays
+        # split; cross K/V stay once per image.
+        reorder = lambda a: _gather(a.reshape(b, nb, *a.shape[1:]), origin).reshape(a.shape)  # noqa: E731
+        cache = dict(s.cache, **{n: jax.tree.map(reorder, s.cache[n]) for n in ROW_ENTRIES})
         s = s._replace(cur=s.cur + 1)
         s = s._replace(improving=_still_improving(s, knobs, plan))
         go = (jnp.any(s.improving) & ~(jnp.all(s.done_mask) & (plan.early_stopping is True))

@@ -18,6 +18,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .topk import top_k as rows_top_k
+
 NEG_INF = -jnp.inf
 
 
@@ -113,7 +115,7 @@ def _no_eos(scores, eos, when):
 
 def top_k(scores, k):
     k = min(k, scores.shape[-1])
-    kth = jax.lax.top_k(scores, k)[0][:, -1:]
+    kth = rows_top_k(scores, k)[0][:, -1:]
     return jnp.where(scores < kth, NEG_INF, scores)
 
 

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..config import Config
-from ..model import cache_step, check_ids, check_pixels, compute_dtype, encoder_states, new_cache, shifted_positions
+from ..model import (batch_split, cache_step, check_ids, check_pixels, compute_dtype, encoder_chunk,
+                     encoder_states, new_cache, shifted_positions)
 from ..params import unpack
 from .beam_loop import beam_loop
 from .keys import batch_key, per_image, row_keys
@@ -53,11 +54,12 @@ class GenerateOutput(NamedTuple):
     """[N,L-P,layers,heads,S] float32 cross-attention of each generated token, when asked; else None."""
 
 
-@partial(jax.jit, static_argnames=("config", "plan", "dtype", "interpolate_pos_encoding", "shifted"))
+@partial(jax.jit, static_argnames=("config", "plan", "dtype", "interpolate_pos_encoding", "shifted", "chunk",
+                                   "split"))
 def _generate_jit(weights, pixels, prompt, prompt_mask, ignore_len, key, knobs, *, config, plan, dtype,
-                  interpolate_pos_encoding, shifted):
-    enc = encoder_states(weights, pixels, config, interpolate_pos_encoding, dtype)
-    cache = new_cache(weights, enc, config, plan.processing.max_length, plan.rows_per_image, dtype)
+                  interpolate_pos_encoding, shifted, chunk, split):
+    enc = encoder_states(weights, pixels, config, interpolate_pos_encoding, dtype, chunk)
+    cache = new_cache(weights, enc, config, plan.processing.max_length, plan.rows_per_image, dtype, split)
     logits, cache, cross = cache_step(weights, cache, prompt, config, prompt_mask, dtype, shifted=shifted)
     tokens = jnp.full((prompt.shape[0], plan.processing.max_length), plan.pad, jnp.int32)
     tokens = tokens.at[:, :prompt.shape[1]].set(prompt)
@@ -120,7 +122,8 @@ def generate_core(params, pixels, config: Config | None = None, *, key=None,
     key = batch_key(key, pixels.shape[0]) if key is not None else jax.random.key(0)
     return _generate_jit(weights, pixels, rep(prompt), None if mask is None else rep(mask), rep(ignore), key, knobs,
                          config=config, plan=plan, dtype=compute_dtype(dtype),
-                         interpolate_pos_encoding=bool(interpolate_pos_encoding), shifted=shifted)
+                         interpolate_pos_encoding=bool(interpolate_pos_encoding), shifted=shifted,
+                         chunk=encoder_chunk(pixels), split=batch_split(pixels))
 
 
 def generate(params, pixels, config: Config | None = None, *, key=None,

@@ -1,0 +1,133 @@
+"""Place params and batches on a device mesh with axes "data" and "model" (JAX's own sharding).
+
+``shard_params`` splits attention heads, the MLP width and the vocabulary over "model" (tensor
+parallelism) and, with ``fsdp=True``, the largest remaining axis of every big tensor over "data";
+everything else is replicated. ``shard_batch`` splits a batch over "data". The model functions
+then run unchanged under ``jit``: XLA's partitioner inserts the collectives. Either axis may be
+absent from the mesh or of size 1.
+
+The rules are a public table of (regular expression on a param's dotted path, one mesh axis or
+None per dimension), matched against ``param_shapes``' paths, first match wins, no match means
+replicated: research code can pass its own (``rules=``) or extend ``MODEL_RULES``. A dimension
+the axis does not divide stays replicated, with a warning naming it.
+
+Layout notes: kernels are [d_out, d_in], so "output rows" are axis 0. Heads are contiguous
+blocks of K rows of a q/k/v kernel, so splitting rows in M blocks gives each device H/M whole
+heads. GPT-2's fused self-attention kernel stacks [q; k; v] (3 x H*K rows) and is split the same
+way, in M contiguous blocks of 3H/M whole heads: for M > 1 a block mixes q, k and v heads (the
+first device holds q's first heads, the last v's last), so XLA moves the q/k/v pieces to the
+devices of their heads after the product; the kernel's memory is still split M ways.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Mapping
+
+import jax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from .config import Config
+from .params import STATIC_KEYS, flatten, map_with_path, param_shapes, unpack
+
+DATA, MODEL = "data", "model"
+
+# (pattern on the dotted path, axes per dimension); a bias takes its kernel's first entry.
+MODEL_RULES: tuple[tuple[str, tuple], ...] = (
+    (r"\.(attn|cross)\.(q|k|v|qkv)\.(w|b)$", (MODEL, None)),  # attention heads: output rows
+    (r"\.(attn|cross)\.o\.w$", (None, MODEL)),                # attention heads: input columns
+    (r"\.mlp\.fc\.(w|b)$", (MODEL, None)),                    # MLP width: output rows
+    (r"\.mlp\.out\.w$", (None, MODEL)),                       # MLP width: input columns
+    (r"^decoder\.(wte|lm_head)$", (MODEL, None)),             # vocabulary rows (embedding and LM head)
+)
+# Tensors with fewer elements stay whole on every device under fsdp=True (norms, biases, cls).
+FSDP_MIN_SIZE = 1024
+
+
+def check_mesh(mesh: Mesh) -> None:
+    """purevedec's reshapes assume the partitioner places intermediates (Auto axes)."""
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
+    explicit = [n for n, t in zip(mesh.axis_names, mesh.axis_types) if t != AxisType.Auto]
+    if explicit:
+        raise ValueError(
+            f"mesh axes {explicit} are not Auto ({mesh.axis_types}): purevedec runs on meshes whose axes the "
+            "partitioner places; build one with jax.make_mesh(shape, names, "
+            "axis_types=(jax.sharding.AxisType.Auto,) * len(names))")
+
+
+def _axis_size(mesh: Mesh, axis) -> int:
+    return mesh.shape.get(axis, 1) if axis is not None else 1
+
+
+def _rule_axes(path: str, ndim: int, rules) -> list:
+    for pattern, axes in rules:
+        if re.search(pattern, path):
+            return list(axes[:ndim]) + [None] * (ndim - len(axes[:ndim]))
+    return [None] * ndim
+
+
+def _fsdp_axes(axes: list, shape: tuple, mesh: Mesh) -> list:
+    """The largest dimension not already split, over "data", for tensors of FSDP_MIN_SIZE elements or more."""
+    size = 1
+    for d in shape:
+        size *= d
+    free = [i for i in range(len(shape)) if axes[i] is None]
+    if size >= FSDP_MIN_SIZE and free and DATA in mesh.shape:
+        axes[max(free, key=lambda i: shape[i])] = DATA
+    return axes
+
+
+def leaf_spec(path: str, shape: tuple, mesh: Mesh, rules=MODEL_RULES, fsdp: bool = False) -> PartitionSpec:
+    """One param's PartitionSpec on ``mesh``: the first matching rule, the fsdp axis, then any axis
+    that is absent, of size 1, or does not divide its dimension dropped (the last with a warning)."""
+    axes = _rule_axes(path, len(shape), rules)
+    if fsdp:
+        axes = _fsdp_axes(axes, shape, mesh)
+    for i, axis in enumerate(axes):
+        n = _axis_size(mesh, axis)
+        if n == 1:
+            axes[i] = None
+        elif shape[i] % n:
+            warnings.warn(f"{path}: dimension {i} of size {shape[i]} is not divisible by mesh axis {axis!r} "
+                          f"of size {n}; it stays replicated", stacklevel=3)
+            axes[i] = None
+    while axes and axes[-1] is None:
+        axes.pop()
+    return PartitionSpec(*axes)
+
+
+def param_specs(config: Config, mesh: Mesh, *, rules=None, fsdp: bool = False) -> dict:
+    """The PartitionSpec of every param on ``mesh``, as a tree shaped like the weights."""
+    rules = MODEL_RULES if rules is None else tuple(rules)
+    return map_with_path(param_shapes(config), lambda path, shape: leaf_spec(path, shape, mesh, rules, fsdp))
+
+
+def shard_params(params: Mapping, mesh: Mesh, config: Config | None = None, *, rules=None,
+                 fsdp: bool = False) -> dict:
+    """``params`` placed on ``mesh`` by the rules (see the module doc), still carrying their config.
+
+    rules: a sequence of (regex on the dotted path, axes per dimension); default ``MODEL_RULES``.
+    fsdp: also split the largest remaining axis of every big tensor over "data"."""
+    check_mesh(mesh)
+    weights, config = unpack(params, config)
+    specs = flatten(param_specs(config, mesh, rules=rules, fsdp=fsdp))
+    leaves = flatten(weights)
+    placed = map_with_path(param_shapes(config),
+                           lambda path, _: jax.device_put(leaves[path], NamedSharding(mesh, specs[path])))
+    return {**placed, **{k: params[k] for k in STATIC_KEYS if k in params}}
+
+
+def shard_batch(x, mesh: Mesh):
+    """A batch (an array or a tree of arrays, batch axis first) split over the mesh's "data" axis
+    (replicated when the mesh has none)."""
+    check_mesh(mesh)
+    n = _axis_size(mesh, DATA)
+
+    def put(a):
+        if n > 1 and (not getattr(a, "ndim", 0) or a.shape[0] % n):
+            raise ValueError(f"a batch of shape {getattr(a, 'shape', None)} cannot be split over the mesh's "
+                             f"'data' axis of size {n}: its first dimension must be a multiple of {n}")
+        return jax.device_put(a, NamedSharding(mesh, PartitionSpec(DATA) if n > 1 else PartitionSpec()))
+    return jax.tree.map(put, x)

@@ -1,0 +1,181 @@
+"""Sharded runs on 8 simulated CPU devices, for tests/test_sharding.py.
+
+Run as ``python -m tests.sharding_worker CASE`` with
+XLA_FLAGS=--xla_force_host_platform_device_count=8 in the subprocess's environment only (the
+flag must be set before JAX starts, and the other tests run on one device). It computes facts
+(output shardings, the collectives in compiled programs, differences from one device) and
+prints them as one JSON line; the test asserts on them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+import purevedec as pv
+
+# A tiny model whose every sharded size (heads, MLP width, vocabulary) divides 8.
+ENCODER = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=8, intermediate_size=64, image_size=8,
+               patch_size=4)
+DECODER = dict(n_embd=32, n_layer=1, n_head=8, vocab_size=64, n_positions=16, n_inner=64, bos_token_id=0,
+               eos_token_id=2)
+KEY = jax.random.key(3)
+
+_COLLECTIVE = re.compile(r"=\s*(.+?)\s+(all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)"
+                         r"(?:-start)?\(")
+
+
+def tiny_params():
+    """Random params scaled so that logits are decisive (no near-ties to flip between programs)."""
+    config = pv.Config(encoder=pv.ViTConfig(**ENCODER), decoder=pv.GPT2Config(**DECODER), decoder_start_token_id=0,
+                       pad_token_id=1, eos_token_id=2)
+    params = pv.init_params(config, jax.random.key(0))
+    return jax.tree.map(lambda a: a * 4.0, params)
+
+
+def pixels(batch: int) -> np.ndarray:
+    return np.random.RandomState(batch).randn(batch, 3, 8, 8).astype(np.float32)
+
+
+def collectives(hlo: str) -> list[list]:
+    """[op, result type, largest element count] of every collective in a compiled program."""
+    found = []
+    for result, op in _COLLECTIVE.findall(hlo):
+        sizes = [math.prod(int(d) for d in dims.split(",") if d) for dims in re.findall(r"\[([\d,]*)\]", result)]
+        found.append([op, result.split("{")[0], max(sizes, default=1)])
+    return found
+
+
+def spec(x) -> list:
+    """A jax.Array's PartitionSpec as JSON (None for a sharding that is not named)."""
+    s = x.sharding
+    return [list(a) if isinstance(a, tuple) else a for a in s.spec] if isinstance(s, NamedSharding) else None
+
+
+def maxdiff(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def compiled(fn, *args):
+    """(outputs, compiled HLO text) of jax.jit(fn) run on ``args``: one compile serves both."""
+    exe = jax.jit(fn).lower(*args).compile()
+    return exe(*args), exe.as_text()
+
+
+GENERATE_MODES = {"greedy": {}, "beam": dict(num_beams=2), "sample": dict(do_sample=True, top_k=8),
+                  "beam_sample": dict(do_sample=True, num_beams=2, num_return_sequences=2, top_k=8)}
+
+
+def generate_facts(params, x, ref_pixels, mode: str) -> dict:
+    """generate_core under jit on sharded ``x``, against one device."""
+    def run(p, px):
+        return pv.generate_core(p, px, max_new_tokens=4, key=KEY, **GENERATE_MODES[mode])
+    out, hlo = compiled(run, params, x)
+    ref = run(params, ref_pixels)
+    return {"spec": spec(out.sequences), "collectives": collectives(hlo),
+            "tokens_equal": bool(np.array_equal(np.asarray(out.sequences), np.asarray(ref.sequences))),
+            "lengths_equal": bool(np.array_equal(np.asarray(out.lengths), np.asarray(ref.lengths))),
+            "scores_diff": maxdiff(out.scores, ref.scores)}
+
+
+def data_parallel() -> dict:
+    """The batch split over 8 devices, params whole on each: encode (16 and 24 images: strided
+    chunks of 8), init_cache, generate in every mode; and a 3-device split (no chunking)."""
+    params = tiny_params()
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+    facts = {}
+    for batch in (16, 24):
+        px = pixels(batch)
+        x = jax.device_put(px, NamedSharding(mesh, P("data")))
+        enc, hlo = compiled(lambda p, v: pv.encode(p, v), params, x)
+        facts[f"encode{batch}"] = {"spec": spec(enc), "collectives": collectives(hlo),
+                                   "diff": maxdiff(enc, pv.encode(params, px)),
+                                   "public_spec": spec(pv.encode(params, x))}
+    px = pixels(16)
+    x = jax.device_put(px, NamedSharding(mesh, P("data")))
+    cache = pv.init_cache(params, pv.encode(params, x), max_len=6, rows_per_image=2)
+    facts["init_cache"] = {"self_k": spec(cache["self"][0]["k"]), "mask": spec(cache["mask"]),
+                           "cross_k": spec(cache["cross"][0][0])}
+    for mode in GENERATE_MODES:
+        facts[mode] = generate_facts(params, x, px, mode)
+    # Three devices do not divide a chunk of 8: the public encode runs one pass, still split.
+    mesh3 = jax.make_mesh((3,), ("data",), axis_types=(AxisType.Auto,), devices=jax.devices()[:3])
+    px = pixels(12)
+    x = jax.device_put(px, NamedSharding(mesh3, P("data")))
+    from purevedec.model import _encode_jit, encoder_chunk
+    weights = {k: v for k, v in params.items() if k != "config"}
+    exe = _encode_jit.lower(weights, x, None, config=params["config"], interpolate_pos_encoding=False,
+                            dtype=jnp.float32, output_hidden_states=False, output_attentions=False,
+                            chunk=encoder_chunk(x)).compile()
+    facts["encode12_on3"] = {"chunk": encoder_chunk(x), "spec": spec(pv.encode(params, x)),
+                             "collectives": collectives(exe.as_text()),
+                             "diff": maxdiff(pv.encode(params, x), pv.encode(params, px))}
+    return facts
+
+
+MESHES = {"data8": ((8,), ("data",)), "model8": ((8,), ("model",)), "data2_model4": ((2, 4), ("data", "model")),
+          "data4_model2": ((4, 2), ("data", "model"))}
+
+
+def auto_mesh(shape, names):
+    return jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(names))
+
+
+def placement(params) -> dict:
+    """Per weight: [spec, bytes of the whole tensor, largest bytes any one device holds]."""
+    from purevedec.params import flatten
+    out = {}
+    for path, leaf in flatten({k: v for k, v in params.items() if k not in ("config", "generation_config")}).items():
+        out[path] = [spec(leaf), leaf.nbytes, max(s.data.nbytes for s in leaf.addressable_shards)]
+    return out
+
+
+def mesh_facts(params, mesh, px, ids, ref, **shard_kw) -> dict:
+    sharded = pv.shard_params(params, mesh, **shard_kw)
+    x, i = pv.shard_batch(px, mesh), pv.shard_batch(ids, mesh)
+    logits = pv.forward(sharded, x, i)
+    facts = {"placement": placement(sharded), "logits_spec": spec(logits),
+             "forward_diff": maxdiff(logits, ref["forward"]),
+             "encode_diff": maxdiff(pv.encode(sharded, x), ref["encode"])}
+    for mode in ("greedy", "beam", "sample"):
+        out = pv.generate_core(sharded, x, max_new_tokens=4, key=KEY, **GENERATE_MODES[mode])
+        facts[mode] = bool(np.array_equal(np.asarray(out.sequences), ref[mode]))
+    return facts
+
+
+def tensor_parallel() -> dict:
+    """shard_params/shard_batch on four meshes (and fsdp on one): placement of every weight, and
+    forward, encode and generate (greedy, beam, sampling) against one device."""
+    params = tiny_params()
+    px, ids = pixels(8), np.random.RandomState(1).randint(0, 64, (8, 5)).astype(np.int32)
+    ref = {"forward": pv.forward(params, px, ids), "encode": pv.encode(params, px)}
+    for mode in ("greedy", "beam", "sample"):
+        out = pv.generate_core(params, px, max_new_tokens=4, key=KEY, **GENERATE_MODES[mode])
+        ref[mode] = np.asarray(out.sequences)
+    facts = {name: mesh_facts(params, auto_mesh(*m), px, ids, ref) for name, m in MESHES.items()}
+    facts["data4_model2_fsdp"] = mesh_facts(params, auto_mesh(*MESHES["data4_model2"]), px, ids, ref, fsdp=True)
+    try:
+        pv.shard_params(params, jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Explicit,) * 2))
+        facts["explicit_error"] = None
+    except ValueError as e:
+        facts["explicit_error"] = str(e)
+    try:
+        pv.shard_batch(pixels(6), auto_mesh(*MESHES["data8"]))
+        facts["batch_error"] = None
+    except ValueError as e:
+        facts["batch_error"] = str(e)
+    return facts
+
+
+CASES = {"data_parallel": data_parallel, "tensor_parallel": tensor_parallel}
+
+if __name__ == "__main__":
+    assert jax.device_count() == 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
+    print(json.dumps(CASES[sys.argv[1]]()))
