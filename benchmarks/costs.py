@@ -6,6 +6,12 @@ from __future__ import annotations
 from purevedec.config import Config
 
 
+def known(config: Config) -> bool:
+    """Whether these formulas describe the architecture (ViT -> GPT-2); for others (DeiT's extra
+    token, BEiT's relative bias, TrOCR's decoder) the suite reports no bound rather than a wrong one."""
+    return config.encoder.model_type == "vit" and config.decoder.model_type == "gpt2"
+
+
 def encoder_flops(config: Config) -> float:
     """Multiply-adds x 2 for one image through the ViT (patch embedding, attention, MLP)."""
     e = config.encoder

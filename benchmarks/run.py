@@ -1,6 +1,13 @@
 """The benchmark suite: purevedec against transformers (PyTorch) in one run, on the same inputs.
 
     python -m benchmarks.run [--quick] [--tiny] [--out DIR] [--publish]
+    python -m benchmarks.run --model NAME_OR_DIR [--images FOLDER] [...]
+
+Without --model it measures random weights of vit-gpt2's shapes (--tiny: a tiny model). With
+--model, any checkpoint purevedec loads (a local directory, or a Hub id from the local cache),
+with its own image processor, tokenizer and generation defaults on both stacks; --images takes
+the images from a folder (else the synthetic N(0,1) pixels). When transformers cannot load the
+checkpoint, the run stops with one line naming what is missing (exit status 1, nothing written).
 
 Writes results.json, results.md and chart.png into --out (default benchmarks/runs/last, not
 tracked by git): fidelity, speed (with each result's
@@ -26,8 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 import purevedec as pv  # noqa: E402
-from benchmarks import costs, machine, process, report, speed  # noqa: E402
-from benchmarks.fidelity import logits_parity, token_agreement  # noqa: E402
+from benchmarks import costs, machine, process, report, speed, subject  # noqa: E402
+from benchmarks.fidelity import caption_agreement, logits_parity, token_agreement  # noqa: E402
 from tests.models import make_full_reference, make_reference, save_captioning_checkpoint  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,6 +48,9 @@ def _args(argv=None):
     ap.add_argument("--publish", action="store_true",
                     help="write the published results (benchmarks/results) and the README's results block")
     ap.add_argument("--tiny", action="store_true", help="a tiny random model (checks the suite itself)")
+    ap.add_argument("--model", default=None, help="a checkpoint directory or Hub id (default: random weights)")
+    ap.add_argument("--images", default=None, help="a folder of images (default: synthetic pixels)")
+    ap.add_argument("--show", type=int, default=4, help="captions shown side by side")
     ap.add_argument("--quick", action="store_true", help="batches 1 and 8 only, no bf16 at batch 32")
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--tokens", type=int, default=16, help="new tokens per generation")
@@ -59,14 +69,14 @@ def _args(argv=None):
     return args
 
 
-def _speed(model, path, config, args, log) -> list[dict]:
+def _speed(model, path, config, args, log, images=None) -> list[dict]:
     """Both libraries, every dtype/workload/batch; merged into one record per cell."""
     params, _ = pv.load(path)
     batches = [int(b) for b in args.batches.split(",")]
     cells = {}
     for dtype in args.dtypes.split(","):
         for lib in (speed.Purevedec(params, config, dtype), speed.Transformers(model, dtype)):
-            for r in speed.run_library(lib, config, batches, (1, 4), args.tokens, log):
+            for r in speed.run_library(lib, config, batches, (1, 4), args.tokens, log, images):
                 key = (r["workload"], r["batch"], dtype)
                 tag = "pv" if lib.name == "purevedec" else "hf"
                 cell = cells.setdefault(key, {"workload": r["workload"], "batch": r["batch"], "dtype": dtype})
@@ -79,6 +89,10 @@ def _speed(model, path, config, args, log) -> list[dict]:
 
 
 def _bounds(cells, config, limits, tokens) -> None:
+    if not costs.known(config):
+        for c in cells:
+            c["bound_s"] = c["bound_token_ms"] = None
+        return
     encoder_flops = costs.encoder_flops(config)
     for c in cells:
         bf16 = c["dtype"] == "bfloat16"
@@ -160,7 +174,8 @@ def _targets(cells, proc) -> list[dict]:
             add(f"encoder b{c['batch']} time vs transformers", c["pv_s"] / c["hf_s"], "<= 1.0x", 1.0)
     g = get.get(("greedy", 1, "float32"))
     if g:
-        add("greedy b1 decode per token vs memory bound", g["pv_token_ms"] / g["bound_token_ms"], "<= 1.3x", 1.3)
+        if g.get("bound_token_ms"):
+            add("greedy b1 decode per token vs memory bound", g["pv_token_ms"] / g["bound_token_ms"], "<= 1.3x", 1.3)
         b = get.get(("greedy", 1, "bfloat16"))
         if b:
             add("bf16 vs fp32 decode per token (b1)", b["pv_token_ms"] / g["pv_token_ms"], "<= 0.6x", 0.6)
@@ -178,6 +193,32 @@ def _versions() -> dict:
             "transformers": transformers.__version__, "python": sys.version.split()[0]}
 
 
+def _sources(res: dict) -> str:
+    m, im = res.get("model_identity", {"name": res["model"]}), res.get("images", {})
+    which = (f"revision {m['revision']}" if "revision" in m else
+             f"weight files sha256 {m['weights_sha256']}" if "weights_sha256" in m else "built in this run")
+    where = f" ({m['path']})" if "path" in m and m["path"] != m["name"] else ""
+    if "folder" in im:
+        imgs = f"{im['count']} images from {im['folder']} (names and bytes sha256 {im['sha256']})"
+    else:
+        imgs = f"{im.get('count', '?')} synthetic images ({im.get('synthetic', 'N(0,1) pixels')})"
+    return f"Model: {m['name']}{where}, {which}. Images: {imgs}."
+
+
+def _caption_parts(captions: dict, images: dict) -> list[str]:
+    """Per workload: the first differing position of each image, and the first captions side by side."""
+    parts = []
+    names = images.get("files") or [f"image {i}" for i in range(images.get("count", 0))]
+    for work, c in captions.items():
+        firsts = ", ".join("same" if f is None else str(f) for f in c["first differing position"])
+        rows = [[names[i] if i < len(names) else f"image {i}", a, b]
+                for i, (a, b) in enumerate(zip(c["purevedec"], c["transformers"]))]
+        parts += [f"### {work} captions: {c['differing captions']} of {c['images']} differ "
+                  f"(first differing token position per image: {firsts})",
+                  report.table(["image", "purevedec", "transformers"], rows)]
+    return parts
+
+
 def markdown(res: dict) -> str:
     m = res["machine"]
     parts = [f"# purevedec vs transformers ({res['model']}, {res['date']})",
@@ -186,13 +227,17 @@ def markdown(res: dict) -> str:
              f"{m['matmul_flops_bf16'] / 1e9:.0f} bf16 (the best of XLA and PyTorch), "
              f"read bandwidth {m['read_bytes_per_s'] / 1e9:.1f} GB/s (measured in this run). "
              f"{res['tokens']} new tokens per generation; times are the best warm call.",
+             _sources(res),
              "## Targets", report.targets_table(res["targets"]),
              "## Fidelity", report.table(["measure", "value"], [[k, v] for k, v in res["fidelity"].items()]),
+             *_caption_parts(res.get("captions", {}), res.get("images", {})),
              "## Speed", report.speed_table(res["speed"]),
              "Bounds: encoder FLOPs / peak matmul FLOP/s of the dtype; per token, the bytes a decode step must read / "
              "read bandwidth (weights, cross K/V once per image, half-full self cache) or its FLOPs / peak, "
              "whichever is larger (from a few dozen rows on, a step is compute-bound)."]
     seed = res["seed"]
+    if any(c.get("bound_s") is None for c in res["speed"]):
+        parts.append("Bounds unavailable: the cost model (benchmarks/costs.py) covers ViT -> GPT-2 only.")
     parts.append("Seed Flax column: " + (seed["skipped"] if "skipped" in seed else
                                          "transformers 4.57 FlaxVisionEncoderDecoderModel, generate under jax.jit "
                                          f"({', '.join(f'{k} {v}' for k, v in seed.get('versions', {}).items())})."))
@@ -205,42 +250,92 @@ def markdown(res: dict) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _subject(args, workdir):
+    """(reference model, checkpoint dir, identity): the user's checkpoint, else random weights
+    saved into ``workdir``."""
+    if args.model:
+        path = subject.resolve(args.model)
+        return subject.load_reference(path, args.model), path, subject.model_identity(args.model, path)
+    model = make_reference(init_scale=2.0) if args.tiny else make_full_reference()
+    save_captioning_checkpoint(model, workdir)
+    return model, workdir, {"name": "tiny random" if args.tiny else "vit-gpt2 shapes (239M), random weights"}
+
+
+def _images(args, path, config, workdir):
+    """(purevedec's pixels, transformers' pixels, identity, one image file for the process runs)."""
+    if args.images:
+        files = subject.image_files(args.images)
+        ours, theirs = subject.pixels_both(path, files)
+        ident = subject.images_identity(args.images, files)
+        ident["pixels max |d|"] = float(np.max(np.abs(ours - theirs))) if ours.shape == theirs.shape else None
+        return ours, theirs, ident, files[0]
+    from PIL import Image
+    image = os.path.join(workdir, "image.png")
+    Image.fromarray((np.random.RandomState(1).rand(240, 320, 3) * 255).astype(np.uint8)).save(image)
+    px = speed.pixels(config, 2)
+    return px, px, {"synthetic": "N(0,1) pixels from RandomState(0)", "count": 2}, image
+
+
+def _captions(model, path, ours, theirs, tokens, show) -> dict:
+    """Greedy and beam-4 captions of every image by both stacks (each on its own processor's
+    pixels, with the checkpoint's generation defaults and ``tokens`` new tokens)."""
+    import torch
+    params, config = pv.load(path)
+    pad = model.generation_config.pad_token_id
+    pad = -1 if pad is None else pad
+    tok_pv, tok_hf = subject.tokenizers(path)
+    out = {}
+    for beams in (1, 4):
+        name = "greedy" if beams == 1 else f"beam-{beams}"
+        a = np.asarray(pv.generate(params, ours, config, num_beams=beams, max_new_tokens=tokens).sequences)
+        with torch.no_grad():
+            b = model.generate(pixel_values=torch.tensor(theirs), num_beams=beams, max_new_tokens=tokens).numpy()
+        agree = caption_agreement(a.tolist(), b.tolist(), pad)
+        text = ((tok_pv.batch_decode(a[:show].tolist()), tok_hf.batch_decode(b[:show], skip_special_tokens=True))
+                if tok_pv else ([str(r) for r in a[:show].tolist()], [str(r) for r in b[:show].tolist()]))
+        out[name] = {**agree, "purevedec": text[0], "transformers": text[1]}
+    return out
+
+
 def main(argv=None) -> dict:
     args = _args(argv)
     if args.quick:
         args.batches = "1,8"
     log = lambda s: print(s, flush=True)  # noqa: E731
     t0 = time.time()
-    os.makedirs(args.out, exist_ok=True)
-    log("machine limits ...")
-    limits = machine.measure(args.tiny)
-    model = make_reference(init_scale=2.0) if args.tiny else make_full_reference()
-    with tempfile.TemporaryDirectory() as path:
-        save_captioning_checkpoint(model, path)
-        image = os.path.join(path, "image.png")
-        from PIL import Image
-        Image.fromarray((np.random.RandomState(1).rand(240, 320, 3) * 255).astype(np.uint8)).save(image)
+    with tempfile.TemporaryDirectory() as workdir:
+        model, path, model_id = _subject(args, workdir)
+        os.makedirs(args.out, exist_ok=True)
+        log("machine limits ...")
+        limits = machine.measure(args.tiny)
         config = pv.load_config(path)
+        ours, theirs, images_id, image = _images(args, path, config, workdir)
         log("fidelity ...")
-        fidelity = logits_parity(model, path)
+        fidelity = logits_parity(model, path, px=ours[:8])
+        if "pixels max |d|" in images_id:
+            fidelity["pixels max |d| (the two image processors)"] = images_id["pixels max |d|"]
+        captions = _captions(model, path, ours, theirs, args.tokens, args.show)
+        for name, c in captions.items():
+            fidelity[f"{name} differing captions (of {c['images']} images)"] = c["differing captions"]
         log("speed ...")
-        cells = _speed(model, path, config, args, log)
+        user_px = ours if args.images else None
+        cells = _speed(model, path, config, args, log, user_px)
         _bounds(cells, config, limits, args.tokens)
         for c in cells:
             if "pv_sequences" in c and c["dtype"] == "float32":
                 agree = token_agreement(c["pv_sequences"], c["hf_sequences"])
                 fidelity[f"{c['workload']} b{c['batch']} tokens equal to transformers"] = agree["tokens"]
         log("seed Flax ...")
-        seed = _seed(path, args, log)
+        seed = _seed(path, args, log) if not args.model else {"skipped": "not run on a user checkpoint (--model)"}
         _merge_seed(cells, seed)
         proc = {}
         if not args.no_process:
             log("fresh processes ...")
             proc = _processes(path, image, args.tokens, log)
-    res = dict(model="tiny random" if args.tiny else "vit-gpt2 shapes (239M), random weights",
+    res = dict(model=model_id["name"], model_identity=model_id, images=images_id,
                date=datetime.date.today().isoformat(), versions=_versions(), machine=limits, tokens=args.tokens,
-               fidelity=fidelity, speed=cells, seed=seed, processes=proc, targets=_targets(cells, proc),
-               seconds=time.time() - t0)
+               fidelity=fidelity, captions=captions, speed=cells, seed=seed, processes=proc,
+               targets=_targets(cells, proc), seconds=time.time() - t0)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(res, f, indent=1)
     text = markdown(res)

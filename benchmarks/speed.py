@@ -15,9 +15,12 @@ import purevedec as pv
 from .timing import timed
 
 
-def pixels(config, batch: int) -> np.ndarray:
-    """The benchmark's images: N(0,1) pixels from RandomState(0), the largest batch sliced
-    (the seed-Flax script draws the same ones)."""
+def pixels(config, batch: int, images: np.ndarray | None = None) -> np.ndarray:
+    """The benchmark's images: the user's preprocessed ``images`` repeated to fill the batch, else
+    N(0,1) pixels from RandomState(0), the largest batch sliced (the seed-Flax script draws the
+    same ones)."""
+    if images is not None:
+        return np.resize(images, (batch,) + images.shape[1:]).astype(np.float32)
     h, w = config.encoder.image_size
     return np.random.RandomState(0).randn(batch, config.encoder.num_channels, h, w).astype(np.float32)
 
@@ -68,11 +71,11 @@ class Transformers:
         return run
 
 
-def run_library(lib, config, batches, beams_list, tokens: int, log=print) -> list[dict]:
+def run_library(lib, config, batches, beams_list, tokens: int, log=print, images=None) -> list[dict]:
     """Rows of results: one per (workload, batch) for this library and dtype."""
     rows = []
     for batch in batches:
-        px = pixels(config, batch)
+        px = pixels(config, batch, images)
         first, warm, _ = timed(lib.encoder(px))
         rows.append(dict(workload="encoder", batch=batch, first_s=first, warm_s=warm))
         log(f"  {lib.name} encoder b{batch}: {warm:.3f} s (first {first:.1f} s)")

@@ -79,3 +79,81 @@ def test_only_publish_touches_tracked_results():
     published = _args(["--publish"])
     assert published.out == os.path.join(ROOT, "benchmarks", "results")
     assert published.readme == os.path.join(ROOT, "README.md")
+
+
+def _image_folder(folder, count=3):
+    folder.mkdir()
+    rng = np.random.RandomState(2)
+    for i in range(count):
+        Image.fromarray((rng.rand(20 + 7 * i, 30, 3) * 255).astype(np.uint8)).save(folder / f"photo{i}.png")
+    return folder
+
+
+def test_suite_on_a_user_checkpoint_and_image_folder(tmp_path):
+    import hashlib
+    import torch
+    from transformers import AutoImageProcessor, VisionEncoderDecoderModel
+    ckpt = save_captioning_checkpoint(make_reference(init_scale=2.0, seed=3), tmp_path / "my-ckpt")
+    images = _image_folder(tmp_path / "shots")
+    out = tmp_path / "results"
+    res = run.main(["--tiny", "--model", ckpt, "--images", str(images), "--batches", "3", "--dtypes", "float32",
+                    "--tokens", "4", "--no-process", "--seed-python", str(tmp_path / "absent" / "python"),
+                    "--out", str(out)])
+    saved = json.loads((out / "results.json").read_text())
+    weights = hashlib.sha256((tmp_path / "my-ckpt" / "model.safetensors").read_bytes()).hexdigest()[:16]
+    assert saved["model_identity"] == {"name": ckpt, "path": ckpt, "weights_sha256": weights}
+    assert saved["images"]["count"] == 3 and saved["images"]["files"] == ["photo0.png", "photo1.png", "photo2.png"]
+    fid = saved["fidelity"]
+    # Independent check of the pixel row: transformers' processor against purevedec's on the same files.
+    files = sorted(str(p) for p in images.iterdir())
+    ref_px = AutoImageProcessor.from_pretrained(ckpt)(images=[Image.open(f) for f in files],
+                                                      return_tensors="np")["pixel_values"]
+    ours = pv.preprocess(files, pv.load_image_config(ckpt))
+    assert fid["pixels max |d| (the two image processors)"] == float(np.max(np.abs(ours - ref_px))) < 1e-5
+    assert 0 <= fid["fp32 logits max |d|"] <= 1e-4 and 0 <= fid["fp32 logits relative error"] <= 1e-5
+    assert 0 < fid["bf16 logits relative error"] < 0.1 and fid["bf16 logits max |d|"] > 0
+    assert fid["greedy next-token agreement"] == 1.0
+    # Captions compared with transformers' own generate on its own pixels, done here independently.
+    model = VisionEncoderDecoderModel.from_pretrained(ckpt).eval()
+    with torch.no_grad():
+        greedy = model.generate(pixel_values=torch.tensor(ref_px), max_new_tokens=4).numpy()
+    assert fid["greedy differing captions (of 3 images)"] == 0 and fid["beam-4 differing captions (of 3 images)"] == 0
+    shown = saved["captions"]["greedy"]
+    assert shown["first differing position"] == [None, None, None]
+    from transformers import AutoTokenizer
+    assert shown["transformers"] == AutoTokenizer.from_pretrained(ckpt).batch_decode(greedy, skip_special_tokens=True)
+    assert shown["purevedec"] == shown["transformers"] and all(shown["purevedec"])
+    md = (out / "results.md").read_text()
+    assert f"Model: {ckpt}" in md and weights in md and saved["images"]["sha256"] in md and str(images) in md
+    assert "| photo0.png |" in md and "greedy captions: 0 of 3 differ" in md
+    # Batch 3 (the folder's three images): the speed runs reuse the captions' compiled programs.
+    assert {(c["workload"], c["batch"]) for c in saved["speed"]} == {("encoder", 3), ("greedy", 3), ("beam-4", 3)}
+    assert all(c["pv_s"] > 0 and c["hf_s"] > 0 and c["bound_s"] > 0 for c in saved["speed"])
+
+
+def test_reference_unavailable_names_the_missing_architecture(tmp_path):
+    import pytest
+    from benchmarks import subject
+    ckpt = tmp_path / "ckpt"
+    save_captioning_checkpoint(make_reference(), ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["encoder"]["model_type"] = "futurevit"
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SystemExit) as e:
+        subject.load_reference(str(ckpt), "me/my-model")
+    line = str(e.value)
+    assert "\n" not in line and "me/my-model" in line and "encoder architecture 'futurevit'" in line
+
+
+def test_bounds_unavailable_for_architectures_the_cost_model_does_not_know():
+    from models import TINY_DECODER, TINY_ENCODER
+    config = pv.parse_config({
+        "model_type": "vision-encoder-decoder", "is_encoder_decoder": True,
+        "encoder": {"model_type": "deit", **TINY_ENCODER},
+        "decoder": {"model_type": "gpt2", "add_cross_attention": True, "is_decoder": True, **TINY_DECODER}})
+    cells = [{"workload": "greedy", "batch": 1, "dtype": "float32", "pv_s": 1.0, "hf_s": 1.0, "pv_token_ms": 1.0,
+              "hf_token_ms": 1.0, "pv_first_s": 2.0}]
+    run._bounds(cells, config, {"matmul_flops": 1e9, "matmul_flops_bf16": 1e9, "read_bytes_per_s": 1e9}, 4)
+    assert cells[0]["bound_s"] is None and cells[0]["bound_token_ms"] is None
+    assert not any("bound" in t["name"] for t in run._targets(cells, {}))
+    assert "| - | - |" in report.speed_table(cells)
