@@ -29,7 +29,7 @@ def decode_bytes(config: Config, images: int, rows_per_image: int, cached: int, 
     g = config.decoder
     d, f, layers = g.n_embd, g.n_inner, g.n_layer
     per_layer = (4 * d * d + 4 * d) + (2 * d * d + 2 * d) + (2 * d * f + d + f) + 6 * d
-    weights = layers * per_layer + g.vocab_size * d + 2 * d
+    weights = layers * per_layer + g.vocab_size * d + 2 * d + d  # ..., LM head, final norm, one position row
     cross_kv = layers * images * 2 * (1 + config.encoder.num_patches) * d
     self_kv = layers * images * rows_per_image * 2 * cached * d
     return float(weights + cross_kv + self_kv) * itemsize

@@ -81,8 +81,9 @@ def _speed(model, path, config, args, log, images=None) -> list[dict]:
                 tag = "pv" if lib.name == "purevedec" else "hf"
                 cell = cells.setdefault(key, {"workload": r["workload"], "batch": r["batch"], "dtype": dtype})
                 cell.update({f"{tag}_s": r["warm_s"], f"{tag}_first_s": r["first_s"]})
-                if "per_token_s" in r:
-                    cell.update({f"{tag}_token_ms": r["per_token_s"] * 1e3, f"{tag}_sequences": r["sequences"]})
+                if "per_token_s" in r:  # None when every row stopped after one token
+                    ms = None if r["per_token_s"] is None else r["per_token_s"] * 1e3
+                    cell.update({f"{tag}_token_ms": ms, f"{tag}_sequences": r["sequences"]})
     model.to(__import__("torch").float32)
     model.set_attn_implementation("eager")
     return list(cells.values())
@@ -174,10 +175,10 @@ def _targets(cells, proc) -> list[dict]:
             add(f"encoder b{c['batch']} time vs transformers", c["pv_s"] / c["hf_s"], "<= 1.0x", 1.0)
     g = get.get(("greedy", 1, "float32"))
     if g:
-        if g.get("bound_token_ms"):
+        if g.get("bound_token_ms") and g.get("pv_token_ms"):
             add("greedy b1 decode per token vs memory bound", g["pv_token_ms"] / g["bound_token_ms"], "<= 1.3x", 1.3)
         b = get.get(("greedy", 1, "bfloat16"))
-        if b:
+        if b and b.get("pv_token_ms") and g.get("pv_token_ms"):
             add("bf16 vs fp32 decode per token (b1)", b["pv_token_ms"] / g["pv_token_ms"], "<= 0.6x", 0.6)
     if proc:
         warm, ref = proc["purevedec, warm compilation cache"], proc["transformers"]

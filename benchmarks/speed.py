@@ -1,8 +1,9 @@
 """Speed of purevedec and transformers (PyTorch, eager) on the same inputs, in this process:
 the encoder alone, and greedy / beam generation of a fixed number of tokens.
 
-Decode time per token is (time for N tokens - time for 1 token) / (N - 1): the encoder, the
-prompt step and the per-call overheads cancel, for both libraries alike."""
+Decode time per token is (time for N tokens - time for 1 token) / (N - 1), N being the tokens the
+call really generated (fewer than asked when every row stops at EOS): the encoder, the prompt step
+and the per-call overheads cancel, for both libraries alike."""
 
 from __future__ import annotations
 
@@ -83,9 +84,10 @@ def run_library(lib, config, batches, beams_list, tokens: int, log=print, images
             first, warm, seqs = timed(lib.generate(px, beams, tokens))
             _, one, _ = timed(lib.generate(px, beams, 1))
             name = "greedy" if beams == 1 else f"beam-{beams}"
-            rows.append(dict(workload=name, batch=batch, first_s=first, warm_s=warm,
-                             per_token_s=(warm - one) / (tokens - 1), new_tokens=int(seqs.shape[1] - 1),
-                             sequences=np.asarray(seqs).tolist()))
-            log(f"  {lib.name} {name} b{batch}: {warm:.3f} s, {rows[-1]['per_token_s'] * 1e3:.1f} ms/token "
-                f"(first {first:.1f} s)")
+            generated = int(np.shape(seqs)[1] - 1)
+            per_token = (warm - one) / (generated - 1) if generated > 1 else None
+            rows.append(dict(workload=name, batch=batch, first_s=first, warm_s=warm, per_token_s=per_token,
+                             new_tokens=generated, sequences=np.asarray(seqs).tolist()))
+            shown = f"{per_token * 1e3:.1f} ms/token" if per_token is not None else "stopped after one token"
+            log(f"  {lib.name} {name} b{batch}: {warm:.3f} s, {shown} (first {first:.1f} s)")
     return rows
