@@ -127,15 +127,18 @@ def block(p: dict, x: jax.Array, shared_bias, cfg: BeitConfig, path_rate: float,
 
 
 def apply(p: dict, pixels: jax.Array, cfg: BeitConfig, *, interpolate_pos_encoding: bool = False,
-          dtype=jnp.float32, key=None) -> dict:
-    """Same outputs as ``vit.apply``; ``last_hidden_state`` is unnormalised with mean pooling."""
+          dtype=jnp.float32, key=None, remat: bool = False) -> dict:
+    """Same outputs as ``vit.apply`` (``remat`` as there); ``last_hidden_state`` is unnormalised
+    with mean pooling."""
     x = embed(p, pixels, cfg, interpolate_pos_encoding=interpolate_pos_encoding, dtype=dtype, key=site_key(key, 0))
     shared = relative_bias(p["rel_bias"], cfg) if cfg.use_shared_relative_position_bias else None
     layers = cfg.num_hidden_layers
     hidden, attns = [x], []
+    layer = lambda bp, x, rate, key: block(bp, x, shared, cfg, rate, dtype, key=key)  # noqa: E731
+    layer = jax.checkpoint(layer, static_argnums=(2,)) if remat else layer
     for i, bp in enumerate(p["blocks"]):
         rate = cfg.drop_path_rate * i / max(layers - 1, 1)  # transformers' linear stochastic-depth schedule
-        x, weights = block(bp, x, shared, cfg, rate, dtype, key=site_key(key, 1, i))
+        x, weights = layer(bp, x, rate, site_key(key, 1, i))
         hidden.append(x)
         attns.append(weights)
     last = x if cfg.use_mean_pooling else layer_norm(p["ln_f"], x, cfg.layer_norm_eps)

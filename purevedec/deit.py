@@ -41,12 +41,14 @@ def embed(p: dict, pixels: jax.Array, cfg: DeiTConfig, *, interpolate_pos_encodi
 
 
 def apply(p: dict, pixels: jax.Array, cfg: DeiTConfig, *, interpolate_pos_encoding: bool = False,
-          dtype=jnp.float32, key=None) -> dict:
-    """Same outputs as ``vit.apply`` with S = 2 + N."""
+          dtype=jnp.float32, key=None, remat: bool = False) -> dict:
+    """Same outputs as ``vit.apply`` with S = 2 + N (``remat`` as there)."""
     x = embed(p, pixels, cfg, interpolate_pos_encoding=interpolate_pos_encoding, dtype=dtype, key=site_key(key, 0))
+    layer = lambda bp, x, key: vit.block(bp, x, cfg, dtype, key=key)  # noqa: E731
+    layer = jax.checkpoint(layer) if remat else layer
     hidden, attns = [x], []
     for i, bp in enumerate(p["blocks"]):
-        x, weights = vit.block(bp, x, cfg, dtype, key=site_key(key, 1, i))
+        x, weights = layer(bp, x, site_key(key, 1, i))
         hidden.append(x)
         attns.append(weights)
     last = layer_norm(p["ln_f"], x, cfg.layer_norm_eps)

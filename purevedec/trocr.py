@@ -165,7 +165,7 @@ def _layer_dropped(cfg: TrOCRConfig, key) -> jax.Array | bool:
 
 
 def apply(p: dict, ids: jax.Array, kv_cross: list, cfg: TrOCRConfig, *, attention_mask=None,
-          position_ids=None, dtype=jnp.float32, key=None) -> dict:
+          position_ids=None, dtype=jnp.float32, key=None, remat: bool = False) -> dict:
     """Teacher-forced decoder pass. ids [B,T] -> {"logits": [B,T,V], "hidden_states": the
     embedding output and each layer's output, "attentions", "cross_attentions"}.
 
@@ -178,8 +178,10 @@ def apply(p: dict, ids: jax.Array, kv_cross: list, cfg: TrOCRConfig, *, attentio
     x = embed(p, ids, 0, cfg, dtype, key=site_key(key, 0))
     mask = causal_mask(t, attention_mask, b)
     hidden, self_ws, cross_ws = [x], [], []
+    layer = lambda bp, x, kv, key: block(bp, x, kv, mask, cfg, dtype, key=key)  # noqa: E731
+    layer = jax.checkpoint(layer) if remat else layer  # recompute in the backward pass (training)
     for i, bp in enumerate(p["blocks"]):
-        y, self_w, cross_w, _ = block(bp, x, kv_cross[i], mask, cfg, dtype, key=site_key(key, 1, i))
+        y, self_w, cross_w, _ = layer(bp, x, kv_cross[i], site_key(key, 1, i))
         x = jnp.where(_layer_dropped(cfg, site_key(key, 2, i)), x, y)
         hidden.append(x)
         self_ws.append(self_w)
@@ -195,10 +197,11 @@ def init_self_cache(cfg: TrOCRConfig, rows: int, max_len: int, dtype) -> list:
 
 
 def apply_cached(p: dict, cache: dict, ids: jax.Array, cfg: TrOCRConfig, *, attention_mask=None,
-                 dtype=jnp.float32):
+                 shifted: bool = False, dtype=jnp.float32):
     """Decode ``ids`` [R,t] after the ``cache["pos"]`` tokens already cached (see gpt2.apply_cached
     for the cache contract). Positions continue from the cache length, as transformers counts
-    them. Returns (logits [R,t,V] float32, new cache, cross-attention weights per layer)."""
+    them, whatever ``shifted`` says (it is GPT-2's per-row option; TrOCR rows are not re-numbered
+    after left padding). Returns (logits [R,t,V] float32, new cache, cross-attention weights per layer)."""
     r, t = ids.shape
     pos = cache["pos"]
     max_len = cache["mask"].shape[1]

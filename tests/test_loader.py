@@ -208,8 +208,7 @@ def _sharded(tmp_path):
     return path, index, json.load(open(index))
 
 
-@pytest.mark.parametrize("shard", ["../model-00001-of-00009.safetensors", "/etc/passwd", "sub/x.safetensors", "..",
-                                   5])
+@pytest.mark.parametrize("shard", ["../model-00001-of-00009.safetensors", "/etc/passwd", "sub/x.safetensors", ".."])
 def test_shard_name_outside_the_folder_is_refused(tmp_path, shard):
     path, index, data = _sharded(tmp_path)
     (tmp_path / "model-00001-of-00009.safetensors").write_bytes(b"outside")  # a file the name would reach
@@ -221,9 +220,10 @@ def test_shard_name_outside_the_folder_is_refused(tmp_path, shard):
 
 
 @pytest.mark.parametrize("weight_map, problem", [
-    (None, "KeyError: 'weight_map'"),
-    (["model-00001-of-00002.safetensors"], "AttributeError"),
-    ({"a": "x.safetensors", "b": 3}, "TypeError"),
+    (None, "no weight_map object"),
+    (["model-00001-of-00002.safetensors"], "no weight_map object"),
+    ({"a": "x.safetensors", "b": 3}, "weight_map values must be shard file names"),
+    ({"a": 5}, "weight_map values must be shard file names"),
 ])
 def test_malformed_weight_map_names_the_index(tmp_path, weight_map, problem):
     path, index, data = _sharded(tmp_path)
@@ -232,7 +232,7 @@ def test_malformed_weight_map_names_the_index(tmp_path, weight_map, problem):
     else:
         data["weight_map"] = weight_map
     json.dump(data, open(index, "w"))
-    with pytest.raises(pv.CheckpointError, match=rf"{re.escape(index)}: not a readable weights index .*{problem}"):
+    with pytest.raises(pv.CheckpointError, match=rf"{re.escape(index)}: {problem}"):
         pv.load(path)
 
 

@@ -103,7 +103,7 @@ def test_missing_storage_member_is_named(small_bin):
         for name, data in items:
             if not name.endswith("/data/0"):
                 zf.writestr(name, data)
-    with pytest.raises(pv.CheckpointError, match=rf"^{re.escape(small_bin)}: tensor a: storage \S+/data/0 is missing"):
+    with pytest.raises(pv.CheckpointError, match=rf"^{re.escape(small_bin)}: tensor a: storage: \S+/data/0 is missing"):
         list(read_torch_bin(small_bin))
 
 

@@ -127,14 +127,15 @@ def read_tensors(fmt: Format, files: list[str]) -> Iterator[tuple[str, np.ndarra
 
 
 # Layer-count fields of the encoder and decoder configs (all architectures' spellings).
-_LAYER_FIELDS = ("num_hidden_layers", "n_layer")
+_LAYER_FIELDS = ("num_hidden_layers", "n_layer", "decoder_layers")
 # The fewest bytes any weights format spends on one tensor besides its values (its name alone is
 # longer): with one byte per value, a floor on the file size a config needs.
 _BYTES_PER_TENSOR = 8
 
 
 def _with_layers(sub, n: int):
-    field = next(f for f in _LAYER_FIELDS if hasattr(sub, f))
+    fields = {f.name for f in dataclasses.fields(sub)}  # a dataclass field, not an alias property
+    field = next(f for f in _LAYER_FIELDS if f in fields)
     return dataclasses.replace(sub, **{field: n}), getattr(sub, field)
 
 

@@ -2,7 +2,9 @@
 ``train`` extra, optax) the train step, optimizer, checkpointed state and fine-tuning loop.
 
 Imports the model core, generation, checkpoints and captioning; nothing imports it back.
-The optax-based names load on first use, so ``import purevedec`` works without optax.
+The optax-based names (``TrainConfig``, ``TrainState``, ``init_state``, ``make_train_step``,
+``save_state``, ...; documented in the ``optim``, ``step`` and ``state_io`` modules) load on first
+use, so ``import purevedec`` works without optax; ``__all__`` lists only what loads at import.
 """
 
 import importlib
@@ -15,7 +17,7 @@ _NEEDS_OPTAX = {
     "train_step": "step", "save_state": "state_io", "restore_state": "state_io",
 }
 
-__all__ = ["IGNORE_INDEX", "LossOutput", "loss", "loss_core", "shift_right", *_NEEDS_OPTAX]
+__all__ = ["IGNORE_INDEX", "LossOutput", "loss", "loss_core", "shift_right"]
 
 
 def __getattr__(name):

@@ -30,11 +30,16 @@ IGNORE_INDEX = -100  # transformers' (and torch CrossEntropyLoss's) ignore index
 class LossOutput(NamedTuple):
     """What ``loss`` returns. ``loss`` is the mean over counted tokens; the sums let a caller
     average exactly over devices or accumulation steps (sum ``loss_sum`` and ``tokens``, then divide)."""
-    loss: jax.Array       # float32 scalar: loss_sum / max(tokens, 1) (0 when no token counts)
-    loss_sum: jax.Array   # float32 scalar: summed per-token loss over tokens whose label is not -100
-    tokens: jax.Array     # int32 scalar: how many labels are not -100
-    correct: jax.Array    # int32 scalar: counted tokens whose argmax logit is the label
-    accuracy: jax.Array   # float32 scalar: correct / max(tokens, 1)
+    loss: jax.Array
+    """float32 scalar: loss_sum / max(tokens, 1) (0 when no token counts)."""
+    loss_sum: jax.Array
+    """float32 scalar: summed per-token loss over tokens whose label is not -100."""
+    tokens: jax.Array
+    """int32 scalar: how many labels are not -100."""
+    correct: jax.Array
+    """int32 scalar: counted tokens whose argmax logit is the label."""
+    accuracy: jax.Array
+    """float32 scalar: correct / max(tokens, 1)."""
 
 
 def _config_from(config) -> Config:
