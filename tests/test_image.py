@@ -82,7 +82,7 @@ def test_pil_images_all_modes_and_sizes(tmp_path, name):
             im = _image(mode, h, w, seed=i)
             # 16-bit gray is scaled to 8 bits on purpose (transformers clips it to white, see
             # test_cli_robust): the reference sees the same 8-bit image.
-            src = to_8bit(im) if mode == "I;16" else im
+            src = to_8bit(im) if mode in ("I;16", "I") else im
             # transformers' processor needs RGB unless it converts itself (do_convert_rgb).
             expected = ref(src if src.mode == "RGB" or config.do_convert_rgb else src.convert("RGB"))
             _check(preprocess(im, config), expected)

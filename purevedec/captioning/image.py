@@ -186,9 +186,13 @@ def to_8bit(im: Image.Image) -> Image.Image:
     module's default rule) that transformers turns such an image white instead."""
     if im.mode not in _WIDE_GRAY_MODES:
         return im
+    wide = np.asarray(im, dtype=np.int64)
+    if im.mode == "I" and wide.max(initial=0) <= 255 and wide.min(initial=0) >= 0:
+        # a 32-bit image holding 8-bit values (e.g. an 8-bit image converted to "I"): nothing to scale
+        return Image.fromarray(wide.astype(np.uint8), "L")
     warnings.warn("a 16-bit grayscale image was scaled to 8 bits (value / 257); transformers clips "
                   "such images to white, so captions differ from its on them", UserWarning, stacklevel=3)
-    wide = np.clip(np.asarray(im, dtype=np.int64), 0, 65535)
+    wide = np.clip(wide, 0, 65535)
     return Image.fromarray(np.round(wide / 257).astype(np.uint8), "L")
 
 
