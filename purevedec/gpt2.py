@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from .config import GPT2Config
-from .layers import (activation, attention, dense, dense_shape, dropout, layer_norm, merge_heads, norm_shape,
-                     rows_product, site_key, split_heads)
+from .layers import (activation, attention, causal_mask, dense, dense_shape, dropout, layer_norm, merge_heads,
+                     norm_shape, rows_product, site_key, split_heads)
 
 
 def param_shapes(cfg: GPT2Config) -> dict:
@@ -112,14 +112,6 @@ def lm_head(p: dict, h: jax.Array, cfg: GPT2Config, dtype) -> jax.Array:
     """[B,T,D] -> float32 logits [B,T,V]; the head is wte itself when tied."""
     w = p["wte"] if cfg.tie_word_embeddings else p["lm_head"]
     return rows_product(h.astype(dtype), w.astype(dtype))
-
-
-def causal_mask(t: int, attention_mask: jax.Array | None, batch: int) -> jax.Array:
-    """bool [B,1,T,T]: causal, and keys the attention mask marks as padding are hidden."""
-    mask = jnp.tril(jnp.ones((t, t), bool))[None, None]
-    if attention_mask is not None:
-        mask = mask & (attention_mask[:, None, None, :] != 0)
-    return jnp.broadcast_to(mask, (batch, 1, t, t))
 
 
 def apply(p: dict, ids: jax.Array, kv_cross: list, cfg: GPT2Config, *, attention_mask=None,

@@ -169,6 +169,14 @@ def attention(q, k, v, mask, scale: float, *, upcast: bool = False, dropout_rate
     return out.astype(v.dtype), e / total
 
 
+def causal_mask(t: int, attention_mask: jax.Array | None, batch: int) -> jax.Array:
+    """bool [B,1,T,T]: causal, and keys the attention mask marks as padding are hidden."""
+    mask = jnp.tril(jnp.ones((t, t), bool))[None, None]
+    if attention_mask is not None:
+        mask = mask & (attention_mask[:, None, None, :] != 0)
+    return jnp.broadcast_to(mask, (batch, 1, t, t))
+
+
 def dropout(x: jax.Array, rate: float, key) -> jax.Array:
     """Inverted dropout; a no-op when ``key`` is None (inference) or the rate is 0."""
     if key is None or rate == 0.0:

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import TrOCRConfig
-from .layers import (activation, attention, dense, dense_shape, dropout, layer_norm, merge_heads, norm_shape,
-                     rows_product, site_key, split_heads)
+from .layers import (activation, attention, causal_mask, dense, dense_shape, dropout, layer_norm, merge_heads,
+                     norm_shape, rows_product, site_key, split_heads)
 
 LAYER_NORM_EPS = 1e-5
 LEARNED_OFFSET = 2  # BART's learned position table starts two rows in
@@ -147,14 +147,6 @@ def lm_head(p: dict, h: jax.Array, cfg: TrOCRConfig, dtype) -> jax.Array:
     embedding itself when tied)."""
     w = p["embed"] if cfg.tie_word_embeddings else p["lm_head"]
     return rows_product(h.astype(dtype), w.astype(dtype))
-
-
-def causal_mask(t: int, attention_mask: jax.Array | None, batch: int) -> jax.Array:
-    """bool [B,1,T,T]: causal, and keys the attention mask marks as padding are hidden."""
-    mask = jnp.tril(jnp.ones((t, t), bool))[None, None]
-    if attention_mask is not None:
-        mask = mask & (attention_mask[:, None, None, :] != 0)
-    return jnp.broadcast_to(mask, (batch, 1, t, t))
 
 
 def _layer_dropped(cfg: TrOCRConfig, key) -> jax.Array | bool:
