@@ -1,4 +1,5 @@
-"""The ``purevedec`` command line: ``caption`` (captioning layer) and ``train`` (training layer).
+"""The ``purevedec`` command line: ``caption`` (captioning layer), ``train`` (training layer),
+``train-shapes`` and ``render-shapes`` (the bundled shapes model's recipe).
 
 It sits above both layers, so neither imports the other: the captioning CLI drives the parser,
 and this module adds the commands of the layers above it.
@@ -16,10 +17,15 @@ def _add_train(commands) -> None:
     parser.set_defaults(run=lambda args, out, err: train_cli.run(args))
 
 
+def _add_shapes(commands) -> None:
+    from .shapes import cli as shapes_cli
+    shapes_cli.add_parsers(commands)
+
+
 def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """``purevedec COMMAND ...``; returns the exit code."""
     from .captioning import cli
-    return cli.main(argv, out, err, extra_commands=(_add_train,))
+    return cli.main(argv, out, err, extra_commands=(_add_train, _add_shapes))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from ..params import flatten, map_with_path, param_shapes
 from . import names as hf_names
 from .config_files import load_config, load_generation_config
 from .formats import FORMATS, Format, pick_format
+from .bundled import bundled_dir, is_bundled_name
 from .hub import snapshot_dir
 from .jsonfile import read_json_object
 
@@ -185,8 +186,11 @@ def load_dir(path: str, *, dtype=None) -> tuple[dict, Config]:
 
 def local_dir(name_or_path: str | os.PathLike, *, revision: str | None = None,
               cache_dir: str | None = None) -> str:
-    """A local checkpoint directory: the path itself, or the snapshot of a Hub repo id."""
+    """A local checkpoint directory: a bundled model's folder (``purevedec:<name>``), the path
+    itself, or the snapshot of a Hub repo id."""
     path = os.fspath(name_or_path)
+    if is_bundled_name(path):
+        return bundled_dir(path)
     if os.path.isdir(path):
         return path
     return snapshot_dir(path, revision=revision, cache_dir=cache_dir)
