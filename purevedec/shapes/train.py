@@ -13,13 +13,11 @@ import json
 import os
 import time
 
-import jax
 import numpy as np
 
 from ..captioning.image import parse_image_config
 from ..checkpoints import save
 from ..generation import GenerationConfig, generate
-from ..params import init_params
 from ..training.optim import TrainConfig
 from ..training.step import init_state, make_train_step
 from . import recipe as r
@@ -66,8 +64,7 @@ def train(out_dir: str, recipe: r.Recipe = r.Recipe(), *, progress: bool = True)
     """Run the recipe; returns the report (also written to ``out_dir/report.json``)."""
     os.makedirs(out_dir, exist_ok=True)
     image_config = parse_image_config(r.preprocessor_dict())
-    config = r.model_config()
-    params = init_params(config, jax.random.key(recipe.seed))
+    params = r.initial_params(recipe.seed)
     tc = TrainConfig(learning_rate=recipe.learning_rate, weight_decay=recipe.weight_decay,
                      warmup_steps=recipe.warmup_steps, total_steps=recipe.steps, schedule="cosine", max_grad_norm=1.0)
     state, step = init_state(params, tc, recipe.seed), make_train_step(tc)
