@@ -2,12 +2,16 @@
 
     python -m benchmarks.run [--quick] [--tiny] [--out DIR] [--publish]
     python -m benchmarks.run --model NAME_OR_DIR [--images FOLDER] [...]
+    python -m benchmarks.run --only train [--tiny] [--quick] [train_speed options]
 
 Without --model it measures random weights of vit-gpt2's shapes (--tiny: a tiny model). With
 --model, any checkpoint purevedec loads (a local directory, or a Hub id from the local cache),
 with its own image processor, tokenizer and generation defaults on both stacks; --images takes
 the images from a folder (else the synthetic N(0,1) pixels). When transformers cannot load the
 checkpoint, the run stops with one line naming what is missing (exit status 1, nothing written).
+
+``--only train`` runs the training section alone (benchmarks/train_speed.py; options it does not
+know go to that script); a full run ends with it unless ``--no-train`` (not with --model).
 
 Writes results.json, results.md and chart.png into --out (default benchmarks/runs/last, not
 tracked by git): fidelity, speed (with each result's
@@ -33,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 import purevedec as pv  # noqa: E402
-from benchmarks import costs, machine, process, report, speed, subject  # noqa: E402
+from benchmarks import costs, machine, process, report, speed, subject, train_speed  # noqa: E402
 from benchmarks.fidelity import caption_agreement, logits_parity, token_agreement  # noqa: E402
 from tests.models import make_full_reference, make_reference, save_captioning_checkpoint  # noqa: E402
 
@@ -52,16 +56,25 @@ def _args(argv=None):
     ap.add_argument("--images", default=None, help="a folder of images (default: synthetic pixels)")
     ap.add_argument("--show", type=int, default=4, help="captions shown side by side")
     ap.add_argument("--quick", action="store_true", help="batches 1 and 8 only, no bf16 at batch 32")
-    ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--batches", default=None, help="default 1,8,32 (training section: 8,32)")
     ap.add_argument("--tokens", type=int, default=16, help="new tokens per generation")
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--seed-python", default=SEED_PYTHON,
                     help="python of the seed Flax side environment (skipped when absent)")
     ap.add_argument("--no-process", action="store_true", help="skip cold start and peak memory")
+    ap.add_argument("--only", choices=["train"], default=None,
+                    help="run one section alone: train (training speed and memory, benchmarks/train_speed.py)")
+    ap.add_argument("--no-train", action="store_true", help="skip the training section")
     ap.add_argument("--readme", default=None,
                     help="README whose results block gets the tables (default: this repository's README.md "
                          "with --publish, else none)")
-    args = ap.parse_args(argv)
+    args, rest = ap.parse_known_args(argv)
+    if rest and args.only != "train":
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
+    # Given explicitly, --batches and --dtypes apply to the training section too.
+    args.train_args = rest + [f"--{k}={getattr(args, k)}" for k in ("batches", "dtypes")
+                              if getattr(args, k) != ap.get_default(k)]
+    args.batches = args.batches or "1,8,32"
     if args.out is None:
         args.out = os.path.join(ROOT, "benchmarks", "results" if args.publish else os.path.join("runs", "last"))
     if args.readme is None:
@@ -248,7 +261,14 @@ def markdown(res: dict) -> str:
         parts += ["## Cold start and peak memory (fresh processes)",
                   report.table(["run", "imports s", "load s", "process start -> first caption s",
                                 "load peak RSS MB", "peak RSS MB"], rows)]
+    if res.get("training"):
+        parts.append(train_speed.markdown(res["training"]).strip())
     return "\n\n".join(parts) + "\n"
+
+
+def _train_argv(args) -> list[str]:
+    return args.train_args + ["--out", args.out] + (["--tiny"] if args.tiny else []) + (
+        ["--quick"] if args.quick else [])
 
 
 def _subject(args, workdir):
@@ -300,6 +320,8 @@ def _captions(model, path, ours, theirs, tokens, show) -> dict:
 
 def main(argv=None) -> dict:
     args = _args(argv)
+    if args.only == "train":
+        return train_speed.main(_train_argv(args))
     if args.quick:
         args.batches = "1,8"
     log = lambda s: print(s, flush=True)  # noqa: E731
@@ -333,10 +355,11 @@ def main(argv=None) -> dict:
         if not args.no_process:
             log("fresh processes ...")
             proc = _processes(path, image, args.tokens, log)
+    training = None if args.no_train or args.model else train_speed.main(_train_argv(args))
     res = dict(model=model_id["name"], model_identity=model_id, images=images_id,
                date=datetime.date.today().isoformat(), versions=_versions(), machine=limits, tokens=args.tokens,
                fidelity=fidelity, captions=captions, speed=cells, seed=seed, processes=proc,
-               targets=_targets(cells, proc), seconds=time.time() - t0)
+               targets=_targets(cells, proc), training=training, seconds=time.time() - t0)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(res, f, indent=1)
     text = markdown(res)
