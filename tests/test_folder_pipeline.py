@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli_util import checkpoint, make_images, run_cli  # noqa: F401 (fixture)
+from cli_util import checkpoint, run_cli  # noqa: F401 (fixture)
 from purevedec.captioning.captioner import read_pixels
 from purevedec.captioning.image import ImageConfig, load_image_config
 from purevedec.captioning.loader_pipeline import read_ahead

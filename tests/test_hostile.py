@@ -441,7 +441,7 @@ def test_config_is_checked_against_the_weights_before_building(tiny, tmp_path):
         whole = json.load(f)
     for part, config in (("enc", whole["encoder"]), ("dec", {**whole["decoder"], "n_layer": 10 ** 8})):
         shutil.copytree(path, tmp_path / part)
-            _write_json(tmp_path / part / "config.json", config)
+        _write_json(tmp_path / part / "config.json", config)
     attacks["compose"] = (f"pv.from_encoder_decoder_pretrained({str(tmp_path / 'enc')!r}, {str(tmp_path / 'dec')!r}, "
                           "key=__import__('jax').random.PRNGKey(0))")
     results = run_bounded(attacks)
