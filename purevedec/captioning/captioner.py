@@ -218,7 +218,8 @@ class Captioner:
         images = as_list(images)
         rows = min(batch_size, len(images))
         key = jax.random.key(0) if key is None else key
-        workers = default_workers() if workers is None else workers
+        if workers is None:  # one image: nothing to overlap, no pool to start
+            workers = default_workers() if len(images) > 1 else 0
         read = functools.partial(_read_or_error, config=self.image_config)
         with contextlib.closing(read_ahead(images, read, workers=workers, window=2 * max(rows, 1))) as loaded:
             pending: list[_Pending] = []
