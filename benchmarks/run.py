@@ -3,6 +3,7 @@
     python -m benchmarks.run [--quick] [--tiny] [--out DIR] [--publish]
     python -m benchmarks.run --model NAME_OR_DIR [--images FOLDER] [...]
     python -m benchmarks.run --only train [--tiny] [--quick] [train_speed options]
+    python -m benchmarks.run --only folder [--folder-images N] [--folder-batches 8,16,32]
 
 Without --model it measures random weights of vit-gpt2's shapes (--tiny: a tiny model). With
 --model, any checkpoint purevedec loads (a local directory, or a Hub id from the local cache),
@@ -17,7 +18,9 @@ Writes results.json, results.md and chart.png into --out (default benchmarks/run
 tracked by git): fidelity, speed (with each result's
 machine-derived lower bound), cold start, peak memory, the seed Flax implementation as a third
 column when its side environment exists (benchmarks/seed_env.sh), and the targets met or missed.
-Only ``--publish`` changes tracked files: the results go to benchmarks/results and the tables
+The folder section (benchmarks/folder_speed.py) captions a generated folder of JPEGs end to end
+with both command lines; ``--only folder`` runs it alone (results in folder.json and folder.md,
+the README untouched). Only ``--publish`` changes tracked files: the results go to benchmarks/results and the tables
 into the README's results block.
 """
 
@@ -37,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 import purevedec as pv  # noqa: E402
-from benchmarks import costs, machine, process, report, speed, subject, train_speed  # noqa: E402
+from benchmarks import costs, folder_speed, machine, process, report, speed, subject, train_speed  # noqa: E402
 from benchmarks.fidelity import caption_agreement, logits_parity, token_agreement  # noqa: E402
 from tests.models import make_full_reference, make_reference, save_captioning_checkpoint  # noqa: E402
 
@@ -62,9 +65,14 @@ def _args(argv=None):
     ap.add_argument("--seed-python", default=SEED_PYTHON,
                     help="python of the seed Flax side environment (skipped when absent)")
     ap.add_argument("--no-process", action="store_true", help="skip cold start and peak memory")
-    ap.add_argument("--only", choices=["train"], default=None,
-                    help="run one section alone: train (training speed and memory, benchmarks/train_speed.py)")
+    ap.add_argument("--only", choices=["train", "folder"], default=None,
+                    help="run one section alone: train (training speed and memory, benchmarks/train_speed.py) or "
+                         "folder (the end-to-end folder job); the README is not touched")
     ap.add_argument("--no-train", action="store_true", help="skip the training section")
+    ap.add_argument("--no-folder", action="store_true", help="skip the end-to-end folder job")
+    ap.add_argument("--folder-images", type=int, default=256, help="JPEGs in the folder job (default 256)")
+    ap.add_argument("--folder-batches", default="8,16,32", help="batch sizes tried in the folder job")
+    ap.add_argument("--folder-sides", default="320,4000", help="range of the JPEGs' long sides, px")
     ap.add_argument("--readme", default=None,
                     help="README whose results block gets the tables (default: this repository's README.md "
                          "with --publish, else none)")
@@ -173,12 +181,45 @@ def _processes(path, image, tokens, log) -> dict:
     return out
 
 
-def _targets(cells, proc) -> list[dict]:
+def _folder(path, args, workdir, log) -> dict:
+    """The end-to-end folder job: generated JPEGs, purevedec's CLI against transformers' recipe."""
+    folder = os.path.join(workdir, "folder")
+    lo, hi = (int(x) for x in args.folder_sides.split(","))
+    log(f"folder job: writing {args.folder_images} JPEGs ...")
+    files = folder_speed.make_folder(folder, args.folder_images, sides=(lo, hi))
+    out = folder_speed.run(path, folder, files, batches=[int(b) for b in args.folder_batches.split(",")],
+                           dtypes=args.dtypes.split(","), tokens=args.tokens, log=log)
+    out["sides"] = [lo, hi]
+    return out
+
+
+def folder_markdown(folder: dict) -> list[str]:
+    return [f"## Captioning a folder ({folder['images']} JPEGs, long sides {folder['sides'][0]}-{folder['sides'][1]} "
+            "px, end to end)",
+            "`purevedec caption FOLDER` against transformers' documented recipe (image processor, generate, "
+            f"batch_decode) in one process; greedy, {folder['tokens']} new tokens; images/s over the whole job "
+            "(process start to last caption); each library at its best batch size; purevedec with a warm "
+            "compilation cache.",
+            report.table(folder_speed.SUMMARY_HEADER, folder_speed.summary_rows(folder)),
+            report.table(folder_speed.RUNS_HEADER, folder_speed.runs_rows(folder))]
+
+
+def _folder_targets(folder: dict, add) -> None:
+    for row in folder_speed.summary_rows(folder):
+        dtype, pv_rate, hf_rate, pv_first, hf_first = row[0], row[2], row[4], row[6], row[7]
+        add(f"folder job time vs transformers ({dtype}, best batches)", hf_rate / pv_rate, "<= 0.667x (1.5x images/s)",
+            1 / 1.5)
+        add(f"folder first caption, warm cache, vs transformers ({dtype})", pv_first / hf_first, "<= 1.0x", 1.0)
+
+
+def _targets(cells, proc, folder=None) -> list[dict]:
     get = {(c["workload"], c["batch"], c["dtype"]): c for c in cells}
     found = []
 
     def add(name, value, goal, limit):
         found.append(dict(name=name, value=value, goal=goal, met=bool(value <= limit)))
+    if folder:
+        _folder_targets(folder, add)
     for key, name in ((("greedy", 1, "float32"), "greedy b1 time vs transformers"),
                       (("beam-4", 8, "float32"), "beam-4 b8 time vs transformers")):
         if key in get:
@@ -255,6 +296,8 @@ def markdown(res: dict) -> str:
     parts.append("Seed Flax column: " + (seed["skipped"] if "skipped" in seed else
                                          "transformers 4.57 FlaxVisionEncoderDecoderModel, generate under jax.jit "
                                          f"({', '.join(f'{k} {v}' for k, v in seed.get('versions', {}).items())})."))
+    if res.get("folder"):
+        parts += folder_markdown(res["folder"])
     if res["processes"]:
         rows = [[k, v["import_s"], v["load_s"], v["first_caption_s"], v["load_peak_mb"], v["peak_mb"]]
                 for k, v in res["processes"].items()]
@@ -318,6 +361,26 @@ def _captions(model, path, ours, theirs, tokens, show) -> dict:
     return out
 
 
+def _only_folder(args, log) -> dict:
+    """``--only folder``: the folder job alone, written to folder.json and folder.md."""
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as workdir:
+        _, path, model_id = _subject(args, workdir)
+        os.makedirs(args.out, exist_ok=True)
+        folder = _folder(path, args, workdir, log)
+    res = dict(model=model_id["name"], model_identity=model_id, date=datetime.date.today().isoformat(),
+               versions=_versions(), folder=folder, targets=_targets([], {}, folder), seconds=time.time() - t0)
+    with open(os.path.join(args.out, "folder.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    text = "\n\n".join([f"# purevedec vs transformers: a folder ({res['model']}, {res['date']})",
+                         "## Targets", report.targets_table(res["targets"]), *folder_markdown(folder)]) + "\n"
+    with open(os.path.join(args.out, "folder.md"), "w") as f:
+        f.write(text)
+    log(text)
+    log(f"wrote {args.out}/folder.json, folder.md in {time.time() - t0:.0f} s")
+    return res
+
+
 def main(argv=None) -> dict:
     args = _args(argv)
     if args.only == "train":
@@ -325,6 +388,8 @@ def main(argv=None) -> dict:
     if args.quick:
         args.batches = "1,8"
     log = lambda s: print(s, flush=True)  # noqa: E731
+    if args.only == "folder":
+        return _only_folder(args, log)
     t0 = time.time()
     with tempfile.TemporaryDirectory() as workdir:
         model, path, model_id = _subject(args, workdir)
@@ -355,11 +420,12 @@ def main(argv=None) -> dict:
         if not args.no_process:
             log("fresh processes ...")
             proc = _processes(path, image, args.tokens, log)
+        folder = None if args.no_folder else _folder(path, args, workdir, log)
     training = None if args.no_train or args.model else train_speed.main(_train_argv(args))
     res = dict(model=model_id["name"], model_identity=model_id, images=images_id,
                date=datetime.date.today().isoformat(), versions=_versions(), machine=limits, tokens=args.tokens,
                fidelity=fidelity, captions=captions, speed=cells, seed=seed, processes=proc,
-               targets=_targets(cells, proc), training=training, seconds=time.time() - t0)
+               folder=folder, targets=_targets(cells, proc, folder), training=training, seconds=time.time() - t0)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(res, f, indent=1)
     text = markdown(res)

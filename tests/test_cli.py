@@ -4,7 +4,6 @@ transformers (generate, batch_decode, and the forward pass's cross-attention).""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 
@@ -16,44 +15,8 @@ from PIL import Image
 
 import purevedec
 from conftest import torch_forward
-from models import make_reference, save_captioning_checkpoint
+from cli_util import EOS, ROOT, Terminal, checkpoint, make_images, run_cli, run_subprocess, torch_pixels  # noqa: F401 (fixture)
 from purevedec.captioning import attention_map, cli
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-START = EOS = 0  # the tokenizer's <|endoftext|>: start, end and pad, as in GPT-2 captioners
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A tiny captioning checkpoint (model, word-level tokenizer, preprocessor config), with
-    scaled-up weights so that logits are decisive (no near-ties between implementations) and an
-    untied head (a tied one mostly repeats its input token, whatever the image)."""
-    model = make_reference(dec_kw={"bos_token_id": START, "eos_token_id": EOS, "pad_token_id": EOS,
-                                   "tie_word_embeddings": False}, init_scale=3.0, seed=1)
-    return model, save_captioning_checkpoint(model, tmp_path_factory.mktemp("ckpt"))
-
-
-def _images(folder, n, size=(20, 30)):
-    folder.mkdir(exist_ok=True)
-    rs = np.random.RandomState(n)
-    paths = []
-    for i in range(n):
-        paths.append(str(folder / f"im{i}.png"))
-        Image.fromarray(rs.randint(0, 256, (size[0] + i, size[1], 3), np.uint8)).save(paths[-1])
-    return paths
-
-
-class _Terminal(io.StringIO):
-    """A stderr that says it is a terminal, so the progress bar shows."""
-    def isatty(self):
-        return True
-
-
-def _run(argv, err=None):
-    out, err = io.StringIO(), err or io.StringIO()
-    code = cli.main(argv, out, err)
-    return code, out.getvalue(), err.getvalue()
-
 
 def _cut(row, eos) -> tuple[int, ...]:
     """The generated tokens of a sequence (start token dropped), up to and including the first EOS."""
@@ -69,9 +32,8 @@ def _hf_generate(model, path, paths, **kw):
     """transformers on the same images: (pixels, sequences, per-row scores, captions). Greedy
     scores are summed log-softmaxes of the processed logits of each token up to EOS; beam
     scores are its sequences_scores."""
-    from transformers import AutoImageProcessor, AutoTokenizer
-    from transformers.image_utils import load_image
-    pixels = AutoImageProcessor.from_pretrained(path)([load_image(p) for p in paths], return_tensors="pt").pixel_values
+    from transformers import AutoTokenizer
+    pixels = torch_pixels(path, paths)
     with torch.no_grad():
         out = model.generate(pixel_values=pixels, output_scores=True, return_dict_in_generate=True, **kw)
     seqs = out.sequences.numpy()
@@ -103,7 +65,7 @@ def _frequent_token(model, path, paths, **kw) -> int:
 def test_captioner_equals_generate_and_transformers(checkpoint, tmp_path, num_beams):
     model, path = checkpoint
     cap = purevedec.Captioner.from_pretrained(path)
-    paths = _images(tmp_path / "imgs", 5)
+    paths = make_images(tmp_path / "imgs", 5)
     # beams rank by summed log-probs (length_penalty 0), so hypotheses that end early win
     kw = dict(max_new_tokens=6, num_beams=num_beams, **({"length_penalty": 0.0} if num_beams > 1 else {}))
     kw["eos_token_id"] = _frequent_token(model, path, paths, **kw)
@@ -134,11 +96,11 @@ def test_captioner_equals_generate_and_transformers(checkpoint, tmp_path, num_be
 
 def test_cli_text_jsonl_folder_glob_and_corrupt(checkpoint, tmp_path):
     model, path = checkpoint
-    paths = _images(tmp_path / "imgs", 3)
+    paths = make_images(tmp_path / "imgs", 3)
     (tmp_path / "imgs" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
     data = open(paths[0], "rb").read()
     (tmp_path / "imgs" / "cut.png").write_bytes(data[: len(data) // 2])
-    code, out, err = _run(["caption", str(tmp_path / "imgs"), "--model", path, "--format", "jsonl",
+    code, out, err = run_cli(["caption", str(tmp_path / "imgs"), "--model", path, "--format", "jsonl",
                            "--batch-size", "2", "--max-new-tokens", "4"])
     assert code == 1
     assert "broken.jpg" in err and "cut.png" in err and "2 input(s) could not be captioned" in err
@@ -147,21 +109,22 @@ def test_cli_text_jsonl_folder_glob_and_corrupt(checkpoint, tmp_path):
     _, _, scores, expected = _hf_generate(model, path, paths, max_new_tokens=4)
     assert [r["caption"] for r in rows] == expected
     np.testing.assert_allclose([r["score"] for r in rows], scores, atol=1e-4)
-    code, out, _ = _run(["caption", str(tmp_path / "imgs" / "im*.png"), "--model", path, "--max-new-tokens", "4"])
+    code, out, _ = run_cli(["caption", str(tmp_path / "imgs" / "im*.png"), "--model", path, "--max-new-tokens", "4"])
     assert code == 0 and out.splitlines() == [f"{p}\t{t}" for p, t in zip(paths, expected)]
 
 
 def test_cli_missing_inputs_and_progress(checkpoint, tmp_path):
-    paths = _images(tmp_path / "imgs", 3)
+    paths = make_images(tmp_path / "imgs", 3)
     argv = ["caption", *paths, str(tmp_path / "nope.png"), str(tmp_path / "*.gif"),
             "--model", checkpoint[1], "--batch-size", "1", "--max-new-tokens", "3"]
-    code, out, err = _run(argv, _Terminal())
+    code, out, err = run_cli(argv, Terminal())
     assert code == 1 and len(out.splitlines()) == 3
     assert "nope.png" in err and "*.gif: no file matches" in err
-    assert "5/5" in err  # the bar: more inputs than one batch, on a terminal
+    # the bar counts the 4 files (nope.png fails when read), not the pattern that named none
+    assert "4/4" in err and "5/5" not in err
     assert "error: " in err.splitlines()[0] or any(line.startswith("error: ") for line in err.splitlines())
-    _, _, redirected = _run(argv)
-    assert "5/5" not in redirected and "\r" not in redirected  # no bar when stderr is a file or pipe
+    _, _, redirected = run_cli(argv)
+    assert "4/4" not in redirected and "\r" not in redirected  # no bar when stderr is a file or pipe
 
 
 def test_attention_map_png_draws_generate_attention(checkpoint, tmp_path):
@@ -169,9 +132,9 @@ def test_attention_map_png_draws_generate_attention(checkpoint, tmp_path):
     that image, cut at EOS, with the token texts as labels."""
     from purevedec.captioning.image import open_image
     _, path = checkpoint
-    paths = _images(tmp_path / "imgs", 2)
+    paths = make_images(tmp_path / "imgs", 2)
     maps = tmp_path / "maps"
-    code, _, _ = _run(["caption", *paths, "--model", path, "--attention-map", str(maps), "--max-new-tokens", "7"])
+    code, _, _ = run_cli(["caption", *paths, "--model", path, "--attention-map", str(maps), "--max-new-tokens", "7"])
     assert code == 0
     cap = purevedec.Captioner.from_pretrained(path)
     out = purevedec.generate(cap.params, cap.pixels(paths), max_new_tokens=7, output_cross_attentions=True)
@@ -222,22 +185,22 @@ def test_render_checks_and_layout():
 def test_offline_model_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-    code, out, err = _run(["caption", "x.png", "--model", "someone/not-cached-model"])
+    code, out, err = run_cli(["caption", "x.png", "--model", "someone/not-cached-model"])
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and "offline" in err and "someone/not-cached-model" in err
 
 
 def test_bad_checkpoint_dir_is_one_line(tmp_path):
-    code, _, err = _run(["caption", "x.png", "--model", str(tmp_path)])
+    code, _, err = run_cli(["caption", "x.png", "--model", str(tmp_path)])
     assert code == 2 and len(err.strip().splitlines()) == 1 and "cannot load model" in err
 
 
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_cli_equals_transformers_generate(checkpoint, tmp_path, num_beams):
     model, path = checkpoint
-    paths = _images(tmp_path / "imgs", 3)
+    paths = make_images(tmp_path / "imgs", 3)
     _, _, scores, expected = _hf_generate(model, path, paths, max_new_tokens=6, num_beams=num_beams)
-    code, out, _ = _run(["caption", *paths, "--model", path, "--max-new-tokens", "6", "--num-beams", str(num_beams),
+    code, out, _ = run_cli(["caption", *paths, "--model", path, "--max-new-tokens", "6", "--num-beams", str(num_beams),
                          "--format", "jsonl"])
     rows = [json.loads(r) for r in out.splitlines()]
     assert code == 0 and [r["caption"] for r in rows] == expected
@@ -250,8 +213,8 @@ def test_cli_and_captioner_low_precision(checkpoint, tmp_path, dtype):
     cast params in that dtype (not float32's), and on this confident model the captions are
     still transformers' float32 ones."""
     model, path = checkpoint
-    paths = _images(tmp_path / "imgs", 3)
-    code, out, _ = _run(["caption", *paths, "--model", path, "--max-new-tokens", "6", "--dtype", dtype,
+    paths = make_images(tmp_path / "imgs", 3)
+    code, out, _ = run_cli(["caption", *paths, "--model", path, "--max-new-tokens", "6", "--dtype", dtype,
                          "--format", "jsonl"])
     rows = [json.loads(r) for r in out.splitlines()]
     cap = purevedec.Captioner.from_pretrained(path, dtype=dtype)
@@ -268,17 +231,13 @@ def test_cli_and_captioner_low_precision(checkpoint, tmp_path, dtype):
 def test_compile_cache_fills_and_is_reused(checkpoint, tmp_path):
     """The CLI keeps compiled programs in --compile-cache; a second process reads them back and
     captions identically. Run in subprocesses: the setting is process-wide."""
-    import subprocess
-    import sys
     _, path = checkpoint
-    img = _images(tmp_path / "imgs", 1)[0]
+    img = make_images(tmp_path / "imgs", 1)[0]
     cache = tmp_path / "xla"
-    env = {**os.environ, "PUREVEDEC_COMPILE_CACHE": ""}
-    cmd = [sys.executable, "-m", "purevedec", "caption", img, "--model", path, "--max-new-tokens", "4",
-           "--compile-cache", str(cache)]
-    first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    cmd = ["caption", img, "--model", path, "--max-new-tokens", "4", "--compile-cache", str(cache)]
+    first = run_subprocess(*cmd, cache="")
     entries = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
-    second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    second = run_subprocess(*cmd, cache="")
     assert first.returncode == 0, first.stderr
     assert entries, "no compiled program was written to the cache"
     assert second.returncode == 0 and second.stdout == first.stdout
@@ -288,18 +247,12 @@ def test_compile_cache_fills_and_is_reused(checkpoint, tmp_path):
 
 # --- issue 20: the small things ------------------------------------------------------------------
 
-def _torch_inputs(path, paths):
-    from transformers import AutoImageProcessor
-    from transformers.image_utils import load_image
-    return AutoImageProcessor.from_pretrained(path)([load_image(p) for p in paths], return_tensors="pt").pixel_values
-
-
 def test_last_batch_is_padded_and_does_not_compile_again(checkpoint, tmp_path):
     """5 images in batches of 2: the last image is padded to 2 rows, so one program serves the run."""
     from purevedec.generation.search import _generate_jit
-    paths = _images(tmp_path / "imgs", 5)
+    paths = make_images(tmp_path / "imgs", 5)
     before = _generate_jit._cache_size()
-    code, out, _ = _run(["caption", *paths, "--model", checkpoint[1], "--batch-size", "2",
+    code, out, _ = run_cli(["caption", *paths, "--model", checkpoint[1], "--batch-size", "2",
                          "--max-new-tokens", "11", "--format", "jsonl"])  # a length no other test compiles
     assert code == 0 and [json.loads(r)["path"] for r in out.splitlines()] == paths
     assert _generate_jit._cache_size() - before == 1
@@ -307,7 +260,7 @@ def test_last_batch_is_padded_and_does_not_compile_again(checkpoint, tmp_path):
 
 def test_captioner_errors_raise_skip_return(checkpoint, tmp_path):
     cap = purevedec.Captioner.from_pretrained(checkpoint[1])
-    good = _images(tmp_path / "imgs", 2)
+    good = make_images(tmp_path / "imgs", 2)
     bad = str(tmp_path / "imgs" / "bad.png")
     open(bad, "wb").write(b"\x89PNG\r\n\x1a\n not a png")
     expected = cap.caption(good, max_new_tokens=4)
@@ -331,9 +284,9 @@ def test_captioner_groups_top_n_per_image(checkpoint, tmp_path):
     import torch
     from transformers import AutoTokenizer
     model, path = checkpoint
-    paths = _images(tmp_path / "imgs", 3)
+    paths = make_images(tmp_path / "imgs", 3)
     with torch.no_grad():
-        ref = model.generate(pixel_values=_torch_inputs(path, paths), max_new_tokens=5, num_beams=3,
+        ref = model.generate(pixel_values=torch_pixels(path, paths), max_new_tokens=5, num_beams=3,
                              num_return_sequences=2, output_scores=True, return_dict_in_generate=True)
     texts = AutoTokenizer.from_pretrained(path).batch_decode(ref.sequences, skip_special_tokens=True)
     cap = purevedec.Captioner.from_pretrained(path)
@@ -350,8 +303,8 @@ def test_sampled_captions_belong_to_their_image(checkpoint, tmp_path):
     log-probability transformers' model gives its tokens for *that* image (top_k off, T=1)."""
     import torch
     model, path = checkpoint
-    paths = _images(tmp_path / "imgs", 3, size=(12, 40))
-    pixels = _torch_inputs(path, paths)
+    paths = make_images(tmp_path / "imgs", 3, size=(12, 40))
+    pixels = torch_pixels(path, paths)
     cap = purevedec.Captioner.from_pretrained(path)
     opts = dict(batch_size=2, do_sample=True, top_k=0, num_return_sequences=2, max_new_tokens=6)
     results = list(cap.captions(paths, **opts))
@@ -416,7 +369,7 @@ def test_special_labels_mark_eos(checkpoint):
 def test_version_and_docstrings():
     import inspect
     import tomllib
-    code, out, _ = _run(["--version"])
+    code, out, _ = run_cli(["--version"])
     version = tomllib.load(open(os.path.join(ROOT, "pyproject.toml"), "rb"))["project"]["version"]
     assert code == 0 and out.strip() == f"purevedec {version}"
     public = [f for name, f in vars(cli).items() if inspect.isfunction(f) and not name.startswith("_")
@@ -435,7 +388,7 @@ def test_attention_maps_of_same_names_kept_apart(checkpoint, tmp_path):
         Image.fromarray(rs.randint(0, 256, (h, w, 3), np.uint8)).save(tmp_path / name)
     paths = [str(tmp_path / n) for n in sizes]
     maps = tmp_path / "maps"
-    code, out, _ = _run(["caption", *paths, "--model", checkpoint[1], "--attention-map", str(maps),
+    code, out, _ = run_cli(["caption", *paths, "--model", checkpoint[1], "--attention-map", str(maps),
                          "--max-new-tokens", "7", "--format", "jsonl"])
     assert code == 0
     rows = [json.loads(r) for r in out.splitlines()]

@@ -74,6 +74,11 @@ def read_all(reader: str, path) -> str:
     return f"list({reader}({str(path)!r}))"
 
 
+def read_bounded(reader: str, files: dict[str, str]) -> dict[str, dict]:
+    """Read every {label: file} with ``reader`` in the bounded child; {label: result}."""
+    return run_bounded({label: read_all(reader, path) for label, path in files.items()})
+
+
 # ----- .bin files crafted with torch's own pickling conventions, without allocating tensors -----
 
 class _StorageRef:
@@ -114,6 +119,14 @@ class _TorchPickler(pickle.Pickler):
         if isinstance(obj, _StorageRef):
             return self.pid if self.pid is not None else ("storage", FloatStorage, obj.key, "cpu", obj.numel)
         return None
+
+
+ONE_FLOAT = {"0": np.ones(1, np.float32).tobytes()}   # storage "0" holding one float32
+
+
+def one_float_tensor() -> _TensorRef:
+    """A tensor of shape [1] over storage "0" (``ONE_FLOAT``): what a valid entry looks like."""
+    return _TensorRef(_StorageRef("0", 1), (1,), (1,))
 
 
 def pickled(obj, pid=None) -> bytes:
@@ -186,7 +199,7 @@ def test_pickle_error_messages_are_bounded(tmp_path):
         "value DAG": write_bin(tmp_path / "value.bin", pickled({"w": dag_list(60)})),
         "global name": write_bin(tmp_path / "global.bin", b"\x80\x02c" + b"m" * 100_000 + b"\nx\n."),
     }
-    results = run_bounded({k: read_all("read_torch_bin", p) for k, p in attacks.items()})
+    results = read_bounded("read_torch_bin", attacks)
     assert_refused(results, {"persistent id DAG": ("CheckpointError", r"unexpected persistent id a list of 2 items"),
                              "value DAG": ("CheckpointError", r"entry 'w' is a list of 2 items, not a tensor"),
                              "global name": ("CheckpointError", r"refusing to load global m{100}\.x")})
@@ -203,7 +216,7 @@ def test_pickle_keys_are_checked_before_hashing(tmp_path):
                "OrderedDict args": b"\x80\x02ccollections\nOrderedDict\n](" + key + b"K\x01\x86e\x85R.",
                "set": b"\x80\x04\x8f(" + key + b"\x90."}
     files = {label: write_bin(tmp_path / f"{i}.bin", pkl) for i, (label, pkl) in enumerate(pickles.items())}
-    results = run_bounded({label: read_all("read_torch_bin", path) for label, path in files.items()})
+    results = read_bounded("read_torch_bin", files)
     key_error = ("CheckpointError", r"a dict key in the pickle is a tuple of 2 items, not a string")
     assert_refused(results, {"SETITEM": key_error, "SETITEMS": key_error, "DICT": key_error,
                              "OrderedDict args": ("CheckpointError", "OrderedDict called with arguments"),
@@ -215,20 +228,19 @@ def test_pickle_views_are_checked_before_materialising(tmp_path):
     full-storage views of one 4 MB storage (reading it once per view)."""
     one = _StorageRef("0", 1)
     big = _StorageRef("0", 2 ** 20)
-    float1 = np.ones(1, np.float32).tobytes()
     many = {f"w{i}": _TensorRef(big, (2,), (2 ** 20 - 1,)) for i in range(4000)}
     attacks = {
         "stride 0": write_bin(tmp_path / "s0.bin", pickled({"w": _TensorRef(one, (100_000, 100_000), (0, 0))}),
-                              {"0": float1}),
+                              ONE_FLOAT),
         "stride 0, one row": write_bin(tmp_path / "s1.bin", pickled({"w": _TensorRef(one, (2 ** 31,), (0,))}),
-                                       {"0": float1}),
+                                       ONE_FLOAT),
         "past the storage": write_bin(tmp_path / "past.bin", pickled({"w": _TensorRef(one, (4,), (1,))}),
-                                      {"0": float1}),
+                                      ONE_FLOAT),
         "many views": write_bin(tmp_path / "many.bin", pickled(many), {"0": bytes(4 * 2 ** 20)}),
         "negative stride": write_bin(tmp_path / "neg.bin", pickled({"w": _TensorRef(big, (2,), (-1,), 1)}),
                                      {"0": bytes(4 * 2 ** 20)}),
     }
-    results = run_bounded({k: read_all("read_torch_bin", p) for k, p in attacks.items()})
+    results = read_bounded("read_torch_bin", attacks)
     assert_refused(results, {
         "stride 0": ("CheckpointError", r"tensor w: .*repeats elements: 10000000000 values from a storage of 1"),
         "stride 0, one row": ("CheckpointError", r"tensor w: .*repeats elements"),
@@ -247,8 +259,8 @@ def test_pickle_members_must_be_stored(tmp_path):
          None),
         ("archive/data/0", zipfile.ZIP_DEFLATED, deflated_zeros(numel * 4), numel * 4)])
     assert os.path.getsize(bomb) < 2 ** 21
-    small = write_bin(tmp_path / "deflated.bin", pickled({"w": _TensorRef(_StorageRef("0", 1), (1,), (1,))}),
-                      {"0": np.ones(1, np.float32).tobytes()}, compression=zipfile.ZIP_DEFLATED)
+    small = write_bin(tmp_path / "deflated.bin", pickled({"w": one_float_tensor()}), ONE_FLOAT,
+                      compression=zipfile.ZIP_DEFLATED)
     pkl_deflated = str(tmp_path / "pkl.bin")
     with zipfile.ZipFile(pkl_deflated, "w", compression=zipfile.ZIP_BZIP2) as zf:
         zf.writestr("archive/data.pkl", pickled({}))
@@ -266,7 +278,7 @@ def test_pickle_members_must_be_stored(tmp_path):
 def test_pickle_build_cannot_hide_tensors(tmp_path):
     """BUILD on the state dict may only carry torch's _metadata; tensors set as attributes (where
     the loader never looks) or in the metadata are refused, and torch's own form still loads."""
-    w = _TensorRef(_StorageRef("0", 1), (1,), (1,))
+    w = one_float_tensor()
 
     class StateDict:
         def __init__(self, state):
@@ -275,13 +287,12 @@ def test_pickle_build_cannot_hide_tensors(tmp_path):
         def __reduce__(self):
             return collections.OrderedDict, (), self.state, None, iter([("w", w)])
 
-    storages = {"0": np.ones(1, np.float32).tobytes()}
-    files = {label: write_bin(tmp_path / f"{i}.bin", pickled(StateDict(state)), storages) for i, (label, state) in
+    files = {label: write_bin(tmp_path / f"{i}.bin", pickled(StateDict(state)), ONE_FLOAT) for i, (label, state) in
              enumerate({"attribute": {"hidden": w}, "slot state": (None, {"hidden": w}),
                         "metadata": {"_metadata": {"": {"version": w}}},
                         # what torch.save writes for a module's state_dict (see pickletools.dis of one)
                         "torch's own": {"_metadata": collections.OrderedDict({"": {"version": 1}})}}.items())}
-    results = run_bounded({k: read_all("read_torch_bin", p) for k, p in files.items()})
+    results = read_bounded("read_torch_bin", files)
     assert_refused(results, {label: ("CheckpointError", r"BUILD with state .*only carries torch's _metadata")
                              for label in ("attribute", "slot state", "metadata")})
     assert results["torch's own"]["type"] is None
@@ -385,12 +396,16 @@ def test_flax_chunked_arrays_are_checked(tmp_path, case):
 
 # ----- config.json against the weights on disk -----
 
+def _write_json(path, d) -> None:
+    with open(path, "w") as f:
+        json.dump(d, f)
+
+
 def _edit_json(path, fn):
     with open(path) as f:
         d = json.load(f)
     fn(d)
-    with open(path, "w") as f:
-        json.dump(d, f)
+    _write_json(path, d)
 
 
 @pytest.fixture
@@ -426,8 +441,7 @@ def test_config_is_checked_against_the_weights_before_building(tiny, tmp_path):
         whole = json.load(f)
     for part, config in (("enc", whole["encoder"]), ("dec", {**whole["decoder"], "n_layer": 10 ** 8})):
         shutil.copytree(path, tmp_path / part)
-        with open(tmp_path / part / "config.json", "w") as f:
-            json.dump(config, f)
+        _write_json(tmp_path / part / "config.json", config)
     attacks["compose"] = (f"pv.from_encoder_decoder_pretrained({str(tmp_path / 'enc')!r}, {str(tmp_path / 'dec')!r}, "
                           "key=__import__('jax').random.PRNGKey(0))")
     results = run_bounded(attacks)
@@ -447,11 +461,10 @@ def test_config_is_checked_against_the_weights_before_building(tiny, tmp_path):
 
 def test_side_file_options_are_bounded(tiny):
     _, path = tiny
-    _edit_json_or_write = lambda name, d: json.dump(d, open(os.path.join(path, name), "w"))  # noqa: E731
-    _edit_json_or_write("preprocessor_config.json", {"size": {"height": 100_000, "width": 100_000}})
+    _write_json(os.path.join(path, "preprocessor_config.json"), {"size": {"height": 100_000, "width": 100_000}})
     with pytest.raises(pv.ConfigError, match=r"preprocessor_config\.json: preprocessor size=.* sides in \[1, 4096\]"):
         pv.load_image_config(path)
-    _edit_json_or_write("generation_config.json", {"num_beams": 2_000_000})
+    _write_json(os.path.join(path, "generation_config.json"), {"num_beams": 2_000_000})
     with pytest.raises(pv.ConfigError, match=r"generation_config\.json: num_beams=2000000 is more than"):
         pv.load_generation_config(path)
     # 17 MB of "[]," parses to ~0.4 GB of lists: side files are bounded at 16 MiB before parsing.
@@ -469,8 +482,7 @@ def _write_tokenizer(path, with_json: bool) -> None:
         tok.save(os.path.join(path, "tokenizer.json"))
     else:
         tok.model.save(str(path))
-    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
-        json.dump({"eos_token": "ab"}, f)
+    _write_json(os.path.join(path, "tokenizer_config.json"), {"eos_token": "ab"})
 
 
 DEEP = "[" * 50_000 + "]" * 50_000
@@ -580,8 +592,7 @@ def test_bad_config_fields_are_config_errors(tiny, section, key, value, message)
 ])
 def test_bad_tokenizer_config_is_a_tokenizer_error(tmp_path, config, message):
     _write_tokenizer(tmp_path, with_json=False)
-    with open(tmp_path / "tokenizer_config.json", "w") as f:
-        json.dump(config, f)
+    _write_json(tmp_path / "tokenizer_config.json", config)
     with pytest.raises(pv.TokenizerError, match=message):
         pv.load_tokenizer(tmp_path)
 
@@ -638,8 +649,8 @@ def test_path_like_names_fail_fast(tmp_path):
 ])
 def test_bad_generation_options_name_the_file_and_option(tiny, option, value, message):
     _, path = tiny
-    with open(os.path.join(path, "generation_config.json"), "w") as f:
-        json.dump({option: value}, f)  # NaN is written as NaN, which Python's json (and transformers) read
+    # NaN is written as NaN, which Python's json (and transformers) read
+    _write_json(os.path.join(path, "generation_config.json"), {option: value})
     with pytest.raises(pv.ConfigError, match=rf"generation_config\.json: {message}"):
         pv.load_generation_config(path)
 

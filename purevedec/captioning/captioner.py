@@ -6,14 +6,17 @@
     cap.caption(["cat.jpg", "broken.jpg"], errors="skip")   # -> ["a cat ...", None]
 
 Generation goes through ``purevedec.generate`` (transformers' generate options, defaults from
-the checkpoint's generation config). Images are read one by one (an unreadable one is that
-item's error, see ``errors``) and captioned ``batch_size`` readable images per generate call.
+the checkpoint's generation config). Images are read by a few threads up to two batches ahead
+of the model (an unreadable one is that item's error, see ``errors``), in input order, and
+captioned ``batch_size`` readable images per generate call.
 Every call of a run has the same number of rows, min(batch_size, number of images): the last,
 smaller batch is padded (its padding rows' outputs are dropped), so it does not compile again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import stat
 import warnings
@@ -27,6 +30,7 @@ from ..errors import ImageError, ModelNotFound
 from ..generation import generate
 from ..generation.options import defaults_for
 from .image import ImageConfig, ImageInput, as_list, load_image_config, preprocess, preprocess_one
+from .loader_pipeline import default_workers, read_ahead
 from .text import TextTokenizer, load_tokenizer
 
 ERROR_MODES = ("raise", "skip", "return")
@@ -111,6 +115,14 @@ class _Pending:
     result: Optional[list[Caption]] = None
 
 
+def _read_or_error(image: ImageInput, index: int, *, config: ImageConfig) -> _Pending:
+    """``read_pixels`` as a record: a worker thread returns the input's error, it does not raise it."""
+    try:
+        return _Pending(read_pixels(image, config, index), None)
+    except ImageError as e:
+        return _Pending(None, e)
+
+
 @dataclass(frozen=True)
 class Captioner:
     """A checkpoint ready to caption: params (with their config), preprocessing and tokenizer.
@@ -187,13 +199,17 @@ class Captioner:
             p.result = r
 
     def captions(self, images: Sequence[ImageInput], *, batch_size: int = 8, attention: bool = False,
-                 errors: str = "raise", key=None, **options) -> Iterator[ImageResult]:
+                 errors: str = "raise", key=None, workers: Optional[int] = None,
+                 **options) -> Iterator[ImageResult]:
         """Per input, in order: the list of its captions (num_return_sequences of them).
 
         ``errors`` says what an unreadable input gives: "raise" raises its ``ImageError`` (after
         yielding every earlier input's captions), "skip" yields None in its place and warns,
         "return" yields the ``ImageError`` itself. ``key`` (a jax key, default ``key(0)``) feeds
-        sampling, folded with the batch number: the same call gives the same captions."""
+        sampling, folded with the batch number: the same call gives the same captions.
+        ``workers`` threads decode and preprocess up to two batches ahead while the model runs
+        (default: up to 4; 0 reads each image in this thread just before it is needed); the
+        pixels, and so the captions, are the same either way."""
         import jax
         if errors not in ERROR_MODES:
             raise ValueError(f"errors must be one of {ERROR_MODES}, got {errors!r}")
@@ -202,20 +218,23 @@ class Captioner:
         images = as_list(images)
         rows = min(batch_size, len(images))
         key = jax.random.key(0) if key is None else key
-        pending: list[_Pending] = []
-        batch_index = 0
-        for index, image in enumerate(images):
-            try:
-                pending.append(_Pending(read_pixels(image, self.image_config, index), None))
-            except ImageError as e:
-                pending.append(_Pending(None, e))
-            ready = sum(p.pixels is not None for p in pending)
-            last = index == len(images) - 1
-            if ready == rows or last or (errors == "raise" and pending[-1].error is not None):
-                self._run(pending, rows, batch_index, key, attention, options)
-                batch_index += 1
-                yield from self._results(pending, errors)
-                pending = []
+        if workers is None:  # one image: nothing to overlap, no pool to start
+            workers = default_workers() if len(images) > 1 else 0
+        read = functools.partial(_read_or_error, config=self.image_config)
+        with contextlib.closing(read_ahead(images, read, workers=workers, window=2 * max(rows, 1))) as loaded:
+            pending: list[_Pending] = []
+            batch_index = 0
+            for item in loaded:
+                if item.error is not None:  # not an image's fault (those are ImageErrors in the record): a bug
+                    raise item.error
+                pending.append(item.value)
+                ready = sum(p.pixels is not None for p in pending)
+                last = item.index == len(images) - 1
+                if ready == rows or last or (errors == "raise" and pending[-1].error is not None):
+                    self._run(pending, rows, batch_index, key, attention, options)
+                    batch_index += 1
+                    yield from self._results(pending, errors)
+                    pending = []
 
     @staticmethod
     def _results(pending: list[_Pending], errors: str) -> Iterator[ImageResult]:

@@ -53,14 +53,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {escape(message, backslash=False)}\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
+_positive_int, _count = _int_at_least(1), _int_at_least(0)
 
 
 def _finite_float(text: str) -> float:
@@ -104,6 +110,9 @@ def add_caption_command(commands) -> argparse.ArgumentParser:
     cap.add_argument("images", nargs="+", help="image files, folders (their images) or glob patterns")
     cap.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local checkpoint (default {DEFAULT_MODEL})")
     cap.add_argument("--batch-size", type=_positive_int, default=8, help="images per generate call (default 8)")
+    cap.add_argument("--workers", type=_count, default=None,
+                     help="threads that decode and preprocess images up to two batches ahead of the model "
+                          "(default: up to 4, one per CPU; 0 reads each image just before its batch)")
     gen = cap.add_argument_group("generation (default: the checkpoint's generation config)")
     gen.add_argument("--num-beams", type=_positive_int, default=None)
     gen.add_argument("--max-new-tokens", type=_positive_int, default=None)
@@ -268,7 +277,9 @@ def say(err: TextIO, message: str) -> None:
 
 def progress_bar(total: int, stream: TextIO, enabled: bool):
     """tqdm's bar on its own stderr line, with images/s and ETA; off when asked, for a run of one
-    batch, or when stderr is not a terminal (redirected logs get no carriage returns)."""
+    batch, or when stderr is not a terminal (redirected logs get no carriage returns). It counts
+    the files read and captioned (or failed) only: an argument that named no file is reported
+    but not counted, so the rate and ETA are those of real images."""
     from tqdm import tqdm
     return tqdm(total=total, unit="image", file=stream, disable=not enabled, dynamic_ncols=True)
 
@@ -316,10 +327,10 @@ def caption_files(captioner, args, options: dict, inputs: list[Input], stream: T
         if item.problem is not None:
             failed += 1
             progress.write(escape(f"error: {item.path}: {item.problem}", backslash=False), file=err)
-            progress.update(1)
     maps = map_names(paths) if args.attention_map else {}
     results = captioner.captions(paths, batch_size=args.batch_size, attention=bool(args.attention_map),
-                                 errors="return", key=jax.random.key(args.seed), **options)
+                                 errors="return", key=jax.random.key(args.seed), workers=args.workers,
+                                 **options)
     for path, result in zip(paths, results):
         progress.update(1)
         if isinstance(result, Exception):
@@ -357,8 +368,9 @@ def caption_command(args, out: TextIO, err: TextIO) -> int:
         inputs = _inputs(args, err)
         captioner = _load(args)
         check_generation(captioner, options, bool(args.attention_map))
-        shown = not args.no_progress and len(inputs) > args.batch_size and err.isatty()
-        with progress_bar(len(inputs), err, shown) as progress:
+        files = sum(i.problem is None for i in inputs)
+        shown = not args.no_progress and files > args.batch_size and err.isatty()
+        with progress_bar(files, err, shown) as progress:
             failed = caption_files(captioner, args, options, inputs, stream, err, progress)
     finally:
         if opened:
