@@ -41,7 +41,9 @@ from typing import Sequence
 from ..errors import ConfigError
 
 METRICS = ("exact", "bleu", "cider", "cer", "wer")
+"""The metric names, in the order they are scored and logged."""
 HIGHER_IS_BETTER = {"loss": False, "exact": True, "bleu": True, "cider": True, "cer": False, "wer": False}
+"""Which way each metric (and the validation loss) improves: picks the best checkpoint."""
 _LIBRARY = {"bleu": "sacrebleu", "cer": "jiwer", "wer": "jiwer"}
 _warned: set = set()
 
@@ -222,6 +224,7 @@ def wer(predictions: Sequence[str], references: Sequence[Sequence[str]], *, back
 # ---- exact match and the dispatcher --------------------------------------------------------------
 
 def exact_normal(text: str) -> str:
+    """Exact match's normalisation: lowercase, whitespace runs collapsed."""
     return " ".join(text.lower().split())
 
 
@@ -233,6 +236,7 @@ def exact_match(predictions: Sequence[str], references: Sequence[Sequence[str]])
 
 
 SCORERS = {"exact": exact_match, "bleu": bleu, "cider": cider_d, "cer": cer, "wer": wer}
+"""Each metric name's function ``(predictions, references) -> float``."""
 
 
 def score(names: Sequence[str], predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
