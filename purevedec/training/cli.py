@@ -39,6 +39,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=4, help="image decoding threads")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--metrics", default="auto",
+                   help="scores of the generated validation captions, comma-separated from bleu, cider, cer, wer "
+                        "(exact match is always scored); auto: cer,wer for a TrOCR decoder, else bleu,cider")
+    p.add_argument("--best-metric", default="loss", choices=("loss", "exact", "bleu", "cider", "cer", "wer"),
+                   help="what picks best/: lowest loss, cer or wer, highest exact, bleu or cider (default loss)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write the metrics as TensorBoard scalars to OUT/tensorboard (needs tensorboardX)")
     return p
 
 
@@ -56,11 +63,16 @@ def _run(args) -> int:
     from ..captioning.text import load_tokenizer
     from ..checkpoints import load
     from .data import Batcher, read_folder, split
+    from .logs import tensorboard_writer_class
     from .loop import RunConfig, fit, steps_per_epoch
+    from .metrics import parse_metrics
     from .optim import TrainConfig
 
+    if args.tensorboard:
+        tensorboard_writer_class()  # fail before loading anything when the extra is missing
     path = model_dir(args.model)
     params, config = load(path)
+    metrics = parse_metrics(default_metrics(config) if args.metrics == "auto" else args.metrics)
     image_config, tokenizer = load_image_config(path), load_tokenizer(path)
     data = read_folder(args.data)
     for problem in data.problems:
@@ -84,7 +96,8 @@ def _run(args) -> int:
         freeze_encoder=args.freeze_encoder, freeze_embeddings=args.freeze_embeddings)
     result = fit(params, train, val, batcher, cfg,
                  RunConfig(out_dir=args.out, epochs=args.epochs, seed=args.seed, eval_every=args.eval_every,
-                           keep=args.keep, progress=not args.no_progress),
+                           keep=args.keep, progress=not args.no_progress, metrics=metrics,
+                           best_metric=args.best_metric, tensorboard=args.tensorboard),
                  decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
     for problem in batcher.problems:
         print(f"skipped: {problem}", file=sys.stderr)
@@ -92,3 +105,8 @@ def _run(args) -> int:
         print(f"warning: {batcher.truncated} captions were longer than --max-length and were cut", file=sys.stderr)
     print(json.dumps(result))
     return 0
+
+
+def default_metrics(config) -> str:
+    """Text reading (a TrOCR decoder) is scored by error rates, captioning by n-gram overlap."""
+    return "cer,wer" if config.decoder.model_type == "trocr" else "bleu,cider"
