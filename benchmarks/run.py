@@ -342,7 +342,8 @@ def _sections(args) -> tuple[str, ...]:
 
 
 def _chart_cells(res: dict) -> list[dict]:
-    return res.get("speed", []) + [dict(c, workload=f"ocr {c['workload']}") for c in res.get("ocr", {}).get("cells", [])]
+    ocr_cells = res.get("ocr", {}).get("cells", [])
+    return res.get("speed", []) + [dict(c, workload=f"ocr {c['workload']}") for c in ocr_cells]
 
 
 def main(argv=None) -> dict:
@@ -360,8 +361,9 @@ def main(argv=None) -> dict:
         if "captioning" in sections:
             res.update(_captioning(args, limits, workdir, log))
         if "ocr" in sections:
-            res["ocr"] = ocr.run_section(args.tiny, limits, workdir, batches=[int(b) for b in args.ocr_batches.split(",")],
-                                         dtypes=args.dtypes.split(","), tokens=args.ocr_tokens, log=log)
+            batches = [int(b) for b in args.ocr_batches.split(",")]
+            res["ocr"] = ocr.run_section(args.tiny, limits, workdir, batches=batches, dtypes=args.dtypes.split(","),
+                                         tokens=args.ocr_tokens, log=log)
     res["targets"] = res.get("targets", []) + res.get("ocr", {}).get("targets", [])
     res["seconds"] = time.time() - t0
     with open(os.path.join(args.out, "results.json"), "w") as f:
