@@ -31,6 +31,20 @@ def speed_table(speed: list[dict]) -> str:
                   "token / bound", "purevedec first call s"], rows)
 
 
+def ocr_table(cells: list[dict]) -> str:
+    """The OCR rows: text-line crops per second of both libraries, purevedec's speed-up, the
+    decode time per token, and purevedec's time over the machine's bound."""
+    rows = []
+    for r in cells:
+        tok = r.get("pv_token_ms")
+        rows.append([r["workload"], r["batch"], r["dtype"], r["pv_lines_per_s"], r["hf_lines_per_s"],
+                     _ratio(r["hf_s"], r["pv_s"]), tok, r.get("hf_token_ms"), _times(r["pv_s"], r.get("bound_s")),
+                     _times(tok, r.get("bound_token_ms")), r["pv_first_s"]])
+    return table(["workload", "batch", "dtype", "purevedec lines/s", "transformers lines/s", "speed-up",
+                  "purevedec ms/token", "transformers ms/token", "time / bound", "token / bound",
+                  "purevedec first call s"], rows)
+
+
 def _ratio(a, b):
     return None if a is None or b is None else f"{a / b:.2f}x"
 

@@ -2,8 +2,15 @@
 
     python -m benchmarks.run [--quick] [--tiny] [--out DIR] [--publish]
     python -m benchmarks.run --model NAME_OR_DIR [--images FOLDER] [...]
-    python -m benchmarks.run --only train [--tiny] [--quick] [train_speed options]
+    python -m benchmarks.run --only ocr [--ocr-batches 1,16] [--ocr-tokens 24]
     python -m benchmarks.run --only folder [--folder-images N] [--folder-batches 8,16,32]
+    python -m benchmarks.run --only train [--tiny] [--quick] [train_speed options]
+
+Four sections, all by default (--only picks one, --no-folder / --no-train leave one out):
+captioning (vit-gpt2 shapes: fidelity, speed, cold start), OCR (benchmarks/ocr.py: TrOCR at
+trocr-base's shapes, text-line crops per second), folder (benchmarks/folder_speed.py: captioning a
+folder of JPEGs end to end) and training (benchmarks/train_speed.py: one AdamW step, images/s
+and peak memory).
 
 Without --model it measures random weights of vit-gpt2's shapes (--tiny: a tiny model). With
 --model, any checkpoint purevedec loads (a local directory, or a Hub id from the local cache),
@@ -40,12 +47,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 import purevedec as pv  # noqa: E402
-from benchmarks import costs, folder_speed, machine, process, report, speed, subject, train_speed  # noqa: E402
+from benchmarks import costs, folder_speed, machine, ocr, process, report, speed, subject, train_speed  # noqa: E402
 from benchmarks.fidelity import caption_agreement, logits_parity, token_agreement  # noqa: E402
 from tests.models import make_full_reference, make_reference, save_captioning_checkpoint  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED_PYTHON = os.path.join(ROOT, ".seed-venv", "bin", "python")
+SECTIONS = ("captioning", "ocr", "folder", "train")
 
 
 def _args(argv=None):
@@ -65,11 +73,13 @@ def _args(argv=None):
     ap.add_argument("--seed-python", default=SEED_PYTHON,
                     help="python of the seed Flax side environment (skipped when absent)")
     ap.add_argument("--no-process", action="store_true", help="skip cold start and peak memory")
-    ap.add_argument("--only", choices=["train", "folder"], default=None,
-                    help="run one section alone: train (training speed and memory, benchmarks/train_speed.py) or "
-                         "folder (the end-to-end folder job); the README is not touched")
+    ap.add_argument("--only", choices=SECTIONS, default=None,
+                    help="run one section: captioning (vit-gpt2 shapes), ocr (trocr-base shapes), folder (the "
+                         "end-to-end folder job) or train (training speed and memory); default all")
     ap.add_argument("--no-train", action="store_true", help="skip the training section")
     ap.add_argument("--no-folder", action="store_true", help="skip the end-to-end folder job")
+    ap.add_argument("--ocr-batches", default="1,16", help="batches of text-line crops in the OCR section")
+    ap.add_argument("--ocr-tokens", type=int, default=24, help="new tokens per generation in the OCR section")
     ap.add_argument("--folder-images", type=int, default=256, help="JPEGs in the folder job (default 256)")
     ap.add_argument("--folder-batches", default="8,16,32", help="batch sizes tried in the folder job")
     ap.add_argument("--folder-sides", default="320,4000", help="range of the JPEGs' long sides, px")
@@ -93,40 +103,11 @@ def _args(argv=None):
 def _speed(model, path, config, args, log, images=None) -> list[dict]:
     """Both libraries, every dtype/workload/batch; merged into one record per cell."""
     params, _ = pv.load(path)
-    batches = [int(b) for b in args.batches.split(",")]
-    cells = {}
-    for dtype in args.dtypes.split(","):
-        for lib in (speed.Purevedec(params, config, dtype), speed.Transformers(model, dtype)):
-            for r in speed.run_library(lib, config, batches, (1, 4), args.tokens, log, images):
-                key = (r["workload"], r["batch"], dtype)
-                tag = "pv" if lib.name == "purevedec" else "hf"
-                cell = cells.setdefault(key, {"workload": r["workload"], "batch": r["batch"], "dtype": dtype})
-                cell.update({f"{tag}_s": r["warm_s"], f"{tag}_first_s": r["first_s"]})
-                if "per_token_s" in r:  # None when every row stopped after one token
-                    ms = None if r["per_token_s"] is None else r["per_token_s"] * 1e3
-                    cell.update({f"{tag}_token_ms": ms, f"{tag}_sequences": r["sequences"]})
-    model.to(__import__("torch").float32)
-    model.set_attn_implementation("eager")
-    return list(cells.values())
+    return speed.compare(model, params, config, [int(b) for b in args.batches.split(",")], args.dtypes.split(","),
+                         args.tokens, log, images)
 
 
-def _bounds(cells, config, limits, tokens) -> None:
-    if not costs.known(config):
-        for c in cells:
-            c["bound_s"] = c["bound_token_ms"] = None
-        return
-    encoder_flops = costs.encoder_flops(config)
-    for c in cells:
-        bf16 = c["dtype"] == "bfloat16"
-        item = 2 if bf16 else 4
-        peak = limits["matmul_flops_bf16" if bf16 else "matmul_flops"]
-        c["bound_s"] = c["batch"] * encoder_flops / peak
-        if c["workload"] != "encoder":
-            beams = 1 if c["workload"] == "greedy" else int(c["workload"].split("-")[1])
-            step = max(costs.decode_bytes(config, c["batch"], beams, tokens // 2, item) / limits["read_bytes_per_s"],
-                       costs.decode_flops(config, c["batch"], beams, tokens // 2) / peak)
-            c["bound_token_ms"] = step * 1e3
-            c["bound_s"] += tokens * step
+_bounds = costs.bounds
 
 
 def _seed(path, args, log) -> dict:
@@ -274,25 +255,14 @@ def _caption_parts(captions: dict, images: dict) -> list[str]:
     return parts
 
 
-def markdown(res: dict) -> str:
-    m = res["machine"]
-    parts = [f"# purevedec vs transformers ({res['model']}, {res['date']})",
-             f"Versions: {', '.join(f'{k} {v}' for k, v in res['versions'].items())}. "
-             f"Machine: {m['cpu_count']} CPUs, matmul {m['matmul_flops'] / 1e9:.0f} GFLOP/s fp32, "
-             f"{m['matmul_flops_bf16'] / 1e9:.0f} bf16 (the best of XLA and PyTorch), "
-             f"read bandwidth {m['read_bytes_per_s'] / 1e9:.1f} GB/s (measured in this run). "
-             f"{res['tokens']} new tokens per generation; times are the best warm call.",
-             _sources(res),
-             "## Targets", report.targets_table(res["targets"]),
+def _captioning_md(res: dict) -> list[str]:
+    parts = [_sources(res),
              "## Fidelity", report.table(["measure", "value"], [[k, v] for k, v in res["fidelity"].items()]),
              *_caption_parts(res.get("captions", {}), res.get("images", {})),
-             "## Speed", report.speed_table(res["speed"]),
-             "Bounds: encoder FLOPs / peak matmul FLOP/s of the dtype; per token, the bytes a decode step must read / "
-             "read bandwidth (weights, cross K/V once per image, half-full self cache) or its FLOPs / peak, "
-             "whichever is larger (from a few dozen rows on, a step is compute-bound)."]
+             "## Speed", report.speed_table(res["speed"]), BOUNDS_NOTE]
     seed = res["seed"]
     if any(c.get("bound_s") is None for c in res["speed"]):
-        parts.append("Bounds unavailable: the cost model (benchmarks/costs.py) covers ViT -> GPT-2 only.")
+        parts.append("Bounds unavailable: the cost model (benchmarks/costs.py) covers ViT -> GPT-2 or TrOCR only.")
     parts.append("Seed Flax column: " + (seed["skipped"] if "skipped" in seed else
                                          "transformers 4.57 FlaxVisionEncoderDecoderModel, generate under jax.jit "
                                          f"({', '.join(f'{k} {v}' for k, v in seed.get('versions', {}).items())})."))
@@ -304,6 +274,39 @@ def markdown(res: dict) -> str:
         parts += ["## Cold start and peak memory (fresh processes)",
                   report.table(["run", "imports s", "load s", "process start -> first caption s",
                                 "load peak RSS MB", "peak RSS MB"], rows)]
+    return parts
+
+
+def _ocr_md(o: dict) -> list[str]:
+    return [f"## OCR: {o['model']}",
+            f"TrOCR ({o['params'] / 1e6:.0f}M parameters) reading batches of text-line crops (N(0,1) pixels), "
+            f"{o['tokens']} new tokens, greedy and beam 4, against transformers' generate in the same run. "
+            "Lines/s is the batch over the best warm call (encoder included); speed-up is transformers' time "
+            "over purevedec's. " + BOUNDS_NOTE,
+            report.ocr_table(o["cells"]),
+            report.table(["measure", "value"], [[k, v] for k, v in o["fidelity"].items()])]
+
+
+BOUNDS_NOTE = ("Bounds: encoder FLOPs / peak matmul FLOP/s of the dtype; per token, the bytes a decode step must "
+               "read / read bandwidth (weights, cross K/V once per image, half-full self cache) or its FLOPs / "
+               "peak, whichever is larger (from a few dozen rows on, a step is compute-bound).")
+
+
+def markdown(res: dict) -> str:
+    m = res["machine"]
+    title = res.get("model") or res["ocr"]["model"]
+    parts = [f"# purevedec vs transformers ({title}, {res['date']})",
+             f"Versions: {', '.join(f'{k} {v}' for k, v in res['versions'].items())}. "
+             f"Machine: {m['cpu_count']} CPUs, matmul {m['matmul_flops'] / 1e9:.0f} GFLOP/s fp32, "
+             f"{m['matmul_flops_bf16'] / 1e9:.0f} bf16 (the best of XLA and PyTorch), "
+             f"read bandwidth {m['read_bytes_per_s'] / 1e9:.1f} GB/s (measured in this run). "
+             + (f"{res['tokens']} new tokens per caption. " if "speed" in res else "")
+             + "Times are the best warm call.",
+             "## Targets", report.targets_table(res["targets"])]
+    if "speed" in res:
+        parts += _captioning_md(res)
+    if "ocr" in res:
+        parts += _ocr_md(res["ocr"])
     if res.get("training"):
         parts.append(train_speed.markdown(res["training"]).strip())
     return "\n\n".join(parts) + "\n"
@@ -381,6 +384,55 @@ def _only_folder(args, log) -> dict:
     return res
 
 
+def _captioning(args, limits, workdir, log) -> tuple[dict, str]:
+    """The captioning section (vit-gpt2 shapes, or the user's checkpoint): its part of the results,
+    and the checkpoint directory (the folder job reuses it)."""
+    model, path, model_id = _subject(args, workdir)
+    config = pv.load_config(path)
+    ours, theirs, images_id, image = _images(args, path, config, workdir)
+    log("fidelity ...")
+    fidelity = logits_parity(model, path, px=ours[:8])
+    if "pixels max |d|" in images_id:
+        fidelity["pixels max |d| (the two image processors)"] = images_id["pixels max |d|"]
+    captions = _captions(model, path, ours, theirs, args.tokens, args.show)
+    for name, c in captions.items():
+        fidelity[f"{name} differing captions (of {c['images']} images)"] = c["differing captions"]
+    log("speed ...")
+    user_px = ours if args.images else None
+    cells = _speed(model, path, config, args, log, user_px)
+    _bounds(cells, config, limits, args.tokens)
+    for c in cells:
+        if "pv_sequences" in c and c["dtype"] == "float32":
+            agree = token_agreement(c["pv_sequences"], c["hf_sequences"])
+            fidelity[f"{c['workload']} b{c['batch']} tokens equal to transformers"] = agree["tokens"]
+    log("seed Flax ...")
+    seed = _seed(path, args, log) if not args.model else {"skipped": "not run on a user checkpoint (--model)"}
+    _merge_seed(cells, seed)
+    proc = {}
+    if not args.no_process:
+        log("fresh processes ...")
+        proc = _processes(path, image, args.tokens, log)
+    return dict(model=model_id["name"], model_identity=model_id, images=images_id, fidelity=fidelity,
+                captions=captions, speed=cells, seed=seed, processes=proc, targets=_targets(cells, proc)), path
+
+
+def _sections(args) -> tuple[str, ...]:
+    """Every section (less --no-folder / --no-train), or the one --only names; with a user's
+    checkpoint (--model) only the captioning and folder jobs run (on it)."""
+    if args.model and args.only in ("ocr", "train"):
+        raise SystemExit(f"--only {args.only} measures random weights of fixed shapes; it takes no --model")
+    chosen = SECTIONS if args.only is None else (args.only,)
+    skipped = {"folder"} if args.no_folder else set()
+    skipped |= {"train"} if args.no_train else set()
+    skipped |= {"ocr", "train"} if args.model else set()
+    return tuple(s for s in chosen if s not in skipped)
+
+
+def _chart_cells(res: dict) -> list[dict]:
+    ocr_cells = res.get("ocr", {}).get("cells", [])
+    return res.get("speed", []) + [dict(c, workload=f"ocr {c['workload']}") for c in ocr_cells]
+
+
 def main(argv=None) -> dict:
     args = _args(argv)
     if args.only == "train":
@@ -391,47 +443,32 @@ def main(argv=None) -> dict:
     if args.only == "folder":
         return _only_folder(args, log)
     t0 = time.time()
+    sections = _sections(args)
+    res = dict(date=datetime.date.today().isoformat(), versions=_versions(), tokens=args.tokens)
     with tempfile.TemporaryDirectory() as workdir:
-        model, path, model_id = _subject(args, workdir)
         os.makedirs(args.out, exist_ok=True)
         log("machine limits ...")
-        limits = machine.measure(args.tiny)
-        config = pv.load_config(path)
-        ours, theirs, images_id, image = _images(args, path, config, workdir)
-        log("fidelity ...")
-        fidelity = logits_parity(model, path, px=ours[:8])
-        if "pixels max |d|" in images_id:
-            fidelity["pixels max |d| (the two image processors)"] = images_id["pixels max |d|"]
-        captions = _captions(model, path, ours, theirs, args.tokens, args.show)
-        for name, c in captions.items():
-            fidelity[f"{name} differing captions (of {c['images']} images)"] = c["differing captions"]
-        log("speed ...")
-        user_px = ours if args.images else None
-        cells = _speed(model, path, config, args, log, user_px)
-        _bounds(cells, config, limits, args.tokens)
-        for c in cells:
-            if "pv_sequences" in c and c["dtype"] == "float32":
-                agree = token_agreement(c["pv_sequences"], c["hf_sequences"])
-                fidelity[f"{c['workload']} b{c['batch']} tokens equal to transformers"] = agree["tokens"]
-        log("seed Flax ...")
-        seed = _seed(path, args, log) if not args.model else {"skipped": "not run on a user checkpoint (--model)"}
-        _merge_seed(cells, seed)
-        proc = {}
-        if not args.no_process:
-            log("fresh processes ...")
-            proc = _processes(path, image, args.tokens, log)
-        folder = None if args.no_folder else _folder(path, args, workdir, log)
-    training = None if args.no_train or args.model else train_speed.main(_train_argv(args))
-    res = dict(model=model_id["name"], model_identity=model_id, images=images_id,
-               date=datetime.date.today().isoformat(), versions=_versions(), machine=limits, tokens=args.tokens,
-               fidelity=fidelity, captions=captions, speed=cells, seed=seed, processes=proc,
-               folder=folder, targets=_targets(cells, proc, folder), training=training, seconds=time.time() - t0)
+        res["machine"] = limits = machine.measure(args.tiny)
+        if "captioning" in sections:
+            captioning, path = _captioning(args, limits, workdir, log)
+            res.update(captioning)
+        if "folder" in sections:
+            res["folder"] = _folder(path, args, workdir, log)
+        if "ocr" in sections:
+            batches = [int(b) for b in args.ocr_batches.split(",")]
+            res["ocr"] = ocr.run_section(args.tiny, limits, workdir, batches=batches, dtypes=args.dtypes.split(","),
+                                         tokens=args.ocr_tokens, log=log)
+    if "train" in sections:
+        res["training"] = train_speed.main(_train_argv(args))
+    res["targets"] = (res.get("targets", []) + res.get("ocr", {}).get("targets", [])
+                      + (_targets([], {}, res["folder"]) if res.get("folder") else []))
+    res["seconds"] = time.time() - t0
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(res, f, indent=1)
     text = markdown(res)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(text)
-    report.chart(cells, os.path.join(args.out, "chart.png"))
+    report.chart(_chart_cells(res), os.path.join(args.out, "chart.png"))
     if args.readme != "none":
         report.update_readme(args.readme, text)
     log(text)

@@ -72,14 +72,17 @@ class Transformers:
         return run
 
 
-def run_library(lib, config, batches, beams_list, tokens: int, log=print, images=None) -> list[dict]:
-    """Rows of results: one per (workload, batch) for this library and dtype."""
+def run_library(lib, config, batches, beams_list, tokens: int, log=print, images=None,
+                with_encoder: bool = True) -> list[dict]:
+    """Rows of results: one per (workload, batch) for this library and dtype (the encoder alone
+    too unless ``with_encoder`` is False)."""
     rows = []
     for batch in batches:
         px = pixels(config, batch, images)
-        first, warm, _ = timed(lib.encoder(px))
-        rows.append(dict(workload="encoder", batch=batch, first_s=first, warm_s=warm))
-        log(f"  {lib.name} encoder b{batch}: {warm:.3f} s (first {first:.1f} s)")
+        if with_encoder:
+            first, warm, _ = timed(lib.encoder(px))
+            rows.append(dict(workload="encoder", batch=batch, first_s=first, warm_s=warm))
+            log(f"  {lib.name} encoder b{batch}: {warm:.3f} s (first {first:.1f} s)")
         for beams in beams_list:
             first, warm, seqs = timed(lib.generate(px, beams, tokens))
             _, one, _ = timed(lib.generate(px, beams, 1))
@@ -91,3 +94,25 @@ def run_library(lib, config, batches, beams_list, tokens: int, log=print, images
             shown = f"{per_token * 1e3:.1f} ms/token" if per_token is not None else "stopped after one token"
             log(f"  {lib.name} {name} b{batch}: {warm:.3f} s, {shown} (first {first:.1f} s)")
     return rows
+
+
+def compare(model, params, config, batches, dtypes, tokens: int, log=print, images=None,
+            with_encoder: bool = True) -> list[dict]:
+    """Both libraries, every dtype / workload (encoder, greedy, beam-4) / batch, merged into one
+    record per cell: ``pv_s``/``hf_s`` (best warm call), ``*_first_s``, ``*_token_ms`` and the
+    generated ``*_sequences``. Leaves ``model`` in float32 with eager attention."""
+    cells = {}
+    for dtype in dtypes:
+        for lib in (Purevedec(params, config, dtype), Transformers(model, dtype)):
+            for r in run_library(lib, config, batches, (1, 4), tokens, log, images, with_encoder):
+                key = (r["workload"], r["batch"], dtype)
+                tag = "pv" if lib.name == "purevedec" else "hf"
+                cell = cells.setdefault(key, {"workload": r["workload"], "batch": r["batch"], "dtype": dtype})
+                cell.update({f"{tag}_s": r["warm_s"], f"{tag}_first_s": r["first_s"]})
+                if "per_token_s" in r:  # None when every row stopped after one token
+                    ms = None if r["per_token_s"] is None else r["per_token_s"] * 1e3
+                    cell.update({f"{tag}_token_ms": ms, f"{tag}_sequences": r["sequences"]})
+    import torch
+    model.to(torch.float32)
+    model.set_attn_implementation("eager")
+    return list(cells.values())

@@ -68,31 +68,50 @@ def relative_position_index(grid: tuple[int, int]) -> np.ndarray:
     return index
 
 
-def relative_bias(table: jax.Array, cfg: BeitConfig) -> jax.Array:
-    """[R,H] table -> the [1,H,S,S] bias added to the attention scores."""
-    index = relative_position_index(cfg.grid)
+def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] matrix of torch's bilinear resize along one axis (align_corners=False:
+    source coordinate (i + 0.5) * n_in / n_out - 0.5, clamped at 0; the last tap repeats at the edge)."""
+    m = np.zeros((n_out, n_in), np.float64)
+    for i in range(n_out):
+        src = max((i + 0.5) * n_in / n_out - 0.5, 0.0)
+        lo = min(int(np.floor(src)), n_in - 1)
+        hi = min(lo + 1, n_in - 1)
+        frac = src - lo
+        m[i, lo] += 1.0 - frac
+        m[i, hi] += frac
+    return m.astype(np.float32)
+
+
+def bias_table(table: jax.Array, cfg: BeitConfig, grid: tuple[int, int]) -> jax.Array:
+    """The [R',H] table for a patch grid, as transformers builds it on every call: the patch-offset
+    rows are resized bilinearly from the configured grid's (2Gh-1) x (2Gw-1) offsets to the
+    grid's, the three [CLS] rows kept. transformers reads the stored rows as a [2Gw-1, 2Gh-1]
+    image (width first), so the resize is an identity only for a square configured grid at its
+    own size; a non-square one is resampled even at its own size, and so it is here."""
+    (oh, ow), (gh, gw) = cfg.grid, grid
+    if oh == ow and (gh, gw) == (oh, ow):
+        return table
+    sub = table[:-3].reshape(2 * ow - 1, 2 * oh - 1, -1).astype(jnp.float32)
+    rows = jnp.asarray(bilinear_matrix(2 * ow - 1, 2 * gh - 1))
+    cols = jnp.asarray(bilinear_matrix(2 * oh - 1, 2 * gw - 1))
+    resized = jnp.einsum("yh,hwd,xw->yxd", rows, sub, cols, precision="highest")  # [2gh-1, 2gw-1, H]
+    return jnp.concatenate([resized.reshape(-1, table.shape[1]).astype(table.dtype), table[-3:]], axis=0)
+
+
+def relative_bias(table: jax.Array, cfg: BeitConfig, grid: tuple[int, int]) -> jax.Array:
+    """[R,H] table -> the [1,H,S,S] bias added to the attention scores of an image of this patch grid."""
+    index = relative_position_index(grid)
+    table = bias_table(table, cfg, grid)
     return jnp.take(table, jnp.asarray(index.reshape(-1)), axis=0).reshape(*index.shape, -1).transpose(2, 0, 1)[None]
 
 
 def embed(p: dict, pixels: jax.Array, cfg: BeitConfig, *, interpolate_pos_encoding: bool, dtype,
           key=None) -> jax.Array:
-    """[B,C,H,W] -> [B,1+N,D]. Relative biases are tied to the configured grid, so another image
-    size is refused when the model has them (transformers would resize the tables bilinearly)."""
-    if pixels.ndim != 4:
-        raise ValueError(f"pixels must be [B,C,H,W], got shape {pixels.shape}")
-    b, c, h, w = pixels.shape
-    if c != cfg.num_channels:
-        raise ValueError("Make sure that the channel dimension of the pixel values match with the one set "
-                         f"in the configuration. Expected {cfg.num_channels} but got {c}.")
-    if (h, w) != cfg.image_size and (cfg.use_relative_position_bias or cfg.use_shared_relative_position_bias):
-        raise ValueError(f"Input image size ({h}*{w}) doesn't match the BEiT model "
-                         f"({cfg.image_size[0]}*{cfg.image_size[1]}); purevedec does not resize relative "
-                         "position bias tables")
-    x = dense(p["patch"], vit.patchify(pixels, cfg.patch_size), dtype)
-    x = jnp.concatenate([jnp.broadcast_to(p["cls"].astype(dtype), (b, 1, cfg.hidden_size)), x], axis=1)
+    """[B,C,H,W] -> [B,1+N,D]. ``interpolate_pos_encoding`` changes nothing: transformers' BEiT
+    resizes its absolute positions (and relative biases, ``bias_table``) whenever the size differs."""
+    x = vit.patch_tokens(p, pixels, cfg, [p["cls"]], dtype)
     if cfg.use_absolute_position_embeddings:
-        # transformers' BEiT resizes its absolute positions whenever the size differs, flag or not.
-        x = x + vit.position_embeddings(p, cfg, h, w, True).astype(dtype)
+        x = x + vit.position_embeddings(p, cfg, *pixels.shape[2:], True).astype(dtype)
     return dropout(x, cfg.hidden_dropout_prob, key)
 
 
@@ -104,11 +123,12 @@ def drop_path(x: jax.Array, rate: float, key) -> jax.Array:
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
-def block(p: dict, x: jax.Array, shared_bias, cfg: BeitConfig, path_rate: float, dtype, key=None):
-    """One BEiT layer. [B,S,D] -> ([B,S,D], attention weights [B,H,S,S])"""
+def block(p: dict, x: jax.Array, shared_bias, cfg: BeitConfig, grid: tuple[int, int], path_rate: float, dtype,
+          key=None):
+    """One BEiT layer over an image of this patch grid. [B,S,D] -> ([B,S,D], attention weights [B,H,S,S])"""
     bias = shared_bias
     if "rel_bias" in p:
-        own = relative_bias(p["rel_bias"], cfg)
+        own = relative_bias(p["rel_bias"], cfg, grid)
         bias = own if bias is None else bias + own
     h = layer_norm(p["ln1"], x, cfg.layer_norm_eps)
     q, k, v = (split_heads(dense(p["attn"][n], h, dtype), cfg.num_attention_heads) for n in "qkv")
@@ -131,10 +151,11 @@ def apply(p: dict, pixels: jax.Array, cfg: BeitConfig, *, interpolate_pos_encodi
     """Same outputs as ``vit.apply`` (``remat`` as there); ``last_hidden_state`` is unnormalised
     with mean pooling."""
     x = embed(p, pixels, cfg, interpolate_pos_encoding=interpolate_pos_encoding, dtype=dtype, key=site_key(key, 0))
-    shared = relative_bias(p["rel_bias"], cfg) if cfg.use_shared_relative_position_bias else None
+    grid = (pixels.shape[2] // cfg.patch_size[0], pixels.shape[3] // cfg.patch_size[1])
+    shared = relative_bias(p["rel_bias"], cfg, grid) if cfg.use_shared_relative_position_bias else None
     layers = cfg.num_hidden_layers
     hidden, attns = [x], []
-    layer = lambda bp, x, rate, key: block(bp, x, shared, cfg, rate, dtype, key=key)  # noqa: E731
+    layer = lambda bp, x, rate, key: block(bp, x, shared, cfg, grid, rate, dtype, key=key)  # noqa: E731
     layer = jax.checkpoint(layer, static_argnums=(2,)) if remat else layer
     for i, bp in enumerate(p["blocks"]):
         rate = cfg.drop_path_rate * i / max(layers - 1, 1)  # transformers' linear stochastic-depth schedule

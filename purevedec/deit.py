@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from . import vit
 from .config import DeiTConfig
-from .layers import dense, dropout, layer_norm, site_key
+from .layers import dropout, site_key
 
 SPECIAL_TOKENS = 2  # [CLS], distillation
 
@@ -27,16 +27,8 @@ def param_shapes(cfg: DeiTConfig) -> dict:
 def embed(p: dict, pixels: jax.Array, cfg: DeiTConfig, *, interpolate_pos_encoding: bool, dtype,
           key=None) -> jax.Array:
     """[B,C,H,W] -> [B,2+N,D]"""
-    if pixels.ndim != 4:
-        raise ValueError(f"pixels must be [B,C,H,W], got shape {pixels.shape}")
-    b, c, h, w = pixels.shape
-    if c != cfg.num_channels:
-        raise ValueError("Make sure that the channel dimension of the pixel values match with the one set "
-                         f"in the configuration. Expected {cfg.num_channels} but got {c}.")
-    pos = vit.position_embeddings(p, cfg, h, w, interpolate_pos_encoding, special=SPECIAL_TOKENS)
-    x = dense(p["patch"], vit.patchify(pixels, cfg.patch_size), dtype)
-    tokens = jnp.stack([p["cls"], p["dist"]]).astype(dtype)
-    x = jnp.concatenate([jnp.broadcast_to(tokens, (b, SPECIAL_TOKENS, cfg.hidden_size)), x], axis=1)
+    x = vit.patch_tokens(p, pixels, cfg, [p["cls"], p["dist"]], dtype)
+    pos = vit.position_embeddings(p, cfg, *pixels.shape[2:], interpolate_pos_encoding, special=SPECIAL_TOKENS)
     return dropout(x + pos.astype(dtype), cfg.hidden_dropout_prob, key)
 
 
@@ -44,12 +36,4 @@ def apply(p: dict, pixels: jax.Array, cfg: DeiTConfig, *, interpolate_pos_encodi
           dtype=jnp.float32, key=None, remat: bool = False) -> dict:
     """Same outputs as ``vit.apply`` with S = 2 + N (``remat`` as there)."""
     x = embed(p, pixels, cfg, interpolate_pos_encoding=interpolate_pos_encoding, dtype=dtype, key=site_key(key, 0))
-    layer = lambda bp, x, key: vit.block(bp, x, cfg, dtype, key=key)  # noqa: E731
-    layer = jax.checkpoint(layer) if remat else layer
-    hidden, attns = [x], []
-    for i, bp in enumerate(p["blocks"]):
-        x, weights = layer(bp, x, site_key(key, 1, i))
-        hidden.append(x)
-        attns.append(weights)
-    last = layer_norm(p["ln_f"], x, cfg.layer_norm_eps)
-    return {"last_hidden_state": last, "hidden_states": tuple(hidden), "attentions": tuple(attns)}
+    return vit.encode_tokens(p, x, cfg, dtype=dtype, key=key, remat=remat)

@@ -92,20 +92,27 @@ def position_embeddings(p: dict, cfg: ViTConfig, height: int, width: int, interp
     return jnp.concatenate([p["pos"][:special], resized], axis=0)
 
 
-def embed(p: dict, pixels: jax.Array, cfg: ViTConfig, *, interpolate_pos_encoding: bool, dtype,
-          key=None) -> jax.Array:
-    """[B,C,H,W] -> [B,1+N,D]"""
+def patch_tokens(p: dict, pixels: jax.Array, cfg: ViTConfig, special: list[jax.Array], dtype) -> jax.Array:
+    """[B,C,H,W] -> [B, len(special) + N, D]: the ``special`` token vectors ([D] each: [CLS], DeiT's
+    distillation token), then each patch through the stride-P convolution (one matmul). Positions
+    are the caller's (ViT, DeiT and BEiT add them differently)."""
     if pixels.ndim != 4:
         raise ValueError(f"pixels must be [B,C,H,W], got shape {pixels.shape}")
-    b, c, h, w = pixels.shape
+    b, c = pixels.shape[:2]
     if c != cfg.num_channels:
         raise ValueError("Make sure that the channel dimension of the pixel values match with the one set "
                          f"in the configuration. Expected {cfg.num_channels} but got {c}.")
-    pos = position_embeddings(p, cfg, h, w, interpolate_pos_encoding)
-    x = dense(p["patch"], patchify(pixels, cfg.patch_size), dtype)
-    cls = jnp.broadcast_to(p["cls"].astype(dtype), (b, 1, cfg.hidden_size))
-    x = jnp.concatenate([cls, x], axis=1) + pos.astype(dtype)
-    return dropout(x, cfg.hidden_dropout_prob, key)
+    x = dense(p["patch"], patchify(pixels, cfg.patch_size), dtype)  # [B,N,D]
+    tokens = jnp.broadcast_to(jnp.stack(special).astype(dtype), (b, len(special), cfg.hidden_size))
+    return jnp.concatenate([tokens, x], axis=1)
+
+
+def embed(p: dict, pixels: jax.Array, cfg: ViTConfig, *, interpolate_pos_encoding: bool, dtype,
+          key=None) -> jax.Array:
+    """[B,C,H,W] -> [B,1+N,D]"""
+    x = patch_tokens(p, pixels, cfg, [p["cls"]], dtype)
+    pos = position_embeddings(p, cfg, *pixels.shape[2:], interpolate_pos_encoding)
+    return dropout(x + pos.astype(dtype), cfg.hidden_dropout_prob, key)
 
 
 def block(p: dict, x: jax.Array, cfg: ViTConfig, dtype, key=None):
@@ -130,6 +137,11 @@ def apply(p: dict, pixels: jax.Array, cfg: ViTConfig, *, interpolate_pos_encodin
     of storing them: same outputs, less memory for training."""
     x = embed(p, pixels, cfg, interpolate_pos_encoding=interpolate_pos_encoding, dtype=dtype,
               key=site_key(key, 0))
+    return encode_tokens(p, x, cfg, dtype=dtype, key=key, remat=remat)
+
+
+def encode_tokens(p: dict, x: jax.Array, cfg: ViTConfig, *, dtype, key=None, remat: bool = False) -> dict:
+    """The ViT layers and final norm over embedded tokens x [B,S,D] (ViT's or DeiT's); ``apply``'s outputs."""
     layer = lambda bp, x, key: block(bp, x, cfg, dtype, key=key)  # noqa: E731
     layer = jax.checkpoint(layer) if remat else layer
     hidden, attns = [x], []

@@ -85,3 +85,56 @@ def load_reference(path):
     for c in (model.config, model.encoder.config, model.decoder.config):
         c._attn_implementation = "eager"
     return model
+
+
+def decoder_ids(b: int, t: int, seed: int, vocab: int = 60):
+    """[b,t] int32 random ordinary token ids (3..vocab-1) starting with the start id."""
+    import numpy as np
+    ids = np.random.RandomState(seed).randint(3, vocab, (b, t)).astype(np.int32)
+    ids[:, 0] = START
+    return ids
+
+
+def saved_variant(name: str, options: dict, seed: int, folder):
+    """A random reference built with ``make_ocr_reference(seed=seed, **options)``, saved into
+    ``folder`` and loaded by purevedec: (name, torch model, params, config, folder)."""
+    import purevedec as pv
+    model = make_ocr_reference(seed=seed, **options)
+    model.save_pretrained(folder)
+    params, config = pv.load(folder)
+    return name, model, params, config, folder
+
+
+def compose_both(tmp_path, enc, dec):
+    """Save a randomized standalone encoder and TrOCRForCausalLM, compose them with purevedec and
+    with transformers, and save both compositions. Returns (purevedec params, config, transformers'
+    state dict, purevedec's state dict) as written to disk."""
+    import jax
+    from transformers import AutoConfig, VisionEncoderDecoderModel
+
+    import purevedec as pv
+    from formats_util import hf_state_dict
+    randomize(enc, 1)
+    randomize(dec, 2)
+    enc.save_pretrained(tmp_path / "enc")
+    dec.save_pretrained(tmp_path / "dec")
+    params, config = pv.from_encoder_decoder_pretrained(str(tmp_path / "enc"), str(tmp_path / "dec"),
+                                                         key=jax.random.PRNGKey(0))
+    # transformers 5's own path reads decoder_config.add_cross_attention, which TrOCRConfig no
+    # longer defines; pass the decoder config it would build.
+    dec_cfg = AutoConfig.from_pretrained(tmp_path / "dec")
+    dec_cfg.is_decoder, dec_cfg.add_cross_attention = True, True
+    ref = VisionEncoderDecoderModel.from_encoder_decoder_pretrained(str(tmp_path / "enc"), str(tmp_path / "dec"),
+                                                                    decoder_config=dec_cfg)
+    ref.save_pretrained(tmp_path / "ref")
+    pv.save(params, tmp_path / "ours")
+    return params, config, hf_state_dict(tmp_path / "ref"), hf_state_dict(tmp_path / "ours")
+
+
+def assert_same_tensors(want: dict, got: dict) -> None:
+    """The same tensor names, and equal values except the unused pooler and a projection drawn at random."""
+    import numpy as np
+    assert set(got) == set(want)
+    for name in want:
+        if "pooler" not in name and "enc_to_dec_proj" not in name:
+            np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(want[name]), err_msg=name)

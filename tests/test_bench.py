@@ -16,8 +16,8 @@ def test_suite_runs_and_writes_tables_json_and_chart(tmp_path):
     out = tmp_path / "results"
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n\n{report.README_START}\nold table\n{report.README_END}\n\nafter\n")
-    res = run.main(["--tiny", "--batches", "1", "--dtypes", "float32", "--tokens", "4", "--no-process", "--no-train",
-                    "--seed-python", str(tmp_path / "absent" / "python"), "--out", str(out), "--readme", str(readme)])
+    res = run.main(["--tiny", "--only", "captioning", "--batches", "1", "--dtypes", "float32", "--tokens", "4",
+                    "--no-process", "--seed-python", str(tmp_path / "absent" / "python"), "--out", str(out), "--readme", str(readme)])
     saved = json.loads((out / "results.json").read_text())
     assert saved["fidelity"] == res["fidelity"]
     assert saved["fidelity"]["fp32 logits max |d|"] <= 1e-4
@@ -97,7 +97,7 @@ def test_suite_on_a_user_checkpoint_and_image_folder(tmp_path):
     images = _image_folder(tmp_path / "shots")
     out = tmp_path / "results"
     res = run.main(["--tiny", "--model", ckpt, "--images", str(images), "--batches", "3", "--dtypes", "float32",
-                    "--tokens", "4", "--no-process", "--no-train", "--seed-python", str(tmp_path / "absent" / "python"),
+                    "--tokens", "4", "--no-process", "--no-train", "--no-folder", "--seed-python", str(tmp_path / "absent" / "python"),
                     "--out", str(out)])
     saved = json.loads((out / "results.json").read_text())
     weights = hashlib.sha256((tmp_path / "my-ckpt" / "model.safetensors").read_bytes()).hexdigest()[:16]

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import purevedec as pv
-from ocr_models import START, PAD, TINY_ENCODER, TINY_TROCR, load_reference, make_ocr_reference, randomize
+from ocr_models import (PAD, TINY_ENCODER, TINY_TROCR, assert_same_tensors, compose_both, decoder_ids as _ids,
+                        load_reference, make_ocr_reference, saved_variant)
 from conftest import maxdiff, rand_pixels, torch_forward
 from formats_util import hf_state_dict
 
@@ -27,17 +28,7 @@ VARIANTS = {
 
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
 def variant(request, tmp_path_factory):
-    model = make_ocr_reference(seed=4, **VARIANTS[request.param])
-    path = tmp_path_factory.mktemp(request.param)
-    model.save_pretrained(path)
-    params, config = pv.load(path)
-    return request.param, model, params, config, path
-
-
-def _ids(b, t, seed):
-    ids = np.random.RandomState(seed).randint(3, 60, (b, t)).astype(np.int32)
-    ids[:, 0] = START
-    return ids
+    return saved_variant(request.param, VARIANTS[request.param], 4, tmp_path_factory.mktemp(request.param))
 
 
 def test_params_follow_the_options(variant):
@@ -101,12 +92,44 @@ def test_deit_interpolated_positions_match(tmp_path):
         pv.forward(params, px, ids)
 
 
-def test_beit_relative_bias_at_another_size_is_refused(tmp_path):
-    model = make_ocr_reference(seed=2, **VARIANTS["beit_layer_bias"])
+# BEiT at grids other than the tiny 4 x 4 one: a larger square grid (6 x 6, as 384 px is to 224),
+# and a non-square one, where transformers resamples its bias table even at the configured size.
+GRIDS = {"square_6x6": dict(image_size=24), "wide_4x6": dict(image_size=(16, 24))}
+
+
+@pytest.mark.parametrize("grid", sorted(GRIDS))
+@pytest.mark.parametrize("bias", ["layer", "shared"])
+def test_beit_relative_bias_at_another_grid_matches(tmp_path, grid, bias):
+    kw = dict(use_relative_position_bias=True) if bias == "layer" else dict(use_shared_relative_position_bias=True)
+    model = make_ocr_reference("beit", enc_kw=dict(**GRIDS[grid], **kw, layer_scale_init_value=0.1), seed=7)
+    model.save_pretrained(tmp_path)
+    params, config = pv.load(tmp_path)
+    table = params["encoder"]["blocks"][0]["rel_bias"] if bias == "layer" else params["encoder"]["rel_bias"]
+    gh, gw = config.encoder.grid
+    assert table.shape == ((2 * gh - 1) * (2 * gw - 1) + 3, 4)
+    h, w = config.encoder.image_size
+    px, ids = rand_pixels(2, h=h, w=w, seed=8), _ids(2, 5, seed=9)
+    ref = torch_forward(model, px, ids, output_hidden_states=True)
+    out = pv.forward(params, px, ids, output_hidden_states=True)
+    assert maxdiff(out.encoder_last_hidden_state, ref.encoder_last_hidden_state) <= 1e-4
+    assert maxdiff(out.logits, ref.logits) <= 1e-4
+
+
+@pytest.mark.parametrize("interpolate", [False, True])
+def test_beit_image_of_another_size_resizes_biases_and_positions(tmp_path, interpolate):
+    """transformers resizes the bias tables (bilinear) and absolute positions (bicubic) for any
+    other input size, with or without interpolate_pos_encoding."""
+    options = dict(use_relative_position_bias=True, use_shared_relative_position_bias=True,
+                   use_absolute_position_embeddings=True)
+    model = make_ocr_reference("beit", enc_kw=options, seed=2)
     model.save_pretrained(tmp_path)
     params, _ = pv.load(tmp_path)
-    with pytest.raises(ValueError, match="relative position bias"):
-        pv.encode(params, rand_pixels(1, h=24, w=24), interpolate_pos_encoding=True)
+    px, ids = rand_pixels(1, h=24, w=20, seed=1), _ids(1, 4, seed=2)
+    ref = torch_forward(model, px, ids, interpolate_pos_encoding=interpolate)
+    out = pv.forward(params, px, ids, interpolate_pos_encoding=interpolate, output_hidden_states=True)
+    assert out.encoder_last_hidden_state.shape[1] == 1 + 6 * 5
+    assert maxdiff(out.encoder_last_hidden_state, ref.encoder_last_hidden_state) <= 1e-4
+    assert maxdiff(out.logits, ref.logits) <= 1e-4
 
 
 def test_beit_refuses_qkv_bias_key(tmp_path):
@@ -124,30 +147,12 @@ def test_beit_refuses_qkv_bias_key(tmp_path):
 def test_compose_with_classifier_checkpoints(tmp_path, kind):
     """A DeiT with its teacher heads or a BEiT classifier (heads dropped) + TrOCRForCausalLM:
     every pretrained tensor copied exactly, the file transformers writes for the same composition."""
-    import jax
-    from transformers import (AutoConfig, BeitConfig, BeitForImageClassification, DeiTConfig,
-                              DeiTForImageClassificationWithTeacher, TrOCRConfig, TrOCRForCausalLM,
-                              VisionEncoderDecoderModel)
+    from transformers import (BeitConfig, BeitForImageClassification, DeiTConfig,
+                              DeiTForImageClassificationWithTeacher, TrOCRConfig, TrOCRForCausalLM)
     torch.manual_seed(0)
     if kind == "deit_teacher":
         enc = DeiTForImageClassificationWithTeacher(DeiTConfig(**TINY_ENCODER, num_labels=3))
     else:
         enc = BeitForImageClassification(BeitConfig(**TINY_ENCODER, num_labels=3, use_relative_position_bias=True))
-    dec = TrOCRForCausalLM(TrOCRConfig(**TINY_TROCR))
-    randomize(enc, 1)
-    randomize(dec, 2)
-    enc.save_pretrained(tmp_path / "enc")
-    dec.save_pretrained(tmp_path / "dec")
-    params, config = pv.from_encoder_decoder_pretrained(str(tmp_path / "enc"), str(tmp_path / "dec"),
-                                                         key=jax.random.PRNGKey(0))
-    dec_cfg = AutoConfig.from_pretrained(tmp_path / "dec")
-    dec_cfg.is_decoder, dec_cfg.add_cross_attention = True, True
-    ref = VisionEncoderDecoderModel.from_encoder_decoder_pretrained(str(tmp_path / "enc"), str(tmp_path / "dec"),
-                                                                    decoder_config=dec_cfg)
-    ref.save_pretrained(tmp_path / "ref")
-    pv.save(params, tmp_path / "ours")
-    want, got = hf_state_dict(tmp_path / "ref"), hf_state_dict(tmp_path / "ours")
-    assert set(got) == set(want)
-    for name in want:
-        if "pooler" not in name and "enc_to_dec_proj" not in name:
-            np.testing.assert_array_equal(got[name].numpy(), want[name].numpy(), err_msg=name)
+    _, _, want, got = compose_both(tmp_path, enc, TrOCRForCausalLM(TrOCRConfig(**TINY_TROCR)))
+    assert_same_tensors(want, got)

@@ -76,6 +76,57 @@ def test_xlmr_style_unigram_decodes_as_transformers(tmp_path):
         assert ours.batch_decode(rows) == theirs.batch_decode(rows, skip_special_tokens=True)
 
 
+# Text for the sentencepiece models: accents and a dash that its normalization table rewrites.
+SPM_LINES = LINES + ["Ünïcode façade — naïve café", "ｆｕｌｌ width ２０２６"]
+
+
+def _sentencepiece_checkpoint(folder, model_type):
+    """A checkpoint folder holding only sentencepiece.bpe.model, trained here on SPM_LINES."""
+    import io
+    import sentencepiece
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(SPM_LINES * 20), model_writer=model,
+                                             vocab_size=48, model_type=model_type, character_coverage=1.0,
+                                             minloglevel=2)
+    folder.mkdir()
+    (folder / "sentencepiece.bpe.model").write_bytes(model.getvalue())
+    return folder
+
+
+@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
+def test_sentencepiece_model_alone_decodes_as_transformers(tmp_path, model_type):
+    """trocr-small ships XLM-R's sentencepiece.bpe.model: fairseq ids (<s> <pad> </s> <unk>, the
+    pieces, <mask> last), decoded and encoded as transformers' XLMRobertaTokenizer reads the file."""
+    from transformers import XLMRobertaTokenizer
+    path = _sentencepiece_checkpoint(tmp_path / "spm", model_type)
+    ours, theirs = load_tokenizer(path), XLMRobertaTokenizer.from_pretrained(path)
+    size = len(theirs)
+    assert size == 48 + 2  # the pieces past the model's own 3 specials, 4 fairseq specials and <mask>
+    encoded = [theirs(line).input_ids for line in SPM_LINES]
+    specials = [[0, 5, 3, 6, 2, 1, 1], [size - 1, 9, 0, 4, 2], [3, 3, 7]]  # <mask> is the last id
+    for rows in (_ids(size, 3), encoded, specials):
+        assert ours.batch_decode(rows) == theirs.batch_decode(rows, skip_special_tokens=True)
+        assert [ours.decode(r, skip_special_tokens=False) for r in rows] == \
+            [theirs.decode(r, skip_special_tokens=False) for r in rows]
+    assert [ours.encode(line) for line in SPM_LINES] == \
+        [theirs(line, add_special_tokens=False).input_ids for line in SPM_LINES]
+    assert "naïve café" in ours.decode(encoded[4]) and "<mask>" in ours.decode(specials[1], skip_special_tokens=False)
+
+
+def test_sentencepiece_model_without_the_package_names_the_extra(tmp_path, monkeypatch):
+    import sys
+    path = _sentencepiece_checkpoint(tmp_path / "spm", "unigram")
+    monkeypatch.setitem(sys.modules, "sentencepiece", None)  # as if not installed: import raises
+    with pytest.raises(pv.TokenizerError, match=r"sentencepiece\.bpe\.model.*purevedec\[sentencepiece\]"):
+        load_tokenizer(path)
+
+
+def test_unreadable_sentencepiece_model_is_named(tmp_path):
+    (tmp_path / "sentencepiece.bpe.model").write_bytes(b"\x0a\x05not a model")
+    with pytest.raises(pv.TokenizerError, match="sentencepiece.bpe.model is not a readable sentencepiece model"):
+        load_tokenizer(tmp_path)
+
+
 def _photo(seed, size=(37, 90)):
     return Image.fromarray(np.random.RandomState(seed).randint(0, 256, (*size, 3), np.uint8))
 

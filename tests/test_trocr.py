@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import purevedec as pv
-from ocr_models import EOS, PAD, START, load_reference, make_ocr_reference
+from ocr_models import (EOS, PAD, START, assert_same_tensors, compose_both, decoder_ids as _ids, load_reference,
+                        make_ocr_reference, saved_variant)
 from conftest import maxdiff, rand_pixels, torch_forward
 from formats_util import copy_config, hf_state_dict, write_bin
 
@@ -24,19 +25,9 @@ VARIANTS = {
 }
 
 
-def _ids(b, t, seed):
-    ids = np.random.RandomState(seed).randint(3, 60, (b, t)).astype(np.int32)
-    ids[:, 0] = START
-    return ids
-
-
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
 def variant(request, tmp_path_factory):
-    model = make_ocr_reference(seed=1, **VARIANTS[request.param])
-    path = tmp_path_factory.mktemp(request.param)
-    model.save_pretrained(path)
-    params, config = pv.load(path)
-    return request.param, model, params, config, path
+    return saved_variant(request.param, VARIANTS[request.param], 1, tmp_path_factory.mktemp(request.param))
 
 
 def test_config_reads_trocr_options(variant):
@@ -225,34 +216,17 @@ def test_unknown_tensor_and_wrong_shape_are_named(variant, tmp_path):
 def test_compose_vit_and_trocr_matches_transformers(tmp_path):
     """A standalone ViT and a TrOCRForCausalLM: every tensor of both files is copied exactly,
     and the model equals transformers' composition once loaded from it."""
-    import jax
-    from transformers import AutoConfig, TrOCRConfig, TrOCRForCausalLM, ViTConfig, ViTModel, VisionEncoderDecoderModel
-    from ocr_models import TINY_ENCODER, TINY_TROCR, randomize
+    from transformers import TrOCRConfig, TrOCRForCausalLM, ViTConfig, ViTModel
+    from ocr_models import TINY_ENCODER, TINY_TROCR
     torch.manual_seed(0)
     enc, dec = ViTModel(ViTConfig(**TINY_ENCODER)), TrOCRForCausalLM(TrOCRConfig(**TINY_TROCR))
-    randomize(enc, 1)
-    randomize(dec, 2)
-    enc.save_pretrained(tmp_path / "enc")
-    dec.save_pretrained(tmp_path / "dec")
-    params, config = pv.from_encoder_decoder_pretrained(str(tmp_path / "enc"), str(tmp_path / "dec"),
-                                                         key=jax.random.PRNGKey(0))
+    params, config, want, got = compose_both(tmp_path, enc, dec)
     assert config.decoder.model_type == "trocr" and config.has_projection  # 32 -> 24, no cross size
-    # transformers 5's own path reads decoder_config.add_cross_attention, which TrOCRConfig no
-    # longer defines; pass the decoder config it would build.
-    dec_cfg = AutoConfig.from_pretrained(tmp_path / "dec")
-    dec_cfg.is_decoder, dec_cfg.add_cross_attention = True, True
-    ref = VisionEncoderDecoderModel.from_encoder_decoder_pretrained(str(tmp_path / "enc"), str(tmp_path / "dec"),
-                                                                    decoder_config=dec_cfg)
-    ref.save_pretrained(tmp_path / "ref")
-    pv.save(params, tmp_path / "ours")
-    want, got = hf_state_dict(tmp_path / "ref"), hf_state_dict(tmp_path / "ours")
-    assert set(got) == set(want)
-    for name in want:
-        if "pooler" not in name and "enc_to_dec_proj" not in name:
-            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    assert_same_tensors(want, got)
     params2, _ = pv.load(tmp_path / "ref")
     px, ids = rand_pixels(1), _ids(1, 4, seed=0)
-    assert maxdiff(pv.forward(params2, px, ids), torch_forward(load_reference(tmp_path / "ref"), px, ids).logits) <= 1e-4
+    ref = load_reference(tmp_path / "ref")
+    assert maxdiff(pv.forward(params2, px, ids), torch_forward(ref, px, ids).logits) <= 1e-4
 
 
 def test_hand_built_config_saves_and_transformers_runs_it(tmp_path):

@@ -3,7 +3,8 @@
 transformers 5 tokenizers are a thin layer over a ``tokenizers.Tokenizer``: its ``decode``
 with ``skip_special_tokens=True`` is the backend's decode, followed by a space clean-up that is
 skipped for BPE models unless a config flag forces it. This file rebuilds the same backend from
-``tokenizer.json`` (or GPT-2's ``vocab.json`` + ``merges.txt``), registers the special and added
+``tokenizer.json`` (or GPT-2's ``vocab.json`` + ``merges.txt``, or XLM-R's ``sentencepiece.bpe.model``
+through the optional ``sentencepiece`` package), registers the special and added
 tokens that ``tokenizer_config.json`` / ``special_tokens_map.json`` declare, and applies the same
 clean-up rule.
 """
@@ -109,6 +110,80 @@ def _byte_level_bpe(vocab: str, merges: str, add_prefix_space: bool):
     return tok
 
 
+SENTENCEPIECE_FILE = "sentencepiece.bpe.model"
+_METASPACE = "\u2581"  # sentencepiece's word-start mark
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = buf[i]
+        value, shift, i = value | (byte & 0x7F) << shift, shift + 7, i + 1
+        if byte < 0x80:
+            return value, i
+
+
+def _proto_bytes(buf: bytes, number: int) -> bytes | None:
+    """The first length-delimited field ``number`` of a protobuf message (bounds-checked; nothing
+    else is interpreted)."""
+    i = 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        wire = key & 7
+        if wire == 0:
+            _, i = _varint(buf, i)
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        elif wire == 2:
+            n, i = _varint(buf, i)
+            if i + n > len(buf):
+                raise ValueError("field runs past the end")
+            if key >> 3 == number:
+                return buf[i:i + n]
+            i += n
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+    return None
+
+
+def _xlmr_sentencepiece(file: str, config: Mapping):
+    """XLM-R's tokenizer from its sentencepiece model alone, as transformers 5 builds it from the
+    same file (XLMRobertaConverter + XLMRobertaTokenizer): the fairseq ids <s> 0, <pad> 1, </s> 2,
+    <unk> 3, then the model's pieces from its id 3 on (id + 1), <mask> last; a unigram model over
+    them, the model's own normalization table, and Metaspace word marks."""
+    try:
+        import sentencepiece
+    except ImportError:
+        raise TokenizerError(f"{file}: this checkpoint's tokenizer is a sentencepiece model, which needs the "
+                             "sentencepiece package: pip install 'purevedec[sentencepiece]'") from None
+    from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import Unigram
+    with open(file, "rb") as f:
+        proto = f.read()
+    try:
+        sp = sentencepiece.SentencePieceProcessor(model_proto=proto)
+        normalizer_spec = _proto_bytes(proto, 3) or b""  # ModelProto.normalizer_spec
+        charsmap = _proto_bytes(normalizer_spec, 2)  # NormalizerSpec.precompiled_charsmap
+    except Exception as e:  # sentencepiece raises RuntimeError/OSError variants for malformed files
+        raise TokenizerError(f"{file} is not a readable sentencepiece model: {e}") from None
+    names = [_content(config.get(k)) or default for k, default in
+             (("bos_token", "<s>"), ("pad_token", "<pad>"), ("eos_token", "</s>"), ("unk_token", "<unk>"),
+              ("mask_token", "<mask>"))]
+    vocab = [(t, 0.0) for t in names[:4]]
+    vocab += [(sp.id_to_piece(i), sp.get_score(i)) for i in range(3, sp.get_piece_size())] + [(names[4], 0.0)]
+    tok = Tokenizer(Unigram(vocab, unk_id=3, byte_fallback=False))
+    if charsmap:
+        tok.normalizer = normalizers.Precompiled(charsmap)
+    scheme = "always" if config.get("add_prefix_space", True) else "never"
+    words = pre_tokenizers.Metaspace(replacement=_METASPACE, prepend_scheme=scheme)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), words])
+    tok.decoder = decoders.Metaspace(replacement=_METASPACE, prepend_scheme=scheme)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in names])
+    return tok
+
+
 def _backend(path: str, config: Mapping):
     from tokenizers import Tokenizer
     file = os.path.join(path, "tokenizer.json")
@@ -123,7 +198,10 @@ def _backend(path: str, config: Mapping):
         for token in _added_tokens(config):  # one by one, so that ids follow added_tokens_decoder
             (tok.add_special_tokens if token.special else tok.add_tokens)([token])
         return tok
-    raise TokenizerError(f"{path}: no tokenizer.json, nor vocab.json + merges.txt")
+    spm_file = os.path.join(path, SENTENCEPIECE_FILE)
+    if os.path.exists(spm_file):
+        return _xlmr_sentencepiece(spm_file, config)
+    raise TokenizerError(f"{path}: no tokenizer.json, nor vocab.json + merges.txt, nor {SENTENCEPIECE_FILE}")
 
 
 @dataclass(frozen=True)
