@@ -129,12 +129,14 @@ def test_param_placement_follows_the_rules(tensor_parallel, mesh):
 @pytest.mark.parametrize("mesh", list(MESH_SIZES) + ["data4_model2_fsdp"])
 def test_sharded_model_equals_one_device(tensor_parallel, mesh):
     """forward logits within 1e-4 of one device (split reductions change the summation order),
-    encode likewise, generate tokens identical (greedy, beam, sampling with the same key)."""
+    encode likewise, generate tokens identical (greedy, beam, sampling with the same key); on a
+    mesh with "data" the logits stay split over it, fsdp included (its "data"-split weights are
+    gathered where used, rather than the batch's activations)."""
     facts = tensor_parallel[mesh]
     assert facts["forward_diff"] < 1e-4 and facts["encode_diff"] < 1e-4, facts
     assert facts["greedy"] and facts["beam"] and facts["sample"], facts
-    if MESH_SIZES.get(mesh, {}).get("data", 1) > 1:
-        assert facts["logits_spec"][0] == "data"
+    if MESH_SIZES.get(mesh.removesuffix("_fsdp"), {}).get("data", 1) > 1:
+        assert facts["logits_spec"][0] == "data", facts["logits_spec"]
 
 
 def test_fsdp_splits_the_largest_free_axis_over_data(tensor_parallel):
@@ -175,3 +177,51 @@ def test_undivided_dimension_stays_replicated_with_a_warning():
         specs = param_specs(config, mesh)
     assert tuple(specs["decoder"]["wte"]) == ()
     assert tuple(specs["decoder"]["blocks"][0]["mlp"]["fc"]["w"]) == ("model",)
+
+
+# ---- the sharded train step ----
+
+@pytest.fixture(scope="module")
+def train():
+    return run_worker("train")
+
+
+@pytest.mark.parametrize("mesh", list(MESH_SIZES) + ["data4_model2_fsdp"])
+def test_sharded_train_step_equals_one_device(train, mesh):
+    """One AdamW step (weight decay, clipping, 2 micro-batches, dropout on) on 16 images with 2
+    captions each: the updated params within 1e-6 of one device's step (the step moved them by
+    more than 1e-3), the same loss, every param keeping its layout, and the optimizer's moments
+    laid out as their params (split ones included when the mesh has "model" or fsdp)."""
+    facts = train[mesh]
+    assert facts["moved"] > 1e-3
+    assert facts["params_diff"] < 1e-6, facts["params_diff"]
+    assert facts["loss_diff"] < 1e-5
+    assert facts["layout_changed"] == [] and facts["mu_differs"] == []
+    split = MESH_SIZES.get(mesh, {}).get("model", 1) > 1 or mesh.endswith("fsdp")
+    assert (facts["mu_split"] > 0) == split
+
+
+def test_data_parallel_train_program_moves_only_gradients(train):
+    """data=8, params whole on every device: the compiled train step's only collectives are
+    all-reduces of gradient-shaped arrays (a weight's shape) and scalars (loss, token counts,
+    norm): no all-gather, all-to-all, permute or reduce-scatter of activations."""
+    facts = train["data8"]
+    weights = {tuple(s) for s in facts["weight_shapes"]}
+    assert facts["collectives"]
+    for op, shapes in facts["collectives"]:
+        assert op == "all-reduce", (op, shapes)
+        assert all(tuple(s) in weights or s == [] for s in shapes), shapes
+
+
+def test_fsdp_train_program_gathers_weights_not_activations(train):
+    """fsdp on data=4 x model=2: beyond the collectives the same mesh needs without fsdp (the
+    tensor-parallel traffic within each device's rows), the program only all-gathers weights
+    (each a weight's shape with its "model" axis split): the batch stays split over "data"."""
+    fsdp, plain = train["data4_model2_fsdp"], train["data4_model2"]
+    gathered = {tuple(s) for s in fsdp["gathered_shapes"]}
+    extra = [c for c in fsdp["collectives"] if c[0] != "all-reduce"]
+    for c in [c for c in plain["collectives"] if c[0] != "all-reduce"]:
+        extra.remove(c)
+    assert extra, "fsdp gathers its weights"
+    for op, shapes in extra:
+        assert op == "all-gather" and all(tuple(s) in gathered for s in shapes), (op, shapes)

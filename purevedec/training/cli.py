@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from ..errors import PurevedecError
+from ..errors import ConfigError, PurevedecError
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -39,6 +39,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=4, help="image decoding threads")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--mesh", metavar="data=N,model=M", default=None,
+                   help="train on a device mesh: the batch split over N devices, attention heads, MLP width and "
+                        "vocabulary over M (N*M must be the device count; --batch-size a multiple of N)")
+    p.add_argument("--fsdp", action="store_true", help="with --mesh: also split big tensors over the data axis")
     return p
 
 
@@ -50,6 +54,23 @@ def run(args) -> int:
         return 2
 
 
+def _mesh(args):
+    """``--mesh`` as a mesh over every device (None without it); a ConfigError names a bad mesh or
+    a batch size the data axis does not divide."""
+    if args.mesh is None:
+        return None
+    from ..sharding import DATA, make_mesh, parse_mesh
+    try:
+        mesh = make_mesh(parse_mesh(args.mesh))
+    except ValueError as e:
+        raise ConfigError(f"--mesh: {e}") from None
+    n = mesh.shape.get(DATA, 1)
+    if args.batch_size % n:
+        raise ConfigError(f"--batch-size {args.batch_size} is not a multiple of the mesh's data axis ({n}): "
+                        f"each device takes the same number of images")
+    return mesh
+
+
 def _run(args) -> int:
     from ..captioning.captioner import model_dir
     from ..captioning.image import load_image_config, preprocess_one
@@ -59,6 +80,10 @@ def _run(args) -> int:
     from .loop import RunConfig, fit, steps_per_epoch
     from .optim import TrainConfig
 
+    mesh = _mesh(args)
+    if mesh is None and args.fsdp:
+        print("purevedec train: --fsdp needs --mesh data=N,model=M", file=sys.stderr)
+        return 2
     path = model_dir(args.model)
     params, config = load(path)
     image_config, tokenizer = load_image_config(path), load_tokenizer(path)
@@ -84,7 +109,7 @@ def _run(args) -> int:
         freeze_encoder=args.freeze_encoder, freeze_embeddings=args.freeze_embeddings)
     result = fit(params, train, val, batcher, cfg,
                  RunConfig(out_dir=args.out, epochs=args.epochs, seed=args.seed, eval_every=args.eval_every,
-                           keep=args.keep, progress=not args.no_progress),
+                           keep=args.keep, progress=not args.no_progress, mesh=mesh, fsdp=args.fsdp),
                  decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
     for problem in batcher.problems:
         print(f"skipped: {problem}", file=sys.stderr)

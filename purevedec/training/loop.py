@@ -38,6 +38,8 @@ class RunConfig:
     keep: int = 2                # checkpoints kept (the best is kept apart)
     max_new_tokens: int = 16     # for the generated validation captions
     progress: bool = True
+    mesh: object = None          # a device mesh: state by the sharding rules, batches over "data"
+    fsdp: bool = False           # with mesh: also split big tensors over "data" (shard_params' fsdp)
 
 
 def steps_per_epoch(data: Dataset, batch_size: int) -> int:
@@ -114,7 +116,12 @@ def fit(params, train: Dataset, val: Dataset, batcher: Batcher, cfg: TrainConfig
     found = _checkpoints(run.out_dir)
     if found:
         state = restore_state(os.path.join(found[-1][1], STATE_FILE), state)
-    step_fn = make_train_step(cfg)
+    if run.mesh is not None:
+        from .parallel import make_sharded_train_step, shard_state
+        state = shard_state(state, run.mesh, cfg, fsdp=run.fsdp)
+        step_fn = make_sharded_train_step(cfg, state)
+    else:
+        step_fn = make_train_step(cfg)
     log = _Log(os.path.join(run.out_dir, "metrics.jsonl"))
     best = _best_loss(run.out_dir)
     last: dict = {}
