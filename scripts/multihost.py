@@ -92,6 +92,12 @@ def launch(args, argv: list[str]) -> int:
     return 0
 
 
+def log(message: str) -> None:
+    """A progress line on this process's stderr (shown when the launcher reports a failure)."""
+    import jax
+    print(f"[process {jax.process_index()}] {message}", file=sys.stderr, flush=True)
+
+
 def _global_batch(local, mesh, batch: int):
     """This process's rows -> the global array split over "data"."""
     import jax
@@ -121,13 +127,15 @@ def caption(params, mesh, image_config, paths: list[str], batch: int, max_new_to
         mine = paths[start + index * share:start + (index + 1) * share]
         pixels = _global_batch(np.stack([preprocess_one(p, image_config) for p in mine]), mesh, batch)
         for mode, beams in (("greedy", 1), ("beam", 2)):
+            log(f"generate {mode}, images {start}..{start + batch - 1}")
             out = pv.generate_core(params, pixels, max_new_tokens=max_new_tokens, num_beams=beams)
             tokens[mode].extend(np.asarray(_gathered(out.sequences)).tolist())
     return tokens
 
 
 def train(params, mesh, tokenizer, image_config, config, args) -> list[float]:
-    """``args.steps`` sharded train steps; each process's Batcher loads only its share of each batch."""
+    """``args.steps`` sharded train steps from ``params`` (host arrays, the same on every
+    process); each process's Batcher loads only its share of each batch."""
     from purevedec.captioning.image import preprocess_one
     from purevedec.sharding import host_share
     from purevedec.training import TrainConfig, init_state
@@ -140,12 +148,14 @@ def train(params, mesh, tokenizer, image_config, config, args) -> list[float]:
                       batch_size=args.batch_size, max_length=args.max_length, threads=1,
                       process_index=index, process_count=count)
     cfg = TrainConfig(learning_rate=args.learning_rate, total_steps=max(args.steps, 1), schedule="constant")
+    log("placing the train state")
     state = shard_state(init_state(params, cfg, 0), mesh, cfg)
     step = make_sharded_train_step(cfg, state)
     losses = []
     for _, batch in zip(range(args.steps), batcher.batches(read_folder(args.data), seed=0)):
         pixels = _global_batch(batch.pixels, mesh, args.batch_size)
         labels = _global_batch(batch.labels, mesh, args.batch_size * batcher.captions_per_image)
+        log(f"train step {len(losses) + 1}")
         state, metrics = step(state, pixels, labels)
         losses.append(float(metrics.loss))  # replicated: every process holds it
     return losses
@@ -163,13 +173,13 @@ def child(args) -> int:
     from purevedec.sharding import DATA, make_mesh, parse_mesh, shard_params
     from purevedec.training.data import read_folder
     mesh = make_mesh(parse_mesh(args.mesh) if args.mesh else {DATA: jax.device_count()})
-    params, config = load(args.model)
-    params = shard_params(params, mesh)
+    host_params, config = load(args.model)
+    params = shard_params(host_params, mesh)
     image_config, tokenizer = load_image_config(args.model), load_tokenizer(args.model)
     paths = [e.image for e in read_folder(args.data).examples]
     result = {"processes": jax.process_count(), "devices": jax.device_count(),
               "tokens": caption(params, mesh, image_config, paths, args.batch_size, args.max_new_tokens),
-              "losses": train(params, mesh, tokenizer, image_config, config, args)}
+              "losses": train(host_params, mesh, tokenizer, image_config, config, args)}
     if jax.process_index() == 0:
         print(json.dumps(result))
     return 0
