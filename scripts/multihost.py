@@ -161,6 +161,22 @@ def train(params, mesh, tokenizer, image_config, config, args) -> list[float]:
     return losses
 
 
+def warm_up(mesh) -> None:
+    """One tiny collective over the mesh while the processes are in step. The first collective
+    sets up gloo's context between them, and that setup gives up after 30 s: were it the first
+    generate call's, a process still compiling it (slow on a busy machine) would make the others
+    fail. Later programs reuse the context."""
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("purevedec multihost: mesh built")
+    n = mesh.devices.size
+    local = np.ones((n // jax.process_count(),), np.float32)
+    total = jax.jit(lambda x: x.sum())(_global_batch(local, mesh, n))
+    assert float(total) == n, float(total)
+    multihost_utils.sync_global_devices("purevedec multihost: collectives ready")
+
+
 def child(args) -> int:
     import jax
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives between processes
@@ -173,6 +189,7 @@ def child(args) -> int:
     from purevedec.sharding import DATA, make_mesh, parse_mesh, shard_params
     from purevedec.training.data import read_folder
     mesh = make_mesh(parse_mesh(args.mesh) if args.mesh else {DATA: jax.device_count()})
+    warm_up(mesh)
     host_params, config = load(args.model)
     params = shard_params(host_params, mesh)
     image_config, tokenizer = load_image_config(args.model), load_tokenizer(args.model)

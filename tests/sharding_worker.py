@@ -243,11 +243,13 @@ def train() -> dict:
 
 
 def _cli(argv: list[str]) -> tuple[int, str, str]:
+    import contextlib
     import io
 
     from purevedec.commands import main
     out, err = io.StringIO(), io.StringIO()
-    code = main(argv, out, err)
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):  # `train` writes to sys.std*
+        code = main(argv, out, err)
     return code, out.getvalue(), err.getvalue()
 
 

@@ -274,4 +274,6 @@ def test_train_with_mesh_and_fsdp_equals_one_device(cli_runs):
     assert cli_runs["train data4_model2_fsdp"][0] == 0, cli_runs["train data4_model2_fsdp"][2]
     plain, sharded = cli_runs["loss plain"], cli_runs["loss data4_model2_fsdp"]
     assert len(plain) == 1 and abs(plain[0] - sharded[0]) < 1e-5
-    assert cli_runs["train_params_diff"] < 1e-5
+    # AdamW's first step is about lr * g / |g|: round-off in tiny gradients moves a param by up to a
+    # few 1e-6 at lr=1e-3 (measured 7.6e-6); a wrong gradient would move it by ~lr.
+    assert cli_runs["train_params_diff"] < 5e-5
