@@ -221,6 +221,7 @@ def test_fsdp_train_program_gathers_weights_not_activations(train):
     gathered = {tuple(s) for s in fsdp["gathered_shapes"]}
     extra = [c for c in fsdp["collectives"] if c[0] != "all-reduce"]
     for c in [c for c in plain["collectives"] if c[0] != "all-reduce"]:
+        assert c in extra, f"activations laid out otherwise than without fsdp: {c} is missing"
         extra.remove(c)
     assert extra, "fsdp gathers its weights"
     for op, shapes in extra:
