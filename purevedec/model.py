@@ -25,6 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from .config import Config
 from .layers import dense, site_key
 from .params import decoder_module, encoder_module, unpack
+from .sharding import gather_weights, weight_gathers
 
 
 class EncoderOutput(NamedTuple):
@@ -207,9 +208,10 @@ def cross_kv(params, enc: jax.Array, config: Config | None = None, *, dtype=jnp.
     return layer_kv(weights, enc, config, compute_dtype(dtype))
 
 
-@partial(jax.jit, static_argnames=_STATIC + ("chunk",))
+@partial(jax.jit, static_argnames=_STATIC + ("chunk", "gathers"))
 def _encode_jit(weights, pixels, key, *, config, interpolate_pos_encoding, dtype, output_hidden_states,
-                output_attentions, chunk):
+                output_attentions, chunk, gathers=None):
+    weights = gather_weights(weights, gathers)
     extras = output_hidden_states or output_attentions
     if not extras and key is None:
         return encoder_states(weights, pixels, config, interpolate_pos_encoding, dtype, chunk)
@@ -230,7 +232,8 @@ def encode(params, pixels, config: Config | None = None, *, interpolate_pos_enco
     check_pixels(pixels, config)
     return _encode_jit(weights, pixels, key, config=config, interpolate_pos_encoding=interpolate_pos_encoding,
                        dtype=compute_dtype(dtype), output_hidden_states=bool(output_hidden_states),
-                       output_attentions=bool(output_attentions), chunk=encoder_chunk(pixels))
+                       output_attentions=bool(output_attentions), chunk=encoder_chunk(pixels),
+                       gathers=weight_gathers(weights, batch_split(pixels)))
 
 
 def _decode(weights, ids, enc, config, attention_mask, position_ids, dtype, key, remat=False):
@@ -258,9 +261,10 @@ def decode(params, ids, enc, config: Config | None = None, *, attention_mask=Non
                        dtype=compute_dtype(dtype))
 
 
-@partial(jax.jit, static_argnames=_STATIC)
+@partial(jax.jit, static_argnames=_STATIC + ("gathers",))
 def _forward_jit(weights, pixels, ids, attention_mask, position_ids, key, *, config, interpolate_pos_encoding,
-                 dtype, output_hidden_states, output_attentions):
+                 dtype, output_hidden_states, output_attentions, gathers=None):
+    weights = gather_weights(weights, gathers)
     enc, enc_out = _encode(weights, pixels, config, interpolate_pos_encoding, dtype, site_key(key, 0))
     dec_out = _decode(weights, ids, enc, config, attention_mask, position_ids, dtype, site_key(key, 1))
     if not (output_hidden_states or output_attentions):
@@ -299,7 +303,8 @@ def forward(params, pixels, ids, config: Config | None = None, *, attention_mask
     _check_positions(position_ids, ids, config)
     return _forward_jit(weights, pixels, ids, attention_mask, position_ids, key, config=config,
                         interpolate_pos_encoding=bool(interpolate_pos_encoding), dtype=compute_dtype(dtype),
-                        output_hidden_states=bool(output_hidden_states), output_attentions=bool(output_attentions))
+                        output_hidden_states=bool(output_hidden_states), output_attentions=bool(output_attentions),
+                        gathers=weight_gathers(weights, batch_split(pixels)))
 
 
 def batch_split(x) -> NamedSharding | None:

@@ -26,6 +26,7 @@ import warnings
 from typing import Mapping
 
 import jax
+import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from .config import Config
@@ -114,6 +115,8 @@ def shard_params(params: Mapping, mesh: Mesh, config: Config | None = None, *, r
     weights, config = unpack(params, config)
     specs = flatten(param_specs(config, mesh, rules=rules, fsdp=fsdp))
     leaves = flatten(weights)
+    if jax.process_count() > 1:  # one device's arrays cannot go to other processes' devices: via the host
+        leaves = {path: np.asarray(leaf) for path, leaf in leaves.items()}
     placed = map_with_path(param_shapes(config),
                            lambda path, _: jax.device_put(leaves[path], NamedSharding(mesh, specs[path])))
     return {**placed, **{k: params[k] for k in STATIC_KEYS if k in params}}
@@ -131,3 +134,101 @@ def shard_batch(x, mesh: Mesh):
                              f"'data' axis of size {n}: its first dimension must be a multiple of {n}")
         return jax.device_put(a, NamedSharding(mesh, PartitionSpec(DATA) if n > 1 else PartitionSpec()))
     return jax.tree.map(put, x)
+
+
+# ---- FSDP inside a program: gather each "data"-split weight where it is used ----
+
+def _names(entry) -> tuple:
+    """A PartitionSpec entry (None, an axis name, or a tuple of them) as a tuple of names."""
+    return () if entry is None else entry if isinstance(entry, tuple) else (entry,)
+
+
+def _without(entry, axes: set):
+    kept = tuple(a for a in _names(entry) if a not in axes)
+    return None if not kept else kept[0] if len(kept) == 1 else kept
+
+
+def weight_gathers(weights, split: NamedSharding | None) -> tuple | None:
+    """What FSDP must gather in a program whose batch is split as ``split`` (``model.batch_split``
+    of the inputs): (leaf index in ``jax.tree.leaves(weights)``, the leaf's sharding with the
+    batch's mesh axes dropped) for every weight split over one of those axes; None when there is
+    none, the batch is not split, or the weights are traced (their shardings are unknown).
+
+    Without the gather the partitioner may keep a "data"-split weight in place and move the
+    activations instead (it all-gathered the whole batch's activations of a forward pass), so
+    the batch would no longer stay split. The result is hashable: a jit static argument."""
+    if split is None or not len(split.spec):
+        return None
+    batch_axes = set(_names(split.spec[0]))
+    found = []
+    for i, leaf in enumerate(jax.tree.leaves(weights)):
+        s = None if isinstance(leaf, jax.core.Tracer) else getattr(leaf, "sharding", None)
+        if isinstance(s, NamedSharding) and any(set(_names(e)) & batch_axes for e in s.spec):
+            found.append((i, NamedSharding(s.mesh, PartitionSpec(*(_without(e, batch_axes) for e in s.spec)))))
+    return tuple(found) or None
+
+
+def gather_weights(weights, gathers: tuple | None):
+    """Inside a jitted program: ``weights`` with each leaf that ``weight_gathers`` listed constrained
+    to its gathered sharding (whole along the batch's axes), so each device computes with the
+    whole weight and its own rows of the batch. None changes nothing."""
+    if not gathers:
+        return weights
+    leaves, tree = jax.tree.flatten(weights)
+    for i, sharding in gathers:
+        leaves[i] = jax.lax.with_sharding_constraint(leaves[i], sharding)
+    return jax.tree.unflatten(tree, leaves)
+
+
+# ---- meshes named on a command line: --mesh data=N,model=M ----
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """"data=N,model=M" (either may be left out; order free) -> {"data": N, "model": M}, each a
+    positive int; ValueError naming what is wrong."""
+    sizes: dict[str, int] = {}
+    for part in text.split(","):
+        name, eq, value = part.strip().partition("=")
+        if not eq:
+            raise ValueError(f"mesh {text!r}: {part.strip()!r} is not NAME=SIZE (write e.g. data=4,model=2)")
+        if name not in (DATA, MODEL):
+            raise ValueError(f"mesh {text!r}: unknown axis {name!r}; the axes are {DATA!r} and {MODEL!r}")
+        if name in sizes:
+            raise ValueError(f"mesh {text!r}: axis {name!r} is given twice")
+        if not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"mesh {text!r}: size of {name!r} must be a positive integer, got {value!r}")
+        sizes[name] = int(value)
+    return sizes
+
+
+def make_mesh(sizes: Mapping[str, int], devices=None) -> Mesh:
+    """An Auto-axis mesh ("data" then "model") over ``devices`` (default: every process's), whose
+    sizes must multiply to the device count. Devices are ordered process by process, so that
+    under several processes each holds a contiguous block of the "data" axis (its share of the
+    batch) when the "model" axis fits within one process's devices."""
+    devices = sorted(jax.devices() if devices is None else devices, key=lambda d: (d.process_index, d.id))
+    names = tuple(n for n in (DATA, MODEL) if n in sizes)
+    shape = tuple(sizes[n] for n in names)
+    total = 1
+    for n in shape:
+        total *= n
+    if total != len(devices):
+        given = ",".join(f"{n}={sizes[n]}" for n in names)
+        raise ValueError(f"mesh {given} has {total} devices, but JAX sees {len(devices)} "
+                         f"({jax.default_backend()}): the sizes must multiply to {len(devices)}")
+    return Mesh(np.array(devices).reshape(shape), names, axis_types=(AxisType.Auto,) * len(names))
+
+
+def host_share(mesh: Mesh, batch: int) -> tuple[int, int]:
+    """(index, count): this process holds rows index*batch/count .. (index+1)*batch/count of a
+    batch split over the mesh's "data" axis (its devices' rows), so it reads only those inputs
+    and hands them to ``jax.make_array_from_process_local_data``. (0, 1) on one process. Raises
+    when this process's rows are not one contiguous block (the mesh's devices are not ordered
+    process by process: build it with ``make_mesh``)."""
+    sharding = NamedSharding(mesh, PartitionSpec(DATA) if DATA in mesh.shape else PartitionSpec())
+    rows = sorted({(s[0].start or 0, batch if s[0].stop is None else s[0].stop)
+                   for s in sharding.addressable_devices_indices_map((batch,)).values()})
+    lo, hi = rows[0][0], rows[-1][1]
+    if any(a != b for (_, b), (a, _) in zip(rows, rows[1:])) or batch % (hi - lo) or lo % (hi - lo):
+        raise ValueError(f"process {jax.process_index()} holds rows {rows} of a batch of {batch}: not one "
+                         "contiguous share; build the mesh with purevedec.sharding.make_mesh")
+    return lo // (hi - lo), batch // (hi - lo)

@@ -174,8 +174,116 @@ def tensor_parallel() -> dict:
     return facts
 
 
-CASES = {"data_parallel": data_parallel, "tensor_parallel": tensor_parallel}
+def collective_shapes(hlo: str) -> list[list]:
+    """[op, [every result shape, as a list of dims]] of every collective (tuple results included)."""
+    return [[op, [[int(d) for d in dims.split(",") if d] for dims in re.findall(r"\[([\d,]*)\]", result)]]
+            for result, op in _COLLECTIVE.findall(hlo)]
+
+
+def train_batch():
+    """16 images, 2 caption rows each (image-major), padded with -100: 32 rows of 6 tokens. With 2
+    micro-batches of 8 images, every micro-batch still splits over 8 devices."""
+    rs = np.random.RandomState(7)
+    labels = rs.randint(3, 64, (32, 6)).astype(np.int32)
+    labels[:, 4:] = -100
+    labels[1::2, 3:] = -100
+    return pixels(16), labels
+
+
+def gathered_shapes(params) -> list:
+    """Each weight's shape on a device once whole along "data": its "model"-split axes divided."""
+    from purevedec.params import flatten
+    out = set()
+    for leaf in flatten(dict(params)).values():
+        s, mesh = leaf.sharding.spec, leaf.sharding.mesh
+        out.add(tuple(d // mesh.shape["model"] if i < len(s) and "model" in str(s[i]) else d
+                      for i, d in enumerate(leaf.shape)))
+    return sorted(out)
+
+
+def train_facts(params, mesh, ref, cfg, batch, fsdp=False) -> dict:
+    """One sharded train step (dropout on, the same rbg key) against one device's: params after
+    the update, the loss, every leaf's layout kept, optimizer moments laid out as their params,
+    and the compiled program's collectives."""
+    from purevedec.params import flatten
+    from purevedec.training import init_state
+    from purevedec.training.parallel import make_sharded_train_step, shard_state
+    state = shard_state(init_state(params, cfg, 0), mesh, cfg, fsdp=fsdp)
+    before = {path: spec(x) for path, x in flatten(dict(state.params)).items()}
+    step = make_sharded_train_step(cfg, state, donate=False)
+    px, lb = pv.shard_batch(batch[0], mesh), pv.shard_batch(batch[1], mesh)
+    new, metrics = step(state, px, lb)
+    after, want, start = flatten(dict(new.params)), flatten(dict(ref["params"])), flatten(dict(ref["start"]))
+    mu = flatten(dict(new.opt_state[1][0].mu))  # clip_by_global_norm, then AdamW's (scale_by_adam, ...)
+    return {"params_diff": max(maxdiff(after[p], want[p]) for p in want),
+            "moved": max(maxdiff(want[p], start[p]) for p in want),
+            "loss_diff": abs(float(metrics.loss) - ref["loss"]),
+            "layout_changed": [p for p in after if spec(after[p]) != before[p]],
+            "mu_differs": [p for p in mu if spec(mu[p]) != before[p]],
+            "mu_split": sum(1 for p in mu if any(spec(mu[p]) or [])),
+            "collectives": collective_shapes(step.program.lower(state, px, lb, None).compile().as_text()),
+            "weight_shapes": sorted({tuple(x.shape) for x in start.values()}),
+            "gathered_shapes": gathered_shapes(state.params)}
+
+
+def train() -> dict:
+    """The sharded train step on the four meshes and with fsdp, against one device's step."""
+    from purevedec.training import TrainConfig, init_state, make_train_step
+    params = tiny_params()
+    # eps=0.1: AdamW's first step follows the gradient, not its sign (exactly-zero key-bias
+    # gradients are round-off on both sides, which eps=1e-8 would blow up to steps of lr).
+    cfg = TrainConfig(learning_rate=1e-2, weight_decay=0.01, eps=0.1, accumulation_steps=2, total_steps=10)
+    batch = train_batch()
+    state = init_state(params, cfg, 0)
+    new, metrics = make_train_step(cfg, donate=False)(state, *batch)
+    ref = {"params": new.params, "start": state.params, "loss": float(metrics.loss)}
+    facts = {name: train_facts(params, auto_mesh(*m), ref, cfg, batch) for name, m in MESHES.items()}
+    facts["data4_model2_fsdp"] = train_facts(params, auto_mesh(*MESHES["data4_model2"]), ref, cfg, batch, fsdp=True)
+    return facts
+
+
+def _cli(argv: list[str]) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    from purevedec.commands import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):  # `train` writes to sys.std*
+        code = main(argv, out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def cli(model: str, data: str, out_dir: str) -> dict:
+    """`purevedec caption` and `purevedec train` with and without --mesh, in this 8-device process."""
+    import glob
+    import os
+
+    from purevedec.params import flatten
+    images = sorted(glob.glob(os.path.join(data, "*.png")))
+    caption = ["caption", *images, "--model", model, "--format", "jsonl", "--no-progress", "--batch-size", "4",
+               "--num-beams", "2", "--max-new-tokens", "4", "--compile-cache", "none"]
+    facts = {"caption": _cli(caption)}
+    for mesh in ("data=2,model=4", "data=8", "data=3,model=2", "data=8,gpu=1"):
+        facts[f"caption {mesh}"] = _cli(caption + ["--mesh", mesh])
+    train = ["train", model, data, "--epochs", "1", "--batch-size", "8", "--validation-fraction", "0",
+             "--no-progress", "--max-length", "8", "--learning-rate", "1e-3"]
+    runs = {"plain": [], "data4_model2_fsdp": ["--mesh", "data=4,model=2", "--fsdp"], "bad_batch": ["--mesh", "data=8",
+            "--batch-size", "6"], "fsdp_alone": ["--fsdp"]}
+    params = {}
+    for name, extra in runs.items():
+        target = os.path.join(out_dir, name)
+        facts[f"train {name}"] = _cli(train + ["--out", target] + extra)
+        if os.path.isdir(os.path.join(target, "checkpoint-1")):
+            params[name] = flatten(pv.load(os.path.join(target, "checkpoint-1"))[0])
+            with open(os.path.join(target, "metrics.jsonl")) as f:
+                facts[f"loss {name}"] = [json.loads(line)["loss"] for line in f if '"train"' in line]
+    sharded = params["data4_model2_fsdp"]
+    facts["train_params_diff"] = max(maxdiff(sharded[p], params["plain"][p]) for p in params["plain"])
+    return facts
+
+
+CASES = {"data_parallel": data_parallel, "tensor_parallel": tensor_parallel, "train": train, "cli": cli}
 
 if __name__ == "__main__":
     assert jax.device_count() == 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
-    print(json.dumps(CASES[sys.argv[1]]()))
+    print(json.dumps(CASES[sys.argv[1]](*sys.argv[2:])))

@@ -142,6 +142,8 @@ class Captioner:
     """The checkpoint's tokenizer."""
     dtype: Any = None
     """Compute dtype for generate (None: float32)."""
+    mesh: Any = None
+    """A device mesh (``with_mesh``): batches are split over its "data" axis; None: one device."""
 
     @classmethod
     def from_pretrained(cls, name: str | os.PathLike, *, dtype=None) -> "Captioner":
@@ -149,6 +151,17 @@ class Captioner:
         path = model_dir(name)
         params, config = load(path, dtype=dtype)
         return cls(params, config, load_image_config(path), load_tokenizer(path), dtype)
+
+    def with_mesh(self, mesh, *, rules=None, fsdp: bool = False) -> "Captioner":
+        """This captioner on ``mesh``: params placed by ``shard_params`` (heads, MLP width and
+        vocabulary over "model"), each batch split over "data" (padded to a multiple of its size)."""
+        import dataclasses
+
+        from ..sharding import shard_params
+        return dataclasses.replace(self, params=shard_params(self.params, mesh, rules=rules, fsdp=fsdp), mesh=mesh)
+
+    def _data_size(self) -> int:
+        return self.mesh.shape.get("data", 1) if self.mesh is not None else 1
 
     @property
     def generation_config(self):
@@ -171,6 +184,9 @@ class Captioner:
         options = {k: v for k, v in options.items() if v is not None}
         if self.dtype is not None:
             options.setdefault("dtype", self.dtype)
+        if self.mesh is not None:
+            from ..sharding import shard_batch
+            pixels = shard_batch(pixels, self.mesh)
         out = generate(self.params, pixels, self.config, output_cross_attentions=attention, key=key, **options)
         eos = options.get("eos_token_id", self.generation_config.eos_token_id)
         sequences, scores = np.asarray(out.sequences), np.asarray(out.scores)
@@ -216,7 +232,8 @@ class Captioner:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         images = as_list(images)
-        rows = min(batch_size, len(images))
+        fill = min(batch_size, len(images))  # images per call
+        rows = -(-fill // self._data_size()) * self._data_size()  # padded to a whole number per device
         key = jax.random.key(0) if key is None else key
         if workers is None:  # one image: nothing to overlap, no pool to start
             workers = default_workers() if len(images) > 1 else 0
@@ -230,7 +247,7 @@ class Captioner:
                 pending.append(item.value)
                 ready = sum(p.pixels is not None for p in pending)
                 last = item.index == len(images) - 1
-                if ready == rows or last or (errors == "raise" and pending[-1].error is not None):
+                if ready == fill or last or (errors == "raise" and pending[-1].error is not None):
                     self._run(pending, rows, batch_index, key, attention, options)
                     batch_index += 1
                     yield from self._results(pending, errors)

@@ -136,6 +136,9 @@ def add_caption_command(commands) -> argparse.ArgumentParser:
                      help="write DIR/<path relative to the inputs' common folder>.png: each generated "
                           "token's cross-attention over the image")
     cap.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    cap.add_argument("--mesh", metavar="data=N,model=M", default=None,
+                     help="run on a device mesh: batches split over N devices, attention heads, MLP width "
+                          "and vocabulary over M (N*M must be the device count; see docs/sharding.md)")
     cap.add_argument("--compile-cache", metavar="DIR", default=os.environ.get("PUREVEDEC_COMPILE_CACHE"),
                      help="keep compiled programs in DIR so the next run starts fast (default "
                           "$PUREVEDEC_COMPILE_CACHE, else $XDG_CACHE_HOME/purevedec/xla; 'none' turns it off)")
@@ -284,6 +287,17 @@ def progress_bar(total: int, stream: TextIO, enabled: bool):
     return tqdm(total=total, unit="image", file=stream, disable=not enabled, dynamic_ncols=True)
 
 
+def mesh_from(text: str | None):
+    """``--mesh data=N,model=M`` -> an Auto-axis mesh over every device (None: one device)."""
+    if text is None:
+        return None
+    from ..sharding import make_mesh, parse_mesh
+    try:
+        return make_mesh(parse_mesh(text))
+    except ValueError as e:
+        raise UsageError(f"--mesh: {e}") from None
+
+
 def _load(args):
     from .captioner import Captioner, ModelNotFound
     if args.compile_cache != "none" and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
@@ -363,11 +377,14 @@ def _inputs(args, err: TextIO) -> list[Input]:
 def caption_command(args, out: TextIO, err: TextIO) -> int:
     """Run ``purevedec caption``; returns the exit code (UsageError and OutputError propagate)."""
     options = generation_options(args)          # bad numbers fail before the model is loaded
+    mesh = mesh_from(args.mesh)
     stream, opened = open_output(args, out, err)
     try:
         inputs = _inputs(args, err)
         captioner = _load(args)
         check_generation(captioner, options, bool(args.attention_map))
+        if mesh is not None:
+            captioner = captioner.with_mesh(mesh)
         files = sum(i.problem is None for i in inputs)
         shown = not args.no_progress and files > args.batch_size and err.isatty()
         with progress_bar(files, err, shown) as progress:

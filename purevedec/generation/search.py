@@ -19,6 +19,7 @@ from ..config import Config
 from ..model import (batch_split, cache_step, check_ids, check_pixels, compute_dtype, encoder_chunk,
                      encoder_states, new_cache, shifted_positions)
 from ..params import unpack
+from ..sharding import gather_weights, weight_gathers
 from .beam_loop import beam_loop
 from .keys import batch_key, per_image, row_keys
 from .options import TRACEABLE, GenerationConfig, defaults_for, with_options
@@ -55,9 +56,10 @@ class GenerateOutput(NamedTuple):
 
 
 @partial(jax.jit, static_argnames=("config", "plan", "dtype", "interpolate_pos_encoding", "shifted", "chunk",
-                                   "split"))
+                                   "split", "gathers"))
 def _generate_jit(weights, pixels, prompt, prompt_mask, ignore_len, key, knobs, *, config, plan, dtype,
-                  interpolate_pos_encoding, shifted, chunk, split):
+                  interpolate_pos_encoding, shifted, chunk, split, gathers=None):
+    weights = gather_weights(weights, gathers)  # FSDP: whole weights, the batch's rows per device
     enc = encoder_states(weights, pixels, config, interpolate_pos_encoding, dtype, chunk)
     cache = new_cache(weights, enc, config, plan.processing.max_length, plan.rows_per_image, dtype, split)
     logits, cache, cross = cache_step(weights, cache, prompt, config, prompt_mask, dtype, shifted=shifted)
@@ -123,7 +125,8 @@ def generate_core(params, pixels, config: Config | None = None, *, key=None,
     return _generate_jit(weights, pixels, rep(prompt), None if mask is None else rep(mask), rep(ignore), key, knobs,
                          config=config, plan=plan, dtype=compute_dtype(dtype),
                          interpolate_pos_encoding=bool(interpolate_pos_encoding), shifted=shifted,
-                         chunk=encoder_chunk(pixels), split=batch_split(pixels))
+                         chunk=encoder_chunk(pixels), split=batch_split(pixels),
+                         gathers=weight_gathers(weights, batch_split(pixels)))
 
 
 def generate(params, pixels, config: Config | None = None, *, key=None,

@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from ..errors import PurevedecError
+from ..errors import ConfigError, PurevedecError
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -46,6 +46,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="what picks best/: lowest loss, cer or wer, highest exact, bleu or cider (default loss)")
     p.add_argument("--tensorboard", action="store_true",
                    help="also write the metrics as TensorBoard scalars to OUT/tensorboard (needs tensorboardX)")
+    p.add_argument("--mesh", metavar="data=N,model=M", default=None,
+                   help="train on a device mesh: the batch split over N devices, attention heads, MLP width and "
+                        "vocabulary over M (N*M must be the device count; --batch-size a multiple of N)")
+    p.add_argument("--fsdp", action="store_true", help="with --mesh: also split big tensors over the data axis")
     return p
 
 
@@ -55,6 +59,23 @@ def run(args) -> int:
     except (PurevedecError, FileNotFoundError, ImportError) as e:
         print(f"purevedec train: {e}", file=sys.stderr)
         return 2
+
+
+def _mesh(args):
+    """``--mesh`` as a mesh over every device (None without it); a ConfigError names a bad mesh or
+    a batch size the data axis does not divide."""
+    if args.mesh is None:
+        return None
+    from ..sharding import DATA, make_mesh, parse_mesh
+    try:
+        mesh = make_mesh(parse_mesh(args.mesh))
+    except ValueError as e:
+        raise ConfigError(f"--mesh: {e}") from None
+    n = mesh.shape.get(DATA, 1)
+    if args.batch_size % n:
+        raise ConfigError(f"--batch-size {args.batch_size} is not a multiple of the mesh's data axis ({n}): "
+                        f"each device takes the same number of images")
+    return mesh
 
 
 def _run(args) -> int:
@@ -68,6 +89,10 @@ def _run(args) -> int:
     from .metrics import parse_metrics
     from .optim import TrainConfig
 
+    mesh = _mesh(args)
+    if mesh is None and args.fsdp:
+        print("purevedec train: --fsdp needs --mesh data=N,model=M", file=sys.stderr)
+        return 2
     if args.tensorboard:
         tensorboard_writer_class()  # fail before loading anything when the extra is missing
     path = model_dir(args.model)
@@ -97,7 +122,7 @@ def _run(args) -> int:
     result = fit(params, train, val, batcher, cfg,
                  RunConfig(out_dir=args.out, epochs=args.epochs, seed=args.seed, eval_every=args.eval_every,
                            keep=args.keep, progress=not args.no_progress, metrics=metrics,
-                           best_metric=args.best_metric, tensorboard=args.tensorboard),
+                           best_metric=args.best_metric, tensorboard=args.tensorboard, mesh=mesh, fsdp=args.fsdp),
                  decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
     for problem in batcher.problems:
         print(f"skipped: {problem}", file=sys.stderr)

@@ -21,8 +21,9 @@ import numpy as np
 from ..config import Config
 from ..errors import ConfigError
 from ..layers import site_key
-from ..model import _check_mask, _check_rows, _decode, _encode, check_pixels, compute_dtype
+from ..model import _check_mask, _check_rows, _decode, _encode, batch_split, check_pixels, compute_dtype
 from ..params import unpack
+from ..sharding import gather_weights, weight_gathers
 
 IGNORE_INDEX = -100  # transformers' (and torch CrossEntropyLoss's) ignore index
 
@@ -115,7 +116,15 @@ def loss_core(weights: dict, pixels, labels, config: Config, *, decoder_attentio
     return summarize(*token_losses(logits, labels, label_smoothing))
 
 
-_loss_jit = jax.jit(loss_core, static_argnames=("config", "label_smoothing", "dtype", "remat"))
+def _loss_program(weights, pixels, labels, config, *, decoder_attention_mask, key, label_smoothing, dtype, remat,
+                  gathers) -> LossOutput:
+    """loss_core with FSDP's weights gathered (``sharding.weight_gathers``)."""
+    return loss_core(gather_weights(weights, gathers), pixels, labels, config,
+                     decoder_attention_mask=decoder_attention_mask, key=key, label_smoothing=label_smoothing,
+                     dtype=dtype, remat=remat)
+
+
+_loss_jit = jax.jit(_loss_program, static_argnames=("config", "label_smoothing", "dtype", "remat", "gathers"))
 
 
 def check_labels(labels, config: Config) -> None:
@@ -162,4 +171,4 @@ def loss(params, pixels, labels, config: Config | None = None, *, decoder_attent
     _check_mask(decoder_attention_mask, labels, "decoder_attention_mask")
     return _loss_jit(weights, pixels, labels, config=config, decoder_attention_mask=decoder_attention_mask,
                      key=key, label_smoothing=_check_smoothing(label_smoothing), dtype=compute_dtype(dtype),
-                     remat=bool(remat))
+                     remat=bool(remat), gathers=weight_gathers(weights, batch_split(pixels)))

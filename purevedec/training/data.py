@@ -141,11 +141,16 @@ class Batcher:
     max_length: int = 32
     buckets: tuple[int, ...] = ()
     threads: int = 4
+    process_index: int = 0                               # this process's share of each batch (several hosts)
+    process_count: int = 1                               # processes sharing each batch
     truncated: int = 0                                   # captions cut to max_length so far
     problems: list[str] = field(default_factory=list)    # images that failed to load
 
     def __post_init__(self):
         self.buckets = tuple(self.buckets) or default_buckets(self.max_length)
+        if self.batch_size % self.process_count or not 0 <= self.process_index < self.process_count:
+            raise ValueError(f"batch_size={self.batch_size} must split evenly over process_count="
+                             f"{self.process_count} (process_index={self.process_index})")
         self._tokens: dict[str, list[int]] = {}
 
     def _ids(self, caption: str) -> list[int]:
@@ -162,19 +167,33 @@ class Batcher:
         order = rng.permutation(len(captions)) if rng is not None else np.arange(len(captions))
         return [captions[order[i % len(captions)]] for i in range(k)]
 
+    @property
+    def local_batch_size(self) -> int:
+        """Images per batch on this process: its contiguous share of every batch."""
+        return self.batch_size // self.process_count
+
+    def _local(self, items: list) -> list:
+        """This process's share of a whole batch's items (rows process_index*b .. +b)."""
+        b = self.local_batch_size
+        return items[self.process_index * b:(self.process_index + 1) * b]
+
     def _assemble(self, chunk: list[Example], pixels: list, rng) -> Batch:
-        b, k = self.batch_size, self.captions_per_image
+        """This process's rows of the batch of ``chunk`` (``pixels``: its share's images, loaded).
+        Every process draws the whole batch's captions, so that the random choice and the padded
+        caption length are the same on all of them."""
+        b, k = self.local_batch_size, self.captions_per_image
+        picked = [self._pick(ex.captions, rng) for ex in chunk]
+        t = bucket_length(max((len(self._ids(c)) for caps in picked for c in caps), default=1), self.buckets)
         out_px = np.zeros((b, *self.image_shape), np.float32)
         rows, images, refs = [], [], []
-        for ex, px in zip(chunk, pixels):
+        for (ex, caps), px in zip(self._local(list(zip(chunk, picked))), pixels):
             if isinstance(px, Exception):
                 self.problems.append(f"{ex.image}: unreadable image skipped ({px})")
                 continue
             out_px[len(images)] = px
             images.append(ex.image)
             refs.append(ex.captions)
-            rows.extend(self._ids(c) for c in self._pick(ex.captions, rng))
-        t = bucket_length(max((len(r) for r in rows), default=1), self.buckets)
+            rows.extend(self._ids(c) for c in caps)
         labels = np.full((b * k, t), IGNORE_INDEX, np.int32)
         for i, r in enumerate(rows):
             labels[i, : len(r)] = r
@@ -190,14 +209,15 @@ class Batcher:
 
     def batches(self, data: Dataset, *, seed: int | None = None, epoch: int = 0) -> Iterator[Batch]:
         """One pass: shuffled from (seed, epoch) when ``seed`` is given, in order otherwise; the
-        next batch's images load on the pool while the caller works on the current one."""
+        next batch's images load on the pool while the caller works on the current one. Each
+        process loads only its share of every batch (``process_index`` of ``process_count``)."""
         rng = np.random.default_rng([seed, epoch]) if seed is not None else None
         order = rng.permutation(len(data.examples)) if rng is not None else np.arange(len(data.examples))
         chunks = [[data.examples[i] for i in order[s: s + self.batch_size]]
                   for s in range(0, len(order), self.batch_size)]
         with ThreadPoolExecutor(self.threads) as pool:
-            pending = self._load_all(pool, chunks[0]) if chunks else None
+            pending = self._load_all(pool, self._local(chunks[0])) if chunks else None
             for n, chunk in enumerate(chunks):
                 pixels = list(pending)
-                pending = self._load_all(pool, chunks[n + 1]) if n + 1 < len(chunks) else None
+                pending = self._load_all(pool, self._local(chunks[n + 1])) if n + 1 < len(chunks) else None
                 yield self._assemble(chunk, pixels, rng)

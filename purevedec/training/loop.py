@@ -42,6 +42,8 @@ class RunConfig:
     keep: int = 2                # checkpoints kept (the best is kept apart)
     max_new_tokens: int = 16     # for the generated validation captions
     progress: bool = True
+    mesh: object = None          # a device mesh: state by the sharding rules, batches over "data"
+    fsdp: bool = False           # with mesh: also split big tensors over "data" (shard_params' fsdp)
     metrics: tuple = ("exact",)  # scores of the generated captions (metrics.METRICS)
     best_metric: str = "loss"    # "loss" or one of metrics: what picks best/
     tensorboard: bool = False    # also write <out>/tensorboard (needs tensorboardX)
@@ -123,7 +125,12 @@ def fit(params, train: Dataset, val: Dataset, batcher: Batcher, cfg: TrainConfig
         state = restore_state(os.path.join(found[-1][1], STATE_FILE), state)
     if decode is None and run.best_metric != "loss":
         raise ConfigError(f"best_metric={run.best_metric!r} scores generated captions: pass decode")
-    step_fn = make_train_step(cfg)
+    if run.mesh is not None:
+        from .parallel import make_sharded_train_step, shard_state
+        state = shard_state(state, run.mesh, cfg, fsdp=run.fsdp)
+        step_fn = make_sharded_train_step(cfg, state)
+    else:
+        step_fn = make_train_step(cfg)
     log = MetricsLog(run.out_dir, tensorboard=run.tensorboard)
     best_key, higher = metric_key(run.best_metric), HIGHER_IS_BETTER[run.best_metric]
     best = _best_value(run.out_dir, best_key, higher)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from ..params import STATIC_KEYS, check_params
+from ..sharding import gather_weights
 from .cross_entropy import loss_core
 from .optim import TrainConfig, is_frozen, leaf_flags, learning_rate_schedule, make_optimizer, optax
 
@@ -50,15 +51,21 @@ def _weights(params) -> dict:
     return {k: v for k, v in params.items() if k not in STATIC_KEYS}
 
 
-def _micro_batches(x, n: int, what: str):
+def _micro_batches(x, n: int, what: str, group: int = 1):
+    """[R,...] -> [n,R/n,...], micro-batch i taking the groups i, i+n, i+2n, ... of ``group``
+    consecutive rows (an image's caption rows stay together and follow their image). Strided, so
+    that a batch split over devices in contiguous blocks gives every micro-batch rows of every
+    device and the scan moves nothing between them (consecutive blocks would put the devices'
+    split on the scanned axis, and gather the batch)."""
     if x is None:
         return None
-    if x.shape[0] % n:
+    if x.shape[0] % (n * group):
         raise ValueError(f"{what} has {x.shape[0]} rows, not divisible into accumulation_steps={n} micro-batches")
-    return x.reshape(n, x.shape[0] // n, *x.shape[1:])
+    grouped = x.reshape(x.shape[0] // (n * group), n, group, *x.shape[1:])
+    return jnp.swapaxes(grouped, 0, 1).reshape(n, x.shape[0] // n, *x.shape[1:])
 
 
-def _gradients(params, pixels, labels, mask, key, cfg: TrainConfig):
+def _gradients(params, pixels, labels, mask, key, cfg: TrainConfig, gathers=None):
     """Summed-loss gradients over the micro-batches (lax.scan), divided by the total token count:
     the gradient of the mean over all the step's tokens, however the batch was split."""
     config = params["config"]
@@ -66,6 +73,7 @@ def _gradients(params, pixels, labels, mask, key, cfg: TrainConfig):
 
     def summed(p, px, lb, mk, k):
         p = jax.tree.map(lambda x, f: jax.lax.stop_gradient(x) if f else x, p, frozen)  # no work for frozen parts
+        p = gather_weights(p, gathers)  # FSDP: whole weights here, so activations keep the batch's split
         out = loss_core(_weights(p), px, lb, config, decoder_attention_mask=mk, key=k,
                         label_smoothing=cfg.label_smoothing, dtype=cfg.compute_dtype, remat=cfg.remat)
         return out.loss_sum, out
@@ -78,8 +86,9 @@ def _gradients(params, pixels, labels, mask, key, cfg: TrainConfig):
                 correct + out.correct), None
 
     n = cfg.accumulation_steps
-    xs = (jnp.arange(n), _micro_batches(pixels, n, "pixels"), _micro_batches(labels, n, "labels"),
-          _micro_batches(mask, n, "decoder_attention_mask"))
+    k = max(labels.shape[0] // max(pixels.shape[0], 1), 1)  # caption rows per image
+    xs = (jnp.arange(n), _micro_batches(pixels, n, "pixels"), _micro_batches(labels, n, "labels", k),
+          _micro_batches(mask, n, "decoder_attention_mask", k))
     zero = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32),
             jnp.zeros((), jnp.int32))
     (grads, total, tokens, correct), _ = jax.lax.scan(one, zero, xs)
@@ -87,11 +96,14 @@ def _gradients(params, pixels, labels, mask, key, cfg: TrainConfig):
     return jax.tree.map(lambda g: g / denom, grads), total, tokens, correct
 
 
-def train_step(state: TrainState, pixels, labels, decoder_attention_mask=None, *, cfg: TrainConfig):
+def train_step(state: TrainState, pixels, labels, decoder_attention_mask=None, *, cfg: TrainConfig,
+               gathers=None):
     """One optimizer update from a batch: pixels [B,C,H,W], labels [B*k,T] (-100 = not counted),
-    split into cfg.accumulation_steps micro-batches along B. Returns (new state, StepMetrics)."""
+    split into cfg.accumulation_steps micro-batches along B. Returns (new state, StepMetrics).
+    ``gathers``: FSDP's weights to gather (``sharding.weight_gathers`` of ``state.params``)."""
     key = jax.random.fold_in(state.rng, state.step)
-    grads, total, tokens, correct = _gradients(state.params, pixels, labels, decoder_attention_mask, key, cfg)
+    grads, total, tokens, correct = _gradients(state.params, pixels, labels, decoder_attention_mask, key, cfg,
+                                               gathers)
     updates, opt_state = make_optimizer(cfg).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     denom = jnp.maximum(tokens, 1).astype(jnp.float32)
