@@ -17,12 +17,12 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _kb(key: str) -> int:
+def status_kb(key: str) -> int:
     with open("/proc/self/status") as f:
         return int(next(line for line in f if line.startswith(key)).split()[1])
 
 
-def _reset_peak() -> None:
+def reset_peak() -> None:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
 
@@ -34,12 +34,12 @@ def _purevedec(args) -> dict:
     import jax
     jax.numpy.zeros(1).block_until_ready()  # backend up before the baseline
     marks = {"imported": time.time()}
-    _reset_peak()
-    base = _kb("VmRSS:")
+    reset_peak()
+    base = status_kb("VmRSS:")
     cap = pv.Captioner.from_pretrained(args.model)
-    marks["loaded"], load_peak = time.time(), _kb("VmHWM:")
+    marks["loaded"], load_peak = time.time(), status_kb("VmHWM:")
     text = cap.caption([args.image] * args.batch, num_beams=args.beams, max_new_tokens=args.tokens)
-    return dict(marks, captioned=time.time(), base_kb=base, load_peak_kb=load_peak, peak_kb=_kb("VmHWM:"),
+    return dict(marks, captioned=time.time(), base_kb=base, load_peak_kb=load_peak, peak_kb=status_kb("VmHWM:"),
                 caption=text[0])
 
 
@@ -49,17 +49,17 @@ def _transformers(args) -> dict:
     from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
     torch.zeros(1)
     marks = {"imported": time.time()}
-    _reset_peak()
-    base = _kb("VmRSS:")
+    reset_peak()
+    base = status_kb("VmRSS:")
     model = VisionEncoderDecoderModel.from_pretrained(args.model).eval()
     processor, tokenizer = AutoImageProcessor.from_pretrained(args.model), AutoTokenizer.from_pretrained(args.model)
-    marks["loaded"], load_peak = time.time(), _kb("VmHWM:")
+    marks["loaded"], load_peak = time.time(), status_kb("VmHWM:")
     image = Image.open(args.image).convert("RGB")
     pixels = processor([image] * args.batch, return_tensors="pt").pixel_values
     with torch.no_grad():
         ids = model.generate(pixel_values=pixels, num_beams=args.beams, max_new_tokens=args.tokens)
     text = tokenizer.batch_decode(ids, skip_special_tokens=True)
-    return dict(marks, captioned=time.time(), base_kb=base, load_peak_kb=load_peak, peak_kb=_kb("VmHWM:"),
+    return dict(marks, captioned=time.time(), base_kb=base, load_peak_kb=load_peak, peak_kb=status_kb("VmHWM:"),
                 caption=text[0])
 
 

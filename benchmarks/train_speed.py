@@ -33,18 +33,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.process import reset_peak, status_kb  # noqa: E402  (peak RSS of a fresh child)
+
 LEARNING_RATE, WEIGHT_DECAY, MAX_GRAD_NORM, TOKENS = 5e-5, 0.01, 1.0, 16
 MB = 2 ** 20
-
-
-def _kb(key: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(next(line for line in f if line.startswith(key)).split()[1])
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def batch_arrays(config_path: str, batch: int):
@@ -77,8 +69,8 @@ def _purevedec(args) -> dict:
     import purevedec as pv
     from purevedec.training.optim import TrainConfig
     from purevedec.training.step import init_state, train_step
-    _reset_peak()
-    base = _kb("VmRSS:")
+    reset_peak()
+    base = status_kb("VmRSS:")
     params, _ = pv.load(args.model)
     pixels, labels = batch_arrays(args.model, args.batch)
     pixels, labels = jnp.asarray(pixels), jnp.asarray(labels)
@@ -103,7 +95,7 @@ def _purevedec(args) -> dict:
         box[0], metrics = compiled(box[0], pixels, labels, None)
         return float(metrics.loss)  # blocks until the step is done
     warm, timed, losses = _timed_steps(step, args.warmup, args.steps)
-    return dict(base_kb=base, peak_kb=_kb("VmHWM:"), warmup_s=warm, step_s=timed, losses=losses,
+    return dict(base_kb=base, peak_kb=status_kb("VmHWM:"), warmup_s=warm, step_s=timed, losses=losses,
                 compile_s=compile_s, temp_bytes={("remat" if k else "plain"): v for k, v in temp.items()})
 
 
@@ -116,8 +108,8 @@ def _transformers(args) -> dict:
     import torch
     from transformers import VisionEncoderDecoderModel
     torch.zeros(1)
-    _reset_peak()
-    base = _kb("VmRSS:")
+    reset_peak()
+    base = status_kb("VmRSS:")
     model = VisionEncoderDecoderModel.from_pretrained(args.model)
     model.set_attn_implementation("sdpa")  # its default, fastest attention
     model.train()
@@ -140,7 +132,7 @@ def _transformers(args) -> dict:
         opt.step()
         return float(loss)
     warm, timed, losses = _timed_steps(step, args.warmup, args.steps)
-    return dict(base_kb=base, peak_kb=_kb("VmHWM:"), warmup_s=warm, step_s=timed, losses=losses)
+    return dict(base_kb=base, peak_kb=status_kb("VmHWM:"), warmup_s=warm, step_s=timed, losses=losses)
 
 
 def run_child(lib: str, model: str, *, batch: int, dtype: str, remat: bool, warmup: int, steps: int,
