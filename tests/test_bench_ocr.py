@@ -64,11 +64,12 @@ def _config(model):
         return pv.load_config(d)
 
 
-def test_sections_default_to_both_and_only_picks_one():
+def test_sections_default_to_all_and_only_picks_one():
     import pytest
-    assert run._sections(run._args([])) == ("captioning", "ocr")
+    assert run._sections(run._args([])) == ("captioning", "ocr", "folder", "train")
+    assert run._sections(run._args(["--no-folder", "--no-train"])) == ("captioning", "ocr")
     assert run._sections(run._args(["--only", "ocr"])) == ("ocr",)
-    assert run._sections(run._args(["--model", "x"])) == ("captioning",)
+    assert run._sections(run._args(["--model", "x"])) == ("captioning", "folder")  # random-weight sections skipped
     with pytest.raises(SystemExit, match="takes no --model"):
         run._sections(run._args(["--only", "ocr", "--model", "x"]))
     full = run._args([])

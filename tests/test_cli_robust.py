@@ -205,8 +205,10 @@ def test_any_read_failure_is_that_files_error(checkpoint, tmp_path, monkeypatch)
 
 
 def test_interrupt_leaves_whole_lines(checkpoint, tmp_path):
-    """Ctrl-C after the first record: exit 130 with one line, and the output holds whole lines only."""
-    paths = make_images(tmp_path / "imgs", 150, size=(8, 8))
+    """Ctrl-C after the first record: exit 130 with one line, and the output holds whole lines only.
+    (1000 images: with the read-ahead threads a shorter job could finish before the signal lands
+    on a loaded machine.)"""
+    paths = make_images(tmp_path / "imgs", 1000, size=(8, 8))
     out_file = tmp_path / "caps.txt"
     proc = start_subprocess("caption", *paths, "--model", checkpoint[1], "--batch-size", "1", "--max-new-tokens", "3",
                             "--output", str(out_file))
