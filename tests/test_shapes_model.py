@@ -97,9 +97,9 @@ def test_readme_first_command_captions_the_examples_offline(tmp_path):
     command = line.split("  #")[0].split(" && ")[-1]          # after the set-up steps
     assert command.startswith(".venv/bin/purevedec caption") and "purevedec:shapes" in command
     exe = os.path.join(os.path.dirname(sys.executable), "purevedec")
-    argv = [exe if not os.path.exists(exe) else exe, *command.split()[1:]]
-    if not os.path.exists(exe):   # a run without the console script: the same entry point
-        argv = [sys.executable, "-m", "purevedec.commands", *command.split()[1:]]
+    # the console script of this environment, else (not installed as a script) the same entry point
+    entry = [exe] if os.path.exists(exe) else [sys.executable, "-m", "purevedec.commands"]
+    argv = [*entry, *command.split()[1:]]
     # offline: the hub is switched off and any connection attempt goes to a dead proxy
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
            "PUREVEDEC_COMPILE_CACHE": str(tmp_path / "cache")}

@@ -106,16 +106,14 @@ def render(shapes: tuple[Shape, ...], side: int, background: tuple[int, int, int
     return image
 
 
-def scene(seed: int, index: int, *, count: int | None = None) -> Scene:
-    """Scene ``index`` of stream ``seed`` (both non-negative ints). ``count`` forces one or two
-    shapes (a training mix); by default each is equally likely."""
+def scene(seed: int, index: int) -> Scene:
+    """Scene ``index`` of stream ``seed`` (both non-negative ints)."""
     rng = np.random.default_rng([seed, index])
     side = int(rng.integers(MIN_SIDE, MAX_SIDE + 1))
     background = tuple(int(c) for c in rng.integers(225, 256, size=3))
     first = _shape(rng, side)
     shapes: tuple[Shape, ...] = (first,)
-    two = rng.integers(2) if count is None else count == 2
-    if two:
+    if rng.integers(2):
         second = _shape(rng, side)
         while not _valid_pair(first, second, side):
             second = _shape(rng, side)

@@ -6,13 +6,13 @@ Batch ``n`` of stream ``seed`` holds scenes ``(seed, n*B) .. (seed, n*B + B-1)``
 
 from __future__ import annotations
 
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+import contextlib
 from typing import Iterator, NamedTuple
 
 import numpy as np
 
 from ..captioning.image import ImageConfig, preprocess_one
+from ..captioning.loader_pipeline import read_ahead
 from ..training.cross_entropy import IGNORE_INDEX
 from .scenes import scene
 
@@ -33,27 +33,25 @@ def label_row(caption: str, vocab: dict[str, int], eos_id: int, length: int) -> 
 
 
 def scene_batch(seed: int, start: int, size: int, image_config: ImageConfig, vocab: dict[str, int],
-                eos_id: int, length: int, pool: ThreadPoolExecutor | None = None) -> SceneBatch:
+                eos_id: int, length: int) -> SceneBatch:
     """Scenes ``(seed, start) .. (seed, start+size-1)`` rendered, preprocessed and tokenised."""
-    def one(index):
+    rows = []
+    for index in range(start, start + size):
         s = scene(seed, index)
-        return preprocess_one(s.image, image_config), label_row(s.caption, vocab, eos_id, length), s.caption
-    indices = range(start, start + size)
-    rows = list(pool.map(one, indices)) if pool is not None else [one(i) for i in indices]
+        rows.append((preprocess_one(s.image, image_config), label_row(s.caption, vocab, eos_id, length), s.caption))
     return SceneBatch(np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]), [r[2] for r in rows])
 
 
 def batches(seed: int, first: int, count: int, batch_size: int, image_config: ImageConfig,
             vocab: dict[str, int], eos_id: int, length: int, *, threads: int = 2,
             ahead: int = 2) -> Iterator[SceneBatch]:
-    """Batches ``first .. first+count-1`` of stream ``seed``, ``ahead`` of them in preparation
-    while the caller trains on the current one (pillow and numpy release the GIL)."""
-    with ThreadPoolExecutor(threads) as pool:
-        def submit(n):
-            return pool.submit(scene_batch, seed, n * batch_size, batch_size, image_config, vocab, eos_id, length)
-        pending = deque(submit(n) for n in range(first, min(first + ahead, first + count)))
-        for n in range(first, first + count):
-            batch = pending.popleft().result()
-            if n + ahead < first + count:
-                pending.append(submit(n + ahead))
-            yield batch
+    """Batches ``first .. first+count-1`` of stream ``seed``, up to ``ahead`` of them in
+    preparation on ``threads`` threads while the caller trains on the current one (the
+    captioning layer's read-ahead pool; pillow and numpy release the GIL)."""
+    def read(n, _):
+        return scene_batch(seed, n * batch_size, batch_size, image_config, vocab, eos_id, length)
+    with contextlib.closing(read_ahead(range(first, first + count), read, workers=threads, window=ahead)) as loaded:
+        for item in loaded:
+            if item.error is not None:  # a rendering bug, not a bad input: stop the run
+                raise item.error
+            yield item.value
