@@ -25,8 +25,8 @@ import numpy as np
 
 from . import vit
 from .config import BeitConfig
-from .layers import (activation, attention, dense, dense_shape, dropout, layer_norm, merge_heads, norm_shape,
-                     site_key, split_heads)
+from .layers import (activation, attention, checkpointed, dense, dense_shape, dropout, layer_norm, merge_heads,
+                     norm_shape, site_key, split_heads)
 
 
 def param_shapes(cfg: BeitConfig) -> dict:
@@ -155,11 +155,15 @@ def apply(p: dict, pixels: jax.Array, cfg: BeitConfig, *, interpolate_pos_encodi
     shared = relative_bias(p["rel_bias"], cfg, grid) if cfg.use_shared_relative_position_bias else None
     layers = cfg.num_hidden_layers
     hidden, attns = [x], []
-    layer = lambda bp, x, rate, key: block(bp, x, shared, cfg, grid, rate, dtype, key=key)  # noqa: E731
-    layer = jax.checkpoint(layer, static_argnums=(2,)) if remat else layer
     for i, bp in enumerate(p["blocks"]):
         rate = cfg.drop_path_rate * i / max(layers - 1, 1)  # transformers' linear stochastic-depth schedule
-        x, weights = layer(bp, x, rate, site_key(key, 1, i))
+        layer = functools.partial(block, cfg=cfg, grid=grid, path_rate=rate, dtype=dtype)
+        k = site_key(key, 1, i)
+        if remat:  # recomputed in the backward pass; the attention weights are not kept
+            x, weights = checkpointed(lambda bp, x, bias, k: layer(bp, x, bias, key=k)[0], bp, x, shared,
+                                      constants=(k,)), None
+        else:
+            x, weights = layer(bp, x, shared, key=k)
         hidden.append(x)
         attns.append(weights)
     last = x if cfg.use_mean_pooling else layer_norm(p["ln_f"], x, cfg.layer_norm_eps)

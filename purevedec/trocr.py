@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import TrOCRConfig
-from .layers import (activation, attention, causal_mask, dense, dense_shape, dropout, layer_norm, merge_heads,
-                     norm_shape, rows_product, site_key, split_heads)
+from .layers import (activation, attention, causal_mask, checkpointed, dense, dense_shape, dropout, layer_norm,
+                     merge_heads, norm_shape, rows_product, site_key, split_heads)
 
 LAYER_NORM_EPS = 1e-5
 LEARNED_OFFSET = 2  # BART's learned position table starts two rows in
@@ -170,10 +170,14 @@ def apply(p: dict, ids: jax.Array, kv_cross: list, cfg: TrOCRConfig, *, attentio
     x = embed(p, ids, 0, cfg, dtype, key=site_key(key, 0))
     mask = causal_mask(t, attention_mask, b)
     hidden, self_ws, cross_ws = [x], [], []
-    layer = lambda bp, x, kv, key: block(bp, x, kv, mask, cfg, dtype, key=key)  # noqa: E731
-    layer = jax.checkpoint(layer) if remat else layer  # recompute in the backward pass (training)
     for i, bp in enumerate(p["blocks"]):
-        y, self_w, cross_w, _ = layer(bp, x, kv_cross[i], site_key(key, 1, i))
+        k = site_key(key, 1, i)
+        if remat:  # recomputed in the backward pass; the attention weights are not kept
+            y = checkpointed(lambda bp, x, kv, mask, k: block(bp, x, kv, mask, cfg, dtype, key=k)[0], bp, x,
+                             kv_cross[i], constants=(mask, k))
+            self_w = cross_w = None
+        else:
+            y, self_w, cross_w, _ = block(bp, x, kv_cross[i], mask, cfg, dtype, key=k)
         x = jnp.where(_layer_dropped(cfg, site_key(key, 2, i)), x, y)
         hidden.append(x)
         self_ws.append(self_w)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import ViTConfig
-from .layers import (activation, attention, dense, dense_shape, dropout, layer_norm, merge_heads,
+from .layers import (activation, attention, checkpointed, dense, dense_shape, dropout, layer_norm, merge_heads,
                      norm_shape, site_key, split_heads)
 
 
@@ -142,11 +142,13 @@ def apply(p: dict, pixels: jax.Array, cfg: ViTConfig, *, interpolate_pos_encodin
 
 def encode_tokens(p: dict, x: jax.Array, cfg: ViTConfig, *, dtype, key=None, remat: bool = False) -> dict:
     """The ViT layers and final norm over embedded tokens x [B,S,D] (ViT's or DeiT's); ``apply``'s outputs."""
-    layer = lambda bp, x, key: block(bp, x, cfg, dtype, key=key)  # noqa: E731
-    layer = jax.checkpoint(layer) if remat else layer
     hidden, attns = [x], []
     for i, bp in enumerate(p["blocks"]):
-        x, weights = layer(bp, x, site_key(key, 1, i))
+        k = site_key(key, 1, i)
+        if remat:  # recomputed in the backward pass; the attention weights are not kept
+            x, weights = checkpointed(lambda bp, x, k: block(bp, x, cfg, dtype, key=k)[0], bp, x, constants=(k,)), None
+        else:
+            x, weights = block(bp, x, cfg, dtype, key=k)
         hidden.append(x)
         attns.append(weights)
     last = layer_norm(p["ln_f"], x, cfg.layer_norm_eps)
