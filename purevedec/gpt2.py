@@ -119,7 +119,7 @@ def apply(p: dict, ids: jax.Array, kv_cross: list, cfg: GPT2Config, *, attention
     """Teacher-forced decoder pass. ids [B,T] -> {"logits": [B,T,V], "hidden_states": the
     embeddings and each layer's output, the last one after ln_f (as transformers returns them),
     "attentions", "cross_attentions"}. ``remat`` recomputes each layer's activations in the
-    backward pass (jax.checkpoint) instead of storing them: same outputs, less memory."""
+    backward pass (layers.checkpointed) instead of storing them: same outputs, less memory."""
     b, t = ids.shape
     if position_ids is None:
         position_ids = jnp.broadcast_to(jnp.arange(t), (b, t))  # transformers' default: 0..T-1

@@ -133,7 +133,7 @@ def apply(p: dict, pixels: jax.Array, cfg: ViTConfig, *, interpolate_pos_encodin
     """Returns {"last_hidden_state": [B,S,D] (after the final norm),
     "hidden_states": embeddings + each layer's output (before the final norm),
     "attentions": each layer's [B,H,S,S]}.
-    ``remat`` recomputes each layer's activations in the backward pass (jax.checkpoint) instead
+    ``remat`` recomputes each layer's activations in the backward pass (layers.checkpointed) instead
     of storing them: same outputs, less memory for training."""
     x = embed(p, pixels, cfg, interpolate_pos_encoding=interpolate_pos_encoding, dtype=dtype,
               key=site_key(key, 0))
