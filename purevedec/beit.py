@@ -25,8 +25,8 @@ import numpy as np
 
 from . import vit
 from .config import BeitConfig
-from .layers import (activation, attention, checkpointed, dense, dense_shape, dropout, layer_norm, merge_heads,
-                     norm_shape, site_key, split_heads)
+from .layers import (activation, attention, dense, dense_shape, dropout, layer_norm, layer_outputs,
+                     merge_heads, norm_shape, site_key, split_heads)
 
 
 def param_shapes(cfg: BeitConfig) -> dict:
@@ -158,12 +158,8 @@ def apply(p: dict, pixels: jax.Array, cfg: BeitConfig, *, interpolate_pos_encodi
     for i, bp in enumerate(p["blocks"]):
         rate = cfg.drop_path_rate * i / max(layers - 1, 1)  # transformers' linear stochastic-depth schedule
         layer = functools.partial(block, cfg=cfg, grid=grid, path_rate=rate, dtype=dtype)
-        k = site_key(key, 1, i)
-        if remat:  # recomputed in the backward pass; the attention weights are not kept
-            x, weights = checkpointed(lambda bp, x, bias, k: layer(bp, x, bias, key=k)[0], bp, x, shared,
-                                      constants=(k,)), None
-        else:
-            x, weights = layer(bp, x, shared, key=k)
+        x, weights = layer_outputs(lambda bp, x, bias, k: layer(bp, x, bias, key=k), bp, x, shared,
+                                   constants=(site_key(key, 1, i),), remat=remat)
         hidden.append(x)
         attns.append(weights)
     last = x if cfg.use_mean_pooling else layer_norm(p["ln_f"], x, cfg.layer_norm_eps)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from .config import GPT2Config
-from .layers import (activation, attention, causal_mask, checkpointed, dense, dense_shape, dropout, layer_norm,
+from .layers import (activation, attention, causal_mask, dense, dense_shape, dropout, layer_norm, layer_outputs,
                      merge_heads, norm_shape, rows_product, site_key, split_heads)
 
 
@@ -128,12 +128,9 @@ def apply(p: dict, ids: jax.Array, kv_cross: list, cfg: GPT2Config, *, attention
     hidden, self_ws, cross_ws = [x], [], []
     for i, bp in enumerate(p["blocks"]):
         layer = partial(block, cfg=cfg, layer=i, dtype=dtype)
-        if remat:  # recomputed in the backward pass; the attention weights are not kept
-            x = checkpointed(lambda bp, x, kv, mask, k: layer(bp, x, kv, mask, key=k)[0], bp, x, kv_cross[i],
-                             constants=(mask, site_key(key, 1, i)))
-            self_w = cross_w = None
-        else:
-            x, self_w, cross_w, _ = layer(bp, x, kv_cross[i], mask, key=site_key(key, 1, i))
+        x, self_w, cross_w, _ = layer_outputs(lambda bp, x, kv, mask, k: layer(bp, x, kv, mask, key=k), bp, x,
+                                              kv_cross[i], constants=(mask, site_key(key, 1, i)), remat=remat,
+                                              side_outputs=3)
         hidden.append(x)
         self_ws.append(self_w)
         cross_ws.append(cross_w)

@@ -176,10 +176,12 @@ def attention(q, k, v, mask, scale: float, *, upcast: bool = False, dropout_rate
     if key is not None and dropout_rate > 0.0:  # dropout acts on the normalised weights
         weights = dropout(jax.nn.softmax(_scores(q, k, mask, bias, scale), axis=-1), dropout_rate, key)
         return product("bhtu,bhuk->bhtk", weights.astype(v.dtype), v).astype(v.dtype), weights
-    if heads_per_group(q.shape, k.shape) is None:
+    group = heads_per_group(q.shape, k.shape)
+    if group is None:
         return _attend(q, k, v, mask, bias, scale)
     # The weights are only built (a second pass over the scores) when a caller uses them.
-    return _attend_in_groups(q, k, v, mask, bias, scale), jax.nn.softmax(_scores(q, k, mask, bias, scale), axis=-1)
+    return (_attend_in_groups(q, k, v, mask, bias, scale, group),
+            jax.nn.softmax(_scores(q, k, mask, bias, scale), axis=-1))
 
 
 def _scores(q, k, mask, bias, scale: float) -> jax.Array:
@@ -227,10 +229,9 @@ def _group(x, image, head, heads: int):
     return jax.lax.dynamic_slice(x, start, (1, heads if x.shape[1] > 1 else 1, *x.shape[2:]))
 
 
-def _attend_in_groups(q, k, v, mask, bias, scale: float) -> jax.Array:
-    """``_attend``'s output, computed one group of heads of one image per loop step and written in place."""
+def _attend_in_groups(q, k, v, mask, bias, scale: float, g: int) -> jax.Array:
+    """``_attend``'s output, computed for ``g`` heads of one image per loop step and written in place."""
     b, heads, t, _ = q.shape
-    g = heads_per_group(q.shape, k.shape)
     per_image = heads // g
 
     def one_group(i, out):
@@ -279,7 +280,7 @@ def checkpointed(layer, params, x, *more, constants=()):
         return layer(params, x, *more, *constants)
 
     def forward(params, x, more, constants):
-        return run(params, x, more, constants), (params, x, more, constants)
+        return layer(params, x, *more, *constants), (params, x, more, constants)
 
     def backward(saved, dy):
         params, x, more, constants = saved
@@ -291,3 +292,13 @@ def checkpointed(layer, params, x, *more, constants=()):
 
     run.defvjp(forward, backward)
     return run(params, x, more, constants)
+
+
+def layer_outputs(layer, params, x, *more, constants=(), remat: bool = False, side_outputs: int = 1):
+    """``layer(params, x, *more, *constants)`` -> (y, *side outputs) (attention weights, a cache).
+    With ``remat``, y is ``checkpointed`` (recomputed in the backward pass) and the
+    ``side_outputs`` come back None: they are not kept."""
+    if not remat:
+        return layer(params, x, *more, *constants)
+    y = checkpointed(lambda *args: layer(*args)[0], params, x, *more, constants=constants)
+    return (y,) + (None,) * side_outputs

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import TrOCRConfig
-from .layers import (activation, attention, causal_mask, checkpointed, dense, dense_shape, dropout, layer_norm,
+from .layers import (activation, attention, causal_mask, dense, dense_shape, dropout, layer_norm, layer_outputs,
                      merge_heads, norm_shape, rows_product, site_key, split_heads)
 
 LAYER_NORM_EPS = 1e-5
@@ -171,13 +171,9 @@ def apply(p: dict, ids: jax.Array, kv_cross: list, cfg: TrOCRConfig, *, attentio
     mask = causal_mask(t, attention_mask, b)
     hidden, self_ws, cross_ws = [x], [], []
     for i, bp in enumerate(p["blocks"]):
-        k = site_key(key, 1, i)
-        if remat:  # recomputed in the backward pass; the attention weights are not kept
-            y = checkpointed(lambda bp, x, kv, mask, k: block(bp, x, kv, mask, cfg, dtype, key=k)[0], bp, x,
-                             kv_cross[i], constants=(mask, k))
-            self_w = cross_w = None
-        else:
-            y, self_w, cross_w, _ = block(bp, x, kv_cross[i], mask, cfg, dtype, key=k)
+        y, self_w, cross_w, _ = layer_outputs(lambda bp, x, kv, mask, k: block(bp, x, kv, mask, cfg, dtype, key=k),
+                                              bp, x, kv_cross[i], constants=(mask, site_key(key, 1, i)), remat=remat,
+                                              side_outputs=3)
         x = jnp.where(_layer_dropped(cfg, site_key(key, 2, i)), x, y)
         hidden.append(x)
         self_ws.append(self_w)

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import ViTConfig
-from .layers import (activation, attention, checkpointed, dense, dense_shape, dropout, layer_norm, merge_heads,
-                     norm_shape, site_key, split_heads)
+from .layers import (activation, attention, dense, dense_shape, dropout, layer_norm, layer_outputs,
+                     merge_heads, norm_shape, site_key, split_heads)
 
 
 def param_shapes(cfg: ViTConfig) -> dict:
@@ -144,11 +144,8 @@ def encode_tokens(p: dict, x: jax.Array, cfg: ViTConfig, *, dtype, key=None, rem
     """The ViT layers and final norm over embedded tokens x [B,S,D] (ViT's or DeiT's); ``apply``'s outputs."""
     hidden, attns = [x], []
     for i, bp in enumerate(p["blocks"]):
-        k = site_key(key, 1, i)
-        if remat:  # recomputed in the backward pass; the attention weights are not kept
-            x, weights = checkpointed(lambda bp, x, k: block(bp, x, cfg, dtype, key=k)[0], bp, x, constants=(k,)), None
-        else:
-            x, weights = block(bp, x, cfg, dtype, key=k)
+        x, weights = layer_outputs(lambda bp, x, k: block(bp, x, cfg, dtype, key=k), bp, x,
+                                   constants=(site_key(key, 1, i),), remat=remat)
         hidden.append(x)
         attns.append(weights)
     last = layer_norm(p["ln_f"], x, cfg.layer_norm_eps)
