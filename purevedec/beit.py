@@ -25,7 +25,8 @@ import numpy as np
 
 from . import vit
 from .config import BeitConfig
-from .layers import (activation, attention, dense, dense_shape, dropout, layer_norm, layer_outputs,
+from .attention import attention
+from .layers import (activation, dense, dense_shape, dropout, layer_norm, layer_outputs,
                      merge_heads, norm_shape, site_key, split_heads)
 
 

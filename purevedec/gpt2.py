@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from .config import GPT2Config
-from .layers import (activation, attention, causal_mask, dense, dense_shape, dropout, layer_norm, layer_outputs,
+from .attention import attention
+from .layers import (activation, causal_mask, dense, dense_shape, dropout, layer_norm, layer_outputs,
                      merge_heads, norm_shape, rows_product, site_key, split_heads)
 
 

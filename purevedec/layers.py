@@ -19,9 +19,6 @@ import jax.numpy as jnp
 from .config import ACTIVATION_NAMES
 
 F32 = jnp.float32
-# Large negative score for masked keys. A finite value (not -inf) keeps fully masked rows,
-# such as a left-padding query, finite: they become uniform, as in transformers' eager path.
-MASKED = float(jnp.finfo(F32).min)
 
 
 def dense_shape(d_out: int, d_in: int, bias: bool = True) -> dict:
@@ -155,94 +152,6 @@ def merge_heads(x: jax.Array) -> jax.Array:
     return x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])
 
 
-def attention(q, k, v, mask, scale: float, *, upcast: bool = False, dropout_rate: float = 0.0, key=None,
-              bias=None):
-    """Softmax attention, heads first. q [B,H,T,K], k/v [B,H,U,K], mask bool broadcastable to
-    [B,H,T,U] (True = attend) or None; ``bias`` float broadcastable to [B,H,T,U] is added to the
-    scaled scores (BEiT's relative positions). Returns out [B,H,T,K] and weights [B,H,T,U] (float32).
-
-    ``upcast`` computes q·k in float32 too (GPT-2's ``reorder_and_upcast_attn``); the softmax
-    is always float32. With a ``key``, dropout acts on the weights (as in transformers).
-    """
-    if q.shape[-2] == 1 and q.dtype != F32 and not upcast and key is None:
-        # One low-precision query row (a decode step): XLA:CPU turns both products into matrix-
-        # vector ones that first copy all of K and V to float32, every step. Two query rows keep
-        # the native bf16 kernel (bf16 greedy batch 8: ~70 -> ~55 ms per token).
-        out, weights = attention(jnp.pad(q, [(0, 0)] * (q.ndim - 2) + [(0, 1), (0, 0)]), k, v, mask, scale,
-                                 bias=bias)
-        return out[..., :1, :], weights[..., :1, :]
-    if upcast:
-        q, k = q.astype(F32), k.astype(F32)
-    if key is not None and dropout_rate > 0.0:  # dropout acts on the normalised weights
-        weights = dropout(jax.nn.softmax(_scores(q, k, mask, bias, scale), axis=-1), dropout_rate, key)
-        return product("bhtu,bhuk->bhtk", weights.astype(v.dtype), v).astype(v.dtype), weights
-    group = heads_per_group(q.shape, k.shape)
-    if group is None:
-        return _attend(q, k, v, mask, bias, scale)
-    # The weights are only built (a second pass over the scores) when a caller uses them.
-    return (_attend_in_groups(q, k, v, mask, bias, scale, group),
-            jax.nn.softmax(_scores(q, k, mask, bias, scale), axis=-1))
-
-
-def _scores(q, k, mask, bias, scale: float) -> jax.Array:
-    """float32 [B,H,T,U]: scaled q·k plus ``bias``, masked keys at MASKED."""
-    scores = product("bhtk,bhuk->bhtu", q, k) * scale
-    if bias is not None:
-        scores = scores + bias.astype(F32)
-    return scores if mask is None else jnp.where(mask, scores, MASKED)
-
-
-def _attend(q, k, v, mask, bias, scale: float):
-    """(out, weights) with the normalisation after the value product: exp(s - max) feeds the
-    matmul directly and the division touches [..,T,K] instead of [..,T,U] (~2x faster at ViT
-    sizes on XLA:CPU). The normalised weights cost a pass only when a caller uses them."""
-    scores = _scores(q, k, mask, bias, scale)
-    e = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
-    total = jnp.sum(e, axis=-1, keepdims=True)
-    out = product("bhtu,bhuk->bhtk", e.astype(v.dtype), v) / total
-    return out.astype(v.dtype), e / total
-
-
-# Score matrices of at least this many entries per head are attended to a few heads at a time,
-# each group's scores about GROUP_SCORES_BYTES: XLA:CPU streams one whole [B,H,T,U] tensor through
-# memory several times (products, max, exp, sum), and at 577 tokens (ViT-B/16 at 384 px, TrOCR's
-# encoders) that ran ~2.5x slower than the same work in cache-sized groups (8 crops: 256 -> 100 ms
-# per layer; torch's fused kernel: 79 ms). At 197 tokens one pass is faster.
-MIN_GROUPED_SCORES = 256 * 256
-GROUP_SCORES_BYTES = 3 * 2 ** 20
-
-
-def heads_per_group(q_shape, k_shape) -> int | None:
-    """How many heads of one image to attend to at once, or None for one pass over the batch:
-    the largest divisor of H whose scores fit GROUP_SCORES_BYTES (at least one head)."""
-    (b, heads, t, _), u = q_shape, k_shape[-2]
-    if t * u < MIN_GROUPED_SCORES or b * heads == 1:
-        return None
-    fits = max(1, GROUP_SCORES_BYTES // (4 * t * u))
-    return max(g for g in range(1, heads + 1) if heads % g == 0 and g <= fits)
-
-
-def _group(x, image, head, heads: int):
-    """The [1, heads, ...] slice at (image, head) of x [B|1, H|1, ...]; broadcast axes stay 1."""
-    x = x.reshape((1,) * (4 - x.ndim) + x.shape)
-    start = (image if x.shape[0] > 1 else 0, head if x.shape[1] > 1 else 0, 0, 0)
-    return jax.lax.dynamic_slice(x, start, (1, heads if x.shape[1] > 1 else 1, *x.shape[2:]))
-
-
-def _attend_in_groups(q, k, v, mask, bias, scale: float, g: int) -> jax.Array:
-    """``_attend``'s output, computed for ``g`` heads of one image per loop step and written in place."""
-    b, heads, t, _ = q.shape
-    per_image = heads // g
-
-    def one_group(i, out):
-        image, head = i // per_image, (i % per_image) * g
-        pick = lambda x: None if x is None else _group(x, image, head, g)  # noqa: E731
-        part, _ = _attend(pick(q), pick(k), pick(v), pick(mask), pick(bias), scale)
-        return jax.lax.dynamic_update_slice(out, part, (image, head, 0, 0))
-
-    return jax.lax.fori_loop(0, b * per_image, one_group, jnp.zeros((b, heads, t, v.shape[-1]), v.dtype))
-
-
 def causal_mask(t: int, attention_mask: jax.Array | None, batch: int) -> jax.Array:
     """bool [B,1,T,T]: causal, and keys the attention mask marks as padding are hidden."""
     mask = jnp.tril(jnp.ones((t, t), bool))[None, None]
@@ -255,8 +164,22 @@ def dropout(x: jax.Array, rate: float, key) -> jax.Array:
     """Inverted dropout; a no-op when ``key`` is None (inference) or the rate is 0."""
     if key is None or rate == 0.0:
         return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+    return jnp.where(keep_mask(key, rate, x.shape), x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def keep_mask(key, rate: float, shape) -> jax.Array:
+    """bool ``shape``, each entry False with probability ``rate`` (to 2^-32): 32 random bits per
+    entry from XLA's ThreeFry bit generator, seeded by all the key's bits, compared with
+    rate * 2^32. Same key, same mask, whatever the key's PRNG implementation. jax.random.bernoulli
+    (uniform floats from the key's own generator) cost ~14 ns an entry on this project's CPU, and
+    GPT-2's dropout sites alone took ~7% of a vit-gpt2 training step; this takes ~4."""
+    words = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    words = jnp.ravel(words).astype(jnp.uint32)
+    words = jnp.concatenate([words, jnp.zeros(-words.size % 4, jnp.uint32)])  # threefry's 2 words: counter 0
+    state = jax.lax.reduce(words.reshape(-1, 4), jnp.uint32(0), jax.lax.bitwise_xor, (0,))  # longer keys folded
+    _, bits = jax.lax.rng_bit_generator(state, tuple(shape), jnp.uint32,
+                                        algorithm=jax.lax.RandomAlgorithm.RNG_THREE_FRY)
+    return bits >= jnp.uint32(min(round(rate * 2 ** 32), 2 ** 32 - 1))
 
 
 def site_key(key, *path: int):

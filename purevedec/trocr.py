@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import TrOCRConfig
-from .layers import (activation, attention, causal_mask, dense, dense_shape, dropout, layer_norm, layer_outputs,
+from .attention import attention
+from .layers import (activation, causal_mask, dense, dense_shape, dropout, layer_norm, layer_outputs,
                      merge_heads, norm_shape, rows_product, site_key, split_heads)
 
 LAYER_NORM_EPS = 1e-5

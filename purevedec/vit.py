@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import ViTConfig
-from .layers import (activation, attention, dense, dense_shape, dropout, layer_norm, layer_outputs,
+from .attention import attention
+from .layers import (activation, dense, dense_shape, dropout, layer_norm, layer_outputs,
                      merge_heads, norm_shape, site_key, split_heads)
 
 

@@ -1,6 +1,7 @@
 """The CPU fast paths that change how a product is computed, not what it computes: attention in
-groups of heads at long sequences, and few-row weight products as w @ x.T. Each is checked
-against the plain computation and, through whole models, against transformers."""
+groups of heads at long sequences, attention's hand-written backward pass, and few-row weight
+products as w @ x.T. Each is checked against the plain computation and, through whole models,
+against transformers."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 import purevedec as pv
-from purevedec import layers
+from purevedec import attention, layers
 from conftest import maxdiff, rand_pixels, torch_forward
 from ocr_models import decoder_ids, make_ocr_reference
 
@@ -37,7 +38,7 @@ def test_long_sequence_encoders_match_transformers(tmp_path, kind):
     px, ids = rand_pixels(2, h=64, w=64, seed=5), decoder_ids(2, 7, seed=6)
     tokens = 256 + (2 if kind == "deit" else 1)
     heads = config.encoder.num_attention_heads
-    assert layers.heads_per_group((2, heads, tokens, 8), (2, heads, tokens, 8)) is not None
+    assert attention.heads_per_group((2, heads, tokens, 8), (2, heads, tokens, 8)) is not None
     ref = torch_forward(model, px, ids, output_attentions=True)
     out = pv.forward(params, px, ids, output_attentions=True)
     assert maxdiff(out.encoder_last_hidden_state, ref.encoder_last_hidden_state) <= 1e-4
@@ -46,26 +47,62 @@ def test_long_sequence_encoders_match_transformers(tmp_path, kind):
         assert maxdiff(ours, theirs) <= 1e-5
 
 
-@pytest.mark.parametrize("group_bytes", [4 * 300 * 280, 4 * 300 * 280 * 2, 2 ** 30])
-def test_grouped_attention_equals_one_pass(monkeypatch, group_bytes):
-    """Groups of 1, 2 and all 4 heads, with a per-image mask and a bias shared by the images
-    (both broadcast over an axis the groups slice): same output and weights as one pass."""
-    monkeypatch.setattr(layers, "GROUP_SCORES_BYTES", group_bytes)
-    rng = np.random.default_rng(0)
-    q, k, v = (_normal(rng, s) for s in ((3, 4, 300, 16), (3, 4, 280, 16), (3, 4, 280, 16)))
-    mask = jnp.asarray(rng.random((3, 1, 300, 280)) > 0.2)
-    bias = _normal(rng, (1, 4, 300, 280))
-    assert layers.heads_per_group(q.shape, k.shape) == min(4, group_bytes // (4 * 300 * 280))
-    grouped = jax.jit(lambda *a: layers.attention(*a, 0.25, bias=bias))(q, k, v, mask)
-    one_pass = jax.jit(lambda *a: layers._attend(*a, bias, 0.25))(q, k, v, mask)
-    for a, b in zip(grouped, one_pass, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+def _plain_attention(q, k, v, mask, bias, scale):
+    """The textbook computation, differentiated by autodiff: the reference for both fast paths."""
+    scores = jnp.einsum("bhtk,bhuk->bhtu", q.astype(jnp.float32), k.astype(jnp.float32), precision="highest")
+    scores = jnp.where(mask, scores * scale + bias, attention.MASKED)
+    weights = jax.nn.softmax(scores, axis=-1)
+    return jnp.einsum("bhtu,bhuk->bhtk", weights, v.astype(jnp.float32), precision="highest"), weights
+
+
+def _attention_case(rng, dtype=jnp.float32):
+    """q/k/v of 3 images x 4 heads (300 queries, 280 keys), a per-image mask with one query
+    row fully masked (it attends uniformly, as a left-padding position does) and a bias shared
+    by the images: both broadcast over an axis the groups slice."""
+    q, k, v = (_normal(rng, s).astype(dtype) for s in ((3, 4, 300, 16), (3, 4, 280, 16), (3, 4, 280, 16)))
+    mask = jnp.asarray(rng.random((3, 1, 300, 280)) > 0.2).at[1, 0, 5].set(False)
+    return q, k, v, mask, _normal(rng, (1, 4, 300, 280)), _normal(rng, (3, 4, 300, 16))
+
+
+@pytest.mark.parametrize("group_bytes", [4 * 300 * 280, 4 * 300 * 280 * 2, 2 ** 30, None])
+def test_attention_and_its_gradients_equal_the_plain_computation(monkeypatch, group_bytes):
+    """Groups of 1, 2 and all 4 heads, and one pass (None): outputs, weights and the hand-written
+    backward's gradients for q, k, v and the bias equal autodiff of the plain computation."""
+    if group_bytes is None:
+        monkeypatch.setattr(attention, "MIN_GROUPED_SCORES", 10 ** 9)
+    else:
+        monkeypatch.setattr(attention, "GROUP_SCORES_BYTES", group_bytes)
+    q, k, v, mask, bias, cotangent = _attention_case(np.random.default_rng(0))
+    expected_group = None if group_bytes is None else min(4, group_bytes // (4 * 300 * 280))
+    assert attention.heads_per_group(q.shape, k.shape) == expected_group
+    ours = jax.jit(lambda *a: attention.attention(*a[:4], 0.25, bias=a[4]))
+    for a, b in zip(ours(q, k, v, mask, bias), _plain_attention(q, k, v, mask, bias, 0.25), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    loss = lambda f: lambda q, k, v, bias: jnp.sum(f(q, k, v, mask, bias)[0] * cotangent)  # noqa: E731
+    grads = jax.jit(jax.grad(loss(lambda *a: attention.attention(*a[:4], 0.25, bias=a[4])), argnums=(0, 1, 2, 3)))
+    reference = jax.grad(loss(lambda *a: _plain_attention(*a, 0.25)), argnums=(0, 1, 2, 3))
+    for name, a, b in zip("q k v bias".split(), grads(q, k, v, bias), reference(q, k, v, bias), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5, err_msg=name)
+    assert not np.any(np.asarray(grads(q, k, v, bias)[0][1, :, 5]))  # the fully masked row: no query gradient
+
+
+def test_low_precision_attention_gradients_keep_their_dtype():
+    q, k, v, mask, bias, cotangent = _attention_case(np.random.default_rng(1), jnp.bfloat16)
+    loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v)[0].astype(jnp.float32) * cotangent)  # noqa: E731
+    ours = jax.grad(loss(lambda q, k, v: attention.attention(q, k, v, mask, 0.25, bias=bias)), argnums=(0, 1, 2))(
+        q, k, v)
+    reference = jax.grad(loss(lambda q, k, v: _plain_attention(q, k, v, mask, bias, 0.25)), argnums=(0, 1, 2))(
+        q, k, v)
+    for a, b in zip(ours, reference, strict=True):
+        assert a.dtype == jnp.bfloat16
+        scale = float(jnp.max(jnp.abs(b.astype(jnp.float32))))
+        assert float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)))) <= 0.03 * scale
 
 
 def test_short_sequences_attend_in_one_pass():
-    assert layers.heads_per_group((8, 12, 197, 64), (8, 12, 197, 64)) is None  # ViT-B at 224 px
-    assert layers.heads_per_group((16, 16, 1, 64), (16, 16, 577, 64)) is None  # a decode step's cross-attention
-    assert layers.heads_per_group((8, 12, 577, 64), (8, 12, 577, 64)) == 2  # 577^2 x 4 B = 1.3 MB a head
+    assert attention.heads_per_group((8, 12, 197, 64), (8, 12, 197, 64)) is None  # ViT-B at 224 px
+    assert attention.heads_per_group((16, 16, 1, 64), (16, 16, 577, 64)) is None  # a decode step's cross-attention
+    assert attention.heads_per_group((8, 12, 577, 64), (8, 12, 577, 64)) == 2  # 577^2 x 4 B = 1.3 MB a head
 
 
 @pytest.mark.parametrize("rows", [2, 5, 16, 64])

@@ -230,7 +230,9 @@ SITES = {"encoder": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
 
 @pytest.mark.parametrize("part,site", [(p, s) for p, sites in SITES.items() for s in sites])
 def test_every_dropout_site_is_driven_by_the_key(ref, part, site):
-    """Only one rate non-zero: keys still change the loss (the site is live), the same key repeats it."""
+    """Only one rate non-zero: keys still change the loss (the site is live), the same key repeats it.
+    The loss is deterministic, so any difference at all comes from the masks (this tiny model's
+    encoder sites move it by only ~1e-5)."""
     _, params = ref
     config = params["config"]
     rates = {p: dataclasses.replace(getattr(config, p), **{s: 0.0 for s in sites}) for p, sites in SITES.items()}
@@ -239,7 +241,7 @@ def test_every_dropout_site_is_driven_by_the_key(ref, part, site):
     pixels, labels = rand_pixels(1, seed=11), _labels(2, 5, seed=11)
     k1, k2 = jax.random.key(4), jax.random.key(5)
     a, b, c = (float(pv.loss(params, pixels, labels, config, key=k).loss) for k in (k1, k1, k2))
-    assert a == b and abs(a - c) > 1e-5
+    assert a == b and a != c and a != float(pv.loss(params, pixels, labels, config).loss)
 
 
 def test_remat_changes_nothing(ref):
