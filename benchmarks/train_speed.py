@@ -136,13 +136,15 @@ def _transformers(args) -> dict:
 
 
 def run_child(lib: str, model: str, *, batch: int, dtype: str, remat: bool, warmup: int, steps: int,
-              both_remat: bool = False) -> dict:
+              both_remat: bool = False, tunables: str = "") -> dict:
     """One subject in a fresh interpreter: images/s (median timed step), peak RSS MB above the
-    post-import baseline, the losses, and (purevedec) XLA's temp bytes."""
+    post-import baseline, the losses, and (purevedec) XLA's temp bytes. ``tunables``: the
+    child's GLIBC_TUNABLES (both libraries get the same)."""
     cmd = [sys.executable, "-m", "benchmarks.train_speed", "child", lib, model, "--batch", str(batch),
            "--dtype", dtype, "--warmup", str(warmup), "--steps", str(steps)]
     cmd += (["--remat"] if remat else []) + (["--both-remat"] if both_remat else [])
-    env = {**os.environ, "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    env = {**os.environ, "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
+           "GLIBC_TUNABLES": tunables}
     start = time.time()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if done.returncode != 0:
@@ -167,7 +169,7 @@ def measure(args, model_dir: str, log, partial=lambda res: None) -> dict:
     cells, temps = [], {}
     for batch, dtype, remat in _cell_rows(args):
         steps = args.steps_large if batch >= 32 else args.steps
-        kw = dict(batch=batch, dtype=dtype, remat=remat, warmup=args.warmup, steps=steps)
+        kw = dict(batch=batch, dtype=dtype, remat=remat, warmup=args.warmup, steps=steps, tunables=args.tunables)
         both = not remat and (batch, dtype) in args.xla_remat_cells
         pv_r = run_child("purevedec", model_dir, both_remat=both, **kw)
         hf_r = run_child("transformers", model_dir, **kw)
@@ -206,7 +208,10 @@ def markdown(res: dict) -> str:
         f"median of {res['steps']} timed steps ({res['steps_large']} at batch 32+) after {res['warmup']} untimed; "
         f"each library and cell in a fresh process (peak RSS: VmHWM above the post-import RSS: model, gradients, "
         f"moments, activations). Ratio: purevedec / transformers images/s (above 1: purevedec is faster). "
-        f"{res['cpu_count']} CPUs; section took {res['seconds']:.0f} s.",
+        f"{res['cpu_count']} CPUs; section took {res['seconds']:.0f} s. "
+        + (f"Both libraries ran with GLIBC_TUNABLES={res['tunables']} (what `purevedec train` sets for itself)."
+           if res.get("tunables") else "Both libraries ran without GLIBC_TUNABLES (`purevedec train` would add "
+           "glibc.malloc.hugetlb=1 for itself: --huge-pages)."),
         speed, "### Activation memory that remat saves (XLA memory analysis of the compiled step)", xla]) + "\n"
 
 
@@ -223,8 +228,11 @@ def _parse(argv=None):
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--steps", type=int, default=3, help="timed steps below batch 32")
     ap.add_argument("--steps-large", type=int, default=2, help="timed steps at batch 32 and above")
+    ap.add_argument("--huge-pages", action="store_true",
+                    help="both libraries run with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (purevedec/training/huge_pages.py)")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "runs", "last"))
     args = ap.parse_args(argv)
+    args.tunables = "glibc.malloc.hugetlb=1" if args.huge_pages else ""
     if args.quick:
         args.batches, args.steps, args.steps_large, args.remat_cells = "8", 1, 1, "8:float32"
         args.xla_remat_cells = ""
@@ -247,6 +255,7 @@ def main(argv=None) -> dict:
     def write(res: dict) -> dict:
         res.update(model="tiny random" if args.tiny else "vit-gpt2 shapes (239M), random weights",
                    warmup=args.warmup, steps=args.steps, steps_large=args.steps_large, cpu_count=os.cpu_count(),
+                   tunables=args.tunables,
                    seconds=time.time() - t0)
         with open(os.path.join(args.out, "train.json"), "w") as f:
             json.dump(res, f, indent=1)

@@ -23,7 +23,12 @@ def _add_shapes(commands) -> None:
 
 
 def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """``purevedec COMMAND ...``; returns the exit code."""
+    """``purevedec COMMAND ...``; returns the exit code. ``purevedec train`` run from the
+    process's own command line (``argv`` None) first restarts with huge pages where that helps
+    (training.huge_pages)."""
+    if argv is None and sys.argv[1:2] == ["train"]:
+        from .training.huge_pages import restart_with_huge_pages
+        restart_with_huge_pages()
     from .captioning import cli
     return cli.main(argv, out, err, extra_commands=(_add_train, _add_shapes))
 

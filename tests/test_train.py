@@ -148,13 +148,14 @@ def test_accumulation_equals_one_big_batch():
 def test_grad_norm_and_clipping():
     params = pv.init_params(tiny_config(), jax.random.key(5))
     batch = task(seed=6)
-    grads = jax.grad(lambda p: pv.loss(p, *batch).loss)(params)
+    grads = jax.jit(jax.grad(lambda p: pv.loss(p, *batch).loss))(params)  # jitted: eager ran op by op
     norm = float(np.sqrt(sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(grads))))
     # eps=0.1 makes AdamW's step depend on the gradient's scale, so clipping shows in the params
     cfg = TrainConfig(learning_rate=1e-2, total_steps=3, max_grad_norm=norm / 10, schedule="constant", eps=0.1)
     got, m = run(cfg, params, batch, 1)
     assert float(m[0].grad_norm) == pytest.approx(norm, rel=1e-4)  # reported before clipping
 
+    @jax.jit
     def by_hand(scale):
         opt = optax.adamw(1e-2, eps=0.1, weight_decay=0.0)
         upd, _ = opt.update(jax.tree.map(lambda g: g * scale, grads), opt.init(params), params)
