@@ -232,7 +232,8 @@ def _parse(argv=None):
                     help="both libraries run with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (purevedec/training/huge_pages.py)")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "runs", "last"))
     args = ap.parse_args(argv)
-    args.tunables = "glibc.malloc.hugetlb=1" if args.huge_pages else ""
+    from purevedec.training.huge_pages import TUNABLE
+    args.tunables = f"{TUNABLE}=1" if args.huge_pages else ""
     if args.quick:
         args.batches, args.steps, args.steps_large, args.remat_cells = "8", 1, 1, "8:float32"
         args.xla_remat_cells = ""

@@ -117,6 +117,24 @@ def test_exif_orientation_is_applied(tmp_path):
     _check(preprocess(path, config), _reference(tmp_path, CONFIGS["dict_bicubic_imagenet"])(load_image(path)))
 
 
+@pytest.mark.parametrize("name", ["vit_default", "dict_bicubic_imagenet"])
+def test_camera_sized_files_equal_transformers_bit_for_bit(tmp_path, name):
+    """Files are resized by PIL straight from the decoded image (no array round trip, no copies):
+    large downscales, an EXIF-rotated JPEG and a PNG with alpha give transformers' pixels exactly."""
+    from transformers.image_utils import load_image
+    d = {"image_processor_type": "ViTImageProcessor"} if name == "vit_default" else CONFIGS[name]
+    config, ref = parse_image_config(d), _reference(tmp_path, d)
+    paths = [str(tmp_path / n) for n in ("wide.jpg", "rotated.jpg", "tall.png")]
+    Image.fromarray(_rgb(1200, 1900, 1)).save(paths[0], quality=90)
+    rotated = Image.fromarray(_rgb(700, 1000, 2))
+    exif = rotated.getexif()
+    exif[0x0112] = 8
+    rotated.save(paths[1], exif=exif, quality=85)
+    _image("RGBA", 1500, 400, seed=3).save(paths[2])
+    for path in paths:
+        assert np.array_equal(preprocess(path, config), ref(load_image(path))), path
+
+
 def _arrays():
     rs = np.random.RandomState(3)
     hwc = _rgb(21, 34, 5)

@@ -203,7 +203,9 @@ def open_image(path: str | os.PathLike) -> Image.Image:
         with Image.open(path) as im:
             _check_pixels(im, path)
             im.load()
-            return to_8bit(ImageOps.exif_transpose(im)).convert("RGB")
+            ImageOps.exif_transpose(im, in_place=True)  # in place: no full-size copy when upright
+            im = to_8bit(im)
+            return im if im.mode == "RGB" else im.convert("RGB")
     except ImageError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
@@ -233,11 +235,11 @@ def _composite_on_white(im: Image.Image) -> Image.Image:
     return Image.alpha_composite(white, im.convert("RGBA")).convert("RGB")
 
 
-def _pil_to_rgb(im: Image.Image, config: ImageConfig) -> np.ndarray:
+def _pil_rgb(im: Image.Image, config: ImageConfig) -> Image.Image:
     im = to_8bit(im)
     if im.mode != "RGB":
         im = _composite_on_white(im) if config.do_convert_rgb else im.convert("RGB")
-    return np.array(im)
+    return im
 
 
 def _channels_last(arr: np.ndarray) -> np.ndarray:
@@ -274,7 +276,7 @@ def to_rgb_array(image: ImageInput, config: ImageConfig) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         return np.array(open_image(image))
     if isinstance(image, Image.Image):
-        return _pil_to_rgb(image, config)
+        return np.array(_pil_rgb(image, config))
     if isinstance(image, np.ndarray):
         if image.dtype == bool or not (np.issubdtype(image.dtype, np.integer)
                                        or np.issubdtype(image.dtype, np.floating)):
@@ -331,11 +333,22 @@ def center_crop(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return arr[max(0, top):top + h, max(0, left):left + w]
 
 
+def _resized_pil(image: Union[str, os.PathLike, Image.Image], config: ImageConfig) -> np.ndarray:
+    """A path or PIL image -> HWC uint8 of ``size``, resized by PIL straight from the decoded image.
+    transformers goes image -> array -> PIL image -> resize; uint8 RGB survives that round trip
+    unchanged, so the result is the same, without three copies of a full-size photo."""
+    im = open_image(image) if isinstance(image, (str, os.PathLike)) else _pil_rgb(image, config)
+    return np.asarray(im.resize((config.size[1], config.size[0]), resample=config.resample))
+
+
 def preprocess_one(image: ImageInput, config: ImageConfig) -> np.ndarray:
     """One input -> [3,H,W] float32."""
-    arr = to_rgb_array(image, config)
-    if config.do_resize:
-        arr = _resize(arr, config.size, config.resample)
+    if config.do_resize and isinstance(image, (str, os.PathLike, Image.Image)):
+        arr = _resized_pil(image, config)
+    else:
+        arr = to_rgb_array(image, config)
+        if config.do_resize:
+            arr = _resize(arr, config.size, config.resample)
     if config.do_center_crop:
         arr = center_crop(arr, config.crop_size)
     if config.do_rescale:

@@ -3,10 +3,11 @@ transparent huge pages (the ``glibc.malloc.hugetlb=1`` tunable, glibc 2.35 and l
 
 Why: XLA:CPU mallocs a compiled program's temp buffer at every execution and frees it afterwards.
 Blocks that large are mmapped, so every train step first-touches its whole temp buffer in fresh
-4 KiB pages: ~700,000 minor faults a step for vit-gpt2 at batch 8 (2.7 GB of temp). With the
-tunable they fall to a few thousand and the step runs 10-20% faster (docs/perf-notes.md). glibc
-reads tunables only when a process starts, hence the restart, which costs one more import of
-the package before a run of minutes or hours.
+4 KiB pages: ~700,000 minor faults a step for vit-gpt2 at batch 8 (2.26 GB of temp by XLA's
+memory analysis; the fault count implies ~2.7 GB touched). With the tunable they fall to a few
+thousand and the step runs 10-20% faster (docs/perf-notes.md). glibc reads tunables only when a
+process starts, hence the restart, which costs one more import of the package before a run of
+minutes or hours.
 
 The restart happens only where it changes something: Linux with glibc 2.35+, transparent huge
 pages in ``madvise`` mode (``always`` already gives them, ``never`` forbids them), no
