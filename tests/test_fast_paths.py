@@ -118,3 +118,29 @@ def test_few_rows_product_and_its_gradients_equal_the_plain_product(rows):
     theirs = jax.grad(loss(plain), argnums=(0, 1))(x, w)
     for a, b in zip(ours, theirs, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("spec, a_shape, b_shape", [
+    ("mi,oi->mo", (5, 7), (3, 7)),
+    ("bhtk,bhuk->bhtu", (2, 3, 4, 5), (2, 3, 6, 5)),
+    ("bhtu,bhtk->bhuk", (2, 3, 4, 6), (2, 3, 4, 5)),
+    ("bij,bjk->kib", (2, 3, 4), (2, 4, 5)),   # an output order dot_general does not produce itself
+    ("ij,kl->ljki", (2, 3), (4, 5)),          # no contraction: an outer product
+])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_product_equals_einsum_with_float32_accumulation(spec, a_shape, b_shape, dtype):
+    """``layers.product`` builds its dot_general itself (tracing jnp.einsum was slow): the same
+    values, shapes and float32 result as jnp.einsum, and a clear error for specs it cannot run."""
+    rng = np.random.default_rng(5)
+    a = jnp.asarray(rng.standard_normal(a_shape), dtype)
+    b = jnp.asarray(rng.standard_normal(b_shape), dtype)
+    got = layers.product(spec, a, b)
+    want = jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+    assert got.dtype == jnp.float32 and got.shape == want.shape
+    assert np.array_equal(np.asarray(got), np.asarray(want))
+
+
+@pytest.mark.parametrize("spec", ["ii,ij->j", "ij,jk->iz", "ij,jk->k", "ij,jk->ikk"])
+def test_product_refuses_specs_it_cannot_run(spec):
+    with pytest.raises(ValueError, match="product spec"):
+        layers.product(spec, jnp.ones((2, 2)), jnp.ones((2, 2)))
