@@ -51,12 +51,13 @@ def _dot_plan(spec: str):
     Letters in both operands and the output are batch axes, in both operands only contracted."""
     inputs, out = spec.replace(" ", "").split("->")
     lhs, rhs = inputs.split(",")
-    if len(set(lhs)) < len(lhs) or len(set(rhs)) < len(rhs) or set(out) - set(lhs + rhs) or len(set(out)) < len(out):
-        raise ValueError(f"product spec {spec!r}: each letter at most once per operand, output from the inputs")
+    if len(set(lhs)) < len(lhs) or len(set(rhs)) < len(rhs) or len(set(out)) < len(out):
+        raise ValueError(f"product spec {spec!r}: each letter at most once per operand and in the output")
     batch = [c for c in lhs if c in rhs and c in out]
     contract = [c for c in lhs if c in rhs and c not in out]
     if set(out) != set(batch) | (set(lhs) - set(rhs)) | (set(rhs) - set(lhs)):
-        raise ValueError(f"product spec {spec!r}: a letter of one operand only must be in the output")
+        raise ValueError(f"product spec {spec!r}: the output must be the shared letters it keeps plus every "
+                         "letter of one operand only")
     dims = (([lhs.index(c) for c in contract], [rhs.index(c) for c in contract]),
             ([lhs.index(c) for c in batch], [rhs.index(c) for c in batch]))
     produced = batch + [c for c in lhs if c not in rhs] + [c for c in rhs if c not in lhs]

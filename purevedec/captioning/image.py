@@ -271,12 +271,15 @@ def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
     return np.round(alpha * arr[..., :3] + (1 - alpha) * 255).astype(arr.dtype)
 
 
+def _rgb_image(image: Union[str, os.PathLike, Image.Image], config: ImageConfig) -> Image.Image:
+    """A path or PIL image -> an RGB PIL image."""
+    return open_image(image) if isinstance(image, (str, os.PathLike)) else _pil_rgb(image, config)
+
+
 def to_rgb_array(image: ImageInput, config: ImageConfig) -> np.ndarray:
     """Any accepted input -> an HWC RGB array (dtype as given: uint8 for files and PIL images)."""
-    if isinstance(image, (str, os.PathLike)):
-        return np.array(open_image(image))
-    if isinstance(image, Image.Image):
-        return np.array(_pil_rgb(image, config))
+    if isinstance(image, (str, os.PathLike, Image.Image)):
+        return np.array(_rgb_image(image, config))
     if isinstance(image, np.ndarray):
         if image.dtype == bool or not (np.issubdtype(image.dtype, np.integer)
                                        or np.issubdtype(image.dtype, np.floating)):
@@ -337,8 +340,7 @@ def _resized_pil(image: Union[str, os.PathLike, Image.Image], config: ImageConfi
     """A path or PIL image -> HWC uint8 of ``size``, resized by PIL straight from the decoded image.
     transformers goes image -> array -> PIL image -> resize; uint8 RGB survives that round trip
     unchanged, so the result is the same, without three copies of a full-size photo."""
-    im = open_image(image) if isinstance(image, (str, os.PathLike)) else _pil_rgb(image, config)
-    return np.asarray(im.resize((config.size[1], config.size[0]), resample=config.resample))
+    return np.asarray(_rgb_image(image, config).resize((config.size[1], config.size[0]), resample=config.resample))
 
 
 def preprocess_one(image: ImageInput, config: ImageConfig) -> np.ndarray:
