@@ -24,7 +24,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from .config import Config
 from .layers import dense, site_key
-from .params import decoder_module, encoder_module, unpack
+from .models import decoder_family, encoder_family
+from .params import unpack
 from .sharding import gather_weights, weight_gathers
 
 
@@ -134,7 +135,7 @@ def _check_enc(enc, config: Config) -> None:
 
 
 def _encode(weights, pixels, config, interpolate_pos_encoding, dtype, key, remat=False):
-    out = encoder_module(config).apply(weights["encoder"], pixels, config.encoder,
+    out = encoder_family(config.encoder).apply(weights["encoder"], pixels, config.encoder,
                                        interpolate_pos_encoding=interpolate_pos_encoding, dtype=dtype, key=key,
                                        remat=remat)
     hidden = out["last_hidden_state"]
@@ -197,8 +198,8 @@ def encoder_states(weights, pixels, config, interpolate_pos_encoding, dtype, chu
 
 def layer_kv(weights, enc: jax.Array, config: Config, dtype) -> list:
     """Per decoder layer, cross-attention (K, V) [B,H,S,K] from the (projected) encoder states."""
-    dec = decoder_module(config)
-    return [dec.layer_cross_kv(bp, enc, config.decoder, dtype) for bp in weights["decoder"]["blocks"]]
+    kv = decoder_family(config.decoder).cross_kv
+    return [kv(bp, enc, config.decoder, dtype) for bp in weights["decoder"]["blocks"]]
 
 
 def cross_kv(params, enc: jax.Array, config: Config | None = None, *, dtype=jnp.float32) -> list:
@@ -237,7 +238,7 @@ def encode(params, pixels, config: Config | None = None, *, interpolate_pos_enco
 
 
 def _decode(weights, ids, enc, config, attention_mask, position_ids, dtype, key, remat=False):
-    return decoder_module(config).apply(weights["decoder"], ids, layer_kv(weights, enc, config, dtype), config.decoder,
+    return decoder_family(config.decoder).apply(weights["decoder"], ids, layer_kv(weights, enc, config, dtype), config.decoder,
                                         attention_mask=attention_mask, position_ids=position_ids, dtype=dtype,
                                         key=key, remat=remat)
 
@@ -334,7 +335,9 @@ def new_cache(weights, enc, config: Config, max_len: int, rows_per_image: int, d
     same way (rows are image-major, so each device keeps the rows of its own images); without it a
     jitted ``init_cache`` returns them whole on every device."""
     rows = enc.shape[0] * rows_per_image
-    empty = decoder_module(config).init_self_cache(config.decoder, rows, max_len, dtype)
+    dec = config.decoder
+    shape = (rows, dec.n_head, max_len, dec.head_dim)
+    empty = [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(dec.n_layer)]
     return {
         "cross": layer_kv(weights, enc, config, dtype),  # [B,H,S,K] per layer, once per image
         "self": jax.tree.map(lambda a: constrain_rows(a, split), empty),  # [R,H,Tmax,K] per layer
@@ -384,7 +387,7 @@ def shifted_positions(positions: str) -> bool:
 def cache_step(weights, cache, ids, config: Config, attention_mask=None, dtype=jnp.float32, *, shifted=False):
     """The unjitted core of ``step``, for use inside other jitted code (generate); also returns
     the per-layer cross-attention weights."""
-    return decoder_module(config).apply_cached(weights["decoder"], cache, ids, config.decoder,
+    return decoder_family(config.decoder).apply_cached(weights["decoder"], cache, ids, config.decoder,
                                                attention_mask=attention_mask, shifted=shifted, dtype=dtype)
 
 

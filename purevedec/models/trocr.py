@@ -1,6 +1,6 @@
 """The TrOCR text decoder (fairseq/BART style) with cross-attention to the image.
 
-Parameter tree (``param_shapes``)::
+Parameter tree (``params``)::
 
     embed    [V, D]          token embeddings; also the output projection when tie_word_embeddings
     pos      [Tmax + 2, D]   learned positions only (HF's offset of 2: position p reads row p + 2)
@@ -19,35 +19,153 @@ sin then cos halves, numbered from ``pad_token_id + 1``, and pad tokens take the
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .config import TrOCRConfig
-from .attention import attention
-from .layers import (activation, causal_mask, dense, dense_shape, dropout, layer_norm, layer_outputs,
-                     merge_heads, norm_shape, rows_product, site_key, split_heads)
+from .. import validate as v
+from ..attention import attention
+from ..config_fields import ACTIVATION_NAMES, parse_fields, set_field
+from ..errors import ConfigError
+from ..hf_rules import Rule, linear_rules, norm_rules
+from ..layers import (activation, causal_mask, dense, dropout, layer_norm, layer_outputs, merge_heads, rows_product,
+                      site_key, split_heads)
+from ..param_spec import EMBED, HEADS, MLP, POSITIONS, VOCAB, Param, dense as dense_param, norm
+from .family import DecoderFamily
 
 LAYER_NORM_EPS = 1e-5
 LEARNED_OFFSET = 2  # BART's learned position table starts two rows in
 
 
-def param_shapes(cfg: TrOCRConfig) -> dict:
-    d, c = cfg.d_model, cfg.cross_width
-    block = {"attn": {n: dense_shape(d, d) for n in ("q", "k", "v", "o")}, "ln1": norm_shape(d),
-             "cross": {"q": dense_shape(d, d), "k": dense_shape(d, c), "v": dense_shape(d, c), "o": dense_shape(d, d)},
-             "ln_cross": norm_shape(d),
-             "mlp": {"fc": dense_shape(cfg.decoder_ffn_dim, d), "out": dense_shape(d, cfg.decoder_ffn_dim)},
-             "ln2": norm_shape(d)}
-    shapes = {"embed": (cfg.vocab_size, d), "blocks": [block] * cfg.decoder_layers}
+@dataclass(frozen=True)
+class TrOCRConfig:
+    """transformers' TrOCRConfig fields that change the math (defaults: trocr-base's decoder).
+
+    The generic names the rest of the package reads (``n_embd``, ``n_layer``, ``n_head``,
+    ``n_positions``, ``initializer_range``) are properties over TrOCR's own."""
+    vocab_size: int = 50265
+    """Vocabulary size V."""
+    d_model: int = 1024
+    """Width D of the decoder."""
+    decoder_layers: int = 12
+    """Transformer layers L."""
+    decoder_attention_heads: int = 16
+    """Attention heads H per layer."""
+    decoder_ffn_dim: int = 4096
+    """Width of the MLP's hidden layer."""
+    activation_function: str = "gelu"
+    """The MLP's activation, by transformers' ``ACT2FN`` name."""
+    max_position_embeddings: int = 512
+    """The longest decoder sequence (rows of the position table, plus the offset of learned ones)."""
+    dropout: float = 0.1
+    """Dropout on the embeddings and residual branches (only with a ``key``)."""
+    attention_dropout: float = 0.0
+    """Dropout on the attention weights (only with a ``key``)."""
+    activation_dropout: float = 0.0
+    """Dropout after the MLP's activation (only with a ``key``)."""
+    decoder_layerdrop: float = 0.0
+    """Probability of skipping a whole layer in training (LayerDrop; only with a ``key``)."""
+    init_std: float = 0.02
+    """Standard deviation of ``init_params``' normal draws."""
+    scale_embedding: bool = False
+    """Multiply the token embeddings by sqrt(d_model)."""
+    use_learned_position_embeddings: bool = True
+    """Learned positions (else fairseq's sinusoids, computed, not stored)."""
+    layernorm_embedding: bool = True
+    """A layer norm after the embeddings."""
+    tie_word_embeddings: bool = True
+    """The output projection is the token embedding itself (no ``lm_head`` param) when True."""
+    cross_attention_hidden_size: int | None = None
+    """The encoder width cross-attention K/V read; None means ``d_model`` (a projection joins them)."""
+    bos_token_id: int | None = 0
+    """Beginning-of-sequence id."""
+    eos_token_id: int | tuple[int, ...] | None = 2
+    """End-of-sequence id, or a tuple of them."""
+    pad_token_id: int | None = 1
+    """Padding id (sinusoidal positions count from it)."""
+    model_type: str = "trocr"
+    """transformers' model_type: "trocr"."""
+
+    def __post_init__(self):
+        w = "decoder"
+        for name in ("vocab_size", "d_model", "decoder_layers", "decoder_attention_heads", "decoder_ffn_dim",
+                     "max_position_embeddings"):
+            v.positive_int(getattr(self, name), f"{w}.{name}")
+        if self.d_model % self.decoder_attention_heads:
+            raise ConfigError(f"{w}.d_model={self.d_model} is not a multiple of "
+                              f"decoder_attention_heads={self.decoder_attention_heads}")
+        v.one_of(self.activation_function, f"{w}.activation_function", ACTIVATION_NAMES)
+        for name in ("dropout", "attention_dropout", "activation_dropout", "decoder_layerdrop"):
+            set_field(self, name, v.probability(getattr(self, name), f"{w}.{name}"))
+        for name in ("scale_embedding", "use_learned_position_embeddings", "layernorm_embedding",
+                     "tie_word_embeddings"):
+            v.flag(getattr(self, name), f"{w}.{name}")
+        if self.cross_attention_hidden_size is not None:
+            v.positive_int(self.cross_attention_hidden_size, f"{w}.cross_attention_hidden_size")
+        set_field(self, "init_std", v.number(self.init_std, f"{w}.init_std", low=0.0))
+        v.token_id(self.bos_token_id, f"{w}.bos_token_id")
+        v.token_id(self.pad_token_id, f"{w}.pad_token_id")
+        if not self.use_learned_position_embeddings:
+            if self.pad_token_id is None:
+                raise ConfigError(f"{w}.use_learned_position_embeddings=false needs pad_token_id: sinusoidal "
+                                  "positions are counted from the pad id")
+            if self.d_model < 4:
+                raise ConfigError(f"{w}.d_model={self.d_model} is too small for sinusoidal positions (needs >= 4)")
+        eos = v.token_ids(self.eos_token_id, f"{w}.eos_token_id")
+        set_field(self, "eos_token_id", eos[0] if eos and len(eos) == 1 else eos)
+
+    n_embd = property(lambda self: self.d_model)
+    n_layer = property(lambda self: self.decoder_layers)
+    n_head = property(lambda self: self.decoder_attention_heads)
+    n_inner = property(lambda self: self.decoder_ffn_dim)
+    initializer_range = property(lambda self: self.init_std)
+    n_positions = property(lambda self: self.max_position_embeddings, doc=(
+        "Decoder tokens the position embeddings cover. transformers regrows the sinusoidal table "
+        "for a longer uncached forward, but its cached decoding indexes past the table and fails, "
+        "so both kinds stop here."))
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.decoder_attention_heads
+
+    @property
+    def cross_width(self) -> int:
+        return self.cross_attention_hidden_size or self.d_model
+
+
+INERT = frozenset({"classifier_dropout"})
+# transformers' TrOCRConfig.attribute_map.
+ALIASES = {"hidden_size": "d_model", "num_attention_heads": "decoder_attention_heads",
+           "num_hidden_layers": "decoder_layers"}
+
+
+def parse(d: Mapping, where: str = "decoder") -> TrOCRConfig:
+    """TrOCR always has cross-attention inside VisionEncoderDecoder (TrOCRForCausalLM sets
+    is_decoder), whatever add_cross_attention says."""
+    return parse_fields(TrOCRConfig, d, where, INERT, ALIASES)
+
+
+def params(cfg: TrOCRConfig) -> dict:
+    """TrOCR's description: N(0, init_std) kernels and tables, cross K/V reading width C."""
+    d, c, f, std = cfg.d_model, cfg.cross_width, cfg.decoder_ffn_dim, cfg.init_std
+    block = {"attn": {n: dense_param(d, d, (HEADS, EMBED), std) for n in ("q", "k", "v")}, "ln1": norm(d),
+             "cross": {"q": dense_param(d, d, (HEADS, EMBED), std), "k": dense_param(d, c, (HEADS, EMBED), std),
+                       "v": dense_param(d, c, (HEADS, EMBED), std)},
+             "ln_cross": norm(d),
+             "mlp": {"fc": dense_param(f, d, (MLP, EMBED), std), "out": dense_param(d, f, (EMBED, MLP), std)},
+             "ln2": norm(d)}
+    block["attn"]["o"] = block["cross"]["o"] = dense_param(d, d, (EMBED, HEADS), std)
+    tree = {"embed": Param((cfg.vocab_size, d), (VOCAB, EMBED), "normal", std), "blocks": [block] * cfg.decoder_layers}
     if cfg.use_learned_position_embeddings:
-        shapes["pos"] = (cfg.max_position_embeddings + LEARNED_OFFSET, d)
+        tree["pos"] = Param((cfg.max_position_embeddings + LEARNED_OFFSET, d), (POSITIONS, EMBED), "normal", std)
     if cfg.layernorm_embedding:
-        shapes["ln_embed"] = norm_shape(d)
+        tree["ln_embed"] = norm(d)
     if not cfg.tie_word_embeddings:
-        shapes["lm_head"] = (cfg.vocab_size, d)
-    return shapes
+        tree["lm_head"] = Param((cfg.vocab_size, d), (VOCAB, EMBED), "normal", std)
+    return tree
 
 
 def sinusoidal_table(rows: int, dim: int, pad: int) -> np.ndarray:
@@ -183,12 +301,6 @@ def apply(p: dict, ids: jax.Array, kv_cross: list, cfg: TrOCRConfig, *, attentio
             "cross_attentions": tuple(cross_ws)}
 
 
-def init_self_cache(cfg: TrOCRConfig, rows: int, max_len: int, dtype) -> list:
-    """Per layer, zeroed self-attention K/V buffers [R,H,Tmax,K]."""
-    shape = (rows, cfg.decoder_attention_heads, max_len, cfg.head_dim)
-    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.decoder_layers)]
-
-
 def apply_cached(p: dict, cache: dict, ids: jax.Array, cfg: TrOCRConfig, *, attention_mask=None,
                  shifted: bool = False, dtype=jnp.float32):
     """Decode ``ids`` [R,t] after the ``cache["pos"]`` tokens already cached (see gpt2.apply_cached
@@ -210,3 +322,39 @@ def apply_cached(p: dict, cache: dict, ids: jax.Array, cfg: TrOCRConfig, *, atte
         cross_ws.append(cross_w)
     logits = jnp.where(pos + t <= max_len, lm_head(p, x, cfg, dtype), jnp.nan)
     return logits, {**cache, "self": new_self, "mask": key_mask, "pos": pos + t}, cross_ws
+
+
+# ---- Hugging Face names ----
+
+HF = "decoder.model.decoder."
+LINEARS = {f"{hf}_attn.{p}_proj": f"{ours}.{q}" for hf, ours in (("self", "attn"), ("encoder", "cross"))
+           for p, q in (("q", "q"), ("k", "k"), ("v", "v"), ("out", "o"))}
+LINEARS.update({"fc1": "mlp.fc", "fc2": "mlp.out"})
+NORMS = {"self_attn_layer_norm": "ln1", "encoder_attn_layer_norm": "ln_cross", "final_layer_norm": "ln2"}
+
+
+def hf_rules(cfg: TrOCRConfig) -> list[Rule]:
+    """TrOCR keeps PyTorch Linear layouts: every tensor is a copy. Sinusoidal positions have no tensor."""
+    layer, blk = HF + "layers.{i}.", "decoder.blocks.{i}."
+    rules = [Rule(f"{HF}embed_tokens.weight", ("decoder.embed",)),
+             Rule("decoder.output_projection.weight", ("decoder.lm_head",))]
+    if cfg.use_learned_position_embeddings:
+        rules.append(Rule(f"{HF}embed_positions.weight", ("decoder.pos",)))
+    if cfg.layernorm_embedding:
+        rules += norm_rules(f"{HF}layernorm_embedding", "decoder.ln_embed")
+    for hf, ours in LINEARS.items():
+        rules += linear_rules(f"{layer}{hf}", f"{blk}{ours}")
+    for hf, ours in NORMS.items():
+        rules += norm_rules(f"{layer}{hf}", f"{blk}{ours}")
+    return rules
+
+
+FAMILY = DecoderFamily(
+    model_type="trocr", config_class=TrOCRConfig, parse=parse, params=params, apply=apply, cross_kv=layer_cross_kv,
+    apply_cached=apply_cached, hf_rules=hf_rules, layers_field="decoder_layers", embedding_leaves=("embed", "pos"),
+    tied_head="decoder.output_projection.weight",
+    ignored=(r"^decoder\.model\.decoder\.embed_positions\._float_tensor$",),  # old TrOCR's sinusoid device marker
+    # TrOCRForCausalLM ("model.decoder.*", "output_projection.weight").
+    standalone=(("model.decoder.", "decoder.model.decoder."), ("output_projection.", "decoder.output_projection."),
+                ("", "decoder.model.decoder.")),
+    default_metrics="cer,wer")

@@ -1,6 +1,6 @@
 """The GPT-2 text decoder with cross-attention to the image.
 
-Parameter tree (``param_shapes``)::
+Parameter tree (``params``)::
 
     wte    [V, D]   token embeddings; also the LM head when tie_word_embeddings
     wpe    [Tmax, D]
@@ -16,28 +16,142 @@ cross-attention's K/V are computed once per image, so they stay split.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from functools import partial
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 
-from .config import GPT2Config
-from .attention import attention
-from .layers import (activation, causal_mask, dense, dense_shape, dropout, layer_norm, layer_outputs,
-                     merge_heads, norm_shape, rows_product, site_key, split_heads)
+from .. import validate as v
+from ..attention import attention
+from ..config_fields import ACTIVATION_NAMES, parse_fields, set_field
+from ..errors import ConfigError
+from ..hf_rules import Rule, linear_rules, norm_rules
+from ..layers import (activation, causal_mask, dense, dropout, layer_norm, layer_outputs, merge_heads, rows_product,
+                      site_key, split_heads)
+from ..param_spec import EMBED, HEADS, MLP, POSITIONS, VOCAB, Param, dense as dense_param, norm
+from .family import DecoderFamily
 
 
-def param_shapes(cfg: GPT2Config) -> dict:
-    d = cfg.n_embd
-    attn = {"qkv": dense_shape(3 * d, d), "o": dense_shape(d, d)}
-    cross = {n: dense_shape(d, d) for n in ("q", "k", "v", "o")}
-    block = {"ln1": norm_shape(d), "attn": attn, "ln_cross": norm_shape(d), "cross": cross,
-             "ln2": norm_shape(d), "mlp": {"fc": dense_shape(cfg.n_inner, d), "out": dense_shape(d, cfg.n_inner)}}
-    shapes = {"wte": (cfg.vocab_size, d), "wpe": (cfg.n_positions, d),
-              "blocks": [block] * cfg.n_layer, "ln_f": norm_shape(d)}
+@dataclass(frozen=True)
+class GPT2Config:
+    """transformers' GPT2Config fields that change the math (defaults: GPT-2 124M)."""
+    vocab_size: int = 50257
+    """Vocabulary size V."""
+    n_positions: int = 1024
+    """Rows of the learned position table: the longest decoder sequence."""
+    n_embd: int = 768
+    """Width D of the decoder."""
+    n_layer: int = 12
+    """Transformer layers L."""
+    n_head: int = 12
+    """Attention heads H per layer (head width K = n_embd // n_head)."""
+    n_inner: int | None = None
+    """Width of the MLP's hidden layer; None (the default) means ``4 * n_embd``."""
+    activation_function: str = "gelu_new"
+    """The MLP's activation, by transformers' ``ACT2FN`` name."""
+    layer_norm_epsilon: float = 1e-5
+    """Epsilon of every layer norm."""
+    scale_attn_weights: bool = True
+    """Divide attention scores by sqrt(K)."""
+    scale_attn_by_inverse_layer_idx: bool = False
+    """Also divide the scores of layer i by i + 1."""
+    reorder_and_upcast_attn: bool = False
+    """transformers' float32 attention option (the scores are float32 here anyway)."""
+    tie_word_embeddings: bool = True
+    """The LM head is ``wte`` itself (no ``lm_head`` param) when True."""
+    resid_pdrop: float = 0.1
+    """Dropout on residual branches (only with a ``key``)."""
+    embd_pdrop: float = 0.1
+    """Dropout on the embeddings (only with a ``key``)."""
+    attn_pdrop: float = 0.1
+    """Dropout on the attention weights (only with a ``key``)."""
+    initializer_range: float = 0.02
+    """Standard deviation of ``init_params``' normal draws."""
+    bos_token_id: int | None = 50256
+    """Beginning-of-sequence id (GPT-2's 50256)."""
+    eos_token_id: int | tuple[int, ...] | None = 50256
+    """End-of-sequence id, or a tuple of them."""
+    pad_token_id: int | None = None
+    """Padding id, or None."""
+    model_type: str = "gpt2"
+    """transformers' model_type: "gpt2"."""
+
+    def __post_init__(self):
+        w = "decoder"
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+            v.positive_int(getattr(self, name), f"{w}.{name}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"{w}.n_embd={self.n_embd} is not a multiple of n_head={self.n_head}")
+        set_field(self, "n_inner", 4 * self.n_embd if self.n_inner is None else v.positive_int(self.n_inner, f"{w}.n_inner"))
+        v.one_of(self.activation_function, f"{w}.activation_function", ACTIVATION_NAMES)
+        set_field(self, "layer_norm_epsilon",
+             v.number(self.layer_norm_epsilon, f"{w}.layer_norm_epsilon", low=0.0, low_open=True))
+        for name in ("scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn",
+                     "tie_word_embeddings"):
+            v.flag(getattr(self, name), f"{w}.{name}")
+        for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
+            set_field(self, name, v.probability(getattr(self, name), f"{w}.{name}"))
+        set_field(self, "initializer_range", v.number(self.initializer_range, f"{w}.initializer_range", low=0.0))
+        v.token_id(self.bos_token_id, f"{w}.bos_token_id")
+        v.token_id(self.pad_token_id, f"{w}.pad_token_id")
+        eos = v.token_ids(self.eos_token_id, f"{w}.eos_token_id")
+        set_field(self, "eos_token_id", eos[0] if eos and len(eos) == 1 else eos)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def cross_attention_hidden_size(self) -> int | None:
+        return None  # GPT-2's cross-attention always reads width n_embd
+
+
+INERT = frozenset({
+    "summary_type", "summary_use_proj", "summary_activation", "summary_proj_to_labels",
+    "summary_first_dropout", "n_ctx",
+})
+# transformers' GPT2Config.attribute_map: the generic names are aliases of the n_* ones.
+ALIASES = {"hidden_size": "n_embd", "max_position_embeddings": "n_positions",
+           "num_attention_heads": "n_head", "num_hidden_layers": "n_layer"}
+
+
+def parse(d: Mapping, where: str = "decoder") -> GPT2Config:
+    if not v.flag(d.get("add_cross_attention", False), f"{where}.add_cross_attention"):
+        raise ConfigError(f"{where}.add_cross_attention is false: a GPT-2 decoder needs cross-attention "
+                          "layers to read the image (transformers refuses it the same way)")
+    if d.get("pruned_heads"):
+        raise ConfigError(f"{where}.pruned_heads={d['pruned_heads']!r:.80} is not supported")
+    return parse_fields(GPT2Config, d, where, INERT, ALIASES)
+
+
+def check_cross_width(cross: int, cfg: GPT2Config) -> None:
+    if cross != cfg.n_embd:
+        # With the size given transformers adds no projection, and GPT-2's cross-attention only
+        # reads inputs of width n_embd, so such a model cannot run anywhere.
+        raise ConfigError(
+            f"decoder.cross_attention_hidden_size={cross} differs from decoder.n_embd={cfg.n_embd}: "
+            "GPT-2 cross-attention only accepts encoder states of width n_embd")
+
+
+def params(cfg: GPT2Config) -> dict:
+    """GPT-2's description: N(0, initializer_range) everywhere, the residual projections (attention
+    and MLP outputs) scaled by 1/sqrt(2 * n_layer) as transformers initialises them."""
+    d, f, std = cfg.n_embd, cfg.n_inner, cfg.initializer_range
+    out_std = std / math.sqrt(2 * cfg.n_layer)
+    attn = {"qkv": dense_param(3 * d, d, (HEADS, EMBED), std), "o": dense_param(d, d, (EMBED, HEADS), out_std)}
+    cross = {n: dense_param(d, d, (HEADS, EMBED), std) for n in ("q", "k", "v")}
+    cross["o"] = dense_param(d, d, (EMBED, HEADS), out_std)
+    block = {"ln1": norm(d), "attn": attn, "ln_cross": norm(d), "cross": cross, "ln2": norm(d),
+             "mlp": {"fc": dense_param(f, d, (MLP, EMBED), std), "out": dense_param(d, f, (EMBED, MLP), out_std)}}
+    tree = {"wte": Param((cfg.vocab_size, d), (VOCAB, EMBED), "normal", std),
+            "wpe": Param((cfg.n_positions, d), (POSITIONS, EMBED), "normal", std),
+            "blocks": [block] * cfg.n_layer, "ln_f": norm(d)}
     if not cfg.tie_word_embeddings:
-        shapes["lm_head"] = (cfg.vocab_size, d)
-    return shapes
+        tree["lm_head"] = Param((cfg.vocab_size, d), (VOCAB, EMBED), "normal", std)
+    return tree
 
 
 def attn_scale(cfg: GPT2Config, layer: int) -> float:
@@ -140,12 +254,6 @@ def apply(p: dict, ids: jax.Array, kv_cross: list, cfg: GPT2Config, *, attention
             "cross_attentions": tuple(cross_ws)}
 
 
-def init_self_cache(cfg: GPT2Config, rows: int, max_len: int, dtype) -> list:
-    """Per layer, zeroed self-attention K/V buffers [R,H,Tmax,K] (heads first, as attention reads them)."""
-    shape = (rows, cfg.n_head, max_len, cfg.head_dim)
-    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.n_layer)]
-
-
 def token_positions(cache: dict, valid, t: int, shifted: bool) -> tuple[jax.Array, jax.Array]:
     """(position ids [R,t], the updated cache["offset"] [R]) of ``t`` new tokens, ``valid`` [R,t]
     marking the real ones (None: all are).
@@ -188,3 +296,35 @@ def apply_cached(p: dict, cache: dict, ids: jax.Array, cfg: GPT2Config, *, atten
     logits = lm_head(p, layer_norm(p["ln_f"], x, cfg.layer_norm_epsilon), cfg, dtype)
     logits = jnp.where(pos + t <= max_len, logits, jnp.nan)
     return logits, {**cache, "self": new_self, "mask": key_mask, "offset": offset, "pos": pos + t}, cross_ws
+
+
+# ---- Hugging Face names ----
+
+def hf_rules(cfg: GPT2Config) -> list[Rule]:
+    """GPT-2's Conv1D kernels are [d_in, d_out] (transposed on load); cross-attention's fused
+    c_attn holds K and V (split in two)."""
+    hf, blk = "decoder.transformer.h.{i}.", "decoder.blocks.{i}."
+    kv = tuple(f"{blk}cross.{n}" for n in "kv")
+    rules = [Rule("decoder.transformer.wte.weight", ("decoder.wte",)),
+             Rule("decoder.transformer.wpe.weight", ("decoder.wpe",)),
+             Rule("decoder.lm_head.weight", ("decoder.lm_head",)),
+             Rule(f"{hf}crossattention.c_attn.weight", tuple(p + ".w" for p in kv), "conv1d_kv"),
+             Rule(f"{hf}crossattention.c_attn.bias", tuple(p + ".b" for p in kv), "split2")]
+    for name, ours in (("attn.c_attn", "attn.qkv"), ("attn.c_proj", "attn.o"), ("crossattention.q_attn", "cross.q"),
+                       ("crossattention.c_proj", "cross.o"), ("mlp.c_fc", "mlp.fc"), ("mlp.c_proj", "mlp.out")):
+        rules += linear_rules(f"{hf}{name}", f"{blk}{ours}", "conv1d")
+    for name, ours in (("ln_1", "ln1"), ("ln_cross_attn", "ln_cross"), ("ln_2", "ln2")):
+        rules += norm_rules(f"{hf}{name}", f"{blk}{ours}")
+    return rules + norm_rules("decoder.transformer.ln_f", "decoder.ln_f")
+
+
+FAMILY = DecoderFamily(
+    model_type="gpt2", config_class=GPT2Config, parse=parse, params=params, apply=apply, cross_kv=layer_cross_kv,
+    apply_cached=apply_cached, hf_rules=hf_rules, layers_field="n_layer", embedding_leaves=("wte", "wpe"),
+    tied_head="decoder.lm_head.weight",
+    # The causal-mask buffers older transformers saved.
+    ignored=(r"^decoder\.transformer\.h\.\d+\.(attn|crossattention)\.(bias|masked_bias)$",),
+    # GPT2LMHeadModel ("transformer.*", "lm_head.weight") or GPT2Model ("h.*", "wte.weight", ...).
+    standalone=(("transformer.", "decoder.transformer."), ("lm_head.", "decoder.lm_head."),
+                ("", "decoder.transformer.")),
+    check_cross_width=check_cross_width, default_metrics="bleu,cider")
