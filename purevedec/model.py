@@ -23,6 +23,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from .config import Config
+from .decoder_cache import DecoderCache, check_not_donated, init_cache as init_decoder_cache
 from .layers import dense, site_key
 from .models import decoder_family, encoder_family
 from .params import unpack
@@ -327,24 +328,15 @@ def constrain_rows(x: jax.Array, split: NamedSharding | None) -> jax.Array:
 
 
 def new_cache(weights, enc, config: Config, max_len: int, rows_per_image: int, dtype,
-              split: NamedSharding | None = None) -> dict:
+              split: NamedSharding | None = None) -> DecoderCache:
     """The decoding cache (traceable): cross K/V from ``enc`` once per image, empty self K/V.
 
     The empty buffers depend on no input, so nothing tells the partitioner how to place them: when
     the images are split over devices (``split``, from ``batch_split``), their rows are split the
     same way (rows are image-major, so each device keeps the rows of its own images); without it a
     jitted ``init_cache`` returns them whole on every device."""
-    rows = enc.shape[0] * rows_per_image
-    dec = config.decoder
-    shape = (rows, dec.n_head, max_len, dec.head_dim)
-    empty = [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(dec.n_layer)]
-    return {
-        "cross": layer_kv(weights, enc, config, dtype),  # [B,H,S,K] per layer, once per image
-        "self": jax.tree.map(lambda a: constrain_rows(a, split), empty),  # [R,H,Tmax,K] per layer
-        "mask": constrain_rows(jnp.zeros((rows, max_len), bool), split),  # which cached positions hold real tokens
-        "offset": constrain_rows(jnp.zeros((rows,), jnp.int32), split),  # padding so far per row
-        "pos": jnp.zeros((), jnp.int32),  # next write index
-    }
+    return init_decoder_cache(config.decoder, layer_kv(weights, enc, config, dtype), enc.shape[0] * rows_per_image,
+                              max_len, dtype, lambda a: constrain_rows(a, split))
 
 
 @partial(jax.jit, static_argnames=("config", "max_len", "rows_per_image", "dtype", "split"))
@@ -356,8 +348,9 @@ def init_cache(params, enc, config: Config | None = None, max_len: int = None, *
                dtype=jnp.float32):
     """A decoding cache for ``max_len`` decoder tokens. Cross-attention K/V are computed here,
     once per image; ``rows_per_image`` decoder rows (beams, samples) share them, image-major
-    (row r reads image r // rows_per_image). ``cache["offset"]`` [R] counts each row's padding
-    so far: the attention mask of a left-padded prompt sets it in ``step``."""
+    (row r reads image r // rows_per_image). Returns a ``DecoderCache`` (its fields: self and cross
+    K/V per layer, key mask, per-row offset, position); ``cache.offset`` [R] counts each row's
+    padding so far: the attention mask of a left-padded prompt sets it in ``step``."""
     weights, config = unpack(params, config)
     _check_enc(enc, config)
     if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or \
@@ -405,24 +398,27 @@ def step(params, cache, ids, config: Config | None = None, *, attention_mask=Non
     """Feed ``ids`` [R,t] (a prompt, or one token) to the cached decoder: (logits [R,t,V], cache).
     ``attention_mask`` [R,t] marks padding inside a ragged, left-padded prompt (0 = padding).
 
-    ``positions="per_row"`` (default): the padding is counted into ``cache["offset"]`` and each
+    ``positions="per_row"`` (default): the padding is counted into ``cache.offset`` and each
     row's positions count from its first real token, in this step and every later one: each
     row's logits are those of the row alone. ``positions="shifted"`` numbers tokens by their
     buffer index, as transformers does for a left-padded decoder_input_ids (its batched output).
     Without padding both are the same (positions 0, 1, 2, ...).
 
     By default the input cache is donated (its buffers are reused), so keep using the returned
-    one. ``donate=False`` leaves it intact: branch a shared prefix into several continuations by
-    stepping the same cache more than once. Past ``max_len`` a concrete cache raises; under jit
+    one (stepping a donated cache again raises an error saying so). ``donate=False`` leaves it
+    intact: branch a shared prefix into several continuations by stepping the same cache more than once. Past ``max_len`` a concrete cache raises; under jit
     the logits come back NaN (the write would otherwise overwrite the last slot)."""
     weights, config = unpack(params, config)
     check_ids(ids, config)
     _check_mask(attention_mask, ids, "attention_mask")
     shifted = shifted_positions(positions)
-    rows, max_len = cache["mask"].shape
+    if not isinstance(cache, DecoderCache):
+        raise TypeError(f"cache must be the DecoderCache init_cache returns, got {type(cache).__name__}")
+    check_not_donated(cache)
+    rows, max_len = cache.mask.shape
     if ids.shape[0] != rows:
         raise ValueError(f"ids have {ids.shape[0]} rows, the cache holds {rows}")
-    if _is_concrete(cache["pos"]) and int(cache["pos"]) + ids.shape[1] > max_len:
-        raise ValueError(f"cache is full: {int(cache['pos'])} + {ids.shape[1]} tokens > max_len={max_len}")
+    if _is_concrete(cache.pos) and int(cache.pos) + ids.shape[1] > max_len:
+        raise ValueError(f"cache is full: {int(cache.pos)} + {ids.shape[1]} tokens > max_len={max_len}")
     run = _step_donating if donate else _step_keeping
     return run(weights, cache, ids, attention_mask, config=config, dtype=compute_dtype(dtype), shifted=shifted)

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 from .. import validate as v
 from ..attention import attention
 from ..config_fields import ACTIVATION_NAMES, parse_fields, set_field
+from ..decoder_cache import (DecoderCache, advance, guard_overflow, step_mask, token_positions, valid_tokens,
+                             write_kv)
 from ..errors import ConfigError
 from ..hf_rules import Rule, linear_rules, norm_rules
 from ..layers import (activation, causal_mask, dense, dropout, layer_norm, layer_outputs, merge_heads, rows_product,
@@ -203,15 +205,14 @@ def block(bp: dict, x: jax.Array, kv_cross, self_mask, cfg: GPT2Config, layer: i
           cache=None, pos=None, key=None):
     """One GPT-2 layer. x [B,T,D]; self_mask bool [B,1,T,U].
 
-    With ``cache`` ({"k","v"} [B,H,Tmax,K]) the new keys/values are written at ``pos`` and the
+    With ``cache`` (this layer's (keys, values) [B,H,Tmax,K]) the new ones are written at ``pos`` and the
     queries attend over the whole buffer (incremental decoding); without, over x's own tokens.
     Returns (x, self weights [B,H,T,U], cross weights [B,H,T,S], the updated cache or None)."""
     h = layer_norm(bp["ln1"], x, cfg.layer_norm_epsilon)
     q, k, v = self_qkv(bp, h, cfg, dtype)
     if cache is not None:
-        cache = {n: jax.lax.dynamic_update_slice(cache[n], t.astype(cache[n].dtype), (0, 0, pos, 0))
-                 for n, t in (("k", k), ("v", v))}
-        k, v = cache["k"], cache["v"]
+        cache = write_kv(cache, k, v, pos)
+        k, v = cache
     out, self_w = attention(q, k, v, self_mask, attn_scale(cfg, layer), upcast=cfg.reorder_and_upcast_attn,
                             dropout_rate=cfg.attn_pdrop, key=site_key(key, 0))
     x = x + dropout(dense(bp["attn"]["o"], merge_heads(out), dtype), cfg.resid_pdrop, site_key(key, 1))
@@ -254,48 +255,28 @@ def apply(p: dict, ids: jax.Array, kv_cross: list, cfg: GPT2Config, *, attention
             "cross_attentions": tuple(cross_ws)}
 
 
-def token_positions(cache: dict, valid, t: int, shifted: bool) -> tuple[jax.Array, jax.Array]:
-    """(position ids [R,t], the updated cache["offset"] [R]) of ``t`` new tokens, ``valid`` [R,t]
-    marking the real ones (None: all are).
-
-    Per row by default: a real token's position is the number of real tokens before it in its
-    row (buffer index minus the padding so far, kept in cache["offset"]), so a left-padded row
-    continues exactly as it would alone. ``shifted`` keeps buffer indices and leaves the offsets
-    alone, as transformers numbers a left-padded decoder_input_ids (padding shifts the row).
-    Padding itself sits at position 0 (it is hidden; a negative index would embed as NaN)."""
-    buffer_pos = cache["pos"] + jnp.arange(t)  # [t]
-    if shifted or valid is None:  # no new padding: the offsets stay
-        return buffer_pos[None, :] - cache["offset"][:, None], cache["offset"]
-    padding = cache["offset"][:, None] + jnp.cumsum(~valid, axis=1, dtype=jnp.int32)  # [R,t] padding up to each token
-    return jnp.where(valid, buffer_pos - padding, 0), padding[:, -1]
-
-
-def apply_cached(p: dict, cache: dict, ids: jax.Array, cfg: GPT2Config, *, attention_mask=None,
+def apply_cached(p: dict, cache: DecoderCache, ids: jax.Array, cfg: GPT2Config, *, attention_mask=None,
                  shifted: bool = False, dtype=jnp.float32):
-    """Decode ``ids`` [R,t] after the ``cache["pos"]`` tokens already in the cache.
+    """Decode ``ids`` [R,t] after the ``cache.pos`` tokens already in the cache.
 
     New K/V are written at pos..pos+t-1; queries attend causally to every cached position the
     key mask marks valid (padding of a ragged prompt stays hidden). Positions count per row
-    from its first real token unless ``shifted`` (``token_positions``). Writing past the buffer
-    (possible only under jit) makes the logits NaN rather than overwrite the last slot.
+    from its first real token unless ``shifted`` (``decoder_cache.token_positions``). Writing past
+    the buffer (possible only under jit) makes the logits NaN rather than overwrite the last slot.
     Returns (logits [R,t,V] float32, new cache, cross-attention weights per layer [R,H,t,S])."""
-    r, t = ids.shape
-    pos = cache["pos"]
-    max_len = cache["mask"].shape[1]
-    valid = jnp.ones((r, t), bool) if attention_mask is None else attention_mask != 0
-    key_mask = jax.lax.dynamic_update_slice(cache["mask"], valid, (0, pos))  # [R,Tmax]
-    causal = jnp.arange(max_len)[None, :] <= (pos + jnp.arange(t))[:, None]  # [t,Tmax]
-    mask = causal[None, None] & key_mask[:, None, None, :]  # [R,1,t,Tmax]
+    t = ids.shape[1]
+    valid = valid_tokens(ids, attention_mask)
+    mask, key_mask = step_mask(cache, valid)
     position_ids, offset = token_positions(cache, None if attention_mask is None else valid, t, shifted)
     x = embed(p, ids, position_ids, cfg, dtype)
     new_self, cross_ws = [], []
     for i, bp in enumerate(p["blocks"]):
-        x, _, cross_w, layer = block(bp, x, cache["cross"][i], mask, cfg, i, dtype, cache=cache["self"][i], pos=pos)
+        x, _, cross_w, layer = block(bp, x, cache.cross_kv[i], mask, cfg, i, dtype, cache=cache.self_kv[i],
+                                     pos=cache.pos)
         new_self.append(layer)
         cross_ws.append(cross_w)
     logits = lm_head(p, layer_norm(p["ln_f"], x, cfg.layer_norm_epsilon), cfg, dtype)
-    logits = jnp.where(pos + t <= max_len, logits, jnp.nan)
-    return logits, {**cache, "self": new_self, "mask": key_mask, "offset": offset, "pos": pos + t}, cross_ws
+    return guard_overflow(logits, cache, t), advance(cache, new_self, key_mask, t, offset), cross_ws
 
 
 # ---- Hugging Face names ----

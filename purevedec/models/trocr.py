@@ -29,6 +29,7 @@ import numpy as np
 from .. import validate as v
 from ..attention import attention
 from ..config_fields import ACTIVATION_NAMES, parse_fields, set_field
+from ..decoder_cache import DecoderCache, advance, guard_overflow, step_mask, valid_tokens, write_kv
 from ..errors import ConfigError
 from ..hf_rules import Rule, linear_rules, norm_rules
 from ..layers import (activation, causal_mask, dense, dropout, layer_norm, layer_outputs, merge_heads, rows_product,
@@ -241,14 +242,13 @@ def cross_attention(bp: dict, h: jax.Array, kv, cfg: TrOCRConfig, dtype, key=Non
 
 def block(bp: dict, x: jax.Array, kv_cross, self_mask, cfg: TrOCRConfig, dtype, *, cache=None, pos=None, key=None):
     """One post-norm TrOCR layer: x = norm(x + sublayer(x)) for self-attention, cross-attention
-    and the MLP. x [B,T,D]; self_mask bool [B,1,T,U]; ``cache`` as in gpt2.block.
+    and the MLP. x [B,T,D]; self_mask bool [B,1,T,U]; ``cache``: this layer's (keys, values), as in gpt2.block.
     Returns (x, self weights [B,H,T,U], cross weights [B,H,T,S], the updated cache or None)."""
     heads = cfg.decoder_attention_heads
     q, k, v = (split_heads(dense(bp["attn"][n], x, dtype), heads) for n in ("q", "k", "v"))
     if cache is not None:
-        cache = {n: jax.lax.dynamic_update_slice(cache[n], t.astype(cache[n].dtype), (0, 0, pos, 0))
-                 for n, t in (("k", k), ("v", v))}
-        k, v = cache["k"], cache["v"]
+        cache = write_kv(cache, k, v, pos)
+        k, v = cache
     out, self_w = attention(q, k, v, self_mask, cfg.head_dim ** -0.5, dropout_rate=cfg.attention_dropout,
                             key=site_key(key, 0))
     out = dropout(dense(bp["attn"]["o"], merge_heads(out), dtype), cfg.dropout, site_key(key, 1))
@@ -301,27 +301,22 @@ def apply(p: dict, ids: jax.Array, kv_cross: list, cfg: TrOCRConfig, *, attentio
             "cross_attentions": tuple(cross_ws)}
 
 
-def apply_cached(p: dict, cache: dict, ids: jax.Array, cfg: TrOCRConfig, *, attention_mask=None,
+def apply_cached(p: dict, cache: DecoderCache, ids: jax.Array, cfg: TrOCRConfig, *, attention_mask=None,
                  shifted: bool = False, dtype=jnp.float32):
-    """Decode ``ids`` [R,t] after the ``cache["pos"]`` tokens already cached (see gpt2.apply_cached
-    for the cache contract). Positions continue from the cache length, as transformers counts
-    them, whatever ``shifted`` says (it is GPT-2's per-row option; TrOCR rows are not re-numbered
-    after left padding). Returns (logits [R,t,V] float32, new cache, cross-attention weights per layer)."""
-    r, t = ids.shape
-    pos = cache["pos"]
-    max_len = cache["mask"].shape[1]
-    valid = jnp.ones((r, t), bool) if attention_mask is None else attention_mask != 0
-    key_mask = jax.lax.dynamic_update_slice(cache["mask"], valid, (0, pos))  # [R,Tmax]
-    causal = jnp.arange(max_len)[None, :] <= (pos + jnp.arange(t))[:, None]  # [t,Tmax]
-    mask = causal[None, None] & key_mask[:, None, None, :]  # [R,1,t,Tmax]
-    x = embed(p, ids, pos, cfg, dtype)
+    """Decode ``ids`` [R,t] after the ``cache.pos`` tokens already cached (the contract of
+    ``family.py``'s decoder protocol). Positions continue from the cache length, as transformers
+    counts them, whatever ``shifted`` says (it is GPT-2's per-row option; TrOCR rows are not
+    re-numbered after left padding). Returns (logits [R,t,V] float32, new cache, cross-attention
+    weights per layer)."""
+    t = ids.shape[1]
+    mask, key_mask = step_mask(cache, valid_tokens(ids, attention_mask))
+    x = embed(p, ids, cache.pos, cfg, dtype)
     new_self, cross_ws = [], []
     for i, bp in enumerate(p["blocks"]):
-        x, _, cross_w, layer = block(bp, x, cache["cross"][i], mask, cfg, dtype, cache=cache["self"][i], pos=pos)
+        x, _, cross_w, layer = block(bp, x, cache.cross_kv[i], mask, cfg, dtype, cache=cache.self_kv[i], pos=cache.pos)
         new_self.append(layer)
         cross_ws.append(cross_w)
-    logits = jnp.where(pos + t <= max_len, lm_head(p, x, cfg, dtype), jnp.nan)
-    return logits, {**cache, "self": new_self, "mask": key_mask, "pos": pos + t}, cross_ws
+    return guard_overflow(lm_head(p, x, cfg, dtype), cache, t), advance(cache, new_self, key_mask, t), cross_ws
 
 
 # ---- Hugging Face names ----
