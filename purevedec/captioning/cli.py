@@ -26,9 +26,9 @@ import os
 from typing import TextIO
 
 from .escape import escape
-from .flags import add_mesh_flag, count, finite_float, mesh_from, positive_int
+from .flags import add_mesh_flag, count, finite_float, mesh_from, positive_int, seed
 from .inputs import Input, expand_inputs, map_names
-from .output_file import format_record, open_output, recorded_paths, write_record
+from .output_file import format_record, open_output, write_record
 from .program import EXIT_FAILED_INPUTS, EXIT_OK, UsageError, say
 
 DEFAULT_MODEL = "nlpconnect/vit-gpt2-image-captioning"
@@ -57,7 +57,7 @@ def add_caption_command(commands) -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=finite_float, default=None)
     gen.add_argument("--top-k", type=int, default=None, help="0 turns it off")
     gen.add_argument("--top-p", type=finite_float, default=None)
-    gen.add_argument("--seed", type=int, default=DEFAULT_SEED,
+    gen.add_argument("--seed", type=seed, default=DEFAULT_SEED,
                      help=f"random seed for sampling (default {DEFAULT_SEED}: runs repeat)")
     cap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                      help="cast the parameters (default: as stored)")
@@ -126,7 +126,11 @@ def _load(args):
     from .captioner import Captioner, ModelNotFound
     if args.compile_cache != "none" and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         from .compile_cache import enable_compilation_cache
-        enable_compilation_cache(args.compile_cache or None)
+        try:
+            enable_compilation_cache(args.compile_cache or None)
+        except OSError as e:  # a file where the folder should be, no permission, ...
+            raise UsageError(f"--compile-cache {e.filename or args.compile_cache}: cannot use it as the compiled-"
+                             f"program cache folder ({e.strerror or e})") from None
     try:
         return Captioner.from_pretrained(args.model, dtype=args.dtype)
     except ModelNotFound as e:
@@ -145,13 +149,17 @@ def _special_labels(captioner, token_ids) -> tuple[list[str], list[bool]]:
 
 
 def write_map(captioner, path: str, caption, target: str) -> None:
-    """Render ``caption``'s attention over the image at ``path`` into the PNG ``target``."""
+    """Render ``caption``'s attention over the image at ``path`` into the PNG ``target``, a new file."""
     from .attention_map import render
     from .image import open_image
     labels, special = _special_labels(captioner, caption.token_ids)
+    picture = render(open_image(path), caption.attention, labels, captioner.config.encoder.grid, special=special)
     os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-    render(open_image(path), caption.attention, labels, captioner.config.encoder.grid,
-           special=special).save(target, format="PNG")
+    try:
+        with open(target, "xb") as f:   # never replaces a file this run did not write (an input, a photo)
+            picture.save(f, format="PNG")
+    except FileExistsError:
+        raise OSError(f"{target} exists (remove it, or choose another --attention-map folder)") from None
 
 
 def caption_files(captioner, args, options: dict, inputs: list[Input], stream: TextIO, err: TextIO,
@@ -187,10 +195,9 @@ def caption_files(captioner, args, options: dict, inputs: list[Input], stream: T
     return failed
 
 
-def _inputs(args, err: TextIO) -> list[Input]:
+def _inputs(args, err: TextIO, done: set[str]) -> list[Input]:
     inputs = list(expand_inputs(args.images))
     if args.skip_existing:
-        done = recorded_paths(args.output, args.format)
         kept = [i for i in inputs if i.problem is not None or i.path not in done]
         if len(kept) < len(inputs):
             say(err, f"skipping {len(inputs) - len(kept)} file(s) already captioned in {args.output}")
@@ -202,9 +209,9 @@ def caption_command(args, out: TextIO, err: TextIO) -> int:
     """Run ``purevedec caption``; returns the exit code (UsageError and OutputError propagate)."""
     options = generation_options(args)          # bad numbers fail before the model is loaded
     mesh = mesh_from(args.mesh)
-    stream, opened = open_output(args, out, err)
+    stream, opened, done = open_output(args, out, err)
     try:
-        inputs = _inputs(args, err)
+        inputs = _inputs(args, err, done)
         captioner = _load(args)
         check_generation(captioner, options, bool(args.attention_map))
         if mesh is not None:

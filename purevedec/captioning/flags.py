@@ -27,6 +27,21 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
 positive_int, count = int_at_least(1), int_at_least(0)
 
 
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 40 else f"{text[:40]!r}... ({len(text)} characters)"
+
+
+def seed(text: str) -> int:
+    """An argparse type: a random seed, an integer in [-2^63, 2^63) (what JAX's keys accept)."""
+    try:
+        value = int(text)
+    except ValueError:   # also an integer of more than 4300 digits
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not an integer") from None
+    if not -2 ** 63 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"must be an integer in [-2^63, 2^63), got {_shown(text)}")
+    return value
+
+
 def finite_float(text: str) -> float:
     """An argparse type: a finite number."""
     try:
