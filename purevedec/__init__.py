@@ -8,8 +8,8 @@ model, sharding) at the top; ``generation``; ``checkpoints``; ``captioning``; ``
 """
 
 from .config import Config, GPT2Config, ViTConfig, parse_config
-from .errors import (CheckpointError, ConfigError, ImageError, ModelNotFound, ParamsError, PurevedecError,
-                     TokenizerError)
+from .errors import (CheckpointError, ConfigError, GenerationError, ImageError, ModelNotFound, ParamsError,
+                     PurevedecError, TokenizerError)
 from .model import EncoderOutput, Output, cross_kv, decode, encode, forward, init_cache, step
 from .params import check_params, init_params, param_shapes
 from .sharding import shard_batch, shard_params
@@ -30,7 +30,7 @@ __all__ = [
     "shard_batch", "shard_params",
     # errors
     "CheckpointError", "ConfigError", "ImageError", "ModelNotFound", "ParamsError", "PurevedecError",
-    "TokenizerError",
+    "GenerationError", "TokenizerError",
     # generation
     "GenerateOutput", "GenerationConfig", "GenerationResult", "generate", "generate_core",
     # checkpoints

@@ -141,3 +141,22 @@ def test_compile_cache_that_is_a_file_is_one_line(checkpoint, tmp_path):
     code, out, err = run_user("caption", images[0], "--model", checkpoint[1], "--compile-cache", str(file))
     assert_one_line(code, err, 2, r"--compile-cache .*cache")
     assert file.read_text() == "not a folder"
+
+
+# ----- generation that turns non-finite -----
+
+def test_rows_that_turn_nonfinite_are_errors_not_empty_captions(checkpoint, tmp_path):
+    """float16 activations that overflow (a final layer-norm scale of 60000, finite in float16):
+    each input is named on stderr with exit 1, and no caption is printed for it."""
+    import shutil
+    from safetensors.numpy import load_file, save_file
+    ckpt = shutil.copytree(checkpoint[1], tmp_path / "ckpt")
+    tensors = load_file(ckpt / "model.safetensors")
+    name = next(n for n in tensors if n.endswith("ln_f.weight") and n.startswith("decoder"))
+    tensors[name] = tensors[name] * 0 + 60000.0
+    save_file(tensors, ckpt / "model.safetensors")
+    images = make_images(tmp_path / "imgs", 2)
+    code, out, err = run_user("caption", *images, "--model", str(ckpt), "--dtype", "float16",
+                              "--max-new-tokens", "3")
+    assert code == 1 and out == "", err
+    assert all(f"error: {p}: generation turned non-finite" in err for p in images), err

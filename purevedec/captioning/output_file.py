@@ -10,6 +10,7 @@ import os
 import stat
 from typing import Optional, TextIO
 
+from ..checkpoints.jsonfile import file_kind
 from .escape import escape, is_escaped, json_line, unescape
 from .program import OutputError, UsageError, say
 
@@ -103,19 +104,13 @@ def read_record_file(path: str, fmt: str) -> tuple[set[str], int, int]:
     return done, whole, whole
 
 
-def _kind(mode: int) -> str:
-    return ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else
-            "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-            else "not a regular file")
-
-
 def _existing_records(path: str, fmt: str, err: TextIO) -> set[str]:
     """Check that the existing file ``path`` is a ``fmt`` caption record file (or empty) before
     anything is written to it, and cut an unfinished last line; the paths it holds records for."""
     mode = os.stat(path).st_mode
     shown = escape(path, backslash=False)
     if not stat.S_ISREG(mode):
-        raise UsageError(f"--output {shown} is {_kind(mode)}, not a caption file (write to stdout and "
+        raise UsageError(f"--output {shown} is {file_kind(mode)}, not a caption file (write to stdout and "
                          "redirect it instead)")
     try:
         done, size, whole = read_record_file(path, fmt)
