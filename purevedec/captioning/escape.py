@@ -65,7 +65,9 @@ def is_escaped(text: str, *, unfinished: bool = False) -> bool:
     rest = _ESCAPE.sub("", text)
     if unfinished:
         rest = _CUT_ESCAPE.sub("", rest)
-    return "\\" not in rest and not any(unicodedata.category(c) in _UNSAFE_CATEGORIES for c in rest)
+    if "\\" in rest:
+        return False
+    return rest.isprintable() or not any(unicodedata.category(c) in _UNSAFE_CATEGORIES for c in rest)
 
 
 def json_line(record: dict) -> str:
