@@ -13,8 +13,8 @@ exported here under its own name (``ViTConfig``, ``GPT2Config``, ``TrOCRConfig``
 
 from .config import Config, parse_config
 from .models import CONFIG_CLASSES
-from .errors import (CheckpointError, ConfigError, ImageError, ModelNotFound, ParamsError, PurevedecError,
-                     TokenizerError)
+from .errors import (CheckpointError, ConfigError, GenerationError, ImageError, ModelNotFound, ParamsError,
+                     PurevedecError, TokenizerError)
 from .decoding import init_cache, step
 from .model import EncoderOutput, Output, cross_kv, decode, encode, forward
 from .params import check_params, init_params, param_shapes
@@ -40,7 +40,7 @@ __all__ = [
     "shard_batch", "shard_params",
     # errors
     "CheckpointError", "ConfigError", "ImageError", "ModelNotFound", "ParamsError", "PurevedecError",
-    "TokenizerError",
+    "GenerationError", "TokenizerError",
     # generation
     "GenerateOutput", "GenerationConfig", "GenerationResult", "generate", "generate_core",
     # checkpoints

@@ -89,10 +89,7 @@ def _sub(d: Mapping, key: str, families: Mapping) -> tuple[str, Mapping]:
     sub = d.get(key)
     if not isinstance(sub, Mapping):
         raise ConfigError(f"config.json has no '{key}' section: is this a VisionEncoderDecoder checkpoint?")
-    model_type = sub.get("model_type")
-    if model_type not in families:
-        raise ConfigError(f"{key}.model_type={model_type!r:.80} is not supported; supported: {sorted(families)}")
-    return model_type, sub
+    return v.one_of(sub.get("model_type"), f"{key}.model_type", families), sub
 
 
 def parse_config(d: Mapping) -> Config:

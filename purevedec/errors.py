@@ -37,6 +37,10 @@ class TokenizerError(PurevedecError, ValueError):
     """A checkpoint whose tokenizer files are missing or malformed."""
 
 
+class GenerationError(PurevedecError, ArithmeticError):
+    """An input whose generated scores turned NaN or infinite (weights or a dtype that overflow)."""
+
+
 @contextlib.contextmanager
 def reading(path: str, what: str):
     """Report any failure while parsing ``path`` as a CheckpointError naming the file.

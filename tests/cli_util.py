@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from models import make_reference, save_captioning_checkpoint
-from purevedec.captioning import cli
+from purevedec.commands import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 START = EOS = 0  # the tokenizer's <|endoftext|>: start, end and pad, as in GPT-2 captioners
@@ -49,7 +49,7 @@ class Terminal(io.StringIO):
 def run_cli(argv, err=None) -> tuple[int, str, str]:
     """``purevedec ARGV`` in this process: (exit code, stdout, stderr)."""
     out, err = io.StringIO(), err or io.StringIO()
-    code = cli.main(argv, out, err)
+    code = main(argv, out, err)
     return code, out.getvalue(), err.getvalue()
 
 

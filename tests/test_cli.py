@@ -16,7 +16,7 @@ from PIL import Image
 import purevedec
 from conftest import torch_forward
 from cli_util import EOS, ROOT, Terminal, checkpoint, make_images, run_cli, run_subprocess, torch_pixels  # noqa: F401 (fixture)
-from purevedec.captioning import attention_map, cli
+from purevedec.captioning import attention_map, cli, flags, output_file, program
 
 def _cut(row, eos) -> tuple[int, ...]:
     """The generated tokens of a sequence (start token dropped), up to and including the first EOS."""
@@ -372,8 +372,8 @@ def test_version_and_docstrings():
     code, out, _ = run_cli(["--version"])
     version = tomllib.load(open(os.path.join(ROOT, "pyproject.toml"), "rb"))["project"]["version"]
     assert code == 0 and out.strip() == f"purevedec {version}"
-    public = [f for name, f in vars(cli).items() if inspect.isfunction(f) and not name.startswith("_")
-              and f.__module__ == cli.__name__]
+    public = [f for module in (cli, flags, output_file, program) for name, f in vars(module).items()
+              if inspect.isfunction(f) and not name.startswith("_") and f.__module__ == module.__name__]
     assert public and all(f.__doc__ for f in public), [f.__name__ for f in public if not f.__doc__]
     for obj in (purevedec.Captioner, purevedec.Caption, purevedec.Captioner.caption, purevedec.Captioner.captions):
         assert obj.__doc__ and len(obj.__doc__) > 40

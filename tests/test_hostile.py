@@ -665,3 +665,269 @@ def test_generation_ids_outside_the_vocabulary_are_refused(tiny):
                             ({"temperature": 0.0, "do_sample": True}, r"temperature must be > 0")]:
         with pytest.raises(pv.ConfigError, match=message):
             pv.generate(params, pixels, max_new_tokens=2, **kwargs)
+
+
+# ----- side files that are not files, or grow past their bound while read -----
+
+SIDE_FILES = {"config.json": "pv.load_config", "generation_config.json": "pv.load_generation_config",
+              "preprocessor_config.json": "pv.load_image_config", "tokenizer_config.json": "pv.load_tokenizer",
+              "special_tokens_map.json": "pv.load_tokenizer", "tokenizer.json": "pv.load_tokenizer",
+              "vocab.json": "pv.load_tokenizer", "merges.txt": "pv.load_tokenizer",
+              "sentencepiece.bpe.model": "pv.load_tokenizer"}
+
+
+def _side_file_dir(base, folder, name: str) -> str:
+    """A copy of checkpoint ``base`` with the tokenizer files that make ``name`` the one read."""
+    path = shutil.copytree(base, folder)
+    if name in ("vocab.json", "merges.txt"):
+        _write_tokenizer(path, with_json=False)
+    elif name != "sentencepiece.bpe.model":
+        _write_tokenizer(path, with_json=True)
+    _write_json(os.path.join(path, "preprocessor_config.json"), {"size": 16})
+    target = os.path.join(path, name)
+    if os.path.exists(target):
+        os.remove(target)
+    return target
+
+
+def test_special_side_files_are_refused_at_once(tiny, tmp_path):
+    """A FIFO (a read blocks forever), a device (/dev/zero never ends) or a folder in the place of
+    any side file: the file's own error, naming it, without reading it."""
+    _, path = tiny
+    attacks, expected = {}, {}
+    for i, (name, reader) in enumerate(SIDE_FILES.items()):
+        error = "ConfigError" if reader != "pv.load_tokenizer" else "TokenizerError"
+        for kind, make in (("a FIFO", os.mkfifo), ("a device", lambda t: os.symlink("/dev/zero", t)),
+                           ("a directory", os.mkdir)):
+            target = _side_file_dir(path, tmp_path / f"{i}-{kind[2:]}", name)
+            make(target)
+            attacks[f"{name} {kind}"] = f"{reader}({os.path.dirname(target)!r})"
+            expected[f"{name} {kind}"] = (error, rf"{re.escape(target)} is {kind}, not a file")
+    weights = shutil.copytree(path, tmp_path / "weights-FIFO")
+    os.remove(weights / "model.safetensors")
+    os.mkfifo(weights / "model.safetensors")
+    attacks["weights FIFO"] = f"pv.load({str(weights)!r})"
+    expected["weights FIFO"] = ("CheckpointError", r"model\.safetensors is a FIFO, not a weights file")
+    assert_refused(run_bounded(attacks, timeout=120), expected)
+
+
+def test_side_file_bound_holds_while_reading(tiny, monkeypatch):
+    """A file whose reported size is small (a /proc-like file, or one still growing) is cut off at
+    the bound by the bytes actually read."""
+    from purevedec.checkpoints import jsonfile
+    _, path = tiny
+    file = os.path.join(path, "preprocessor_config.json")
+    with open(file, "w") as f:
+        f.write('{"a": "' + "x" * (17 * 2 ** 20) + '"}')
+    real_fstat = os.fstat
+
+    def reports_empty(fd):
+        info = real_fstat(fd)
+        return os.stat_result((info.st_mode, *info[1:6], 0, *info[7:]))
+    monkeypatch.setattr(jsonfile.os, "fstat", reports_empty)
+    with pytest.raises(pv.ConfigError, match=r"preprocessor_config\.json holds more than the 16777216 bytes"):
+        pv.load_image_config(path)
+
+
+def test_oversized_tokenizer_files_are_refused_before_the_library_reads_them(tiny):
+    """A 65 MiB (sparse) tokenizer.json or merges.txt: refused by size, not handed to the
+    tokenizers library (which aborts the process when its parse runs out of memory)."""
+    _, path = tiny
+    for with_json, name in ((True, "tokenizer.json"), (False, "merges.txt")):
+        _write_tokenizer(path, with_json=with_json)
+        os.truncate(os.path.join(path, name), 65 * 2 ** 20)
+        with pytest.raises(pv.TokenizerError, match=rf"{name.replace('.', '[.]')} holds 68157440 bytes, more than "
+                                                    r"the 67108864"):
+            pv.load_tokenizer(path)
+        os.remove(os.path.join(path, name))
+
+
+def test_empty_tokenizer_models_are_errors(tmp_path):
+    from tokenizers import Tokenizer, models
+    (tmp_path / "spm").mkdir()
+    (tmp_path / "spm" / "sentencepiece.bpe.model").write_bytes(b"")
+    with pytest.raises(pv.TokenizerError, match=r"sentencepiece\.bpe\.model holds no tokens"):
+        pv.load_tokenizer(tmp_path / "spm")
+    (tmp_path / "json").mkdir()
+    Tokenizer(models.BPE(vocab={}, merges=[])).save(str(tmp_path / "json" / "tokenizer.json"))
+    with pytest.raises(pv.TokenizerError, match=r"json: the tokenizer model holds no tokens"):
+        pv.load_tokenizer(tmp_path / "json")
+
+
+# ----- the tokenizers library's panics become TokenizerErrors -----
+
+def _tokenizer_json(path, edit) -> None:
+    from tokenizers import Tokenizer, models
+    d = json.loads(Tokenizer(models.BPE(vocab={"a": 0, "b": 1, "ab": 2}, merges=[("a", "b")])).to_str())
+    edit(d)
+    with open(os.path.join(path, "tokenizer.json"), "w") as f:
+        json.dump(d, f)
+
+
+def test_tokenizer_library_panics_are_tokenizer_errors(tmp_path):
+    """A merge whose result is not in the vocabulary panics inside the library at load; a
+    backtracking regex panics at encode. Both are PanicExceptions (BaseException) unless caught."""
+    (tmp_path / "merge").mkdir()
+    _tokenizer_json(tmp_path / "merge", lambda d: d["model"]["merges"].append(["ab", "b"]))
+    with pytest.raises(pv.TokenizerError, match=r"tokenizer\.json is not a readable tokenizer: the tokenizers "
+                                                r"library failed"):
+        pv.load_tokenizer(tmp_path / "merge")
+    (tmp_path / "regex").mkdir()
+    _tokenizer_json(tmp_path / "regex", lambda d: d.__setitem__("pre_tokenizer", {
+        "type": "Split", "pattern": {"Regex": "(a*)*$"}, "behavior": "Isolated", "invert": False}))
+    tok = pv.load_tokenizer(tmp_path / "regex")
+    with pytest.raises(pv.TokenizerError, match=r"cannot encode 'aaaa.*the tokenizers library failed .*retry-limit"):
+        tok.encode("a" * 5000 + "c")
+
+
+def test_merges_are_read_as_the_library_reads_them(tmp_path):
+    """vocab.json + merges.txt, read by purevedec and handed over as values: the same tokens as
+    the library's own file reader; a malformed line and a merge over a missing token are errors."""
+    from tokenizers.models import BPE
+    _write_tokenizer(tmp_path, with_json=False)
+    with open(tmp_path / "merges.txt", "a") as f:
+        f.write("ab b\r\n")
+    with open(tmp_path / "vocab.json", "w") as f:
+        json.dump({"a": 0, "b": 1, "ab": 2, "abb": 3}, f)
+    ours = pv.load_tokenizer(tmp_path)
+    theirs = BPE.from_file(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+    assert ours.backend.model.tokenize("abbab") and \
+        [t.value for t in ours.backend.model.tokenize("abbab")] == [t.value for t in theirs.tokenize("abbab")] == \
+        ["abb", "ab"]
+    with open(tmp_path / "merges.txt", "a") as f:
+        f.write("a b c\n")
+    with pytest.raises(pv.TokenizerError, match=r"merges\.txt line 4 is not two tokens"):
+        pv.load_tokenizer(tmp_path)
+    with open(tmp_path / "merges.txt", "w") as f:
+        f.write("a zz\n")
+    with pytest.raises(pv.TokenizerError, match=r"cannot read .*vocab\.json / .*merges\.txt: .*zz"):
+        pv.load_tokenizer(tmp_path)
+
+
+def _captioning_dir(tiny_path: str) -> str:
+    """The tiny checkpoint with a tokenizer covering its 50 ids and a matching preprocessor."""
+    from tokenizers import Tokenizer, models
+    vocab = {f"t{i}": i for i in range(50)}
+    Tokenizer(models.WordLevel(vocab, unk_token="t0")).save(os.path.join(tiny_path, "tokenizer.json"))
+    _write_json(os.path.join(tiny_path, "preprocessor_config.json"), {"size": {"height": 16, "width": 16}})
+    return tiny_path
+
+
+def test_a_tokenizer_smaller_than_the_model_is_refused(tiny):
+    _, path = tiny
+    _captioning_dir(path)
+    pv.Captioner.from_pretrained(path)
+    _write_tokenizer(path, with_json=True)     # 3 tokens for a model of 50
+    with pytest.raises(pv.TokenizerError, match=r"the tokenizer knows 3 token ids, fewer than the model's "
+                                                r"vocabulary of 50"):
+        pv.Captioner.from_pretrained(path)
+
+
+# ----- weights that are NaN or infinite -----
+
+def _poison(path, name: str, value: float) -> None:
+    from safetensors.numpy import load_file, save_file
+    file = os.path.join(path, "model.safetensors")
+    tensors = load_file(file)
+    tensors[name] = tensors[name].copy()
+    tensors[name].flat[3] = value
+    save_file(tensors, file)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nonfinite_weights_are_refused_at_load(tiny, value):
+    _, path = tiny
+    name = "decoder.transformer.h.1.mlp.c_fc.weight"
+    _poison(path, name, value)
+    with pytest.raises(pv.CheckpointError, match=rf"model\.safetensors: tensor {re.escape(name)} holds 1 NaN or "
+                                                 r"infinite value.*allow_nonfinite=True"):
+        pv.load(path)
+    with pytest.warns(UserWarning, match=rf"tensor {re.escape(name)} holds 1 NaN or infinite"):
+        params, _ = pv.load(path, allow_nonfinite=True)
+    assert not np.isfinite(np.asarray(params["decoder"]["blocks"][1]["mlp"]["fc"]["w"])).all()
+
+
+def test_weights_that_overflow_the_requested_dtype_are_refused(tiny):
+    _, path = tiny
+    name = "encoder.encoder.layer.0.intermediate.dense.weight"
+    _poison(path, name, 1e6)                     # finite in float32, infinite in float16
+    pv.load(path)
+    with pytest.raises(pv.CheckpointError, match=rf"tensor {re.escape(name)} holds 1 NaN or infinite value "
+                                                 r"after the cast to float16"):
+        pv.load(path, dtype="float16")
+
+
+def test_rows_that_turn_nonfinite_are_reported_per_input(tiny):
+    """A float16 run whose activations overflow (finite weights, an input scale that fits float16
+    but whose products do not): every input's result is its GenerationError, not an empty caption."""
+    _, path = tiny
+    _captioning_dir(path)
+    _poison(path, "decoder.transformer.ln_f.weight", 60000.0)
+    cap = pv.Captioner.from_pretrained(path, dtype="float16")
+    images = [np.full((16, 16, 3), v, np.uint8) for v in (0, 128)]
+    results = list(cap.captions(images, errors="return", max_new_tokens=3))
+    assert all(isinstance(r, pv.GenerationError) for r in results), results
+    assert "image 1: generation turned non-finite (NaN or infinite scores)" in str(results[1])
+    with pytest.raises(pv.GenerationError, match="image 0"):
+        cap.caption(images[0], max_new_tokens=3)
+
+
+# ----- images: only the documented formats, bounded conversions -----
+
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n"
+       b"newpath 0 0 moveto 8 8 lineto stroke showpage\n%%EOF\n")
+
+
+def test_formats_that_run_interpreters_or_hide_payloads_are_not_opened(tmp_path, monkeypatch):
+    """EPS (pillow hands it to Ghostscript), ICO (its PNG payload's size is not the header's):
+    refused by content whatever the file is called, before any decoder runs."""
+    import subprocess as sp
+    from PIL import Image
+    called = []
+    monkeypatch.setattr(sp, "Popen", lambda *a, **k: called.append(a) or pytest.fail("a subprocess was started"))
+    (tmp_path / "doc.png").write_bytes(EPS)
+    big = Image.new("L", (300, 300))
+    big.save(tmp_path / "icon.ico", format="ICO", sizes=[(256, 256)])
+    for name in ("doc.png", "icon.ico"):
+        with pytest.raises(pv.ImageError, match=rf"{name.replace('.', '[.]')}: cannot read image: not an image in a "
+                                                r"supported format \(BMP, GIF, JPEG, .*\)"):
+            pv.preprocess([str(tmp_path / name)], pv.ImageConfig(size=(16, 16)))
+    assert not called
+
+
+def test_wide_images_convert_without_full_size_wide_copies(tmp_path):
+    """A 9000 x 9000 16-bit grayscale PNG (81 M pixels, under the pixel bound; 162 MB decoded):
+    int64 and float64 copies of it would take 650 MB each; the conversion stays within the
+    child's 1.5 GB and gives value / 257 rounded, as before."""
+    from PIL import Image
+    file = str(tmp_path / "wide.png")
+    Image.fromarray(np.full((9000, 9000), 65535, np.uint16)).save(file)
+    results = run_bounded({"wide": f"open_image({file!r})"})
+    assert results["wide"]["type"] is None, results["wide"]
+    values = np.array([0, 128, 129, 385, 386, 65535, 30000], np.uint16)
+    small = tmp_path / "small.png"
+    Image.fromarray(values[None, :]).save(small)
+    from purevedec.captioning.image import open_image
+    with pytest.warns(UserWarning, match="16-bit"):
+        got = np.asarray(open_image(str(small)))[0, :, 0]
+    assert got.tolist() == np.round(values / 257).astype(np.uint8).tolist()
+
+
+# ----- config fields of the wrong type, and parts that disagree -----
+
+@pytest.mark.parametrize("section", ["encoder", "decoder"])
+@pytest.mark.parametrize("value", [["vit"], {"a": 1}])
+def test_model_type_of_the_wrong_type_is_a_config_error(tiny, section, value):
+    _, path = tiny
+    _edit_json(os.path.join(path, "config.json"), lambda d: d[section].__setitem__("model_type", value))
+    with pytest.raises(pv.ConfigError, match=rf"{section}\.model_type={re.escape(repr(value))} is not supported"):
+        pv.load_config(path)
+
+
+def test_image_size_disagreeing_with_the_preprocessor_is_a_config_error(tiny):
+    _, path = tiny
+    _captioning_dir(path)
+    _write_json(os.path.join(path, "preprocessor_config.json"), {"size": {"height": 24, "width": 16}})
+    with pytest.raises(pv.ConfigError, match=r"preprocessor_config\.json: size \(24, 16\) .* config\.json's "
+                                             r"encoder\.image_size \(16, 16\)"):
+        pv.Captioner.from_pretrained(path)

@@ -12,9 +12,9 @@ from PIL import Image, ImageDraw
 
 import purevedec as pv
 from ocr_models import make_ocr_reference
-from purevedec.captioning import cli
 from purevedec.captioning.image import parse_image_config, preprocess
 from purevedec.captioning.text import load_tokenizer
+from purevedec.commands import main
 
 LINES = ["the quick brown fox", "jumps over 12 lazy dogs", "Hello, World!", "an invoice: $3.50"]
 ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0..3, as in RoBERTa (start/eos 2, pad 1)
@@ -181,7 +181,7 @@ def test_cli_reads_text_lines_as_transformers(tmp_path, num_beams):
     expected = AutoTokenizer.from_pretrained(ckpt).batch_decode(seqs, skip_special_tokens=True)
     assert any(expected)  # the random model does produce text
     out, err = io.StringIO(), io.StringIO()
-    code = cli.main(["caption", str(tmp_path / "lines"), "--model", str(ckpt), "--max-new-tokens", "10",
+    code = main(["caption", str(tmp_path / "lines"), "--model", str(ckpt), "--max-new-tokens", "10",
                      "--num-beams", str(num_beams), "--format", "jsonl"], out, err)
     assert code == 0, err.getvalue()
     rows = [json.loads(r) for r in out.getvalue().splitlines()]

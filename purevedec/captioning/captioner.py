@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import stat
 import warnings
@@ -26,7 +27,7 @@ from typing import Any, Iterable, Iterator, NamedTuple, Optional, Sequence, Unio
 import numpy as np
 
 from ..checkpoints.loader import load, local_dir
-from ..errors import ImageError, ModelNotFound
+from ..errors import ConfigError, GenerationError, ImageError, ModelNotFound, TokenizerError
 from ..generation import generate
 from ..generation.options import defaults_for
 from ..models import encoder_family
@@ -113,16 +114,31 @@ def read_pixels(image: ImageInput, config: ImageConfig, index: int = 0) -> np.nd
 class _Pending:
     """One input waiting for its batch: its pixels, or the error that replaced them."""
     pixels: Optional[np.ndarray]
-    error: Optional[ImageError]
+    error: Optional[ImageError | GenerationError]
+    name: str = ""
     result: Optional[list[Caption]] = None
 
 
 def _read_or_error(image: ImageInput, index: int, *, config: ImageConfig) -> _Pending:
     """``read_pixels`` as a record: a worker thread returns the input's error, it does not raise it."""
     try:
-        return _Pending(read_pixels(image, config, index), None)
+        return _Pending(read_pixels(image, config, index), None, input_name(image, index))
     except ImageError as e:
         return _Pending(None, e)
+
+
+def check_parts(path: str, config, image_config: ImageConfig, tokenizer: TextTokenizer) -> None:
+    """The preprocessor and the tokenizer of checkpoint ``path`` must fit its model: the images it
+    makes have the encoder's size, and the tokenizer knows every id the model can emit (ids past
+    it would decode to nothing)."""
+    want = tuple(config.encoder.image_size)
+    key, got = ("crop_size", image_config.crop_size) if image_config.do_center_crop else ("size", image_config.size)
+    if (image_config.do_resize or image_config.do_center_crop) and tuple(got) != want:
+        raise ConfigError(f"{os.path.join(path, 'preprocessor_config.json')}: {key} {tuple(got)} disagrees with "
+                          f"config.json's encoder.image_size {want}: the model takes {want[0]} x {want[1]} images")
+    if tokenizer.size < config.decoder.vocab_size:
+        raise TokenizerError(f"{path}: the tokenizer knows {tokenizer.size} token ids, fewer than the model's "
+                             f"vocabulary of {config.decoder.vocab_size}: the ids past it would decode to nothing")
 
 
 @dataclass(frozen=True)
@@ -152,7 +168,9 @@ class Captioner:
         """Load a local checkpoint directory or a hub id (weights, preprocessor and tokenizer)."""
         path = model_dir(name)
         params, config = load(path, dtype=dtype)
-        return cls(params, config, load_image_config(path), load_tokenizer(path), dtype)
+        image_config, tokenizer = load_image_config(path), load_tokenizer(path)
+        check_parts(path, config, image_config, tokenizer)
+        return cls(params, config, image_config, tokenizer, dtype)
 
     def with_mesh(self, mesh, *, rules=None, fsdp: bool = False) -> "Captioner":
         """This captioner on ``mesh``: params placed by ``shard_params`` (heads, MLP width and
@@ -215,7 +233,11 @@ class Captioner:
         results = self.caption_pixels(padded, attention=attention, key=jax.random.fold_in(key, batch_index),
                                       **options)
         for p, r in zip(good, results):  # the padding rows' results are dropped
-            p.result = r
+            if all(math.isfinite(c.score) for c in r):
+                p.result = r
+            else:   # NaN logits decode to an arbitrary (often empty) caption: never one to print
+                p.error = GenerationError(f"{p.name}: generation turned non-finite (NaN or infinite scores): the "
+                                          "weights or the compute dtype overflow (try float32)")
 
     def captions(self, images: Sequence[ImageInput], *, batch_size: int = 8, attention: bool = False,
                  errors: str = "raise", key=None, workers: Optional[int] = None,

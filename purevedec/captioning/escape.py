@@ -20,6 +20,7 @@ import unicodedata
 _NAMED = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 _UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp", "Co", "Cn"})
 _ESCAPE = re.compile(r"\\(\\|t|n|r|x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8})")
+_CUT_ESCAPE = re.compile(r"\\(x[0-9a-f]?|u[0-9a-f]{0,3}|U[0-9a-f]{0,7})?\Z")   # an escape cut short at the end
 
 
 def _escape_char(c: str, backslash: bool) -> str:
@@ -56,6 +57,17 @@ def _unescape_one(match: re.Match) -> str:
 def unescape(text: str) -> str:
     """The inverse of ``escape`` (with ``backslash=True``)."""
     return _ESCAPE.sub(_unescape_one, text)
+
+
+def is_escaped(text: str, *, unfinished: bool = False) -> bool:
+    """Whether ``escape`` can have written ``text``: no control or format character, every
+    backslash the start of an escape (``unfinished``: the last escape may be cut short)."""
+    rest = _ESCAPE.sub("", text)
+    if unfinished:
+        rest = _CUT_ESCAPE.sub("", rest)
+    if "\\" in rest:
+        return False
+    return rest.isprintable() or not any(unicodedata.category(c) in _UNSAFE_CATEGORIES for c in rest)
 
 
 def json_line(record: dict) -> str:

@@ -11,14 +11,37 @@ clean-up rule.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..checkpoints.jsonfile import read_json_object
+from ..checkpoints.jsonfile import read_json_object, read_side_file
 from ..errors import TokenizerError
+
+# The largest tokenizer.json, merges.txt or sentencepiece model read: real ones are a few MB
+# (35 MB for the largest vocabularies); the tokenizers library parses them into several times
+# their size, and aborts the process when an allocation fails, so the bound is checked first.
+MAX_TOKENIZER_BYTES = 64 * 2 ** 20
+
+
+@contextlib.contextmanager
+def library_errors(what: str):
+    """Failures inside the tokenizers (or sentencepiece) library as one TokenizerError starting
+    with ``what``: its errors are plain Exceptions, and a Rust panic arrives as pyo3's
+    PanicException, which derives from BaseException so that ``except Exception`` misses it."""
+    try:
+        yield
+    except TokenizerError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the libraries raise Exception itself for bad input
+        raise TokenizerError(f"{what}: {str(e)[:300]}") from None
+    except BaseException as e:
+        if type(e).__name__ != "PanicException":
+            raise
+        raise TokenizerError(f"{what}: the tokenizers library failed ({str(e)[:300]})") from None
 
 
 # tokenizer_config.json keys that name special tokens (a string, or a dict with "content").
@@ -96,14 +119,44 @@ def _added_tokens(config: Mapping) -> list:
     return out
 
 
+def _vocab(file: str) -> dict[str, int]:
+    """vocab.json: token -> id, each id in [0, 2^32) as the tokenizers library takes it."""
+    vocab = read_json_object(file, TokenizerError)
+    bad = next(((t, i) for t, i in vocab.items() if type(i) is not int or not 0 <= i < 2 ** 32), None)
+    if bad is not None:
+        raise TokenizerError(f"{file}: token {bad[0]!r:.40} has id {bad[1]!r:.40}, not an int in [0, 2^32)")
+    return vocab
+
+
+def _merges(file: str) -> list[tuple[str, str]]:
+    """merges.txt: one "A B" pair per line after an optional "#version" line, as the tokenizers
+    library reads it (lines end with \\n or \\r\\n)."""
+    data = read_side_file(file, TokenizerError, MAX_TOKENIZER_BYTES, "a merges file")
+    try:
+        lines = data.decode("utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        raise TokenizerError(f"cannot read {file} ({e})") from None
+    if lines and lines[-1] == "":
+        lines.pop()
+    merges = []
+    for number, line in enumerate(lines, 1):
+        line = line[:-1] if line.endswith("\r") else line
+        if line.startswith("#version"):
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2:
+            raise TokenizerError(f"{file} line {number} is not two tokens separated by one space")
+        merges.append((parts[0], parts[1]))
+    return merges
+
+
 def _byte_level_bpe(vocab: str, merges: str, add_prefix_space: bool):
     """GPT-2's tokenizer from its two files: byte-level BPE with no subword affixes."""
     from tokenizers import Tokenizer, decoders, pre_tokenizers
     from tokenizers.models import BPE
-    try:
-        model = BPE.from_file(vocab, merges, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False)
-    except Exception as e:  # tokenizers raises plain Exception subclasses for malformed files
-        raise TokenizerError(f"cannot read {vocab} / {merges}: {e}") from None
+    tokens, pairs = _vocab(vocab), _merges(merges)
+    with library_errors(f"cannot read {vocab} / {merges}"):
+        model = BPE(tokens, pairs, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False)
     tok = Tokenizer(model)
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
     tok.decoder = decoders.ByteLevel()
@@ -160,14 +213,13 @@ def _xlmr_sentencepiece(file: str, config: Mapping):
                              "sentencepiece package: pip install 'purevedec[sentencepiece]'") from None
     from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import Unigram
-    with open(file, "rb") as f:
-        proto = f.read()
-    try:
+    proto = read_side_file(file, TokenizerError, MAX_TOKENIZER_BYTES, "a sentencepiece model")
+    with library_errors(f"{file} is not a readable sentencepiece model"):
         sp = sentencepiece.SentencePieceProcessor(model_proto=proto)
         normalizer_spec = _proto_bytes(proto, 3) or b""  # ModelProto.normalizer_spec
         charsmap = _proto_bytes(normalizer_spec, 2)  # NormalizerSpec.precompiled_charsmap
-    except Exception as e:  # sentencepiece raises RuntimeError/OSError variants for malformed files
-        raise TokenizerError(f"{file} is not a readable sentencepiece model: {e}") from None
+    if sp.get_piece_size() <= 3:   # pieces 0..2 are replaced by the fairseq specials
+        raise TokenizerError(f"{file} holds no tokens ({sp.get_piece_size()} pieces): an empty sentencepiece model")
     names = [_content(config.get(k)) or default for k, default in
              (("bos_token", "<s>"), ("pad_token", "<pad>"), ("eos_token", "</s>"), ("unk_token", "<unk>"),
               ("mask_token", "<mask>"))]
@@ -188,15 +240,15 @@ def _backend(path: str, config: Mapping):
     from tokenizers import Tokenizer
     file = os.path.join(path, "tokenizer.json")
     if os.path.exists(file):
-        try:
-            return Tokenizer.from_file(file)
-        except Exception as e:
-            raise TokenizerError(f"{file} is not a readable tokenizer: {e}") from None
+        data = read_side_file(file, TokenizerError, MAX_TOKENIZER_BYTES, "a tokenizer file")
+        with library_errors(f"{file} is not a readable tokenizer"):
+            return Tokenizer.from_str(data.decode("utf-8"))
     vocab, merges = os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt")
     if os.path.exists(vocab) and os.path.exists(merges):
         tok = _byte_level_bpe(vocab, merges, bool(config.get("add_prefix_space", False)))
-        for token in _added_tokens(config):  # one by one, so that ids follow added_tokens_decoder
-            (tok.add_special_tokens if token.special else tok.add_tokens)([token])
+        with library_errors(f"{path}: cannot add the tokens of its tokenizer config's added_tokens_decoder"):
+            for token in _added_tokens(config):  # one by one, so that ids follow added_tokens_decoder
+                (tok.add_special_tokens if token.special else tok.add_tokens)([token])
         return tok
     spm_file = os.path.join(path, SENTENCEPIECE_FILE)
     if os.path.exists(spm_file):
@@ -214,10 +266,13 @@ class TextTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """A decoder prompt's ids: ``tokenizer(text, add_special_tokens=False).input_ids``."""
-        return self.backend.encode(text, add_special_tokens=False).ids
+        with library_errors(f"cannot encode {text[:40]!r}"):
+            return self.backend.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        text = self.backend.decode(_checked_ids(ids), skip_special_tokens=skip_special_tokens)
+        ids = _checked_ids(ids)
+        with library_errors("cannot decode token ids"):
+            text = self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
         return _clean_up(text) if self.cleanup else text
 
     def batch_decode(self, rows: Iterable[Sequence[int]], skip_special_tokens: bool = True) -> list[str]:
@@ -225,7 +280,14 @@ class TextTokenizer:
 
     def token_text(self, token_id: int) -> str:
         """One token as readable text (special tokens kept), for labels."""
-        return self.backend.decode(_checked_ids([token_id]), skip_special_tokens=False)
+        ids = _checked_ids([token_id])
+        with library_errors(f"cannot decode token id {token_id}"):
+            return self.backend.decode(ids, skip_special_tokens=False)
+
+    @property
+    def size(self) -> int:
+        """How many token ids the tokenizer knows (its vocabulary and added tokens)."""
+        return self.backend.get_vocab_size(with_added_tokens=True)
 
 
 def _checked_ids(ids) -> list[int]:
@@ -259,9 +321,12 @@ def load_tokenizer(path: str | os.PathLike) -> TextTokenizer:
     config = {**_read_json(os.path.join(path, "special_tokens_map.json")),
               **_read_json(os.path.join(path, "tokenizer_config.json"))}
     backend = _backend(path, config)
+    if backend.get_vocab_size(with_added_tokens=False) == 0:
+        raise TokenizerError(f"{path}: the tokenizer model holds no tokens (every id would decode to '')")
     from tokenizers import AddedToken
     # Tokens the backend already holds as special keep their own matching options.
-    known = {t.content for t in backend.get_added_tokens_decoder().values() if t.special}
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                                for t in special_token_strings(config) if t not in known])
+    with library_errors(f"{path}: cannot add the special tokens of its tokenizer config"):
+        known = {t.content for t in backend.get_added_tokens_decoder().values() if t.special}
+        backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                    for t in special_token_strings(config) if t not in known])
     return TextTokenizer(backend, _wants_cleanup(config, backend))

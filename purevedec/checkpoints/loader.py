@@ -12,6 +12,8 @@ import dataclasses
 import math
 import os
 import re
+import stat
+import warnings
 from typing import Iterable, Iterator
 
 import jax.numpy as jnp
@@ -26,7 +28,7 @@ from .config_files import load_config, load_generation_config
 from .formats import FORMATS, Format, pick_format
 from .bundled import bundled_dir, is_bundled_name
 from .hub import snapshot_dir
-from .jsonfile import read_json_object
+from .jsonfile import file_kind, read_json_object
 
 
 def _convert(name: str, array: np.ndarray, paths: tuple[str, ...], rule: hf_names.Rule,
@@ -54,9 +56,37 @@ def _convert(name: str, array: np.ndarray, paths: tuple[str, ...], rule: hf_name
     return parts
 
 
+def _finite(array) -> bool:
+    """No NaN or infinite value in ``array`` (a host or device array)."""
+    if not jnp.issubdtype(array.dtype, jnp.inexact):
+        return True
+    if isinstance(array, np.ndarray):
+        with np.errstate(all="ignore"):  # one fast pass: a NaN or an infinity makes the sum non-finite
+            if np.isfinite(np.sum(array)):
+                return True
+    return bool(jnp.isfinite(array).all())  # exact (also when a float16 sum merely overflowed)
+
+
+def _check_finite(name: str, part: np.ndarray, value, where: str, allow: bool) -> None:
+    """A NaN or infinite weight makes every output NaN (an empty caption, a NaN loss): refused,
+    naming the tensor, unless ``allow`` (then a warning). After a cast to another dtype the cast
+    value is checked too: a float32 value past float16's range becomes infinite."""
+    cast = value.dtype != part.dtype
+    if _finite(part) and (not cast or _finite(value)):
+        return
+    checked = value if cast else part
+    bad = int(checked.size - jnp.isfinite(checked).sum())
+    message = (f"{where}: tensor {name} holds {bad} NaN or infinite value{'' if bad == 1 else 's'}"
+               f"{f' after the cast to {value.dtype}' if cast and _finite(part) else ''}")
+    if not allow:
+        raise CheckpointError(f"{message}; load(..., allow_nonfinite=True) loads it anyway")
+    warnings.warn(message, UserWarning, stacklevel=4)
+
+
 def build_params(tensors: Iterable[tuple[str, np.ndarray]], config: Config, *, dtype=None,
-                 where: str = "checkpoint", defaults: dict | None = None) -> dict:
-    """Map (HF name, array) pairs onto the params tree, checking every name and shape.
+                 where: str = "checkpoint", defaults: dict | None = None, allow_nonfinite: bool = False) -> dict:
+    """Map (HF name, array) pairs onto the params tree, checking every name and shape, and that
+    every value is finite (``allow_nonfinite``: a warning instead of an error).
 
     ``defaults`` (flat path -> array) fills params the tensors may lack (freshly initialised
     layers when composing pretrained parts); any other missing param is an error."""
@@ -75,6 +105,7 @@ def build_params(tensors: Iterable[tuple[str, np.ndarray]], config: Config, *, d
             if path in flat:
                 raise CheckpointError(f"{where}: tensor {name} appears more than once")
             flat[path] = jnp.asarray(part, dtype=dtype or part.dtype)
+            _check_finite(name, part, flat[path], where, allow_nonfinite)
     for path, value in (defaults or {}).items():
         flat.setdefault(path, value)
     missing = [p for p in shapes if p not in flat]
@@ -117,9 +148,12 @@ def weight_files(path: str) -> tuple[Format, list[str]]:
     if fmt is None:
         raise CheckpointError(f"{path}: no weights file; looked for {', '.join(f.single for f in FORMATS)} "
                               f"or their sharded index (files: {sorted(files)})")
-    if fmt.single in files:
-        return fmt, [os.path.join(path, fmt.single)]
-    return fmt, _shards(path, os.path.join(path, fmt.index))
+    found = [os.path.join(path, fmt.single)] if fmt.single in files else _shards(path, os.path.join(path, fmt.index))
+    for file in found:  # a FIFO would block the reader, a device never end
+        mode = os.stat(file).st_mode
+        if not stat.S_ISREG(mode):
+            raise CheckpointError(f"{file} is {file_kind(mode)}, not a weights file")
+    return fmt, found
 
 
 def read_tensors(fmt: Format, files: list[str]) -> Iterator[tuple[str, np.ndarray]]:
@@ -169,7 +203,7 @@ def check_fits(config: Config, files: list[str], where: str, skip: re.Pattern | 
             f"more than the {have} bytes of weights on disk can hold: is config.json for these weights?")
 
 
-def load_dir(path: str, *, dtype=None) -> tuple[dict, Config]:
+def load_dir(path: str, *, dtype=None, allow_nonfinite: bool = False) -> tuple[dict, Config]:
     """Load ``(params, config)`` from a local checkpoint directory (any supported format); the
     params carry the config and the checkpoint's generation defaults."""
     if not os.path.isdir(path):
@@ -179,7 +213,8 @@ def load_dir(path: str, *, dtype=None) -> tuple[dict, Config]:
     fmt, files = weight_files(path)
     where = files[0] if len(files) == 1 else os.path.join(path, fmt.index)
     check_fits(config, files, where)
-    params = build_params(read_tensors(fmt, files), config, dtype=dtype and jnp.dtype(dtype), where=where)
+    params = build_params(read_tensors(fmt, files), config, dtype=dtype and jnp.dtype(dtype), where=where,
+                          allow_nonfinite=allow_nonfinite)
     return {**params, "generation_config": generation}, config
 
 
@@ -196,12 +231,15 @@ def local_dir(name_or_path: str | os.PathLike, *, revision: str | None = None,
 
 
 def load(name_or_path: str | os.PathLike, *, revision: str | None = None, dtype=None,
-         cache_dir: str | None = None) -> tuple[dict, Config]:
+         cache_dir: str | None = None, allow_nonfinite: bool = False) -> tuple[dict, Config]:
     """Load ``(params, config)`` from a local checkpoint directory or a Hugging Face Hub repo id.
 
     Weights are read in the first format present of safetensors (one file or sharded),
     PyTorch .bin (read without torch) and Flax msgpack. ``dtype`` casts the parameters while
     loading (default: as stored). The params carry the config (``params["config"]``) and the
     checkpoint's generation defaults (``params["generation_config"]``), so
-    ``forward(params, pixels, ids)`` and ``generate(params, pixels)`` need nothing else."""
-    return load_dir(local_dir(name_or_path, revision=revision, cache_dir=cache_dir), dtype=dtype)
+    ``forward(params, pixels, ids)`` and ``generate(params, pixels)`` need nothing else.
+    A NaN or infinite weight (also one that overflows ``dtype``) is a CheckpointError naming
+    the tensor; ``allow_nonfinite=True`` loads it with a warning."""
+    return load_dir(local_dir(name_or_path, revision=revision, cache_dir=cache_dir), dtype=dtype,
+                    allow_nonfinite=allow_nonfinite)

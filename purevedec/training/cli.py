@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from ..captioning.flags import add_mesh_flag, mesh_from
 from ..errors import ConfigError, PurevedecError
 from ..models import decoder_family
 
@@ -47,9 +48,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="what picks best/: lowest loss, cer or wer, highest exact, bleu or cider (default loss)")
     p.add_argument("--tensorboard", action="store_true",
                    help="also write the metrics as TensorBoard scalars to OUT/tensorboard (needs tensorboardX)")
-    p.add_argument("--mesh", metavar="data=N,model=M", default=None,
-                   help="train on a device mesh: the batch split over N devices, attention heads, MLP width and "
-                        "vocabulary over M (N*M must be the device count; --batch-size a multiple of N)")
+    add_mesh_flag(p, "the batch", needs=", --batch-size a multiple of N")
     p.add_argument("--fsdp", action="store_true", help="with --mesh: also split big tensors over the data axis")
     return p
 
@@ -63,15 +62,12 @@ def run(args) -> int:
 
 
 def _mesh(args):
-    """``--mesh`` as a mesh over every device (None without it); a ConfigError names a bad mesh or
-    a batch size the data axis does not divide."""
-    if args.mesh is None:
+    """``--mesh`` as a mesh over every device (None without it); a ConfigError names a batch size
+    the data axis does not divide."""
+    mesh = mesh_from(args.mesh)
+    if mesh is None:
         return None
-    from ..sharding import DATA, make_mesh, parse_mesh
-    try:
-        mesh = make_mesh(parse_mesh(args.mesh))
-    except ValueError as e:
-        raise ConfigError(f"--mesh: {e}") from None
+    from ..sharding import DATA
     n = mesh.shape.get(DATA, 1)
     if args.batch_size % n:
         raise ConfigError(f"--batch-size {args.batch_size} is not a multiple of the mesh's data axis ({n}): "
