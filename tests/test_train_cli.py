@@ -157,3 +157,23 @@ def test_ctrl_c_at_each_phase_exits_130_with_whole_checkpoints(tmp_path, model, 
         assert {"tokenizer.json", "preprocessor_config.json", "train_state.npz"} <= set(os.listdir(path))
     if phase in ("evaluating", "saving"):
         assert checkpoints(str(out)), rest  # the one before the interrupted phase is there
+
+
+def test_ctrl_c_ends_a_process_stuck_in_native_code():
+    """The main thread in a long native call (here OpenSSL's PBKDF2, as XLA's compiler would be)
+    never runs Python's handler; the watcher thread ends the process after its grace period."""
+    script = ("import hashlib\nfrom purevedec.training.interrupt import InterruptGuard\n"
+              "with InterruptGuard(lambda: 'stopped; resume with the same command', grace=1.0):\n"
+              "    print('busy', flush=True)\n    hashlib.pbkdf2_hmac('sha256', b'x', b'y', 2_000_000_000)\n"
+              "print('finished', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "busy\n"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        code = proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert code == 130 and time.monotonic() - sent < 15
+    assert "stopped; resume" in proc.stderr.read() and "finished" not in proc.stdout.read()
