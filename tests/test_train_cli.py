@@ -177,3 +177,26 @@ def test_ctrl_c_ends_a_process_stuck_in_native_code():
         proc.kill()
     assert code == 130 and time.monotonic() - sent < 15
     assert "stopped; resume" in proc.stderr.read() and "finished" not in proc.stdout.read()
+
+
+@pytest.mark.parametrize("command, flags, named", [
+    ("train-shapes", ["--steps", "0"], "--steps 0"), ("train-shapes", ["--batch-size", "-1"], "--batch-size -1"),
+    ("train-shapes", ["--learning-rate", "nan"], "--learning-rate nan"), ("train-shapes", ["--seed", "-4"], "--seed -4"),
+    ("train-shapes", ["--warmup-steps", "9000"], "--warmup-steps 9000"), ("render-shapes", ["--count", "0"], "--count"),
+])
+def test_shapes_commands_check_flags_first(tmp_path, capsys, command, flags, named):
+    assert main([command, "--out", str(tmp_path / "o"), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert named in err and "\n" not in err and not os.path.exists(tmp_path / "o")
+
+
+@pytest.mark.parametrize("command", ["train-shapes", "render-shapes", "train"])
+def test_an_out_or_cache_that_is_a_file_is_one_line(tmp_path, capsys, command):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    extra = ["no-such-model/", _data(tmp_path)] if command == "train" else []
+    assert main([command, *extra, "--out", str(notes)]) == 2
+    assert "--out" in capsys.readouterr().err and notes.read_text() == "mine"
+    if command == "train":
+        assert main([command, *extra, "--out", str(tmp_path / "o"), "--compile-cache", str(notes)]) == 2
+        assert "--compile-cache" in capsys.readouterr().err and notes.read_text() == "mine"

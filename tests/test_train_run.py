@@ -221,3 +221,12 @@ def test_caption_labels_tokenize_append_eos_and_pad():
     assert caption_labels(Words(), ["t5"], eos_token_id=2, length=4).tolist() == [[5, 2, -100, -100]]
     with pytest.raises(pv.ConfigError, match="length=1 is shorter"):
         caption_labels(Words(), ["t5"], eos_token_id=2, length=1)
+
+
+def test_an_error_after_training_saves_what_was_trained(tmp_path):
+    def broken_decode(ids):
+        raise RuntimeError("scorer exploded")
+    with pytest.raises(RuntimeError, match="scorer exploded"):
+        _fit(tmp_path, epochs=1, decode=broken_decode)
+    assert [s for s, _ in checkpoints(str(tmp_path))] == [2]  # the epoch's 2 steps are on disk
+    pv.load(str(tmp_path / "checkpoint-2"))

@@ -42,6 +42,9 @@ def check_arguments(args) -> None:
         raise ConfigError(f"--seed {args.seed}: must be in [0, 2^32)")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ConfigError(f"--out {args.out}: exists and is not a folder")
+    cache = getattr(args, "compile_cache", None)
+    if cache not in (None, "none") and os.path.exists(cache) and not os.path.isdir(cache):
+        raise ConfigError(f"--compile-cache {cache}: exists and is not a folder")
     if not os.path.isdir(args.data):
         raise ConfigError(f"{args.data}: not a folder (DATA is a folder of images with captions.jsonl or captions.csv)")
     if args.batch_size % args.accumulation_steps:

@@ -281,9 +281,15 @@ def fit(params, train: Dataset, val: Dataset, batcher: Batcher, cfg: TrainConfig
     else:
         step_fn = make_train_step(cfg)
     r = _Run(state, run, val, batcher, cfg, decode, say)
-    bar = _progress(total, min(r.step, total), run.progress)
+    bar, start = _progress(total, min(r.step, total), run.progress), r.step
     try:
-        _train(r, step_fn, train, bar, per_epoch, total)
+        try:
+            _train(r, step_fn, train, bar, per_epoch, total)
+        except Exception:  # an error after training steps: keep what they trained, then report it
+            if r.step > max(r.saved_at, start):
+                r.say(f"saving checkpoint-{r.step} before stopping on an error")
+                r.save()
+            raise
         r.log.write({"event": "end", "step": r.step, "truncated_captions": batcher.truncated,
                      "skipped": len(train.problems) + len(batcher.problems)})
     finally:
