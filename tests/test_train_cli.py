@@ -200,3 +200,41 @@ def test_an_out_or_cache_that_is_a_file_is_one_line(tmp_path, capsys, command):
     if command == "train":
         assert main([command, *extra, "--out", str(tmp_path / "o"), "--compile-cache", str(notes)]) == 2
         assert "--compile-cache" in capsys.readouterr().err and notes.read_text() == "mine"
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, model, capsys, monkeypatch):
+    from purevedec.training import checkpoint_dir
+    data, out = _data(tmp_path), tmp_path / "out"
+    common = [model, data, "--out", str(out), "--batch-size", "2", "--no-progress", "--compile-cache", "none"]
+    assert main(["train", *common]) == 0
+    before = (out / "checkpoint-3" / "model.safetensors").read_bytes()
+
+    def full_disk(params, path):
+        os.makedirs(path, exist_ok=True)
+        open(os.path.join(path, "model.safetensors"), "wb").write(b"\0" * 10)  # a partial write, then ENOSPC
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(checkpoint_dir, "save", full_disk)
+    capsys.readouterr()
+    assert main(["train", *common, "--epochs", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "purevedec train: [Errno 28] No space left on device"
+    assert not any("Traceback" in line for line in err)
+    assert (out / "checkpoint-3" / "model.safetensors").read_bytes() == before
+    assert sorted(os.listdir(out)) == ["best", "checkpoint-3", "metrics.jsonl", "training.png"]
+
+
+def test_a_second_run_reuses_every_compiled_program(tmp_path, model):
+    """The train step, the evaluation's loss and generation: the first run fills the compilation
+    cache, an identical second run (a fresh process) adds nothing to it."""
+    cache = tmp_path / "cache"
+    data = _data(tmp_path)
+
+    def run(out):
+        cmd = [sys.executable, "-m", "purevedec", "train", model, data, "--out", str(tmp_path / out), "--batch-size",
+               "2", "--no-progress", "--compile-cache", str(cache)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        return sorted(os.listdir(cache))
+    first = run("a")
+    assert len(first) >= 3  # at least the train step, the loss sums and generate
+    assert run("b") == first
