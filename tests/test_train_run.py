@@ -230,3 +230,48 @@ def test_an_error_after_training_saves_what_was_trained(tmp_path):
         _fit(tmp_path, epochs=1, decode=broken_decode)
     assert [s for s, _ in checkpoints(str(tmp_path))] == [2]  # the epoch's 2 steps are on disk
     pv.load(str(tmp_path / "checkpoint-2"))
+
+
+# ---- watching a run ---------------------------------------------------------------------------------
+
+def test_an_unreadable_image_is_reported_once_not_every_epoch():
+    told = []
+
+    def load(path):
+        if path == "im1.png":
+            raise OSError("truncated file")
+        return np.zeros((3, 8, 8), np.float32)
+    batcher = Batcher(encode=lambda s: [3], load=load, image_shape=(3, 8, 8), eos_token_id=1, batch_size=2,
+                      max_length=4, threads=1, report=told.append)
+    data = Dataset([Example(f"im{i}.png", ["t3"]) for i in range(3)])
+    for epoch in range(3):
+        batches = list(batcher.batches(data, seed=0, epoch=epoch))
+        assert sum(len(b.images) for b in batches) == 2
+    assert told == ["im1.png: unreadable image skipped (truncated file)"] and batcher.problems == told
+
+
+def test_the_progress_estimate_leaves_out_the_first_steps_compilation():
+    import io
+    import time
+    from tqdm import tqdm
+    from purevedec.training.loop import _restart_clock
+    bars = [tqdm(total=1000, file=io.StringIO(), smoothing=0) for _ in range(2)]
+    time.sleep(1.0)  # the first step: compilation
+    for bar in bars:
+        bar.update(1)
+    _restart_clock(bars[1])
+    time.sleep(0.05)
+    for bar in bars:
+        bar.update(1)
+    rates = [bar.format_dict["n"] - bar.format_dict["initial"] for bar in bars]
+    elapsed = [bar.format_dict["elapsed"] for bar in bars]
+    plain, restarted = (r / e for r, e in zip(rates, elapsed))
+    assert restarted > 3 * plain  # ~20 steps/s after the restart against ~2 with the compile counted
+
+
+def test_plot_ticks_are_round_numbers():
+    from purevedec.training.plot import nice_ticks, write_plot
+    assert nice_ticks(0, 1000) == [0, 200, 400, 600, 800, 1000]
+    assert nice_ticks(0, 7) == [0, 2, 4, 6]
+    assert nice_ticks(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert nice_ticks(0, 37) == [0, 10, 20, 30]

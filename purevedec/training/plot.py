@@ -18,7 +18,7 @@ COLOURS = [(200, 40, 40), (40, 70, 210), (30, 150, 60), (180, 120, 0), (140, 40,
 SCORES = ("val_exact_match", "val_bleu", "val_cider", "val_cer", "val_wer")
 
 
-def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+def nice_ticks(lo: float, hi: float, count: int = 6) -> list[float]:
     """About ``count`` round values (1, 2 or 5 times a power of ten apart) covering [lo, hi]."""
     if hi <= lo:
         return [lo]
