@@ -133,3 +133,10 @@ def test_captioner_repr_is_one_short_line():
     assert text == (f"Captioner(vit encoder + gpt2 decoder, {count / 1e6:.1f}M params, image 48x48, "
                     "weights float32, compute float32)")
     assert str(pv.Captioner.from_pretrained("purevedec:shapes")) == text
+
+
+def test_tokenizer_repr_is_one_short_line():
+    from purevedec.checkpoints.bundled import bundled_dir
+    vocab = json.load(open(os.path.join(bundled_dir("purevedec:shapes"), "tokenizer.json")))["model"]["vocab"]
+    text = repr(pv.load_tokenizer(bundled_dir("purevedec:shapes")))
+    assert text == f"TextTokenizer(WordLevel, {len(vocab)} tokens, cleanup=False)"
