@@ -448,27 +448,9 @@ def _chart_cells(res: dict) -> list[dict]:
     return res.get("speed", []) + [dict(c, workload=f"ocr {c['workload']}") for c in ocr_cells]
 
 
-def quiet_third_party() -> None:
-    """The report is the output: transformers' and huggingface_hub's advice, progress bars and
-    Python warnings from the libraries measured would bury it."""
-    import logging
-    import warnings
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    for name in ("transformers", "huggingface_hub", "torch", "jax", "absl"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
-
-
 def main(argv=None) -> dict:
     args = _args(argv)
-    quiet_third_party()
+    subject.quiet_third_party()
     if args.only == "train":
         return train_speed.main(_train_argv(args))
     if args.quick:

@@ -140,3 +140,21 @@ def tokenizers(path: str):
         return pv.load_tokenizer(path), AutoTokenizer.from_pretrained(path)
     except Exception:  # noqa: BLE001 - no tokenizer files: captions are shown as token ids
         return None, None
+
+
+def quiet_third_party() -> None:
+    """The report is the output: transformers' and huggingface_hub's advice, progress bars and
+    Python warnings from the libraries measured would bury it."""
+    import logging
+    import warnings
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in ("transformers", "huggingface_hub", "torch", "jax", "absl"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass

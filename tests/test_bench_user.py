@@ -72,7 +72,7 @@ def test_third_party_chatter_is_silenced(monkeypatch):
         monkeypatch.delenv(name)
     logger = logging.getLogger("transformers")
     monkeypatch.setattr(logger, "level", logger.level)
-    run.quiet_third_party()
+    subject.quiet_third_party()
     assert logger.getEffectiveLevel() >= logging.ERROR
     import warnings
     assert warnings.filters[0][0] == "ignore" and warnings.filters[0][2] is Warning
