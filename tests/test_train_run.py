@@ -275,3 +275,11 @@ def test_plot_ticks_are_round_numbers():
     assert nice_ticks(0, 7) == [0, 2, 4, 6]
     assert nice_ticks(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
     assert nice_ticks(0, 37) == [0, 10, 20, 30]
+
+
+def test_rerunning_a_finished_run_changes_nothing(tmp_path):
+    _fit(tmp_path, epochs=1)
+    log = (tmp_path / "metrics.jsonl").read_text()
+    result, lines = _fit(tmp_path, epochs=1)
+    assert (tmp_path / "metrics.jsonl").read_text() == log and result["step"] == 2
+    assert any(x.startswith("resuming from") and "(step 2 of 2" in x for x in lines)

@@ -290,8 +290,9 @@ def fit(params, train: Dataset, val: Dataset, batcher: Batcher, cfg: TrainConfig
                 r.say(f"saving checkpoint-{r.step} before stopping on an error")
                 r.save()
             raise
-        r.log.write({"event": "end", "step": r.step, "truncated_captions": batcher.truncated,
-                     "skipped": len(train.problems) + len(batcher.problems)})
+        if r.step > start:  # a rerun of a finished run trains nothing and logs nothing
+            r.log.write({"event": "end", "step": r.step, "truncated_captions": batcher.truncated,
+                         "skipped": len(train.problems) + len(batcher.problems)})
     finally:
         bar.close()
         r.log.close()
