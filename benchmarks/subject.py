@@ -59,6 +59,32 @@ def image_files(folder: str) -> list[str]:
     return files
 
 
+def readable_images(files: list[str], log=print) -> list[str]:
+    """The files that open and decode as images; each other one is reported (one line) and left
+    out before anything is measured. None readable: the run stops with one line."""
+    from PIL import Image
+    good = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.convert("RGB").load()
+            good.append(f)
+        except Exception as e:  # noqa: BLE001 - any decoding failure skips that file
+            log(f"skipped {f}: not a readable image ({type(e).__name__}: {str(e)[:120]})")
+    if not good:
+        raise SystemExit(f"--images: none of the {len(files)} image files could be read")
+    return good
+
+
+def full_size_vit_gpt2(config) -> bool:
+    """Whether ``config`` has vit-gpt2's shapes (ViT-B/16 at 224 px, 12-layer 768-wide GPT-2): the
+    model the suite's goals are set for."""
+    enc, dec = config.encoder, config.decoder
+    return (enc.model_type == "vit" and enc.hidden_size == 768 and enc.num_hidden_layers == 12
+            and tuple(enc.image_size) == (224, 224) and dec.model_type == "gpt2" and dec.n_embd == 768
+            and dec.n_layer == 12)
+
+
 def images_identity(folder: str, files: list[str]) -> dict:
     return {"folder": folder, "count": len(files), "files": [os.path.basename(f) for f in files[:8]],
             "sha256": _sha256_files(files, with_names=True)}
@@ -114,3 +140,21 @@ def tokenizers(path: str):
         return pv.load_tokenizer(path), AutoTokenizer.from_pretrained(path)
     except Exception:  # noqa: BLE001 - no tokenizer files: captions are shown as token ids
         return None, None
+
+
+def quiet_third_party() -> None:
+    """The report is the output: transformers' and huggingface_hub's advice, progress bars and
+    Python warnings from the libraries measured would bury it."""
+    import logging
+    import warnings
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in ("transformers", "huggingface_hub", "torch", "jax", "absl"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass

@@ -164,7 +164,7 @@ def test_hostile_names_are_escaped(checkpoint, tmp_path):
     assert code == 2 and "\x1b" not in err and len(err.strip().splitlines()) == 1
 
 
-def test_skip_existing_resumes_and_repairs_a_cut_line(checkpoint, tmp_path):
+def test_skip_existing_resumes_and_repairs_a_cut_line(checkpoint, tmp_path, monkeypatch):
     paths = make_images(tmp_path / "imgs", 4)
     out_file = tmp_path / "caps.jsonl"
     base = ["--model", checkpoint[1], "--max-new-tokens", "3", "--format", "jsonl", "--output", str(out_file)]
@@ -177,6 +177,10 @@ def test_skip_existing_resumes_and_repairs_a_cut_line(checkpoint, tmp_path):
     rows = [json.loads(line) for line in out_file.read_text().splitlines()]
     assert [r["path"] for r in rows] == paths
     code, _, err = run_cli(["caption", *paths, *base, "--skip-existing"])
+    assert code == 0 and "skipping 4 file(s)" in err and len(out_file.read_text().splitlines()) == 4
+    monkeypatch.chdir(tmp_path)  # the same files spelled relative to another folder: still skipped
+    relative = [os.path.join(".", "imgs", "..", "imgs", os.path.basename(p)) for p in paths]
+    code, _, err = run_cli(["caption", *relative, *base, "--skip-existing"])
     assert code == 0 and "skipping 4 file(s)" in err and len(out_file.read_text().splitlines()) == 4
     code, _, err = run_cli(["caption", *paths, *base[:-4], "--skip-existing", "--output", str(out_file)])
     assert code == 2 and "--format" in err                       # a jsonl file read as text: refused

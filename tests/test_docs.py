@@ -185,3 +185,33 @@ def test_readme_research_block_matches_transformers(checkpoint, tmp_path):
     assert ns["params"]["config"] == ns["config"]
     ref = torch_forward(model, np.asarray(ns["pixels"]), np.asarray(ns["ids"])).logits
     assert maxdiff(logits, ref) < 1e-4
+
+
+# --- (d) the README's fine-tuning walk-through runs as written -------------------------------------
+
+def readme_shell_blocks() -> dict[str, list[str]]:
+    """{name: command lines} of the README's command blocks marked ``<!-- test-shell: name -->``."""
+    text = open(README, encoding="utf-8").read()
+    found = re.findall(r"<!-- test-shell: (\w+) -->\n```\n(.*?)\n```", text, flags=re.S)
+    return {name: [line for line in body.splitlines() if line.strip()] for name, body in found}
+
+
+def test_readme_fine_tuning_walk_through_runs(tmp_path, capsys):
+    pytest.importorskip("optax")
+    import shlex
+    from purevedec.commands import main
+    commands = readme_shell_blocks()["finetune"]
+    assert [c.split()[:2] for c in commands] == [["purevedec", "render-shapes"], ["purevedec", "train"],
+                                                  ["purevedec", "caption"]]
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        for command in commands:
+            capsys.readouterr()
+            assert main([*shlex.split(command)[1:], *(["--no-progress"] if " train " in command else [])]) == 0, command
+        printed = capsys.readouterr().out
+    finally:
+        os.chdir(here)
+    image = shlex.split(commands[-1])[-1]
+    assert printed.startswith(image + "\t") and len(printed.split("\t")[1].split()) >= 2  # a caption of words
+    assert os.path.isfile(tmp_path / "runs" / "shapes" / "training.png")

@@ -10,6 +10,7 @@ import pytest
 from huggingface_hub import constants
 
 import purevedec as pv
+from purevedec.checkpoints import hub
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -55,6 +56,7 @@ def test_cached_snapshot_without_weights(tiny, tmp_path, offline):
 
 def test_unreachable_hub_falls_back_on_cache(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda endpoint: True)  # the request itself fails
     def no_network(*a, **k):
         raise ConnectionError("no route to host")
     monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", no_network)
@@ -68,6 +70,7 @@ def test_unreachable_hub_falls_back_on_cache(tiny, tmp_path, monkeypatch):
 def test_online_downloads_only_one_format(tiny, tmp_path, monkeypatch):
     """nlpconnect/vit-gpt2-image-captioning's layout: .bin only, plus tokenizer files."""
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda endpoint: True)  # this machine has no network
     files = ["config.json", "pytorch_model.bin", "tf_model.h5", "vocab.json", "merges.txt", "preprocessor_config.json"]
     monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, *a, **k: files)
     seen = {}
@@ -79,3 +82,30 @@ def test_online_downloads_only_one_format(tiny, tmp_path, monkeypatch):
     patterns = seen["allow_patterns"]
     assert "pytorch_model.bin" in patterns and "vocab.json" in patterns and "config.json" in patterns
     assert not any("safetensors" in p or "msgpack" in p or "h5" in p for p in patterns)
+
+
+def test_an_unreachable_hub_is_known_before_any_request(tiny, tmp_path, monkeypatch):
+    """Offline without HF_HUB_OFFLINE: a connection probe answers in seconds; huggingface_hub,
+    whose requests retry for ~30 s, is never asked."""
+    import socket
+    import time
+    with socket.socket() as s:  # a local port nobody listens on: connections are refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for proxy in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    assert hub.hub_reachable(f"http://127.0.0.1:{port}", timeout=2.0) is False
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+
+    def never(*a, **k):
+        raise AssertionError("the Hub was asked although it cannot be reached")
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", never)
+    cache = _fake_cache(tmp_path, tiny[1])
+    start = time.monotonic()
+    params, config = pv.load("org/tiny", cache_dir=cache)
+    with pytest.raises(pv.CheckpointError, match=r"cannot be reached \(no connection to http://127.0.0.1"):
+        pv.load("org/absent", cache_dir=cache)
+    assert time.monotonic() - start < 20
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert hub.hub_reachable(f"http://127.0.0.1:{port}") is True  # only the proxy knows

@@ -122,3 +122,21 @@ def test_train_shapes_command_writes_a_loadable_checkpoint(tmp_path):
     params, config = pv.load(tmp_path)
     assert pv.load_tokenizer(tmp_path).decode([4, 5, 11, 2], skip_special_tokens=True) == "a red circle"
     assert (tmp_path / "training.png").stat().st_size > 0
+
+
+def test_captioner_repr_is_one_short_line():
+    from safetensors.numpy import load_file
+    from purevedec.checkpoints.bundled import bundled_dir
+    stored = load_file(os.path.join(bundled_dir("purevedec:shapes"), "model.safetensors"))
+    count = sum(a.size for a in stored.values())
+    text = repr(pv.Captioner.from_pretrained("purevedec:shapes"))
+    assert text == (f"Captioner(vit encoder + gpt2 decoder, {count / 1e6:.1f}M params, image 48x48, "
+                    "weights float32, compute float32)")
+    assert str(pv.Captioner.from_pretrained("purevedec:shapes")) == text
+
+
+def test_tokenizer_repr_is_one_short_line():
+    from purevedec.checkpoints.bundled import bundled_dir
+    vocab = json.load(open(os.path.join(bundled_dir("purevedec:shapes"), "tokenizer.json")))["model"]["vocab"]
+    text = repr(pv.load_tokenizer(bundled_dir("purevedec:shapes")))
+    assert text == f"TextTokenizer(WordLevel, {len(vocab)} tokens, cleanup=False)"

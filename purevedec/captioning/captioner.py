@@ -163,6 +163,22 @@ class Captioner:
     mesh: Any = None
     """A device mesh (``with_mesh``): batches are split over its "data" axis; None: one device."""
 
+    def __repr__(self) -> str:
+        """One line: the families, the parameter count, the image size and the dtypes, not the
+        weights (a dataclass repr would print every array)."""
+        import jax
+
+        from ..params import STATIC_KEYS
+        leaves = jax.tree.leaves({k: v for k, v in self.params.items() if k not in STATIC_KEYS})
+        count = sum(int(np.prod(np.shape(x))) for x in leaves)
+        stored = str(np.dtype(leaves[0].dtype)) if leaves else "none"
+        enc, dec = self.config.encoder, self.config.decoder
+        sizes = f"{count / 1e6:.1f}M params" if count >= 1e5 else f"{count} params"
+        mesh = f", mesh {dict(self.mesh.shape)}" if self.mesh is not None else ""
+        return (f"Captioner({enc.model_type} encoder + {dec.model_type} decoder, {sizes}, "
+                f"image {self.image_config.size[0]}x{self.image_config.size[1]}, weights {stored}, "
+                f"compute {np.dtype(self.dtype).name if self.dtype is not None else 'float32'}{mesh})")
+
     @classmethod
     def from_pretrained(cls, name: str | os.PathLike, *, dtype=None) -> "Captioner":
         """Load a local checkpoint directory or a hub id (weights, preprocessor and tokenizer)."""

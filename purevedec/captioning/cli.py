@@ -198,7 +198,8 @@ def caption_files(captioner, args, options: dict, inputs: list[Input], stream: T
 def _inputs(args, err: TextIO, done: set[str]) -> list[Input]:
     inputs = list(expand_inputs(args.images))
     if args.skip_existing:
-        kept = [i for i in inputs if i.problem is not None or i.path not in done]
+        done = {os.path.realpath(p) for p in done}  # any spelling of a file
+        kept = [i for i in inputs if i.problem is not None or os.path.realpath(i.path) not in done]
         if len(kept) < len(inputs):
             say(err, f"skipping {len(inputs) - len(kept)} file(s) already captioned in {args.output}")
         inputs = kept

@@ -264,6 +264,11 @@ class TextTokenizer:
     cleanup: bool = False
     """Apply transformers' ``clean_up_tokenization`` when decoding (only where it applies)."""
 
+    def __repr__(self) -> str:
+        """One line: the model kind and the vocabulary size (the backend's own repr lists every token)."""
+        return (f"TextTokenizer({type(self.backend.model).__name__}, {self.backend.get_vocab_size()} tokens, "
+                f"cleanup={self.cleanup})")
+
     def encode(self, text: str) -> list[int]:
         """A decoder prompt's ids: ``tokenizer(text, add_special_tokens=False).input_ids``."""
         with library_errors(f"cannot encode {text[:40]!r}"):

@@ -3,14 +3,17 @@
 Online, the repo's file list decides the weights format (see ``formats.FORMATS``) and only
 that format is fetched, with the config, generation config, preprocessor and tokenizer files.
 Offline (``HF_HUB_OFFLINE=1``, which huggingface_hub reads itself) or when the Hub cannot be
-reached, the snapshot already in the local cache is used, and a clear error says what is
-missing from it.
+reached (a connection probe of a few seconds, before huggingface_hub's own retries), the snapshot
+already in the local cache is used, and a clear error says what is missing from it.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import socket
+import threading
+from urllib.parse import urlsplit
 
 from ..errors import CheckpointError
 from .formats import FORMATS, pick_format
@@ -55,6 +58,34 @@ def _cached(repo_id: str, revision: str | None, cache_dir: str | None, why: str)
     return folder
 
 
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``endpoint``'s host opens within ``timeout`` seconds (name
+    lookup included). Offline, huggingface_hub retries each request for ~30 s before giving up;
+    this answers in at most ``timeout``. Behind a proxy (a ``*_PROXY`` variable) the answer is
+    True: only the proxy knows."""
+    if any(os.environ.get(v) for v in _PROXY_VARIABLES):
+        return True
+    url = urlsplit(endpoint)
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    if not host:
+        return True
+    result: list[bool] = []
+
+    def probe():
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+    worker = threading.Thread(target=probe, daemon=True)  # name lookups ignore the socket's timeout
+    worker.start()
+    worker.join(timeout)
+    return bool(result and result[0])
+
+
 def snapshot_dir(repo_id: str, *, revision: str | None = None, cache_dir: str | None = None) -> str:
     """A local directory holding ``repo_id``'s config and one weights format."""
     if not looks_like_repo_id(repo_id):  # before importing huggingface_hub (~1 s): a typo fails at once
@@ -64,6 +95,9 @@ def snapshot_dir(repo_id: str, *, revision: str | None = None, cache_dir: str | 
     from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
     if constants.HF_HUB_OFFLINE:
         return _cached(repo_id, revision, cache_dir, "the machine is offline (HF_HUB_OFFLINE=1)")
+    if not hub_reachable(constants.ENDPOINT):
+        return _cached(repo_id, revision, cache_dir, f"the Hub cannot be reached (no connection to "
+                                                     f"{constants.ENDPOINT} within 3 s)")
     try:
         files = HfApi().list_repo_files(repo_id, revision=revision)
     except (RepositoryNotFoundError, RevisionNotFoundError, HFValidationError) as e:

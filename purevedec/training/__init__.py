@@ -10,6 +10,7 @@ use, so ``import purevedec`` works without optax; ``__all__`` lists only what lo
 import importlib
 
 from .cross_entropy import IGNORE_INDEX, LossOutput, loss, loss_core, shift_right
+from .labels import caption_labels
 
 _NEEDS_OPTAX = {
     "TrainConfig": "optim", "learning_rate_schedule": "optim", "make_optimizer": "optim",
@@ -17,7 +18,7 @@ _NEEDS_OPTAX = {
     "train_step": "step", "save_state": "state_io", "restore_state": "state_io",
 }
 
-__all__ = ["IGNORE_INDEX", "LossOutput", "loss", "loss_core", "shift_right"]
+__all__ = ["IGNORE_INDEX", "LossOutput", "caption_labels", "loss", "loss_core", "shift_right"]
 
 
 def __getattr__(name):

@@ -23,7 +23,9 @@ from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
+from ..errors import ConfigError
 from .cross_entropy import IGNORE_INDEX
+from .labels import caption_ids
 
 
 @dataclass
@@ -45,41 +47,89 @@ class Batch(NamedTuple):
     references: list[list[str]]  # every caption of each image (for metrics)
 
 
+# A caption file's line (or CSV field) longer than this is refused: nothing legitimate is that long,
+# and bounding it bounds the memory one hostile line can take.
+MAX_LINE_BYTES = 1 << 20
+
+
+def _text_lines(path: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file, each line read with a bound; a line that is too long
+    or not UTF-8 is a ConfigError naming the file and line."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b""), 1):
+            if len(raw) > MAX_LINE_BYTES:
+                raise ConfigError(f"{path}:{n}: line longer than {MAX_LINE_BYTES} bytes")
+            try:
+                yield n, raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise ConfigError(f"{path}:{n}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _json_row(line: str, where: str) -> tuple[str, list[str], str]:
+    """One jsonl line -> (image, captions, where); a ValueError says what is wrong with it."""
+    try:
+        d = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not JSON ({e.msg})") from None
+    except (ValueError, RecursionError) as e:  # integers past Python's digit limit, nesting too deep
+        raise ValueError(f"not usable JSON ({type(e).__name__}: {str(e)[:80]})") from None
+    if not isinstance(d, dict) or not isinstance(d.get("image"), str):
+        raise ValueError("needs an object with an 'image' file name")
+    caps = d.get("captions", d.get("caption"))
+    caps = [caps] if isinstance(caps, str) else caps
+    if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+        raise ValueError("'caption' must be a string or 'captions' a list of strings")
+    return d["image"], caps, where
+
+
 def _from_jsonl(path: str, problems: list[str]) -> list[tuple[str, list[str], str]]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
+    for n, line in _text_lines(path):
+        if line.strip():
             try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                problems.append(f"{where}: not JSON ({e.msg})")
-                continue
-            if not isinstance(d, dict) or not isinstance(d.get("image"), str):
-                problems.append(f"{where}: needs an object with an 'image' file name")
-                continue
-            caps = d.get("captions", d.get("caption"))
-            caps = [caps] if isinstance(caps, str) else caps
-            if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
-                problems.append(f"{where}: 'caption' must be a string or 'captions' a list of strings")
-                continue
-            rows.append((d["image"], caps, where))
+                rows.append(_json_row(line, f"{path}:{n}"))
+            except ValueError as e:
+                problems.append(f"{path}:{n}: {e}")
     return rows
 
 
 def _from_csv(path: str, problems: list[str]) -> list[tuple[str, list[str], str]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"image", "caption"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: needs the columns 'image' and 'caption', found {reader.fieldnames}")
-        return [(row["image"] or "", [row["caption"] or ""], f"{path}:{n}") for n, row in enumerate(reader, 2)]
+    lines = _text_lines(path)
+    reader = csv.reader(line for _, line in lines)
+    try:
+        header = next(reader, None)
+        if not header or not {"image", "caption"} <= set(header):
+            raise ConfigError(f"{path}:1: needs the columns 'image' and 'caption', found {header}")
+        image, caption = header.index("image"), header.index("caption")
+        rows = []
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if not row:
+                continue
+            if len(row) <= max(image, caption):
+                problems.append(f"{where}: {len(row)} columns, expected {len(header)}")
+                continue
+            rows.append((row[image], [row[caption]], where))
+        return rows
+    except csv.Error as e:
+        raise ConfigError(f"{path}:{reader.line_num}: {e}") from None
 
 
-def read_folder(folder: str) -> Dataset:
+def _image_path(folder: str, image: str, allow_outside: bool) -> str | None:
+    """The image's path; None when it leaves ``folder`` (an absolute path, ``..``) and that is not
+    allowed."""
+    path = os.path.join(folder, image)
+    if allow_outside:
+        return path
+    root = os.path.abspath(folder)
+    inside = os.path.commonpath([root, os.path.abspath(path)]) == root
+    return path if inside else None
+
+
+def read_folder(folder: str, *, allow_outside: bool = False) -> Dataset:
     """The captioned images of ``folder`` (captions.jsonl, else captions.csv), grouped by image
-    in first-seen order; unusable entries are reported in ``problems`` and skipped."""
+    in first-seen order; unusable entries are reported in ``problems`` and skipped. Image paths
+    must stay inside ``folder`` unless ``allow_outside``."""
     problems: list[str] = []
     jsonl, csv_path = os.path.join(folder, "captions.jsonl"), os.path.join(folder, "captions.csv")
     if os.path.isfile(jsonl):
@@ -90,9 +140,13 @@ def read_folder(folder: str) -> Dataset:
         raise FileNotFoundError(f"{folder}: no captions.jsonl or captions.csv")
     grouped: dict[str, list[str]] = {}
     for image, caps, where in rows:
-        path = os.path.join(folder, image)
+        path = _image_path(folder, image, allow_outside) if image else None
+        if image and path is None:
+            problems.append(f"{where}: image {image!r:.200} is outside the data folder (skipped; "
+                            "--allow-outside-data allows it)")
+            continue
         if not image or not os.path.isfile(path):
-            problems.append(f"{where}: image file {image!r} not found")
+            problems.append(f"{where}: image file {image!r:.200} not found")
             continue
         good = [c.strip() for c in caps if c.strip()]
         if not good:
@@ -144,7 +198,8 @@ class Batcher:
     process_index: int = 0                               # this process's share of each batch (several hosts)
     process_count: int = 1                               # processes sharing each batch
     truncated: int = 0                                   # captions cut to max_length so far
-    problems: list[str] = field(default_factory=list)    # images that failed to load
+    problems: list[str] = field(default_factory=list)    # images that failed to load (each once)
+    report: Callable[[str], None] | None = None          # told of each problem when it is first met
 
     def __post_init__(self):
         self.buckets = tuple(self.buckets) or default_buckets(self.max_length)
@@ -152,13 +207,13 @@ class Batcher:
             raise ValueError(f"batch_size={self.batch_size} must split evenly over process_count="
                              f"{self.process_count} (process_index={self.process_index})")
         self._tokens: dict[str, list[int]] = {}
+        self._unreadable: set[str] = set()
 
     def _ids(self, caption: str) -> list[int]:
         if caption not in self._tokens:
-            ids = list(self.encode(caption))[: self.max_length - 1]
-            if len(ids) == self.max_length - 1:
-                self.truncated += 1
-            self._tokens[caption] = ids + [self.eos_token_id]
+            ids, cut = caption_ids(self.encode, caption, self.eos_token_id, self.max_length)
+            self.truncated += cut
+            self._tokens[caption] = ids
         return self._tokens[caption]
 
     def _pick(self, captions: list[str], rng: np.random.Generator | None) -> list[str]:
@@ -188,7 +243,7 @@ class Batcher:
         rows, images, refs = [], [], []
         for (ex, caps), px in zip(self._local(list(zip(chunk, picked))), pixels):
             if isinstance(px, Exception):
-                self.problems.append(f"{ex.image}: unreadable image skipped ({px})")
+                self._problem(ex.image, px)
                 continue
             out_px[len(images)] = px
             images.append(ex.image)
@@ -198,6 +253,16 @@ class Batcher:
         for i, r in enumerate(rows):
             labels[i, : len(r)] = r
         return Batch(out_px, labels, images, refs)
+
+    def _problem(self, image: str, error: Exception) -> None:
+        """An unreadable image is recorded and reported the first time only (not every epoch)."""
+        if image in self._unreadable:
+            return
+        self._unreadable.add(image)
+        message = f"{image}: unreadable image skipped ({error})"
+        self.problems.append(message)
+        if self.report is not None:
+            self.report(message)
 
     def _load_all(self, pool, chunk: list[Example]):
         def safe(path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -46,13 +47,38 @@ def save_state(path: str, state: TrainState) -> str:
     return path
 
 
+# Besides the arrays' bytes, an .npz holds a zip entry and a .npy header per array: a few
+# hundred bytes each. A file past the template's size by more than this is not a train state.
+_SLACK_PER_ARRAY, _SLACK = 4096, 1 << 20
+
+
+def _read_arrays(path: str, want: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays of the .npz at ``path``, read only after its entries' sizes are checked against
+    the template's (a truncated, oversized or foreign file is a CheckpointError naming it)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no train state there (missing, or not a regular file)")
+    bound = sum(a.nbytes for a in want.values()) + _SLACK_PER_ARRAY * len(want) + _SLACK
+    try:
+        if os.path.getsize(path) > bound:
+            raise CheckpointError(f"{path}: {os.path.getsize(path)} bytes, more than this model's train state "
+                                  f"can take ({bound}): not its train state")
+        with zipfile.ZipFile(path) as z:
+            unpacked = sum(i.file_size for i in z.infolist())
+        if unpacked > bound:
+            raise CheckpointError(f"{path}: unpacks to {unpacked} bytes, more than this model's train state "
+                                  f"can take ({bound})")
+        with np.load(path, allow_pickle=False) as stored:
+            return {name: stored[name] for name in stored.files}
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{path}: not a readable train state, truncated or damaged "
+                              f"({type(e).__name__}: {str(e)[:120]})") from None
+
+
 def restore_state(path: str, template: TrainState) -> TrainState:
     """The state saved at ``path``, laid out as ``template`` (same params layout and optimizer)."""
-    try:
-        stored = np.load(path, allow_pickle=False)
-        arrays = {name: stored[name] for name in stored.files}
-    except (OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{path}: not a readable train state ({type(e).__name__}: {e})") from None
+    arrays = _read_arrays(path, _named_leaves(template))
     want = _named_leaves(template)
     missing, extra = sorted(set(want) - set(arrays)), sorted(set(arrays) - set(want))
     if missing or extra:
