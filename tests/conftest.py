@@ -19,6 +19,22 @@ import pytest
 from models import make_reference  # noqa: F401  (re-exported for tests)
 
 
+def _dist_chosen(config) -> bool:
+    """Whether the command line or $PYTEST_ADDOPTS names a distribution mode itself."""
+    args = [*config.invocation_params.args, *os.environ.get("PYTEST_ADDOPTS", "").split()]
+    return any(a == "--dist" or a.startswith("--dist=") or a == "-d" for a in args)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """With -n, a file's tests share a worker (xdist's loadfile) unless --dist says otherwise:
+    module fixtures (test_sharding's, test_multihost's) run minute-long subprocesses, which every
+    worker that ran one of their tests would run again. Set here, not in addopts, so that a file
+    still runs with plain pytest where pytest-xdist is not installed."""
+    if getattr(config.option, "dist", "no") == "load" and not _dist_chosen(config):
+        config.option.dist = "loadfile"
+
+
 def save_reference(model, path, **kwargs) -> str:
     model.save_pretrained(path, **kwargs)
     return str(path)
