@@ -350,6 +350,19 @@ def test_huge_shape_integers_are_bounded(tmp_path):
     })
 
 
+def test_safetensors_header_length_is_capped(tmp_path):
+    """A header length the file does hold (a sparse 4 GiB file) but that no checkpoint needs: refused
+    before reading, not read into memory (4 GiB under the child's 1.5 GiB limit)."""
+    path = tmp_path / "huge_header.safetensors"
+    size = 4 * 2 ** 30
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", size - 8))
+        f.truncate(size)
+    results = read_bounded("read_safetensors", {"huge header": str(path)})
+    assert_refused(results, {"huge header": (
+        "CheckpointError", rf"header length {size - 8} exceeds the file size {size} or the 16777216 bytes")})
+
+
 # ----- safetensors headers refused as the safetensors library refuses them -----
 
 @pytest.mark.parametrize("case", ["duplicate name", "overlap", "gap", "trailing bytes", "offsets past the end"])
