@@ -5,11 +5,19 @@ transformers and torch are the reference; they are test dependencies only.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
+import socket
+import sys
 import tempfile
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+# Tests never reach a hub, whatever the environment says (a test that needs huggingface_hub
+# online sets its constant itself, against a server on this machine). Set before anything
+# imports huggingface_hub, which reads the variable once.
+os.environ["HF_HUB_OFFLINE"] = "1"
+if "huggingface_hub.constants" in sys.modules:
+    sys.modules["huggingface_hub.constants"].HF_HUB_OFFLINE = True
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # The CLI turns on JAX's persistent compilation cache in ~/.cache (process-wide); in-process CLI
 # tests must not write there. test_cli checks the CLI's own cache in a subprocess.
@@ -49,6 +57,28 @@ def pytest_configure(config):
     still runs with plain pytest where pytest-xdist is not installed."""
     if getattr(config.option, "dist", "no") == "load" and not _dist_chosen(config):
         config.option.dist = "loadfile"
+
+
+def _is_loopback(host) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it would be resolved and reached
+        return False
+
+
+_connect = socket.socket.connect
+
+
+def _loopback_only(sock, address):
+    """socket.connect for the test processes: this machine only, anything else refused at once."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address[0]):
+        raise ConnectionRefusedError(f"tests do not reach the network (connect to {address!r:.100})")
+    return _connect(sock, address)
+
+
+socket.socket.connect = _loopback_only
 
 
 def pytest_unconfigure(config):
