@@ -222,6 +222,7 @@ def test_a_mistyped_path_fails_at_once(monkeypatch, name):
     """Online, a name that cannot be a repo id fails without asking the Hub anything (no file
     list, no download with its retries, no cache lookup)."""
     import huggingface_hub
+    import huggingface_hub.constants
     asked = []
 
     def hub(*args, **kwargs):

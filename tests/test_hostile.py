@@ -642,6 +642,7 @@ def test_misshaped_split_tensors_are_checkpoint_errors(tiny, name, shape):
 def test_path_like_names_fail_fast(tmp_path, monkeypatch):
     """Names that cannot be repo ids fail without asking the Hub (no file list, no download)."""
     import huggingface_hub
+    import huggingface_hub.constants
     asked = []
 
     def hub(*args, **kwargs):
