@@ -53,20 +53,25 @@ def run_cli(argv, err=None) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def _command(args, cache: str) -> tuple[list[str], dict]:
-    return [sys.executable, "-m", "purevedec", *args], {**os.environ, "PUREVEDEC_COMPILE_CACHE": cache}
+def _command(args, cache: str | None) -> tuple[list[str], dict]:
+    env = dict(os.environ)
+    if cache is not None:  # the CLI's own cache under test: JAX's variable would take precedence
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+        env["PUREVEDEC_COMPILE_CACHE"] = cache
+    return [sys.executable, "-m", "purevedec", *args], env
 
 
-def run_subprocess(*args, timeout=300, cache="none", **kw) -> subprocess.CompletedProcess:
-    """``python -m purevedec ARGS`` in a subprocess (by default without a compilation cache)."""
+def run_subprocess(*args, timeout=300, cache=None, **kw) -> subprocess.CompletedProcess:
+    """``python -m purevedec ARGS`` in a subprocess: by default with the test run's compilation
+    cache (conftest), else with $PUREVEDEC_COMPILE_CACHE set to ``cache`` and only that."""
     cmd, env = _command(args, cache)
     kw = {"capture_output": True, **kw}
     return subprocess.run(cmd, text=True, env=env, cwd=ROOT, timeout=timeout, **kw)
 
 
 def start_subprocess(*args, **kw) -> subprocess.Popen:
-    """``python -m purevedec ARGS`` started in a subprocess without a compilation cache, stderr piped."""
-    cmd, env = _command(args, "none")
+    """``python -m purevedec ARGS`` started in a subprocess with the test run's compilation cache, stderr piped."""
+    cmd, env = _command(args, None)
     return subprocess.Popen(cmd, stderr=subprocess.PIPE, env=env, cwd=ROOT, **kw)
 
 

@@ -5,18 +5,85 @@ transformers and torch are the reference; they are test dependencies only.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import shutil
+import socket
+import sys
+import tempfile
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+# Tests never reach a hub, whatever the environment says (a test that needs huggingface_hub
+# online sets its constant itself, against a server on this machine). Set before anything
+# imports huggingface_hub, which reads the variable once.
+os.environ["HF_HUB_OFFLINE"] = "1"
+if "huggingface_hub.constants" in sys.modules:
+    sys.modules["huggingface_hub.constants"].HF_HUB_OFFLINE = True
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-# The CLI turns on JAX's persistent compilation cache (process-wide); in-process CLI tests
-# must not, so every other test keeps compiling fresh. test_cli checks the cache in a subprocess.
+# The CLI turns on JAX's persistent compilation cache in ~/.cache (process-wide); in-process CLI
+# tests must not write there. test_cli checks the CLI's own cache in a subprocess.
 os.environ["PUREVEDEC_COMPILE_CACHE"] = "none"
+
+# One persistent compilation cache for the whole run, made by the first process (the xdist
+# controller, or plain pytest) before jax is imported: the workers and every subprocess a test
+# starts inherit the variables, so a program compiled once (the tiny models at the same shapes,
+# the CLI's encoder and generation loop) is read back elsewhere instead of compiled again. The
+# cache key covers the program, jax's version and XLA_FLAGS, so a hit is the same executable.
+# Programs that compile faster than the threshold are not worth a file.
+RUN_CACHE = "PUREVEDEC_TEST_RUN_CACHE"
+if RUN_CACHE not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ[RUN_CACHE] = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="purevedec-xla-")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.25"
+    _MADE_RUN_CACHE = True
+else:
+    _MADE_RUN_CACHE = False
 
 import numpy as np
 import pytest
 
 from models import make_reference  # noqa: F401  (re-exported for tests)
+
+
+def _dist_chosen(config) -> bool:
+    """Whether the command line or $PYTEST_ADDOPTS names a distribution mode itself."""
+    args = [*config.invocation_params.args, *os.environ.get("PYTEST_ADDOPTS", "").split()]
+    return any(a == "--dist" or a.startswith("--dist=") or a == "-d" for a in args)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """With -n, a file's tests share a worker (xdist's loadfile) unless --dist says otherwise:
+    module fixtures (test_sharding's, test_multihost's) run minute-long subprocesses, which every
+    worker that ran one of their tests would run again. Set here, not in addopts, so that a file
+    still runs with plain pytest where pytest-xdist is not installed."""
+    if getattr(config.option, "dist", "no") == "load" and not _dist_chosen(config):
+        config.option.dist = "loadfile"
+
+
+def _is_loopback(host) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it would be resolved and reached
+        return False
+
+
+_connect = socket.socket.connect
+
+
+def _loopback_only(sock, address):
+    """socket.connect for the test processes: this machine only, anything else refused at once."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address[0]):
+        raise ConnectionRefusedError(f"tests do not reach the network (connect to {address!r:.100})")
+    return _connect(sock, address)
+
+
+socket.socket.connect = _loopback_only
+
+
+def pytest_unconfigure(config):
+    if _MADE_RUN_CACHE:
+        shutil.rmtree(os.environ[RUN_CACHE], ignore_errors=True)
 
 
 def save_reference(model, path, **kwargs) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -71,35 +70,58 @@ def test_pipelined_pixels_equal_plain_preprocessing_in_order(tmp_path, workers):
 
 
 def test_in_flight_reads_never_exceed_the_window():
-    """A slow consumer: the pool never holds more than ``window`` items read and not yet taken,
-    and it does read ahead (more than one at a time) while the consumer is busy."""
-    lock, state = threading.Lock(), {"started": 0, "taken": 0, "most_ahead": 0}
+    """While the consumer holds an item, the pool reads ahead up to the window and no further:
+    at most ``window`` items read and not yet taken, plus the one being handed back."""
+    cond, state = threading.Condition(), {"started": 0, "taken": 0, "most_ahead": 0}
 
     def read(item, index):
-        with lock:
+        with cond:
             state["started"] += 1
             state["most_ahead"] = max(state["most_ahead"], state["started"] - state["taken"])
-        time.sleep(0.002)
+            cond.notify_all()
         return item * 2
 
     out = []
     for item in read_ahead(list(range(40)), read, workers=3, window=5):
-        with lock:
+        with cond:
             state["taken"] += 1
+            # the model's turn: the pool fills the window meanwhile (the timeout only stops a hang)
+            assert cond.wait_for(lambda: state["started"] >= min(40, state["taken"] + 5), timeout=120), state
         out.append(item.value)
-        time.sleep(0.005)           # the model's turn
     assert out == [2 * i for i in range(40)]
-    assert 2 <= state["most_ahead"] <= 5 + 1  # the one being handed back + the window
+    assert 5 <= state["most_ahead"] <= 5 + 1  # the window, + the one being handed back
 
 
 def test_closing_early_stops_reading():
-    """A consumer that stops after 3 items (errors="raise") leaves the rest unread."""
-    started = []
-    items = read_ahead(list(range(1000)), lambda x, i: started.append(i) or x, workers=2, window=4)
+    """A consumer that stops after 3 items: close() returns without waiting for the reads running
+    (held on a gate), cancels the queued ones, and no read starts after it."""
+    gate, started, finished = threading.Event(), [], []
+    cond = threading.Condition()
+
+    def read(x, i):
+        with cond:
+            started.append(i)
+        if i >= 3:
+            gate.wait(timeout=120)  # held until the consumer has closed (the timeout only stops a hang)
+        with cond:
+            finished.append(i)
+            cond.notify_all()
+        return x
+
+    before = set(threading.enumerate())
+    items = read_ahead(list(range(1000)), read, workers=2, window=4)
     assert [next(items).value for _ in range(3)] == [0, 1, 2]
+    readers = set(threading.enumerate()) - before
     items.close()
-    time.sleep(0.05)
-    assert len(started) <= 3 + 4 + 2    # taken + window + refills racing the close
+    assert not gate.is_set()  # close() did not wait for the held reads
+    with cond:
+        running = list(started)
+    gate.set()
+    for thread in readers:  # the pool's threads end once it has nothing left to run
+        thread.join(timeout=120)
+        assert not thread.is_alive()
+    assert sorted(started) == sorted(running) == list(range(len(running)))
+    assert len(running) <= 3 + 2  # the 3 taken + one held read per worker
 
 
 def test_bad_worker_count_is_refused():

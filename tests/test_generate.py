@@ -102,6 +102,21 @@ def test_token_identity_with_transformers(gen_model, name):
     np.testing.assert_array_equal(ours.sequences, ref)
 
 
+def test_never_stopping_hopes_for_the_longest_hypothesis(tmp_path):
+    """early_stopping="never" with a positive length penalty: a batch keeps searching while its
+    best running beam, at the longest length it could reach, would beat a finished one. On this
+    model and image (found by search) that keeps a beam that stopping at the current length
+    (early_stopping=False) drops: transformers' two answers differ, and ours follows "never"."""
+    model = make_reference(init_scale=3.0, seed=1)
+    params, config = pv.load(save_reference(model, tmp_path / "never"))
+    px = rand_pixels(3, seed=11)
+    kw = dict(max_new_tokens=10, num_beams=2, num_return_sequences=2, length_penalty=2.0, eos_token_id=24)
+    never = _reference(model, px, early_stopping="never", **kw)
+    stop_now = _reference(model, px, early_stopping=False, **kw)
+    assert never.shape != stop_now.shape or not np.array_equal(never, stop_now)  # the case tells them apart
+    np.testing.assert_array_equal(pv.generate(params, px, config, early_stopping="never", **kw).sequences, never)
+
+
 def test_rows_end_at_different_steps_and_pad_after_eos(gen_model):
     model, params, config = gen_model
     px = rand_pixels(4, seed=5)
