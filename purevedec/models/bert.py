@@ -1,0 +1,369 @@
+"""BERT-style text decoders with cross-attention: ``bert`` (BertLMHeadModel), ``roberta``
+(RobertaForCausalLM) and ``bert-generation`` (BertGenerationDecoder), as VisionEncoderDecoder
+runs them (kha-white/manga-ocr-base is ViT + a character-level BERT decoder).
+
+Parameter tree (``param_shapes``)::
+
+    embed    [V, D]          token embeddings; also the output projection when tie_word_embeddings
+    pos      [P, D]          learned absolute positions (P = max_position_embeddings)
+    types    [Y, D]          token-type embeddings; a decoder only ever reads row 0 (not bert-generation)
+    ln_embed {"scale", "bias"}
+    blocks   [ {attn{q,k,v,o}, ln1, cross{q,k,v,o}, ln_cross, mlp{fc, out}, ln2} ] * L
+    head     {"dense", "ln"} the prediction-head transform (not bert-generation)
+    bias     [V]             the output projection's bias when tied (HF ties ``decoder.bias`` to it)
+    lm_head  {"w": [V, D], "b": [V]}  the output projection when not tied (``bias`` is then unused
+                             by transformers too, and kept only so that a saved model round-trips)
+
+Every layer is post-norm (residual add, then norm), every norm uses ``layer_norm_eps``. The
+cross-attention's key/value projections read width D (BertCrossAttention's are
+Linear(hidden_size, ...)): VisionEncoderDecoder projects a wider or narrower encoder to D.
+The head transform is dense -> activation -> norm, the activation being ``hidden_act`` for BERT
+and always exact gelu for RoBERTa (RobertaLMHead hard-codes it); bert-generation has none.
+
+Positions: BERT and bert-generation number tokens 0, 1, 2, ... (continuing from the cache).
+RoBERTa numbers them as fairseq does: pad tokens read row ``pad_token_id``, the others
+``pad_token_id + 1 +`` their count of non-pad tokens in the chunk plus the cached length (so
+the table holds P - pad - 1 usable positions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+
+from .. import validate as v
+from ..attention import attention
+from ..config import ACTIVATION_NAMES, _fields, _warn_unknown
+from ..errors import ConfigError
+from ..gpt2 import token_positions
+from ..layers import (activation, causal_mask, dense, dense_shape, dropout, layer_norm, layer_outputs,
+                      merge_heads, norm_shape, rows_product, site_key, split_heads)
+
+MODEL_TYPES = ("bert", "roberta", "bert-generation")
+# transformers' per-type defaults where they differ from BertConfig's (its own class defaults).
+_TYPE_DEFAULTS = {
+    "bert": {},
+    "roberta": {"vocab_size": 50265, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2},
+    "bert-generation": {"vocab_size": 50358, "hidden_size": 1024, "num_hidden_layers": 24,
+                        "num_attention_heads": 16, "intermediate_size": 4096, "type_vocab_size": 0,
+                        "bos_token_id": 2, "eos_token_id": 1},
+}
+# Keys of these configs that change nothing an image-to-text decoder computes.
+_INERT = frozenset({"classifier_dropout", "position_embedding_type"})
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    """transformers' BertConfig / RobertaConfig / BertGenerationConfig fields that change the
+    math (defaults: bert-base's; ``parse_bert`` fills each type's own defaults)."""
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2            # 0 for bert-generation, which has no token-type table
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    tie_word_embeddings: bool = True
+    bos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
+    pad_token_id: int | None = 0
+    model_type: str = "bert"
+
+    def __post_init__(self):
+        w = "decoder"
+        v.one_of(self.model_type, f"{w}.model_type", MODEL_TYPES)
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "max_position_embeddings"):
+            v.positive_int(getattr(self, name), f"{w}.{name}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(f"{w}.hidden_size={self.hidden_size} is not a multiple of "
+                              f"num_attention_heads={self.num_attention_heads}")
+        if self.model_type == "bert-generation":
+            if self.type_vocab_size != 0:
+                raise ConfigError(f"{w}.type_vocab_size={self.type_vocab_size!r}: bert-generation has no "
+                                  "token-type embeddings (leave it 0)")
+        else:
+            v.positive_int(self.type_vocab_size, f"{w}.type_vocab_size")
+        v.one_of(self.hidden_act, f"{w}.hidden_act", ACTIVATION_NAMES)
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            object.__setattr__(self, name, v.probability(getattr(self, name), f"{w}.{name}"))
+        object.__setattr__(self, "layer_norm_eps",
+                           v.number(self.layer_norm_eps, f"{w}.layer_norm_eps", low=0.0, low_open=True))
+        object.__setattr__(self, "initializer_range",
+                           v.number(self.initializer_range, f"{w}.initializer_range", low=0.0))
+        v.flag(self.tie_word_embeddings, f"{w}.tie_word_embeddings")
+        v.token_id(self.bos_token_id, f"{w}.bos_token_id")
+        v.token_id(self.pad_token_id, f"{w}.pad_token_id")
+        eos = v.token_ids(self.eos_token_id, f"{w}.eos_token_id")
+        object.__setattr__(self, "eos_token_id", eos[0] if eos and len(eos) == 1 else eos)
+        if self.model_type == "roberta":
+            if self.pad_token_id is None:
+                raise ConfigError(f"{w}.pad_token_id is None: RoBERTa numbers positions from the pad id")
+            if self.max_position_embeddings <= self.pad_token_id + 1:
+                raise ConfigError(f"{w}.max_position_embeddings={self.max_position_embeddings} leaves no position "
+                                  f"after RoBERTa's offset pad_token_id + 1 = {self.pad_token_id + 1}")
+
+    n_embd = property(lambda self: self.hidden_size)
+    n_layer = property(lambda self: self.num_hidden_layers)
+    n_head = property(lambda self: self.num_attention_heads)
+    n_inner = property(lambda self: self.intermediate_size)
+    head_dim = property(lambda self: self.hidden_size // self.num_attention_heads)
+    cross_attention_hidden_size = property(lambda self: None, doc="Cross-attention always reads width D.")
+
+    @property
+    def position_offset(self) -> int:
+        """Row of the position table that position 0 reads: pad + 1 for RoBERTa, else 0."""
+        return self.pad_token_id + 1 if self.model_type == "roberta" else 0
+
+    @property
+    def n_positions(self) -> int:
+        """Decoder tokens the position table covers."""
+        return self.max_position_embeddings - self.position_offset
+
+    @property
+    def has_head_transform(self) -> bool:
+        return self.model_type != "bert-generation"
+
+
+def parse_bert(d: Mapping, where: str = "decoder") -> BertConfig:
+    """A bert / roberta / bert-generation decoder section of config.json, refusing what
+    transformers would not run as an image-conditioned causal decoder."""
+    model_type = d.get("model_type")
+    v.one_of(model_type, f"{where}.model_type", MODEL_TYPES)
+    position_type = d.get("position_embedding_type", "absolute")
+    if position_type != "absolute":
+        raise ConfigError(f"{where}.position_embedding_type={position_type!r:.40} is not supported: only "
+                          "'absolute' positions are implemented (relative_key* need distance embeddings)")
+    for flag in ("is_decoder", "add_cross_attention"):
+        if not v.flag(d.get(flag, False), f"{where}.{flag}"):
+            raise ConfigError(f"{where}.{flag} is false: a {model_type} decoder needs causal self-attention and "
+                              "cross-attention layers to read the image (is_decoder and add_cross_attention true)")
+    cross = d.get("cross_attention_hidden_size")
+    if cross is not None and cross != d.get("hidden_size", BertConfig.hidden_size):
+        raise ConfigError(f"{where}.cross_attention_hidden_size={cross!r:.40} differs from hidden_size: "
+                          f"{model_type} cross-attention only reads states of width hidden_size")
+    if d.get("pruned_heads"):
+        raise ConfigError(f"{where}.pruned_heads={d['pruned_heads']!r:.80} is not supported")
+    known = frozenset(f.name for f in dataclasses.fields(BertConfig)) | _INERT
+    _warn_unknown(d, known, where)
+    fields = {**_TYPE_DEFAULTS[model_type], **_fields(BertConfig, d, where)}
+    return BertConfig(**fields, model_type=model_type)
+
+
+def param_shapes(cfg: BertConfig) -> dict:
+    d = cfg.hidden_size
+    attn = {n: dense_shape(d, d) for n in ("q", "k", "v", "o")}
+    block = {"attn": attn, "ln1": norm_shape(d), "cross": dict(attn), "ln_cross": norm_shape(d),
+             "mlp": {"fc": dense_shape(cfg.intermediate_size, d), "out": dense_shape(d, cfg.intermediate_size)},
+             "ln2": norm_shape(d)}
+    shapes = {"embed": (cfg.vocab_size, d), "pos": (cfg.max_position_embeddings, d), "ln_embed": norm_shape(d),
+              "blocks": [block] * cfg.num_hidden_layers, "bias": (cfg.vocab_size,)}
+    if cfg.type_vocab_size:
+        shapes["types"] = (cfg.type_vocab_size, d)
+    if cfg.has_head_transform:
+        shapes["head"] = {"dense": dense_shape(d, d), "ln": norm_shape(d)}
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head"] = dense_shape(cfg.vocab_size, d)
+    return shapes
+
+
+# HF module names inside the decoder: the base model's prefix, and where the output head lives.
+_BASE = {"bert": "bert.", "roberta": "roberta.", "bert-generation": "bert."}
+_HEAD = {"bert": "cls.predictions.", "roberta": "lm_head.", "bert-generation": "lm_head."}
+_TRANSFORM = {"bert": ("transform.dense", "transform.LayerNorm"), "roberta": ("dense", "layer_norm")}
+_LAYER_LINEARS = {"attention.self.query": "attn.q", "attention.self.key": "attn.k", "attention.self.value": "attn.v",
+                  "attention.output.dense": "attn.o", "crossattention.self.query": "cross.q",
+                  "crossattention.self.key": "cross.k", "crossattention.self.value": "cross.v",
+                  "crossattention.output.dense": "cross.o", "intermediate.dense": "mlp.fc", "output.dense": "mlp.out"}
+_LAYER_NORMS = {"attention.output.LayerNorm": "ln1", "crossattention.output.LayerNorm": "ln_cross",
+                "output.LayerNorm": "ln2"}
+_NORM_LEAVES = (("weight", "scale"), ("bias", "bias"))
+_DENSE_LEAVES = (("weight", "w"), ("bias", "b"))
+
+
+def hf_names(cfg: BertConfig) -> list[tuple[str, str]]:
+    """(HF tensor name, our path) pairs inside the decoder (both without the "decoder." prefix),
+    ``{i}`` standing for the layer. Every tensor is a plain copy (PyTorch Linear layouts)."""
+    base, head = _BASE[cfg.model_type], _HEAD[cfg.model_type]
+    emb = f"{base}embeddings."
+    names = [(f"{emb}word_embeddings.weight", "embed"), (f"{emb}position_embeddings.weight", "pos"),
+             (f"{head}bias", "bias")]
+    names += [(f"{emb}LayerNorm.{a}", f"ln_embed.{b}") for a, b in _NORM_LEAVES]
+    if cfg.type_vocab_size:
+        names.append((f"{emb}token_type_embeddings.weight", "types"))
+    layer = f"{base}encoder.layer.{{i}}."
+    for hf, ours in _LAYER_LINEARS.items():
+        names += [(f"{layer}{hf}.{a}", f"blocks.{{i}}.{ours}.{b}") for a, b in _DENSE_LEAVES]
+    for hf, ours in _LAYER_NORMS.items():
+        names += [(f"{layer}{hf}.{a}", f"blocks.{{i}}.{ours}.{b}") for a, b in _NORM_LEAVES]
+    if cfg.has_head_transform:
+        dense_name, norm_name = _TRANSFORM[cfg.model_type]
+        names += [(f"{head}{dense_name}.{a}", f"head.dense.{b}") for a, b in _DENSE_LEAVES]
+        names += [(f"{head}{norm_name}.{a}", f"head.ln.{b}") for a, b in _NORM_LEAVES]
+    if not cfg.tie_word_embeddings:
+        names += [(f"{head}decoder.{a}", f"lm_head.{b}") for a, b in _DENSE_LEAVES]
+    return names
+
+
+def tied_names(cfg: BertConfig) -> tuple[str, ...]:
+    """HF tensors that only repeat others when the head is tied (older checkpoints store them)."""
+    head = _HEAD[cfg.model_type]
+    return (f"{head}decoder.weight", f"{head}decoder.bias") if cfg.tie_word_embeddings else ()
+
+
+def position_rows(ids: jax.Array, start, cfg: BertConfig) -> jax.Array:
+    """The position-table row of each token of ``ids`` [B,T] after ``start`` cached tokens
+    (``start`` may be [B,1] for per-row counts). BERT: start + t. RoBERTa (transformers'
+    create_position_ids_from_input_ids): pad tokens read row pad, the others pad + start + their
+    count of non-pad tokens so far in ``ids``."""
+    b, t = ids.shape
+    if cfg.model_type != "roberta":
+        return jnp.broadcast_to(start + jnp.arange(t), (b, t))
+    pad = cfg.pad_token_id
+    real = (ids != pad).astype(jnp.int32)
+    return (jnp.cumsum(real, axis=1) + start) * real + pad
+
+
+def _padding_row(p_table: jax.Array, rows: jax.Array, pad) -> jax.Array:
+    """Rows of a table with padding_idx=pad: torch gives the pad row no gradient, so neither do we."""
+    x = jnp.take(p_table, rows, axis=0)
+    if pad is None:
+        return x
+    return jnp.where((rows == pad)[..., None], jax.lax.stop_gradient(x), x)
+
+
+def embed(p: dict, ids: jax.Array, rows: jax.Array, cfg: BertConfig, dtype, key=None) -> jax.Array:
+    """ids, position rows [B,T] -> [B,T,D]: token + token type 0 + position, normed, dropped out.
+    An id or position outside its table (possible only under jit) embeds as NaN rather than
+    reading another row."""
+    pad = cfg.pad_token_id
+    x = _padding_row(p["embed"], ids, pad).astype(jnp.float32)
+    if cfg.type_vocab_size:
+        x = x + p["types"][0].astype(jnp.float32)
+    x = x + _padding_row(p["pos"], rows, pad if cfg.model_type == "roberta" else None).astype(jnp.float32)
+    valid = (ids >= 0) & (ids < cfg.vocab_size) & (rows >= 0) & (rows < cfg.max_position_embeddings)
+    x = jnp.where(valid[..., None], x, jnp.nan)
+    x = layer_norm(p["ln_embed"], x, cfg.layer_norm_eps).astype(dtype)
+    return dropout(x, cfg.hidden_dropout_prob, key)
+
+
+def layer_cross_kv(bp: dict, enc: jax.Array, cfg: BertConfig, dtype) -> tuple[jax.Array, jax.Array]:
+    """One layer's cross-attention keys and values. enc [B,S,D] -> 2 x [B,H,S,K]"""
+    return tuple(split_heads(dense(bp["cross"][n], enc, dtype), cfg.num_attention_heads) for n in ("k", "v"))
+
+
+def cross_attention(bp: dict, h: jax.Array, kv, cfg: BertConfig, dtype, key=None):
+    """Queries [B*R,T,D] over shared K/V [B,H,S,K] (the R rows of an image folded into the
+    query axis, so K/V are never copied per beam or sample). Returns ([B*R,T,D], [B*R,H,T,S])."""
+    k, v_ = kv
+    b, heads = k.shape[0], k.shape[1]
+    q = split_heads(dense(bp["cross"]["q"], h, dtype), heads)  # [B*R,H,T,K]
+    rows, t = q.shape[0], q.shape[2]
+    per_image = rows // b
+    fold = lambda x: x.reshape(b, per_image, heads, t, -1).swapaxes(1, 2).reshape(b, heads, per_image * t, -1)  # noqa: E731
+    unfold = lambda x: x.reshape(b, heads, per_image, t, -1).swapaxes(1, 2).reshape(rows, heads, t, -1)  # noqa: E731
+    out, weights = attention(fold(q), k, v_, None, cfg.head_dim ** -0.5,
+                             dropout_rate=cfg.attention_probs_dropout_prob, key=key)
+    return dense(bp["cross"]["o"], merge_heads(unfold(out)), dtype), unfold(weights)
+
+
+def block(bp: dict, x: jax.Array, kv_cross, self_mask, cfg: BertConfig, dtype, *, cache=None, pos=None, key=None):
+    """One post-norm BertLayer: x = norm(x + dropout(sublayer(x))) for causal self-attention,
+    cross-attention and the MLP. x [B,T,D]; self_mask bool [B,1,T,U]; with ``cache``
+    ({"k","v"} [B,H,Tmax,K]) the new K/V are written at ``pos`` and queries read the buffer.
+    Returns (x, self weights [B,H,T,U], cross weights [B,H,T,S], the updated cache or None)."""
+    heads, drop = cfg.num_attention_heads, cfg.hidden_dropout_prob
+    q, k, v_ = (split_heads(dense(bp["attn"][n], x, dtype), heads) for n in ("q", "k", "v"))
+    if cache is not None:
+        cache = {n: jax.lax.dynamic_update_slice(cache[n], t.astype(cache[n].dtype), (0, 0, pos, 0))
+                 for n, t in (("k", k), ("v", v_))}
+        k, v_ = cache["k"], cache["v"]
+    out, self_w = attention(q, k, v_, self_mask, cfg.head_dim ** -0.5,
+                            dropout_rate=cfg.attention_probs_dropout_prob, key=site_key(key, 0))
+    out = dropout(dense(bp["attn"]["o"], merge_heads(out), dtype), drop, site_key(key, 1))
+    x = layer_norm(bp["ln1"], x + out, cfg.layer_norm_eps)
+    out, cross_w = cross_attention(bp, x, kv_cross, cfg, dtype, key=site_key(key, 2))
+    x = layer_norm(bp["ln_cross"], x + dropout(out, drop, site_key(key, 3)), cfg.layer_norm_eps)
+    h = dense(bp["mlp"]["out"], activation(cfg.hidden_act, dense(bp["mlp"]["fc"], x, dtype)), dtype)
+    x = layer_norm(bp["ln2"], x + dropout(h, drop, site_key(key, 4)), cfg.layer_norm_eps)
+    return x, self_w, cross_w, cache
+
+
+def lm_head(p: dict, h: jax.Array, cfg: BertConfig, dtype) -> jax.Array:
+    """[B,T,D] -> float32 logits [B,T,V]: the head transform (dense, activation, norm; RoBERTa's
+    activation is always exact gelu), then the output projection: the token embedding and
+    ``bias`` when tied, else ``lm_head``'s own weight and bias."""
+    if cfg.has_head_transform:
+        act = "gelu" if cfg.model_type == "roberta" else cfg.hidden_act
+        h = layer_norm(p["head"]["ln"], activation(act, dense(p["head"]["dense"], h, dtype)), cfg.layer_norm_eps)
+    w, b = (p["embed"], p["bias"]) if cfg.tie_word_embeddings else (p["lm_head"]["w"], p["lm_head"]["b"])
+    return rows_product(h.astype(dtype), w.astype(dtype)) + b.astype(dtype).astype(jnp.float32)
+
+
+def apply(p: dict, ids: jax.Array, kv_cross: list, cfg: BertConfig, *, attention_mask=None,
+          position_ids=None, dtype=jnp.float32, key=None, remat: bool = False) -> dict:
+    """Teacher-forced decoder pass. ids [B,T] -> {"logits": [B,T,V], "hidden_states": the
+    embedding output and each layer's output, "attentions", "cross_attentions"}.
+    ``position_ids`` [B,T] are rows of the position table, as transformers takes them (default:
+    ``position_rows``)."""
+    b, t = ids.shape
+    rows = position_rows(ids, 0, cfg) if position_ids is None else position_ids
+    x = embed(p, ids, rows, cfg, dtype, key=site_key(key, 0))
+    mask = causal_mask(t, attention_mask, b)
+    hidden, self_ws, cross_ws = [x], [], []
+    for i, bp in enumerate(p["blocks"]):
+        x, self_w, cross_w, _ = layer_outputs(lambda bp, x, kv, mask, k: block(bp, x, kv, mask, cfg, dtype, key=k),
+                                              bp, x, kv_cross[i], constants=(mask, site_key(key, 1, i)), remat=remat,
+                                              side_outputs=3)
+        hidden.append(x)
+        self_ws.append(self_w)
+        cross_ws.append(cross_w)
+    return {"logits": lm_head(p, x, cfg, dtype), "hidden_states": tuple(hidden), "attentions": tuple(self_ws),
+            "cross_attentions": tuple(cross_ws)}
+
+
+def init_self_cache(cfg: BertConfig, rows: int, max_len: int, dtype) -> list:
+    """Per layer, zeroed self-attention K/V buffers [R,H,Tmax,K]."""
+    shape = (rows, cfg.num_attention_heads, max_len, cfg.head_dim)
+    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.num_hidden_layers)]
+
+
+def _cached_rows(cache: dict, ids, valid, cfg: BertConfig, shifted: bool):
+    """(position rows [R,t], the new cache["offset"]) for ``ids`` after the cached tokens.
+    BERT: per row by default (left padding not counted, as GPT-2), buffer index when ``shifted``.
+    RoBERTa: transformers' count over non-pad ids plus the cache length, whatever ``shifted``."""
+    if cfg.model_type == "roberta":
+        return position_rows(ids, cache["pos"], cfg), cache["offset"]
+    return token_positions(cache, valid, ids.shape[1], shifted)
+
+
+def apply_cached(p: dict, cache: dict, ids: jax.Array, cfg: BertConfig, *, attention_mask=None,
+                 shifted: bool = False, dtype=jnp.float32):
+    """Decode ``ids`` [R,t] after the ``cache["pos"]`` tokens already cached (the cache contract
+    is gpt2.apply_cached's). Writing past the buffer (possible only under jit) makes the logits
+    NaN. Returns (logits [R,t,V] float32, new cache, cross-attention weights per layer)."""
+    r, t = ids.shape
+    pos = cache["pos"]
+    max_len = cache["mask"].shape[1]
+    valid = jnp.ones((r, t), bool) if attention_mask is None else attention_mask != 0
+    key_mask = jax.lax.dynamic_update_slice(cache["mask"], valid, (0, pos))  # [R,Tmax]
+    causal = jnp.arange(max_len)[None, :] <= (pos + jnp.arange(t))[:, None]  # [t,Tmax]
+    mask = causal[None, None] & key_mask[:, None, None, :]  # [R,1,t,Tmax]
+    rows, offset = _cached_rows(cache, ids, None if attention_mask is None else valid, cfg, shifted)
+    x = embed(p, ids, rows, cfg, dtype)
+    new_self, cross_ws = [], []
+    for i, bp in enumerate(p["blocks"]):
+        x, _, cross_w, layer = block(bp, x, cache["cross"][i], mask, cfg, dtype, cache=cache["self"][i], pos=pos)
+        new_self.append(layer)
+        cross_ws.append(cross_w)
+    logits = jnp.where(pos + t <= max_len, lm_head(p, x, cfg, dtype), jnp.nan)
+    return logits, {**cache, "self": new_self, "mask": key_mask, "offset": offset, "pos": pos + t}, cross_ws
