@@ -52,3 +52,17 @@ def make_bert_reference(decoder: str = "bert", encoder: str = "vit", enc_kw=None
     for c in (model.config, model.encoder.config, model.decoder.config):
         c._attn_implementation = "eager"
     return model.eval()
+
+
+def make_generation_reference(decoder: str = "bert", encoder: str = "vit", *, seed=5, **kw):
+    """A reference whose greedy outputs differ from image to image and from step to step:
+    transformers' own init with every weight x3 and the cross-attention (and projection) x15 more.
+    (With every tensor redrawn, post-norm decoders with a tied head repeat one token whatever the
+    image.)"""
+    import torch
+    model = make_bert_reference(decoder, encoder, seed=seed, randomized=False, **kw)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" not in name.lower():
+                p.mul_(3.0 * (15.0 if "crossattention" in name or "enc_to_dec_proj" in name else 1.0))
+    return model
