@@ -484,13 +484,6 @@ def parse_config(d: Mapping) -> Config:
     ).with_source(d)
 
 
-# BERT-style decoders live in their family module (imported here, after everything it reads from this one).
-from .models import bert as _bert  # noqa: E402
-
-DECODER_CONFIG_TYPES += (_bert.BertConfig,)
-DECODER_PARSERS.update({name: _bert.parse_bert for name in _bert.MODEL_TYPES})
-
-
 def _check_cross_size(cross: Any, encoder: ViTConfig, decoder: GPT2Config | TrOCRConfig) -> None:
     if cross is None:
         return

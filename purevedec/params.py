@@ -18,11 +18,10 @@ import numpy as np
 
 from . import beit, deit, gpt2, trocr, vit
 from .config import Config
-from .models import bert
 from .errors import ParamsError
 
 ENCODERS = {"vit": vit, "deit": deit, "beit": beit}
-DECODERS = {"gpt2": gpt2, "trocr": trocr, **{name: bert for name in bert.MODEL_TYPES}}
+DECODERS = {"gpt2": gpt2, "trocr": trocr}
 # Keys of a params dict that hold static descriptions, not weights.
 STATIC_KEYS = ("config", "generation_config")
 

@@ -15,7 +15,6 @@ from typing import Callable
 import numpy as np
 
 from ..config import Config
-from ..models import bert
 
 
 @dataclass(frozen=True)
@@ -149,13 +148,8 @@ def _trocr_rules(config: Config) -> list[Rule]:
     return rules
 
 
-def _bert_rules(config: Config) -> list[Rule]:
-    return [Rule(f"decoder.{hf}", (f"decoder.{ours}",)) for hf, ours in bert.hf_names(config.decoder)]
-
-
 # model_type -> the rules for a config of that type (optional parts only when the config has them).
-RULES = {"vit": _vit_rules, "deit": _deit_rules, "beit": _beit_rules, "gpt2": _gpt2_rules, "trocr": _trocr_rules,
-         **{name: _bert_rules for name in bert.MODEL_TYPES}}
+RULES = {"vit": _vit_rules, "deit": _deit_rules, "beit": _beit_rules, "gpt2": _gpt2_rules, "trocr": _trocr_rules}
 PROJECTION_RULES = [Rule("enc_to_dec_proj.weight", ("proj.w",)), Rule("enc_to_dec_proj.bias", ("proj.b",))]
 
 # Tensors real checkpoints carry that are not parameters of the captioning model: GPT-2's
@@ -189,9 +183,7 @@ def rules_for(config: Config) -> list[Rule]:
 
 def is_ignored(name: str, config: Config) -> bool:
     """Known non-parameters, and an output projection that merely repeats the tied embedding."""
-    if name == _HEADS.get(config.decoder.model_type) and config.decoder.tie_word_embeddings:
-        return True
-    if config.decoder.model_type in bert.MODEL_TYPES and name.removeprefix("decoder.") in bert.tied_names(config.decoder):
+    if name == _HEADS[config.decoder.model_type] and config.decoder.tie_word_embeddings:
         return True
     return any(p.match(name) for p in IGNORED)
 
@@ -249,13 +241,6 @@ _STANDALONE = {
              ("", "encoder.")),
     "gpt2": (("transformer.", "decoder.transformer."), ("lm_head.", "decoder.lm_head."),
              ("", "decoder.transformer.")),
-    # BertLMHeadModel/BertForMaskedLM ("bert.*", "cls.predictions.*") or BertModel; RoBERTa alike;
-    # BertGenerationDecoder ("bert.*", "lm_head.*") or BertGenerationEncoder.
-    "bert": (("cls.seq_relationship.", None), ("bert.pooler.", None), ("pooler.", None), ("cls.", "decoder.cls."),
-             ("bert.", "decoder.bert."), ("", "decoder.bert.")),
-    "roberta": (("roberta.pooler.", None), ("pooler.", None), ("lm_head.", "decoder.lm_head."),
-                ("roberta.", "decoder.roberta."), ("", "decoder.roberta.")),
-    "bert-generation": (("lm_head.", "decoder.lm_head."), ("bert.", "decoder.bert."), ("", "decoder.bert.")),
     "trocr": (("model.decoder.", "decoder.model.decoder."), ("output_projection.", "decoder.output_projection."),
               ("", "decoder.model.decoder.")),
 }
