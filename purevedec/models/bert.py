@@ -2,7 +2,7 @@
 (RobertaForCausalLM) and ``bert-generation`` (BertGenerationDecoder), as VisionEncoderDecoder
 runs them (kha-white/manga-ocr-base is ViT + a character-level BERT decoder).
 
-Parameter tree (``param_shapes``)::
+Parameter tree (``params``)::
 
     embed    [V, D]          token embeddings; also the output projection when tie_word_embeddings
     pos      [P, D]          learned absolute positions (P = max_position_embeddings)
@@ -28,7 +28,6 @@ the table holds P - pad - 1 usable positions).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -37,11 +36,14 @@ import jax.numpy as jnp
 
 from .. import validate as v
 from ..attention import attention
-from ..config import ACTIVATION_NAMES, _fields, _warn_unknown
+from ..config_fields import ACTIVATION_NAMES, field_names, fields, warn_unknown
+from ..decoder_cache import DecoderCache, advance, guard_overflow, step_mask, token_positions, valid_tokens, write_kv
 from ..errors import ConfigError
-from ..gpt2 import token_positions
-from ..layers import (activation, causal_mask, dense, dense_shape, dropout, layer_norm, layer_outputs,
-                      merge_heads, norm_shape, rows_product, site_key, split_heads)
+from ..hf_rules import Rule, linear_rules, norm_rules
+from ..layers import (activation, causal_mask, dense, dropout, layer_norm, layer_outputs, merge_heads, rows_product,
+                      site_key, split_heads)
+from ..param_spec import EMBED, HEADS, MLP, POSITIONS, VOCAB, Param, dense as dense_param, norm
+from .family import DecoderFamily, config_json
 
 MODEL_TYPES = ("bert", "roberta", "bert-generation")
 # transformers' per-type defaults where they differ from BertConfig's (its own class defaults).
@@ -153,27 +155,30 @@ def parse_bert(d: Mapping, where: str = "decoder") -> BertConfig:
                           f"{model_type} cross-attention only reads states of width hidden_size")
     if d.get("pruned_heads"):
         raise ConfigError(f"{where}.pruned_heads={d['pruned_heads']!r:.80} is not supported")
-    known = frozenset(f.name for f in dataclasses.fields(BertConfig)) | _INERT
-    _warn_unknown(d, known, where)
-    fields = {**_TYPE_DEFAULTS[model_type], **_fields(BertConfig, d, where)}
-    return BertConfig(**fields, model_type=model_type)
+    warn_unknown(d, field_names(BertConfig) | _INERT, where)
+    return BertConfig(**{**_TYPE_DEFAULTS[model_type], **fields(BertConfig, d, where)}, model_type=model_type)
 
 
-def param_shapes(cfg: BertConfig) -> dict:
-    d = cfg.hidden_size
-    attn = {n: dense_shape(d, d) for n in ("q", "k", "v", "o")}
-    block = {"attn": attn, "ln1": norm_shape(d), "cross": dict(attn), "ln_cross": norm_shape(d),
-             "mlp": {"fc": dense_shape(cfg.intermediate_size, d), "out": dense_shape(d, cfg.intermediate_size)},
-             "ln2": norm_shape(d)}
-    shapes = {"embed": (cfg.vocab_size, d), "pos": (cfg.max_position_embeddings, d), "ln_embed": norm_shape(d),
-              "blocks": [block] * cfg.num_hidden_layers, "bias": (cfg.vocab_size,)}
+def params(cfg: BertConfig) -> dict:
+    """The description: N(0, initializer_range) kernels and tables, zero biases (the vocabulary
+    bias included), unit norms, as transformers initialises them."""
+    d, f, std = cfg.hidden_size, cfg.intermediate_size, cfg.initializer_range
+    attn = {n: dense_param(d, d, (HEADS, EMBED), std) for n in ("q", "k", "v")}
+    attn["o"] = dense_param(d, d, (EMBED, HEADS), std)
+    block = {"attn": attn, "ln1": norm(d), "cross": dict(attn), "ln_cross": norm(d),
+             "mlp": {"fc": dense_param(f, d, (MLP, EMBED), std), "out": dense_param(d, f, (EMBED, MLP), std)},
+             "ln2": norm(d)}
+    tree = {"embed": Param((cfg.vocab_size, d), (VOCAB, EMBED), "normal", std),
+            "pos": Param((cfg.max_position_embeddings, d), (POSITIONS, EMBED), "normal", std),
+            "ln_embed": norm(d), "blocks": [block] * cfg.num_hidden_layers,
+            "bias": Param((cfg.vocab_size,), (VOCAB,), "zeros")}
     if cfg.type_vocab_size:
-        shapes["types"] = (cfg.type_vocab_size, d)
+        tree["types"] = Param((cfg.type_vocab_size, d), (None, EMBED), "normal", std)
     if cfg.has_head_transform:
-        shapes["head"] = {"dense": dense_shape(d, d), "ln": norm_shape(d)}
+        tree["head"] = {"dense": dense_param(d, d, (EMBED, EMBED), std), "ln": norm(d)}
     if not cfg.tie_word_embeddings:
-        shapes["lm_head"] = dense_shape(cfg.vocab_size, d)
-    return shapes
+        tree["lm_head"] = dense_param(cfg.vocab_size, d, (VOCAB, EMBED), std)
+    return tree
 
 
 # HF module names inside the decoder: the base model's prefix, and where the output head lives.
@@ -186,38 +191,29 @@ _LAYER_LINEARS = {"attention.self.query": "attn.q", "attention.self.key": "attn.
                   "crossattention.output.dense": "cross.o", "intermediate.dense": "mlp.fc", "output.dense": "mlp.out"}
 _LAYER_NORMS = {"attention.output.LayerNorm": "ln1", "crossattention.output.LayerNorm": "ln_cross",
                 "output.LayerNorm": "ln2"}
-_NORM_LEAVES = (("weight", "scale"), ("bias", "bias"))
-_DENSE_LEAVES = (("weight", "w"), ("bias", "b"))
 
 
-def hf_names(cfg: BertConfig) -> list[tuple[str, str]]:
-    """(HF tensor name, our path) pairs inside the decoder (both without the "decoder." prefix),
-    ``{i}`` standing for the layer. Every tensor is a plain copy (PyTorch Linear layouts)."""
-    base, head = _BASE[cfg.model_type], _HEAD[cfg.model_type]
-    emb = f"{base}embeddings."
-    names = [(f"{emb}word_embeddings.weight", "embed"), (f"{emb}position_embeddings.weight", "pos"),
-             (f"{head}bias", "bias")]
-    names += [(f"{emb}LayerNorm.{a}", f"ln_embed.{b}") for a, b in _NORM_LEAVES]
+def hf_rules(cfg: BertConfig) -> list[Rule]:
+    """Every tensor is a plain copy (PyTorch Linear layouts). The tied output projection and its
+    bias have no rule (``tied_copies``)."""
+    base, head = f"decoder.{_BASE[cfg.model_type]}", f"decoder.{_HEAD[cfg.model_type]}"
+    emb, layer, blk = f"{base}embeddings.", f"{base}encoder.layer.{{i}}.", "decoder.blocks.{i}."
+    rules = [Rule(f"{emb}word_embeddings.weight", ("decoder.embed",)),
+             Rule(f"{emb}position_embeddings.weight", ("decoder.pos",)), Rule(f"{head}bias", ("decoder.bias",)),
+             *norm_rules(f"{emb}LayerNorm", "decoder.ln_embed")]
     if cfg.type_vocab_size:
-        names.append((f"{emb}token_type_embeddings.weight", "types"))
-    layer = f"{base}encoder.layer.{{i}}."
+        rules.append(Rule(f"{emb}token_type_embeddings.weight", ("decoder.types",)))
     for hf, ours in _LAYER_LINEARS.items():
-        names += [(f"{layer}{hf}.{a}", f"blocks.{{i}}.{ours}.{b}") for a, b in _DENSE_LEAVES]
+        rules += linear_rules(f"{layer}{hf}", f"{blk}{ours}")
     for hf, ours in _LAYER_NORMS.items():
-        names += [(f"{layer}{hf}.{a}", f"blocks.{{i}}.{ours}.{b}") for a, b in _NORM_LEAVES]
+        rules += norm_rules(f"{layer}{hf}", f"{blk}{ours}")
     if cfg.has_head_transform:
         dense_name, norm_name = _TRANSFORM[cfg.model_type]
-        names += [(f"{head}{dense_name}.{a}", f"head.dense.{b}") for a, b in _DENSE_LEAVES]
-        names += [(f"{head}{norm_name}.{a}", f"head.ln.{b}") for a, b in _NORM_LEAVES]
+        rules += linear_rules(f"{head}{dense_name}", "decoder.head.dense")
+        rules += norm_rules(f"{head}{norm_name}", "decoder.head.ln")
     if not cfg.tie_word_embeddings:
-        names += [(f"{head}decoder.{a}", f"lm_head.{b}") for a, b in _DENSE_LEAVES]
-    return names
-
-
-def tied_names(cfg: BertConfig) -> tuple[str, ...]:
-    """HF tensors that only repeat others when the head is tied (older checkpoints store them)."""
-    head = _HEAD[cfg.model_type]
-    return (f"{head}decoder.weight", f"{head}decoder.bias") if cfg.tie_word_embeddings else ()
+        rules += linear_rules(f"{head}decoder", "decoder.lm_head")
+    return rules
 
 
 def position_rows(ids: jax.Array, start, cfg: BertConfig) -> jax.Array:
@@ -279,14 +275,13 @@ def cross_attention(bp: dict, h: jax.Array, kv, cfg: BertConfig, dtype, key=None
 def block(bp: dict, x: jax.Array, kv_cross, self_mask, cfg: BertConfig, dtype, *, cache=None, pos=None, key=None):
     """One post-norm BertLayer: x = norm(x + dropout(sublayer(x))) for causal self-attention,
     cross-attention and the MLP. x [B,T,D]; self_mask bool [B,1,T,U]; with ``cache``
-    ({"k","v"} [B,H,Tmax,K]) the new K/V are written at ``pos`` and queries read the buffer.
+    (this layer's keys, values [B,H,Tmax,K]) the new K/V are written at ``pos``, queries read the buffer.
     Returns (x, self weights [B,H,T,U], cross weights [B,H,T,S], the updated cache or None)."""
     heads, drop = cfg.num_attention_heads, cfg.hidden_dropout_prob
     q, k, v_ = (split_heads(dense(bp["attn"][n], x, dtype), heads) for n in ("q", "k", "v"))
     if cache is not None:
-        cache = {n: jax.lax.dynamic_update_slice(cache[n], t.astype(cache[n].dtype), (0, 0, pos, 0))
-                 for n, t in (("k", k), ("v", v_))}
-        k, v_ = cache["k"], cache["v"]
+        cache = write_kv(cache, k, v_, pos)
+        k, v_ = cache
     out, self_w = attention(q, k, v_, self_mask, cfg.head_dim ** -0.5,
                             dropout_rate=cfg.attention_probs_dropout_prob, key=site_key(key, 0))
     out = dropout(dense(bp["attn"]["o"], merge_heads(out), dtype), drop, site_key(key, 1))
@@ -331,39 +326,56 @@ def apply(p: dict, ids: jax.Array, kv_cross: list, cfg: BertConfig, *, attention
             "cross_attentions": tuple(cross_ws)}
 
 
-def init_self_cache(cfg: BertConfig, rows: int, max_len: int, dtype) -> list:
-    """Per layer, zeroed self-attention K/V buffers [R,H,Tmax,K]."""
-    shape = (rows, cfg.num_attention_heads, max_len, cfg.head_dim)
-    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.num_hidden_layers)]
-
-
-def _cached_rows(cache: dict, ids, valid, cfg: BertConfig, shifted: bool):
-    """(position rows [R,t], the new cache["offset"]) for ``ids`` after the cached tokens.
-    BERT: per row by default (left padding not counted, as GPT-2), buffer index when ``shifted``.
-    RoBERTa: transformers' count over non-pad ids plus the cache length, whatever ``shifted``."""
+def _cached_rows(cache: DecoderCache, ids, valid, cfg: BertConfig, shifted: bool):
+    """(position rows [R,t], the new offsets) for ``ids`` after the cached tokens. BERT: per row
+    by default (left padding not counted, as GPT-2), buffer indices when ``shifted``. RoBERTa:
+    transformers' count over non-pad ids plus the cache length, whatever ``shifted`` says."""
     if cfg.model_type == "roberta":
-        return position_rows(ids, cache["pos"], cfg), cache["offset"]
+        return position_rows(ids, cache.pos, cfg), None
     return token_positions(cache, valid, ids.shape[1], shifted)
 
 
-def apply_cached(p: dict, cache: dict, ids: jax.Array, cfg: BertConfig, *, attention_mask=None,
+def apply_cached(p: dict, cache: DecoderCache, ids: jax.Array, cfg: BertConfig, *, attention_mask=None,
                  shifted: bool = False, dtype=jnp.float32):
-    """Decode ``ids`` [R,t] after the ``cache["pos"]`` tokens already cached (the cache contract
-    is gpt2.apply_cached's). Writing past the buffer (possible only under jit) makes the logits
-    NaN. Returns (logits [R,t,V] float32, new cache, cross-attention weights per layer)."""
-    r, t = ids.shape
-    pos = cache["pos"]
-    max_len = cache["mask"].shape[1]
-    valid = jnp.ones((r, t), bool) if attention_mask is None else attention_mask != 0
-    key_mask = jax.lax.dynamic_update_slice(cache["mask"], valid, (0, pos))  # [R,Tmax]
-    causal = jnp.arange(max_len)[None, :] <= (pos + jnp.arange(t))[:, None]  # [t,Tmax]
-    mask = causal[None, None] & key_mask[:, None, None, :]  # [R,1,t,Tmax]
+    """Decode ``ids`` [R,t] after the ``cache.pos`` tokens already cached (the contract of
+    ``family.py``'s decoder protocol). Returns (logits [R,t,V] float32, new cache,
+    cross-attention weights per layer)."""
+    t = ids.shape[1]
+    valid = valid_tokens(ids, attention_mask)
+    mask, key_mask = step_mask(cache, valid)
     rows, offset = _cached_rows(cache, ids, None if attention_mask is None else valid, cfg, shifted)
     x = embed(p, ids, rows, cfg, dtype)
     new_self, cross_ws = [], []
     for i, bp in enumerate(p["blocks"]):
-        x, _, cross_w, layer = block(bp, x, cache["cross"][i], mask, cfg, dtype, cache=cache["self"][i], pos=pos)
+        x, _, cross_w, layer = block(bp, x, cache.cross_kv[i], mask, cfg, dtype, cache=cache.self_kv[i], pos=cache.pos)
         new_self.append(layer)
         cross_ws.append(cross_w)
-    logits = jnp.where(pos + t <= max_len, lm_head(p, x, cfg, dtype), jnp.nan)
-    return logits, {**cache, "self": new_self, "mask": key_mask, "offset": offset, "pos": pos + t}, cross_ws
+    return guard_overflow(lm_head(p, x, cfg, dtype), cache, t), advance(cache, new_self, key_mask, t, offset), cross_ws
+
+
+def _family(model_type: str, standalone: tuple) -> DecoderFamily:
+    head = f"decoder.{_HEAD[model_type]}decoder."
+    return DecoderFamily(
+        model_type=model_type, config_class=BertConfig, parse=parse_bert, params=params, apply=apply,
+        cross_kv=layer_cross_kv, apply_cached=apply_cached, hf_rules=hf_rules, layers_field="num_hidden_layers",
+        embedding_leaves=("embed", "pos", "types"), tied_head=head + "weight", tied_copies=(head + "bias",),
+        standalone=standalone, to_json=_to_json)
+
+
+def _to_json(cfg: BertConfig) -> dict:
+    d = config_json(cfg)
+    if cfg.model_type == "bert-generation":
+        del d["type_vocab_size"]  # not a BertGenerationConfig field
+    return d
+
+
+# BertLMHeadModel/BertForMaskedLM ("bert.*", "cls.*", maybe an NSP head and a pooler) or BertModel;
+# RobertaForCausalLM/ForMaskedLM or RobertaModel; BertGenerationDecoder or BertGenerationEncoder.
+FAMILIES = (
+    _family("bert", (("cls.seq_relationship.", None), ("bert.pooler.", None), ("pooler.", None),
+                     ("cls.", "decoder.cls."), ("bert.", "decoder.bert."), ("", "decoder.bert."))),
+    _family("roberta", (("roberta.pooler.", None), ("pooler.", None), ("lm_head.", "decoder.lm_head."),
+                        ("roberta.", "decoder.roberta."), ("", "decoder.roberta."))),
+    _family("bert-generation", (("lm_head.", "decoder.lm_head."), ("bert.", "decoder.bert."),
+                                ("", "decoder.bert."))),
+)
