@@ -148,11 +148,15 @@ class Captioner:
     """A device mesh (``with_mesh``): batches are split over its "data" axis; None: one device."""
 
     @classmethod
-    def from_pretrained(cls, name: str | os.PathLike, *, dtype=None) -> "Captioner":
-        """Load a local checkpoint directory or a hub id (weights, preprocessor and tokenizer)."""
+    def from_pretrained(cls, name: str | os.PathLike, *, dtype=None, grayscale: bool = False) -> "Captioner":
+        """Load a local checkpoint directory or a hub id (weights, preprocessor and tokenizer).
+        ``grayscale`` turns every image gray (and back to RGB) before preprocessing, as
+        manga-ocr's application does (``ImageConfig.grayscale``)."""
+        import dataclasses
         path = model_dir(name)
         params, config = load(path, dtype=dtype)
-        return cls(params, config, load_image_config(path), load_tokenizer(path), dtype)
+        image_config = dataclasses.replace(load_image_config(path), grayscale=bool(grayscale))
+        return cls(params, config, image_config, load_tokenizer(path), dtype)
 
     def with_mesh(self, mesh, *, rules=None, fsdp: bool = False) -> "Captioner":
         """This captioner on ``mesh``: params placed by ``shard_params`` (heads, MLP width and

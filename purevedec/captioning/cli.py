@@ -127,6 +127,8 @@ def add_caption_command(commands) -> argparse.ArgumentParser:
                      help=f"random seed for sampling (default {DEFAULT_SEED}: runs repeat)")
     cap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                      help="cast the parameters (default: as stored)")
+    cap.add_argument("--grayscale", action="store_true",
+                     help="turn images gray (and back to RGB) before preprocessing, as manga-ocr's application does")
     cap.add_argument("--format", choices=["text", "jsonl"], default="text")
     cap.add_argument("--output", "-o", metavar="FILE", default=None,
                      help="append the captions to FILE instead of writing them to stdout")
@@ -304,7 +306,7 @@ def _load(args):
         from .compile_cache import enable_compilation_cache
         enable_compilation_cache(args.compile_cache or None)
     try:
-        return Captioner.from_pretrained(args.model, dtype=args.dtype)
+        return Captioner.from_pretrained(args.model, dtype=args.dtype, grayscale=args.grayscale)
     except ModelNotFound as e:
         raise UsageError(str(e)) from None
     except (ValueError, OSError) as e:  # CheckpointError, ConfigError, TokenizerError, unreadable files
