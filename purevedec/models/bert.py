@@ -63,22 +63,39 @@ class BertConfig:
     """transformers' BertConfig / RobertaConfig / BertGenerationConfig fields that change the
     math (defaults: bert-base's; ``parse_bert`` fills each type's own defaults)."""
     vocab_size: int = 30522
+    """Vocabulary size V."""
     hidden_size: int = 768
+    """Width D of the decoder (cross-attention reads states of this width too)."""
     num_hidden_layers: int = 12
+    """Transformer layers L."""
     num_attention_heads: int = 12
+    """Attention heads H per layer."""
     intermediate_size: int = 3072
+    """Width of the MLP's hidden layer."""
     hidden_act: str = "gelu"
+    """The MLP's activation (and BERT's head transform's), by transformers' ``ACT2FN`` name."""
     hidden_dropout_prob: float = 0.1
+    """Dropout after the embeddings and each sublayer (only with a ``key``)."""
     attention_probs_dropout_prob: float = 0.1
+    """Dropout on the attention weights (only with a ``key``)."""
     max_position_embeddings: int = 512
-    type_vocab_size: int = 2            # 0 for bert-generation, which has no token-type table
+    """Rows P of the position table (RoBERTa's first pad + 1 rows hold no real position)."""
+    type_vocab_size: int = 2
+    """Rows of the token-type table (only row 0 is read); 0 for bert-generation, which has none."""
     initializer_range: float = 0.02
+    """Standard deviation of ``init_params``' normal draws."""
     layer_norm_eps: float = 1e-12
+    """Epsilon of every layer norm."""
     tie_word_embeddings: bool = True
+    """The output projection is the token embedding (and its bias the vocabulary bias) when True."""
     bos_token_id: int | None = None
+    """Beginning-of-sequence id."""
     eos_token_id: int | tuple[int, ...] | None = None
+    """End-of-sequence id, or a tuple of them."""
     pad_token_id: int | None = 0
+    """Padding id: its embedding row gets no gradient; RoBERTa numbers positions from it."""
     model_type: str = "bert"
+    """transformers' model_type: "bert", "roberta" or "bert-generation"."""
 
     def __post_init__(self):
         w = "decoder"
