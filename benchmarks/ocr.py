@@ -8,6 +8,12 @@ a batch of text-line crops (N(0,1) pixels) and decode ``tokens`` new tokens gree
 same cost model as the captioning rows: benchmarks/costs.py), and whether purevedec is ahead.
 
     python -m benchmarks.run --only ocr [--ocr-batches 1,16] [--ocr-tokens 24] [--dtypes float32,bfloat16]
+
+``--ocr-subject manga-ocr`` runs the same rows on kha-white/manga-ocr-base's shapes instead: ViT-B/16
+at 224 and a 2-layer BERT decoder (width 768, 12 heads, 6144 characters; tests/bert_models.py:
+MANGA_ENCODER, MANGA_DECODER), random weights, with manga-ocr's generation defaults as its config
+gives them to both libraries (no-repeat 3, length penalty 2, early stopping; "beam-4" is its own
+num_beams 4).
 """
 
 from __future__ import annotations
@@ -23,15 +29,30 @@ from .fidelity import token_agreement
 
 FULL_NAME = "trocr-base shapes (334M), random weights"
 TINY_NAME = "tiny random TrOCR"
+MANGA_FULL_NAME = "manga-ocr-base shapes (ViT-B 224 + 2-layer BERT), random weights"
+MANGA_TINY_NAME = "tiny random ViT + BERT (manga-ocr options)"
+SUBJECTS = ("trocr", "manga-ocr")
 
 
-def reference(tiny: bool):
-    """The torch model both libraries run: trocr-base's shapes, or a tiny one (--tiny).
-    Weights N(0, 0.05) at full size, so that activations stay in range through 24 layers."""
+def reference(tiny: bool, subject: str = "trocr"):
+    """The torch model both libraries run: trocr-base's or manga-ocr-base's shapes, or a tiny
+    one (--tiny). Weights N(0, 0.05) at full size, so that activations stay in range."""
+    if subject == "manga-ocr":
+        return _manga_reference(tiny)
     from tests.ocr_models import FULL_ENCODER, FULL_TROCR, make_ocr_reference
     if tiny:
         return make_ocr_reference(seed=0, scale=0.6)
     return make_ocr_reference(seed=0, scale=0.05, enc_base=FULL_ENCODER, dec_base=FULL_TROCR)
+
+
+def _manga_reference(tiny: bool):
+    from tests.bert_models import MANGA_DECODER, MANGA_ENCODER, MANGA_GENERATION, make_bert_reference
+    shapes = {} if tiny else dict(enc_base=MANGA_ENCODER, dec_base=MANGA_DECODER)
+    model = make_bert_reference("bert", "vit", seed=0, scale=0.6 if tiny else 0.05, **shapes)
+    for k, v in MANGA_GENERATION.items():
+        if k != "max_length":  # each cell asks for its own number of new tokens
+            setattr(model.generation_config, k, v)
+    return model
 
 
 def _targets(cells: list[dict]) -> list[dict]:
@@ -40,14 +61,16 @@ def _targets(cells: list[dict]) -> list[dict]:
                  value=c["pv_s"] / c["hf_s"], goal="< 1.0x", met=bool(c["pv_s"] < c["hf_s"])) for c in cells]
 
 
-def run_section(tiny: bool, limits: dict, workdir: str, *, batches, dtypes, tokens: int, log=print) -> dict:
+def run_section(tiny: bool, limits: dict, workdir: str, *, batches, dtypes, tokens: int, log=print,
+                subject: str = "trocr") -> dict:
     """Builds the subject in ``workdir``, times both libraries, and returns the section's record:
     ``cells`` (one per workload, batch and dtype, with ``pv_lines_per_s``/``hf_lines_per_s``
     and the bounds), ``fidelity`` (fp32 tokens equal to transformers per cell) and ``targets``."""
-    name = TINY_NAME if tiny else FULL_NAME
+    manga = subject == "manga-ocr"
+    name = (MANGA_TINY_NAME if tiny else MANGA_FULL_NAME) if manga else (TINY_NAME if tiny else FULL_NAME)
     log(f"OCR: building {name} ...")
-    model = reference(tiny)
-    path = os.path.join(workdir, "trocr")
+    model = reference(tiny, subject)
+    path = os.path.join(workdir, subject)
     model.save_pretrained(path)
     params, config = pv.load(path)
     cells = speed.compare(model, params, config, batches, dtypes, tokens, log, with_encoder=False)

@@ -80,6 +80,9 @@ def _args(argv=None):
     ap.add_argument("--no-folder", action="store_true", help="skip the end-to-end folder job")
     ap.add_argument("--ocr-batches", default="1,16", help="batches of text-line crops in the OCR section")
     ap.add_argument("--ocr-tokens", type=int, default=24, help="new tokens per generation in the OCR section")
+    ap.add_argument("--ocr-subject", choices=ocr.SUBJECTS, default="trocr",
+                    help="the OCR section's model: trocr-base's shapes (default) or manga-ocr-base's (ViT-B 224 + "
+                         "a 2-layer BERT decoder, beams 4 with its config's generation defaults)")
     ap.add_argument("--folder-images", type=int, default=256, help="JPEGs in the folder job (default 256)")
     ap.add_argument("--folder-batches", default="8,16,32", help="batch sizes tried in the folder job")
     ap.add_argument("--folder-sides", default="320,4000", help="range of the JPEGs' long sides, px")
@@ -289,7 +292,7 @@ def _captioning_md(res: dict) -> list[str]:
 
 def _ocr_md(o: dict) -> list[str]:
     return [f"## OCR: {o['model']}",
-            f"TrOCR ({o['params'] / 1e6:.0f}M parameters) reading batches of text-line crops (N(0,1) pixels), "
+            f"The model ({o['params'] / 1e6:.0f}M parameters) reading batches of text-line crops (N(0,1) pixels), "
             f"{o['tokens']} new tokens, greedy and beam 4, against transformers' generate in the same run. "
             "Lines/s is the batch over the best warm call (encoder included); speed-up is transformers' time "
             "over purevedec's. " + BOUNDS_NOTE,
@@ -473,7 +476,7 @@ def main(argv=None) -> dict:
         if "ocr" in sections:
             batches = [int(b) for b in args.ocr_batches.split(",")]
             res["ocr"] = ocr.run_section(args.tiny, limits, workdir, batches=batches, dtypes=args.dtypes.split(","),
-                                         tokens=args.ocr_tokens, log=log)
+                                         tokens=args.ocr_tokens, log=log, subject=args.ocr_subject)
     if "train" in sections:
         res["training"] = train_speed.main(_train_argv(args))
     goals = not args.model or _goals_apply(args, pv.load_config(path))

@@ -180,11 +180,15 @@ class Captioner:
                 f"compute {np.dtype(self.dtype).name if self.dtype is not None else 'float32'}{mesh})")
 
     @classmethod
-    def from_pretrained(cls, name: str | os.PathLike, *, dtype=None) -> "Captioner":
-        """Load a local checkpoint directory or a hub id (weights, preprocessor and tokenizer)."""
+    def from_pretrained(cls, name: str | os.PathLike, *, dtype=None, grayscale: bool = False) -> "Captioner":
+        """Load a local checkpoint directory or a hub id (weights, preprocessor and tokenizer).
+        ``grayscale`` turns every image gray (and back to RGB) before preprocessing, as
+        manga-ocr's application does (``ImageConfig.grayscale``)."""
+        import dataclasses
         path = model_dir(name)
         params, config = load(path, dtype=dtype)
-        image_config, tokenizer = load_image_config(path), load_tokenizer(path)
+        image_config = dataclasses.replace(load_image_config(path), grayscale=bool(grayscale))
+        tokenizer = load_tokenizer(path)
         check_parts(path, config, image_config, tokenizer)
         return cls(params, config, image_config, tokenizer, dtype)
 

@@ -61,6 +61,8 @@ def add_caption_command(commands) -> argparse.ArgumentParser:
                      help=f"random seed for sampling (default {DEFAULT_SEED}: runs repeat)")
     cap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                      help="cast the parameters (default: as stored)")
+    cap.add_argument("--grayscale", action="store_true",
+                     help="turn images gray (and back to RGB) before preprocessing, as manga-ocr's application does")
     cap.add_argument("--format", choices=["text", "jsonl"], default="text")
     cap.add_argument("--output", "-o", metavar="FILE", default=None,
                      help="append the captions to FILE instead of writing them to stdout")
@@ -132,7 +134,7 @@ def _load(args):
             raise UsageError(f"--compile-cache {e.filename or args.compile_cache}: cannot use it as the compiled-"
                              f"program cache folder ({e.strerror or e})") from None
     try:
-        return Captioner.from_pretrained(args.model, dtype=args.dtype)
+        return Captioner.from_pretrained(args.model, dtype=args.dtype, grayscale=args.grayscale)
     except ModelNotFound as e:
         raise UsageError(str(e)) from None
     except (ValueError, OSError) as e:  # CheckpointError, ConfigError, TokenizerError, unreadable files

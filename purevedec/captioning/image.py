@@ -25,6 +25,13 @@ Colour handling, per input kind:
   does for arrays (gray repeated, alpha composited onto white). Float arrays in [0, 1] are
   scaled to uint8 for the PIL resize and back, exactly as transformers does (it then applies
   ``rescale_factor`` again: that is its behaviour, kept).
+
+``ImageConfig.grayscale`` (off unless asked for: ``Captioner.from_pretrained(..., grayscale=True)``,
+``purevedec caption --grayscale``) first turns every RGB image into 8-bit gray and back to RGB,
+as kha-white/manga-ocr's application does (``img.convert("L").convert("RGB")``) before its
+processor: PIL's ITU-R 601-2 luma, L = (19595 R + 38470 G + 7471 B + 2^15) >> 16, for files,
+PIL images and uint8 arrays; the same weights (0.299, 0.587, 0.114) unrounded for float arrays.
+It is no preprocessor_config.json option: the checkpoint does not say it.
 """
 
 from __future__ import annotations
@@ -78,9 +85,12 @@ class ImageConfig:
     """Center-crop to ``crop_size`` after resizing (DeiT's processor)."""
     crop_size: tuple[int, int] = (224, 224)
     """(height, width) of the center crop, used with ``do_center_crop``."""
+    grayscale: bool = False
+    """Gray and back to RGB before anything else (manga-ocr's preprocessing; not read from the file)."""
 
 
-_CONFIG_KEYS = frozenset(ImageConfig.__dataclass_fields__) | _INERT_KEYS | {"do_pad", "pad_size"}
+_CONFIG_KEYS = (frozenset(ImageConfig.__dataclass_fields__) - {"grayscale"}) | _INERT_KEYS | {"do_pad", "pad_size"}
+_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601-2, PIL's convert("L") weights
 
 
 # The largest side a preprocessor may resize to: ViT checkpoints use 224 or 384, and one
@@ -282,8 +292,18 @@ def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
 
 
 def _rgb_image(image: Union[str, os.PathLike, Image.Image], config: ImageConfig) -> Image.Image:
-    """A path or PIL image -> an RGB PIL image."""
-    return open_image(image) if isinstance(image, (str, os.PathLike)) else _pil_rgb(image, config)
+    """A path or PIL image -> an RGB PIL image (grayed first when ``config.grayscale``)."""
+    im = open_image(image) if isinstance(image, (str, os.PathLike)) else _pil_rgb(image, config)
+    return im.convert("L").convert("RGB") if config.grayscale else im
+
+
+def _gray_array(arr: np.ndarray) -> np.ndarray:
+    """An HWC RGB array in gray and back (``ImageConfig.grayscale``): uint8 through PIL, exactly
+    as an image; other dtypes with the same luma weights, unrounded."""
+    if arr.dtype == np.uint8:
+        return np.asarray(Image.fromarray(np.ascontiguousarray(arr)).convert("L").convert("RGB"))
+    gray = (arr.astype(np.float64) @ _LUMA).astype(arr.dtype)
+    return np.repeat(gray[..., None], 3, axis=-1)
 
 
 def to_rgb_array(image: ImageInput, config: ImageConfig) -> np.ndarray:
@@ -294,7 +314,8 @@ def to_rgb_array(image: ImageInput, config: ImageConfig) -> np.ndarray:
         if image.dtype == bool or not (np.issubdtype(image.dtype, np.integer)
                                        or np.issubdtype(image.dtype, np.floating)):
             raise ImageError(f"an image array must hold numbers, got dtype {image.dtype}")
-        return _array_to_rgb(_channels_last(image))
+        rgb = _array_to_rgb(_channels_last(image))
+        return _gray_array(rgb) if config.grayscale else rgb
     raise ImageError(f"cannot use a {type(image).__name__} as an image: pass a path, a PIL image or an array")
 
 

@@ -3,8 +3,9 @@
 transformers 5 tokenizers are a thin layer over a ``tokenizers.Tokenizer``: its ``decode``
 with ``skip_special_tokens=True`` is the backend's decode, followed by a space clean-up that is
 skipped for BPE models unless a config flag forces it. This file rebuilds the same backend from
-``tokenizer.json`` (or GPT-2's ``vocab.json`` + ``merges.txt``, or XLM-R's ``sentencepiece.bpe.model``
-through the optional ``sentencepiece`` package), registers the special and added
+``tokenizer.json`` (or GPT-2's and RoBERTa's ``vocab.json`` + ``merges.txt``, or XLM-R's
+``sentencepiece.bpe.model`` through the optional ``sentencepiece`` package, or BERT's ``vocab.txt``
+including BertJapaneseTokenizer's character-level vocabularies), registers the special and added
 tokens that ``tokenizer_config.json`` / ``special_tokens_map.json`` declare, and applies the same
 clean-up rule.
 """
@@ -163,6 +164,59 @@ def _byte_level_bpe(vocab: str, merges: str, add_prefix_space: bool):
     return tok
 
 
+WORDPIECE_FILE = "vocab.txt"
+MAX_VOCAB_BYTES = 64 << 20  # bert-base's vocab.txt is 0.2 MB; the largest multilingual ones ~2 MB
+
+
+def _read_vocab(file: str) -> dict[str, int]:
+    """vocab.txt: one token a line, its id the line number (as transformers' load_vocab)."""
+    if os.path.getsize(file) > MAX_VOCAB_BYTES:
+        raise TokenizerError(f"{file} is over {MAX_VOCAB_BYTES >> 20} MB: not a WordPiece vocabulary")
+    try:
+        with open(file, encoding="utf-8") as f:
+            tokens = [line.rstrip("\n") for line in f]
+    except UnicodeDecodeError as e:
+        raise TokenizerError(f"{file} is not UTF-8 text: {e}") from None
+    return {token: i for i, token in reversed(list(enumerate(tokens)))}  # a repeated token keeps its first id
+
+
+_BERT_SPECIALS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+                  "mask_token": "[MASK]"}
+
+
+def _wordpiece(file: str, config: Mapping):
+    """BERT's tokenizer from vocab.txt, as transformers builds BertTokenizer (normalizer, BERT
+    pre-tokenizer, WordPiece, its decoder with clean-up), or BertJapaneseTokenizer with character
+    subwords (manga-ocr): NFKC, BERT's basic split, then one token per character; decoding joins
+    tokens with spaces and glues "##" pieces, without clean-up. Morphological word splitters
+    (mecab, sudachi, jumanpp) and sentencepiece subwords need libraries of their own: refused."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import WordPiece
+    japanese = config.get("tokenizer_class") == "BertJapaneseTokenizer"
+    words, subwords = config.get("word_tokenizer_type", "basic"), config.get("subword_tokenizer_type", "wordpiece")
+    if japanese and (words != "basic" or subwords not in ("wordpiece", "character")):
+        raise TokenizerError(f"{file}: BertJapaneseTokenizer with word_tokenizer_type={words!r:.40} and "
+                             f"subword_tokenizer_type={subwords!r:.40} is not supported (only basic words with "
+                             "wordpiece or character subwords)")
+    vocab = _read_vocab(file)
+    specials = {key: _content(config.get(key)) or default for key, default in _BERT_SPECIALS.items()}
+    tok = Tokenizer(WordPiece(vocab, unk_token=specials["unk_token"]))
+    # BertTokenizer's special tokens by default, when tokenizer_config.json names none
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials.values() if t in vocab])
+    bert = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=bool(config.get("tokenize_chinese_chars", True)),
+                                      strip_accents=config.get("strip_accents"),
+                                      lowercase=bool(config.get("do_lower_case", not japanese)))
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    if japanese and subwords == "character":
+        tok.normalizer = normalizers.Sequence([bert, normalizers.NFKC()])
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.BertPreTokenizer(),
+                                                     pre_tokenizers.Split(Regex("."), "isolated")])
+    else:
+        tok.normalizer = bert
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=not japanese)
+    return tok
+
+
 SENTENCEPIECE_FILE = "sentencepiece.bpe.model"
 _METASPACE = "\u2581"  # sentencepiece's word-start mark
 
@@ -253,7 +307,11 @@ def _backend(path: str, config: Mapping):
     spm_file = os.path.join(path, SENTENCEPIECE_FILE)
     if os.path.exists(spm_file):
         return _xlmr_sentencepiece(spm_file, config)
-    raise TokenizerError(f"{path}: no tokenizer.json, nor vocab.json + merges.txt, nor {SENTENCEPIECE_FILE}")
+    wordpiece = os.path.join(path, WORDPIECE_FILE)
+    if os.path.exists(wordpiece):
+        return _wordpiece(wordpiece, config)
+    raise TokenizerError(f"{path}: no tokenizer.json, nor vocab.json + merges.txt, nor {SENTENCEPIECE_FILE}, "
+                         f"nor {WORDPIECE_FILE}")
 
 
 @dataclass(frozen=True)

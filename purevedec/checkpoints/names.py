@@ -52,7 +52,7 @@ def is_ignored(name: str, config: Config) -> bool:
     """Known non-parameters (the families' ``ignored`` patterns: poolers, mask buffers), and an
     output projection that merely repeats the tied embedding."""
     dec = decoder_family(config.decoder)
-    if name == dec.tied_head and config.decoder.tie_word_embeddings:
+    if config.decoder.tie_word_embeddings and name in (dec.tied_head, *dec.tied_copies):
         return True
     return any(re.match(p, name) for p in (*encoder_family(config.encoder).ignored, *dec.ignored))
 

@@ -139,6 +139,9 @@ class DecoderFamily:
     """The token and position tables under ``params["decoder"]`` (``freeze_embeddings`` freezes them)."""
     tied_head: Optional[str] = None
     """HF name of the output projection, skipped on load and save when it is tied to the embedding."""
+    tied_copies: tuple[str, ...] = ()
+    """Other HF tensors that only repeat a parameter when the head is tied (BERT's output
+    projection bias, tied to the vocabulary bias), skipped on load and save like ``tied_head``."""
     ignored: tuple[str, ...] = ()
     """Regexes of HF tensors checkpoints carry that are not parameters (mask buffers), skipped on load."""
     standalone: tuple[tuple[str, Optional[str]], ...] = (("", "decoder."),)

@@ -6,7 +6,7 @@ follows) and add its record here. Everything else reads these tables.
 
 from __future__ import annotations
 
-from . import beit, deit, gpt2, trocr, vit
+from . import beit, bert, deit, gpt2, trocr, vit
 from .family import DecoderFamily, EncoderFamily
 
 ENCODERS: dict[str, EncoderFamily] = {f.model_type: f for f in (
@@ -17,6 +17,7 @@ ENCODERS: dict[str, EncoderFamily] = {f.model_type: f for f in (
 DECODERS: dict[str, DecoderFamily] = {f.model_type: f for f in (
     gpt2.FAMILY,
     trocr.FAMILY,
+    *bert.FAMILIES,
 )}
 # The families a Config built without one gets (transformers' VisionEncoderDecoder defaults).
 DEFAULT_ENCODER, DEFAULT_DECODER = "vit", "gpt2"
