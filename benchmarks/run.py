@@ -3,12 +3,14 @@
     python -m benchmarks.run [--quick] [--tiny] [--out DIR] [--publish]
     python -m benchmarks.run --model NAME_OR_DIR [--images FOLDER] [...]
     python -m benchmarks.run --only ocr [--ocr-batches 1,16] [--ocr-tokens 24]
+    python -m benchmarks.run --only long [--long-lines 64] [--long-slots 16] [--long-budgets 5,60]
     python -m benchmarks.run --only folder [--folder-images N] [--folder-batches 8,16,32]
     python -m benchmarks.run --only train [--tiny] [--quick] [train_speed options]
 
-Four sections, all by default (--only picks one, --no-folder / --no-train leave one out):
+Five sections, all by default (--only picks one, --no-folder / --no-train leave one out):
 captioning (vit-gpt2 shapes: fidelity, speed, cold start), OCR (benchmarks/ocr.py: TrOCR at
-trocr-base's shapes, text-line crops per second), folder (benchmarks/folder_speed.py: captioning a
+trocr-base's shapes, text-line crops per second), long (benchmarks/long.py: crops with mixed
+token budgets through continuous batching, tokens/s), folder (benchmarks/folder_speed.py: captioning a
 folder of JPEGs end to end) and training (benchmarks/train_speed.py: one AdamW step, images/s
 and peak memory).
 
@@ -47,13 +49,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 import purevedec as pv  # noqa: E402
-from benchmarks import costs, folder_speed, machine, ocr, process, report, speed, subject, train_speed  # noqa: E402
+from benchmarks import costs, folder_speed, long, machine, ocr, process, report, speed, subject, train_speed  # noqa: E402
 from benchmarks.fidelity import caption_agreement, logits_parity, token_agreement  # noqa: E402
 from tests.models import make_full_reference, make_reference, save_captioning_checkpoint  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED_PYTHON = os.path.join(ROOT, ".seed-venv", "bin", "python")
-SECTIONS = ("captioning", "ocr", "folder", "train")
+SECTIONS = ("captioning", "ocr", "long", "folder", "train")
 
 
 def _args(argv=None):
@@ -83,6 +85,9 @@ def _args(argv=None):
     ap.add_argument("--ocr-subject", choices=ocr.SUBJECTS, default="trocr",
                     help="the OCR section's model: trocr-base's shapes (default) or manga-ocr-base's (ViT-B 224 + "
                          "a 2-layer BERT decoder, beams 4 with its config's generation defaults)")
+    ap.add_argument("--long-lines", type=int, default=64, help="text-line crops in the long-outputs section")
+    ap.add_argument("--long-slots", type=int, default=16, help="purevedec's slots / transformers' batch (long)")
+    ap.add_argument("--long-budgets", default="5,60", help="range of the per-crop token budgets (long)")
     ap.add_argument("--folder-images", type=int, default=256, help="JPEGs in the folder job (default 256)")
     ap.add_argument("--folder-batches", default="8,16,32", help="batch sizes tried in the folder job")
     ap.add_argument("--folder-sides", default="320,4000", help="range of the JPEGs' long sides, px")
@@ -307,7 +312,7 @@ BOUNDS_NOTE = ("Bounds: encoder FLOPs / peak matmul FLOP/s of the dtype; per tok
 
 def markdown(res: dict) -> str:
     m = res["machine"]
-    title = res.get("model") or res["ocr"]["model"]
+    title = res.get("model") or (res.get("ocr") or res["long"])["model"]
     parts = [f"# purevedec vs transformers ({title}, {res['date']})",
              f"Versions: {', '.join(f'{k} {v}' for k, v in res['versions'].items())}. "
              f"Machine: {m['cpu_count']} CPUs, matmul {m['matmul_flops'] / 1e9:.0f} GFLOP/s fp32, "
@@ -321,6 +326,8 @@ def markdown(res: dict) -> str:
         parts += _captioning_md(res)
     if "ocr" in res:
         parts += _ocr_md(res["ocr"])
+    if "long" in res:
+        parts.append("\n\n".join(long.markdown(res["long"])))
     if res.get("training"):
         parts.append(train_speed.markdown(res["training"]).strip())
     return "\n\n".join(parts) + "\n"
@@ -437,12 +444,12 @@ def _captioning(args, limits, workdir, log) -> tuple[dict, str]:
 def _sections(args) -> tuple[str, ...]:
     """Every section (less --no-folder / --no-train), or the one --only names; with a user's
     checkpoint (--model) only the captioning and folder jobs run (on it)."""
-    if args.model and args.only in ("ocr", "train"):
+    if args.model and args.only in ("ocr", "long", "train"):
         raise SystemExit(f"--only {args.only} measures random weights of fixed shapes; it takes no --model")
     chosen = SECTIONS if args.only is None else (args.only,)
     skipped = {"folder"} if args.no_folder else set()
     skipped |= {"train"} if args.no_train else set()
-    skipped |= {"ocr", "train"} if args.model else set()
+    skipped |= {"ocr", "long", "train"} if args.model else set()
     return tuple(s for s in chosen if s not in skipped)
 
 
@@ -477,10 +484,14 @@ def main(argv=None) -> dict:
             batches = [int(b) for b in args.ocr_batches.split(",")]
             res["ocr"] = ocr.run_section(args.tiny, limits, workdir, batches=batches, dtypes=args.dtypes.split(","),
                                          tokens=args.ocr_tokens, log=log, subject=args.ocr_subject)
+        if "long" in sections:
+            res["long"] = long.run_section(args.tiny, workdir, lines=args.long_lines, slots=args.long_slots,
+                                           budget_range=tuple(int(b) for b in args.long_budgets.split(",")), log=log)
     if "train" in sections:
         res["training"] = train_speed.main(_train_argv(args))
     goals = not args.model or _goals_apply(args, pv.load_config(path))
     res["targets"] = (res.get("targets", []) + res.get("ocr", {}).get("targets", [])
+                      + res.get("long", {}).get("targets", [])
                       + (_targets([], {}, res["folder"]) if res.get("folder") and goals else []))
     if not goals:
         res["goals_note"] = GOALS_NOTE

@@ -3,5 +3,6 @@ Imports only the model core."""
 
 from .search import GenerateOutput, GenerationResult, generate, generate_core
 from .options import GenerationConfig
+from .growing import generate_growing
 
-__all__ = ["GenerateOutput", "GenerationConfig", "GenerationResult", "generate", "generate_core"]
+__all__ = ["GenerateOutput", "GenerationConfig", "GenerationResult", "generate", "generate_core", "generate_growing"]

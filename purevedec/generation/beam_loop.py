@@ -113,22 +113,31 @@ def _still_improving(s: BeamState, knobs: Knobs, plan: Plan):
     return s.improving & jnp.any(best_running > worst_done, axis=-1, keepdims=True)
 
 
-def beam_loop(weights, cache, logits, cross, tokens, ignore_len, key, knobs: Knobs, *, config, plan: Plan, dtype):
-    """Returns (tokens [B*K,Lmax], lengths [B*K], logprobs [B*K,G], scores [B*K], cross maps), the
-    K = num_return_sequences best finished hypotheses of each image, best first."""
+def beam_state(cache, logits, cross, tokens, *, plan: Plan) -> BeamState:
+    """The loop state before the first generated token (the prompt already fed to ``cache``)."""
     pr = plan.processing
     nb = plan.num_beams
     b = tokens.shape[0] // nb
     gen_len = pr.max_length - pr.prompt_len
     running = tokens.reshape(b, nb, -1)
     no_cross = jnp.zeros((b, nb, gen_len) + cross.shape[1:], jnp.float32) if plan.cross_attentions else None
-    state = BeamState(
+    return BeamState(
         cur=jnp.int32(pr.prompt_len), go=jnp.bool_(True), logits=logits, cache=cache, cross=cross,
         running_tokens=running, running_scores=jnp.zeros((b, nb)).at[:, 1:].set(NEG),
         running_logprobs=jnp.zeros((b, nb, gen_len)), running_cross=no_cross,
         done_tokens=running, done_scores=jnp.full((b, nb), NEG), done_mask=jnp.zeros((b, nb), bool),
         done_logprobs=jnp.zeros((b, nb, gen_len)), done_cross=no_cross,
         done_lengths=jnp.zeros((b, nb), jnp.int32), improving=jnp.ones((b, 1), bool))
+
+
+def run_beam(weights, state: BeamState, ignore_len, key, knobs: Knobs, *, config, plan: Plan, dtype,
+             limit: int | None = None) -> BeamState:
+    """Run the loop until it ends (``state.go`` false) or column ``limit`` is reached (a cache
+    of ``limit`` columns holds every token written before that)."""
+    pr = plan.processing
+    nb = plan.num_beams
+    b = state.running_tokens.shape[0]
+    stop = pr.max_length if limit is None else min(limit, pr.max_length)
 
     def body(s: BeamState) -> BeamState:
         flat = s.running_tokens.reshape(b * nb, -1)
@@ -154,8 +163,22 @@ def beam_loop(weights, cache, logits, cross, tokens, ignore_len, key, knobs: Kno
         logits, cache, cross = step_if(weights, cache, last, go, s.logits, s.cross, config, dtype)
         return s._replace(go=go, logits=logits, cache=cache, cross=cross)
 
-    s = jax.lax.while_loop(lambda s: s.go, body, state)
+    return jax.lax.while_loop(lambda s: s.go & (s.cur < stop), body, state)
+
+
+def beam_results(s: BeamState, plan: Plan):
+    """(tokens [B*K,Lmax], lengths [B*K], logprobs [B*K,G], scores [B*K], cross maps): the
+    K = num_return_sequences best finished hypotheses of each image, best first."""
+    b = s.running_tokens.shape[0]
     keep = plan.num_return_sequences
     flat = lambda a: None if a is None else a[:, :keep].reshape((b * keep,) + a.shape[2:])  # noqa: E731
-    return (flat(s.done_tokens), flat(s.done_lengths) + pr.prompt_len, flat(s.done_logprobs), flat(s.done_scores),
-            flat(s.done_cross))
+    return (flat(s.done_tokens), flat(s.done_lengths) + plan.processing.prompt_len, flat(s.done_logprobs),
+            flat(s.done_scores), flat(s.done_cross))
+
+
+def beam_loop(weights, cache, logits, cross, tokens, ignore_len, key, knobs: Knobs, *, config, plan: Plan, dtype):
+    """Returns (tokens [B*K,Lmax], lengths [B*K], logprobs [B*K,G], scores [B*K], cross maps), the
+    K = num_return_sequences best finished hypotheses of each image, best first."""
+    state = beam_state(cache, logits, cross, tokens, plan=plan)
+    return beam_results(run_beam(weights, state, ignore_len, key, knobs, config=config, plan=plan, dtype=dtype),
+                        plan)

@@ -41,17 +41,30 @@ def step_if(weights, cache, ids, go, logits, cross, config, dtype):
     return jax.lax.cond(go, run, lambda _: (logits, cache, cross), None)
 
 
-def sample_loop(weights, cache, logits, cross, tokens, ignore_len, key, knobs: Knobs, *, config, plan: Plan, dtype):
-    """Returns (tokens [R,Lmax], lengths [R], logprobs [R,G], scores [R] (summed logprobs), cross_maps)."""
+def sample_state(cache, logits, cross, tokens, *, plan: Plan) -> SampleState:
+    """The loop state before the first generated token (the prompt already fed to ``cache``)."""
     pr = plan.processing
     rows = tokens.shape[0]
     gen_len = pr.max_length - pr.prompt_len
-    eos = jnp.array(pr.eos or (-1,))
-    state = SampleState(
+    return SampleState(
         tokens=tokens, cur=jnp.int32(pr.prompt_len), live=jnp.ones(rows, bool),
         lengths=jnp.full(rows, pr.prompt_len, jnp.int32), logits=logits, cache=cache,
         logprobs=jnp.zeros((rows, gen_len), jnp.float32), cross=cross,
         cross_maps=jnp.zeros((rows, gen_len) + cross.shape[1:], jnp.float32) if plan.cross_attentions else None)
+
+
+def sample_done(s: SampleState, plan: Plan):
+    """Whether the loop has ended: every row produced EOS, or the buffer is full."""
+    return (s.cur >= plan.processing.max_length) | ~jnp.any(s.live)
+
+
+def run_sample(weights, state: SampleState, ignore_len, key, knobs: Knobs, *, config, plan: Plan, dtype,
+               limit: int | None = None) -> SampleState:
+    """Run the loop until it ends or column ``limit`` is reached (a cache of ``limit`` columns
+    holds every token written before that)."""
+    pr = plan.processing
+    stop = pr.max_length if limit is None else min(limit, pr.max_length)
+    eos = jnp.array(pr.eos or (-1,))
 
     def body(s: SampleState) -> SampleState:
         scores = process(pr, knobs, s.logits, s.tokens, s.cur, ignore_len)
@@ -79,5 +92,15 @@ def sample_loop(weights, cache, logits, cross, tokens, ignore_len, key, knobs: K
             logprobs=jax.lax.dynamic_update_slice(s.logprobs, jnp.where(s.live, lp, 0.0)[:, None], (0, i)),
             cross=cross, cross_maps=cross_maps)
 
-    s = jax.lax.while_loop(lambda s: (s.cur < pr.max_length) & jnp.any(s.live), body, state)
+    return jax.lax.while_loop(lambda s: (s.cur < stop) & jnp.any(s.live), body, state)
+
+
+def sample_results(s: SampleState):
+    """(tokens [R,Lmax], lengths [R], logprobs [R,G], scores [R] (summed logprobs), cross_maps)."""
     return s.tokens, s.lengths, s.logprobs, jnp.sum(s.logprobs, -1), s.cross_maps
+
+
+def sample_loop(weights, cache, logits, cross, tokens, ignore_len, key, knobs: Knobs, *, config, plan: Plan, dtype):
+    """Returns (tokens [R,Lmax], lengths [R], logprobs [R,G], scores [R] (summed logprobs), cross_maps)."""
+    state = sample_state(cache, logits, cross, tokens, plan=plan)
+    return sample_results(run_sample(weights, state, ignore_len, key, knobs, config=config, plan=plan, dtype=dtype))

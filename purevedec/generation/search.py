@@ -21,12 +21,12 @@ from ..encoder_chunks import encoder_chunk, encoder_states
 from ..inputs import check_ids, check_pixels, compute_dtype
 from ..params import unpack
 from ..sharding import batch_split, gather_weights, weight_gathers
-from .beam_loop import beam_loop
+from .beam_loop import beam_results, beam_state, run_beam
 from .keys import batch_key, per_image, row_keys
 from .options import TRACEABLE, GenerationConfig, defaults_for, with_options
 from .plan import make_plan, prepare_prompt
 from .processors import Knobs
-from .sample_loop import last_cross, sample_loop
+from .sample_loop import last_cross, run_sample, sample_results, sample_state
 
 
 class GenerationResult(NamedTuple):
@@ -56,23 +56,41 @@ class GenerateOutput(NamedTuple):
     """[N,L-P,layers,heads,S] float32 cross-attention of each generated token, when asked; else None."""
 
 
+def prefill(weights, pixels, prompt, prompt_mask, key, *, config, plan, dtype, interpolate_pos_encoding, shifted,
+            chunk, split, capacity):
+    """Encode, feed the prompt to a cache of ``capacity`` columns: (the loop's first state, the
+    sampling key(s) the loop draws from)."""
+    enc = encoder_states(weights, pixels, config, interpolate_pos_encoding, dtype, chunk)
+    cache = new_cache(weights, enc, config, capacity, plan.rows_per_image, dtype, split)
+    logits, cache, cross = cache_step(weights, cache, prompt, config, prompt_mask, dtype, shifted=shifted)
+    tokens = jnp.full((prompt.shape[0], plan.processing.max_length), plan.pad, jnp.int32)
+    tokens = tokens.at[:, :prompt.shape[1]].set(prompt)
+    beams = plan.mode.startswith("beam")
+    if per_image(key) and not beams:  # beam sampling draws per image, sampling per row
+        key = row_keys(key, plan.rows_per_image)
+    first = beam_state if beams else sample_state
+    return first(cache, logits[:, -1].astype(jnp.float32), last_cross(cross).astype(jnp.float32), tokens,
+                 plan=plan), key
+
+
+def loop_functions(plan):
+    """(run, results) of the plan's loop: beam search's or greedy/sampling's."""
+    if plan.mode.startswith("beam"):
+        return run_beam, lambda s: beam_results(s, plan)
+    return run_sample, sample_results
+
+
 @partial(jax.jit, static_argnames=("config", "plan", "dtype", "interpolate_pos_encoding", "shifted", "chunk",
                                    "split", "gathers"))
 def _generate_jit(weights, pixels, prompt, prompt_mask, ignore_len, key, knobs, *, config, plan, dtype,
                   interpolate_pos_encoding, shifted, chunk, split, gathers=None):
     weights = gather_weights(weights, gathers)  # FSDP: whole weights, the batch's rows per device
-    enc = encoder_states(weights, pixels, config, interpolate_pos_encoding, dtype, chunk)
-    cache = new_cache(weights, enc, config, plan.processing.max_length, plan.rows_per_image, dtype, split)
-    logits, cache, cross = cache_step(weights, cache, prompt, config, prompt_mask, dtype, shifted=shifted)
-    tokens = jnp.full((prompt.shape[0], plan.processing.max_length), plan.pad, jnp.int32)
-    tokens = tokens.at[:, :prompt.shape[1]].set(prompt)
-    beams = plan.mode.startswith("beam")
-    loop = beam_loop if beams else sample_loop
-    if per_image(key) and not beams:  # beam sampling draws per image, sampling per row
-        key = row_keys(key, plan.rows_per_image)
-    seq, lengths, logprobs, scores, cross_maps = loop(
-        weights, cache, logits[:, -1].astype(jnp.float32), last_cross(cross).astype(jnp.float32), tokens,
-        ignore_len, key, knobs, config=config, plan=plan, dtype=dtype)
+    state, key = prefill(weights, pixels, prompt, prompt_mask, key, config=config, plan=plan, dtype=dtype,
+                         interpolate_pos_encoding=interpolate_pos_encoding, shifted=shifted, chunk=chunk,
+                         split=split, capacity=plan.processing.max_length)
+    run, results = loop_functions(plan)
+    state = run(weights, state, ignore_len, key, knobs, config=config, plan=plan, dtype=dtype)
+    seq, lengths, logprobs, scores, cross_maps = results(state)
     return GenerationResult(seq, lengths, scores, logprobs, cross_maps)
 
 
@@ -109,6 +127,18 @@ def generate_core(params, pixels, config: Config | None = None, *, key=None,
     neutral value to another compiles once more. ``key`` feeds sampling (one key, or one per
     image); greedy and beam search ignore it. A traced ``decoder_input_ids`` is used as given (it
     must start with the start token). ``positions`` ("per_row" or "shifted") as in ``generate``."""
+    arrays, statics = prepare(params, pixels, config, key=key, generation_config=generation_config,
+                              decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask,
+                              positions=positions, output_cross_attentions=output_cross_attentions,
+                              interpolate_pos_encoding=interpolate_pos_encoding, dtype=dtype, **options)
+    return _generate_jit(*arrays, **statics)
+
+
+def prepare(params, pixels, config=None, *, key=None, generation_config=None, decoder_input_ids=None,
+            decoder_attention_mask=None, positions="per_row", output_cross_attentions=False,
+            interpolate_pos_encoding=False, dtype=jnp.float32, **options) -> tuple[tuple, dict]:
+    """``generate_core``'s checks and preparation: (the jitted call's array arguments
+    (weights, pixels, prompt, prompt mask, ignored prompt columns, key, knobs), its static ones)."""
     weights, config = unpack(params, config)
     check_pixels(pixels, config)
     shifted = shifted_positions(positions)
@@ -123,11 +153,12 @@ def generate_core(params, pixels, config: Config | None = None, *, key=None,
     rep = lambda a: jnp.repeat(jnp.asarray(a, jnp.int32), plan.rows_per_image, axis=0)  # noqa: E731 (image-major)
     ignore = jnp.zeros(prompt.shape[0], jnp.int32) if mask is None else jnp.argmax(jnp.asarray(mask) != 0, axis=1)
     key = batch_key(key, pixels.shape[0]) if key is not None else jax.random.key(0)
-    return _generate_jit(weights, pixels, rep(prompt), None if mask is None else rep(mask), rep(ignore), key, knobs,
-                         config=config, plan=plan, dtype=compute_dtype(dtype),
-                         interpolate_pos_encoding=bool(interpolate_pos_encoding), shifted=shifted,
-                         chunk=encoder_chunk(pixels), split=batch_split(pixels),
-                         gathers=weight_gathers(weights, batch_split(pixels)))
+    arrays = (weights, pixels, rep(prompt), None if mask is None else rep(mask), rep(ignore), key, knobs)
+    statics = dict(config=config, plan=plan, dtype=compute_dtype(dtype),
+                   interpolate_pos_encoding=bool(interpolate_pos_encoding), shifted=shifted,
+                   chunk=encoder_chunk(pixels), split=batch_split(pixels),
+                   gathers=weight_gathers(weights, batch_split(pixels)))
+    return arrays, statics
 
 
 def generate(params, pixels, config: Config | None = None, *, key=None,
@@ -156,6 +187,11 @@ def generate(params, pixels, config: Config | None = None, *, key=None,
                         decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask,
                         positions=positions, output_cross_attentions=output_cross_attentions,
                         interpolate_pos_encoding=interpolate_pos_encoding, dtype=dtype, **options)
+    return trimmed(out)
+
+
+def trimmed(out: GenerationResult) -> GenerateOutput:
+    """Fixed-shape buffers -> numpy arrays trimmed to the longest row, as transformers returns them."""
     n = int(jnp.max(out.lengths))
     gen_n = n - (out.sequences.shape[1] - out.token_logprobs.shape[1])
     return GenerateOutput(np.asarray(out.sequences)[:, :n], np.asarray(out.scores),

@@ -1,0 +1,120 @@
+"""The ``long`` section: mixed-length outputs through continuous batching, against transformers.
+
+The subject is the OCR section's TrOCR at trocr-base's shapes (benchmarks/ocr.py: random weights;
+--tiny a tiny one). ``lines`` text-line crops (N(0,1) pixels) each get a token budget drawn
+uniformly from ``budget_range`` (default 5-60, seed 0), and EOS is suppressed (min_new_tokens) so
+that both libraries generate exactly the budgets, greedily, fp32:
+
+- purevedec: ``purevedec.generation.engine.stream`` with ``slots`` slots (each row stops at its
+  budget; its slot takes the next crop), and the same with n-gram drafts of 4 tokens (greedy
+  speculative decoding; its tokens per decoder step are reported);
+- transformers: batches of ``slots`` crops, each batch generating its longest budget (its best
+  batching without continuous batching), in input order and sorted by budget (both reported).
+
+Reported per side: useful tokens/s (the sum of the budgets over the wall time of a warm run,
+encoder included), the time to the first record (input 0's tokens), and the fraction of each
+crop's tokens equal between the two libraries.
+
+    python -m benchmarks.run --only long [--long-lines 64] [--long-slots 16] [--long-budgets 5,60]
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+import purevedec as pv
+from purevedec.generation.engine import stream
+
+from . import ocr
+
+
+def draw_budgets(lines: int, low: int, high: int, seed: int = 0) -> list[int]:
+    """Budgets uniform on [low, high] (both included)."""
+    return [int(b) for b in np.random.RandomState(seed).randint(low, high + 1, lines)]
+
+
+def _ours(params, pixels, budgets, slots: int, speculate: int = 0) -> dict:
+    t0 = time.perf_counter()
+    first, seqs, steps = None, [], 0
+    for out in stream(params, pixels, budgets=budgets, slots=slots, min_new_tokens=max(budgets), speculate=speculate,
+                      ngram=2):
+        first = first if first is not None else time.perf_counter() - t0
+        seqs.append(out.sequence[1:])
+        steps += out.steps
+    return dict(seconds=time.perf_counter() - t0, first_record_s=first, sequences=seqs,
+                tokens_per_step=sum(map(len, seqs)) / steps)
+
+
+def _theirs(model, pixels, budgets, slots: int, order) -> dict:
+    import torch
+    t0 = time.perf_counter()
+    first, seqs = None, {}
+    for start in range(0, len(order), slots):
+        idx = order[start:start + slots]
+        longest = max(budgets[i] for i in idx)
+        with torch.no_grad():
+            out = model.generate(pixel_values=torch.tensor(pixels[idx]), max_new_tokens=longest,
+                                 min_new_tokens=longest).numpy()
+        for row, i in zip(out, idx):
+            seqs[i] = row[1:1 + budgets[i]]
+        if first is None and 0 in seqs:
+            first = time.perf_counter() - t0
+    return dict(seconds=time.perf_counter() - t0, first_record_s=first, sequences=[seqs[i] for i in range(len(order))])
+
+
+def _agreement(a: list, b: list) -> float:
+    equal = sum(int(np.sum(np.asarray(x) == np.asarray(y))) for x, y in zip(a, b))
+    return equal / max(1, sum(len(x) for x in a))
+
+
+def run_section(tiny: bool, workdir: str, *, lines: int, slots: int, budget_range=(5, 60), log=print) -> dict:
+    """Builds the subject in ``workdir``, runs both sides twice (the second run is timed) and
+    returns the section's record (``cells``: one per side and order; ``fidelity``; ``targets``)."""
+    log(f"long: building {ocr.TINY_NAME if tiny else ocr.FULL_NAME} ...")
+    model = ocr.reference(tiny)
+    path = os.path.join(workdir, "trocr-long")
+    model.save_pretrained(path)
+    params, config = pv.load(path)
+    h, w = config.encoder.image_size
+    pixels = np.random.RandomState(1).randn(lines, config.encoder.num_channels, h, w).astype(np.float32)
+    # A tiny model's position table is short: its budgets stop below it (the range used is recorded).
+    budget_range = (budget_range[0], min(budget_range[1], config.decoder.n_positions - 1))
+    budgets = draw_budgets(lines, *budget_range)
+    tokens = sum(budgets)
+    by_budget = sorted(range(lines), key=lambda i: budgets[i])
+    runs = {"purevedec (continuous batching)": lambda: _ours(params, pixels, budgets, slots),
+            "purevedec (+ n-gram drafts of 4)": lambda: _ours(params, pixels, budgets, slots, speculate=4),
+            "transformers (input order)": lambda: _theirs(model, pixels, budgets, slots, list(range(lines))),
+            "transformers (sorted by budget)": lambda: _theirs(model, pixels, budgets, slots, by_budget)}
+    cells, seqs = [], {}
+    for name, fn in runs.items():
+        log(f"long: {name} ...")
+        fn()  # compile / warm up
+        r = fn()
+        seqs[name] = r.pop("sequences")
+        cells.append(dict(side=name, tokens_per_s=tokens / r["seconds"], **r))
+    ours, best = cells[0], max(cells[2:], key=lambda c: c["tokens_per_s"])
+    ratio = ours["tokens_per_s"] / best["tokens_per_s"]
+    names = [c["side"] for c in cells]
+    fidelity = {"tokens equal to transformers (fp32)": _agreement(seqs[names[0]], seqs[names[2]]),
+                "n-gram drafts: tokens equal to plain greedy": _agreement(seqs[names[1]], seqs[names[0]]),
+                "n-gram drafts: tokens per decoder step": cells[1]["tokens_per_step"]}
+    return dict(model=ocr.TINY_NAME if tiny else ocr.FULL_NAME, lines=lines, slots=slots, budgets=budgets,
+                budget_range=list(budget_range), tokens=tokens, cells=cells, fidelity=fidelity,
+                targets=[dict(name="long: tokens/s vs transformers' best batching", value=ratio, goal=">= 2.0x",
+                              met=bool(ratio >= 2.0))])
+
+
+def markdown(res: dict) -> list[str]:
+    rows = [f"| {c['side']} | {c['tokens_per_s']:.1f} | {c['seconds']:.2f} | {c['first_record_s']:.2f} |"
+            for c in res["cells"]]
+    return [f"## Long outputs: {res['model']}",
+            f"{res['lines']} text-line crops, token budgets uniform on {res['budget_range'][0]}-"
+            f"{res['budget_range'][1]} (seed 0; {res['tokens']} tokens in all), EOS suppressed, greedy, fp32; "
+            f"{res['slots']} slots for purevedec, batches of {res['slots']} for transformers (each to its longest "
+            "budget). Tokens/s counts the budgets only.",
+            "\n".join(["| side | tokens/s | wall s | first record s |", "|---|---|---|---|", *rows]),
+            "\n".join(f"- {k}: {v:.3f}" for k, v in res["fidelity"].items())]

@@ -1,0 +1,197 @@
+"""Continuous batching: many inputs through a fixed number of decoding slots.
+
+``generate_many`` / ``stream`` take N images (or their encoder states) with a token budget and
+a key per input. A fixed number of slots each hold one input (its cross K/V and its own
+self-attention cache); every compiled call advances all slots by several tokens; when a slot's
+input ends (EOS or budget) the host takes its tokens and the next input's encoder states take
+its place. A batch therefore never computes for finished rows while long ones run, and the
+outputs come back in input order as soon as every earlier input has ended.
+
+Each input's tokens are those of ``generate`` on that input alone with
+``max_new_tokens=budget`` (and, when sampling, ``key=keys[i][None]``, the per-image key form):
+the slots are stepped with ``vmap`` over one-row states (``slots.py``). The self-attention
+caches of the slots grow in buckets (``growing.py``) up to the longest budget.
+Greedy search and sampling are supported; beam search is not (yet).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from functools import partial
+from typing import Iterable, Iterator, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..config import Config
+from ..model import compute_dtype, encode
+from ..params import unpack
+from .growing import BUCKET_START, bucket_sizes, grow_cache
+from .options import defaults_for, with_options
+from .plan import make_plan, special_ids
+from .processors import Knobs
+from .slots import Slot, advance, advance_all, fill, put, running
+from .speculative import advance_speculative
+from .stopping import check_rule
+
+STEPS_PER_CALL = 8  # tokens per slot per compiled call: one host round trip per this many steps
+
+
+class Decoded(NamedTuple):
+    """One input's output."""
+    index: int
+    """Its position among the inputs."""
+    sequence: np.ndarray
+    """[L] int32: the start token, the generated tokens, EOS when reached (generate's row, trimmed)."""
+    token_logprobs: np.ndarray
+    """[L-1] float32: log-prob of each generated token after the logits processors."""
+    steps: int
+    """Decoder steps it took (L-1 without speculation; fewer when drafts were accepted)."""
+
+
+@partial(jax.jit, static_argnames=("config", "plan", "columns", "dtype", "slots"))
+def _empty(weights, enc, prompt, *, config, plan, columns, dtype, slots):
+    """``slots`` idle slots (end = prompt length: nothing to generate) of ``columns`` columns."""
+    one = fill(weights, enc[:1], prompt, plan.processing.prompt_len, jax.random.key(0)[None], config=config,
+               plan=plan, columns=columns, dtype=dtype)
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (slots,) + a.shape), one)
+
+
+@partial(jax.jit, static_argnames=("config", "plan", "columns", "dtype"), donate_argnames=("slots",))
+def _insert(weights, slots, index, enc, prompt, end, key, *, config, plan, columns, dtype):
+    one = fill(weights, enc, prompt, end, key, config=config, plan=plan, columns=columns, dtype=dtype)
+    return put(slots, index, one)
+
+
+@partial(jax.jit, static_argnames=("config", "plan", "dtype", "steps", "speculate", "ngram", "repeats"),
+         donate_argnames=("slots",))
+def _advance(weights, slots, knobs, *, config, plan, dtype, steps, speculate, ngram, repeats):
+    step = partial(advance_speculative, n=ngram, k=speculate) if speculate else partial(advance, repeats=repeats)
+    return advance_all(weights, slots, knobs, steps, config=config, plan=plan, dtype=dtype, step=step)
+
+
+@partial(jax.jit, static_argnames=("columns",))
+def _grow(slots, *, columns):
+    return slots._replace(cache=grow_cache(slots.cache, columns))
+
+
+def _status(slots: Slot):
+    return jax.device_get((slots.cur, jax.vmap(running)(slots)))
+
+
+def _budgets(budgets, n: int, default: int) -> list[int]:
+    if budgets is None:
+        return [default] * n
+    budgets = [int(b) for b in budgets]
+    if len(budgets) != n or any(b < 1 for b in budgets):
+        raise ValueError(f"budgets must hold one positive token count per input ({n}), got {budgets[:8]}...")
+    return budgets
+
+
+def _row_keys(keys, n: int, sample: bool):
+    """One row key [1] per input, as ``generate`` derives it from a per-image key."""
+    if not sample:
+        return [jax.random.key(0)[None]] * n
+    if keys is None:
+        raise ValueError("do_sample=True draws random numbers: pass keys (one per input, e.g. "
+                         f"jax.random.split(jax.random.key(seed), {n}))")
+    keys = keys if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) else jax.random.wrap_key_data(keys)
+    if keys.shape != (n,):
+        raise ValueError(f"keys has shape {keys.shape}: pass one key per input ({n})")
+    rows = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
+    return [rows[i:i + 1] for i in range(n)]
+
+
+def _encoder_states(params, pixels, config, chunk: int, dtype) -> Iterator[jax.Array]:
+    """[1,S,D] encoder states per input, ``chunk`` images encoded at a time (the last padded)."""
+    for start in range(0, len(pixels), chunk):
+        part = np.asarray(pixels[start:start + chunk], np.float32)
+        n = len(part)
+        if n < chunk:
+            part = np.concatenate([part, np.zeros((chunk - n,) + part.shape[1:], part.dtype)])
+        enc = encode(params, part, config, dtype=dtype)  # dispatched now, used as slots free
+        for i in range(n):
+            yield enc[i:i + 1]
+
+
+def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[int] | None = None, keys=None,
+           slots: int = 8, steps_per_call: int = STEPS_PER_CALL, bucket_start: int = BUCKET_START,
+           speculate: int = 0, ngram: int = 3, stop_repeats=None, dtype=jnp.float32,
+           **options) -> Iterator[Decoded]:
+    """Decode every image of ``pixels`` ([N,C,H,W], or a sequence of [C,H,W]) through ``slots``
+    slots; yields ``Decoded`` in input order. ``budgets``: max_new_tokens per input (default:
+    the options' max_new_tokens, else 20). ``keys``: [N] keys when sampling. Other options as
+    ``generate`` (greedy or sampling; beams, several sequences per input, prompts and
+    forced_eos_token_id are refused). ``speculate`` > 0 (greedy only): each step also checks a
+    draft of that many tokens that followed the latest earlier occurrence of the last ``ngram``
+    tokens (``speculative.py``); the tokens stay greedy's. ``stop_repeats`` = (max_period,
+    repeats) ends an input whose text ends with a block of at most max_period tokens repeated
+    that many times (``stopping.py``; not with ``speculate``)."""
+    weights, config = unpack(params, config)
+    dtype = compute_dtype(dtype)
+    gen = with_options(params.get("generation_config") or defaults_for(config), options)
+    n = len(pixels)
+    budgets = _budgets(budgets, n, gen.max_new_tokens or 20)
+    if gen.num_beams != 1 or gen.num_return_sequences != 1:
+        raise ValueError("the slot engine decodes one sequence per input: num_beams and num_return_sequences "
+                         "must be 1 (use generate for beam search)")
+    if gen.forced_eos_token_id is not None:
+        raise ValueError("forced_eos_token_id is not supported by the slot engine (its column differs per budget)")
+    if speculate and (gen.do_sample or speculate < 0 or ngram < 1):
+        raise ValueError(f"speculate={speculate}, ngram={ngram}: speculation needs greedy search (do_sample=False), "
+                         "a draft length >= 0 and an n-gram size >= 1")
+    repeats = check_rule(stop_repeats)
+    if repeats and speculate:
+        raise ValueError("stop_repeats is checked token by token: it cannot be combined with speculate")
+    plan = make_plan(with_options(gen, {"max_new_tokens": max(budgets), "max_length": None}), config, 1, False)
+    start = special_ids(gen)[0]
+    knobs = Knobs(*(jnp.asarray(getattr(gen, k), jnp.float32) for k in Knobs._fields))
+    row_keys = _row_keys(keys, n, plan.processing.sample)
+    room = speculate + 1 if speculate else 0  # a speculative step writes 1 + speculate columns
+    sizes = bucket_sizes(1, plan.processing.max_length + room, bucket_start)
+    statics = dict(config=config, plan=plan, dtype=dtype)
+    encs = _encoder_states(params, pixels, config, slots, dtype)
+    first = next(encs, None)
+    if first is None:
+        return
+    columns = sizes[0]
+    prompt = jnp.full((1, 1), start, jnp.int32)
+    pool = _empty(weights, first, prompt, columns=columns, slots=slots, **statics)
+    waiting, owner, done, next_out = deque(range(n)), [None] * slots, {}, 0
+    encs = _chain(first, encs)
+    cur = np.zeros(slots, np.int32)
+    while waiting or any(o is not None for o in owner):
+        for j in range(slots):
+            if owner[j] is None and waiting:
+                i = waiting.popleft()
+                pool = _insert(weights, pool, j, next(encs), prompt, 1 + budgets[i], row_keys[i], columns=columns,
+                               **statics)
+                owner[j], cur[j] = i, 1
+        reach = steps_per_call * (1 + speculate)
+        need = max(min(cur[j] + reach, 1 + budgets[owner[j]]) + room for j in range(slots) if owner[j] is not None)
+        while columns < need:
+            columns = sizes[sizes.index(columns) + 1]
+            pool = _grow(pool, columns=columns)
+        pool = _advance(weights, pool, knobs, steps=steps_per_call, speculate=speculate, ngram=ngram,
+                        repeats=repeats, **statics)
+        cur, live = (np.array(a) for a in _status(pool))
+        for j in range(slots):
+            if owner[j] is not None and not live[j]:
+                seq, lp, steps = jax.device_get((pool.tokens[j, 0, :cur[j]], pool.logprobs[j, 0, :cur[j] - 1],
+                                                 pool.steps[j]))
+                done[owner[j]] = Decoded(owner[j], seq, lp, int(steps))
+                owner[j] = None
+        while next_out in done:
+            yield done.pop(next_out)
+            next_out += 1
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def generate_many(params, pixels, config: Config | None = None, **kwargs) -> list[Decoded]:
+    """``stream``'s outputs as a list, in input order."""
+    return list(stream(params, pixels, config, **kwargs))

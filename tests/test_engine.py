@@ -1,0 +1,110 @@
+"""Continuous batching: every input's tokens are those of generate on that input alone, with
+its own budget and key, whatever the number of slots and the order in which inputs end."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+import purevedec as pv
+from purevedec.generation.engine import generate_many, stream
+from purevedec.generation.speculative import ngram_draft
+from conftest import make_reference, rand_pixels, save_reference
+from ocr_models import make_ocr_reference
+
+BUDGETS = [3, 12, 7, 18, 5]
+
+
+@pytest.fixture(scope="module", params=["gpt2", "trocr"])
+def model(request, tmp_path_factory):
+    """(params, an EOS id that row 1 reaches after a while)."""
+    path = tmp_path_factory.mktemp(request.param)
+    ref = make_reference(init_scale=3.0, seed=3) if request.param == "gpt2" else make_ocr_reference(seed=5, scale=0.6)
+    params, _ = pv.load(save_reference(ref, path))
+    greedy = pv.generate(params, rand_pixels(5, seed=2), max_new_tokens=10, min_new_tokens=10).sequences
+    return params, int(greedy[1, 8])
+
+
+@pytest.mark.parametrize("mode", ["greedy", "sample"])
+def test_each_input_gets_its_alone_output(model, mode):
+    """2 slots for 5 inputs, 3 steps per call, buckets from 4 columns: inputs end out of order,
+    slots are refilled mid-flight and caches grow while other slots run."""
+    params, eos = model
+    px = rand_pixels(5, seed=2)
+    kw = dict(eos_token_id=eos, **(dict(do_sample=True, top_k=20) if mode == "sample" else {}))
+    keys = jax.random.split(jax.random.key(1), 5)
+    outs = generate_many(params, px, budgets=BUDGETS, keys=keys, slots=2, steps_per_call=3, bucket_start=4, **kw)
+    assert [o.index for o in outs] == list(range(5))
+    lengths = []
+    for o, budget in zip(outs, BUDGETS):
+        alone = pv.generate(params, px[o.index:o.index + 1], max_new_tokens=budget, key=keys[o.index][None], **kw)
+        np.testing.assert_array_equal(o.sequence, alone.sequences[0])
+        np.testing.assert_allclose(o.token_logprobs, alone.token_logprobs[0], atol=1e-4)
+        lengths.append(len(o.sequence))
+    assert len(set(lengths)) > 2 and (mode == "sample" or max(lengths) > 8)  # ragged ends, long rows
+
+
+def test_stream_yields_in_input_order_and_checks_arguments(model):
+    params, _ = model
+    px = rand_pixels(3, seed=4)
+    first = next(stream(params, px, budgets=[2, 9, 1], slots=3))
+    assert first.index == 0 and len(first.sequence) <= 3
+    with pytest.raises(ValueError, match="budgets"):
+        generate_many(params, px, budgets=[2, 0, 1])
+    with pytest.raises(ValueError, match="keys"):
+        generate_many(params, px, do_sample=True)
+    with pytest.raises(ValueError, match="num_beams"):
+        generate_many(params, px, num_beams=2)
+
+
+def test_ngram_draft_takes_what_followed_the_latest_occurrence():
+    tokens = np.array([0, 5, 6, 7, 8, 5, 6, 9, 4, 5, 6, 0, 0, 0])
+    draft, usable = ngram_draft(tokens, 11, 2, 3)  # last two tokens (5, 6) last seen at column 5
+    assert draft.tolist()[:2] == [9, 4] and int(usable) == 3 and draft.tolist()[2] == 5
+    draft, usable = ngram_draft(tokens, 9, 2, 3)  # (9, 4) never occurred before
+    assert int(usable) == 0
+    draft, usable = ngram_draft(np.array([3, 3, 3, 0, 0]), 3, 1, 4)  # the occurrence ends at column 2
+    assert int(usable) == 1 and int(draft[0]) == 3
+
+
+def test_speculative_greedy_equals_greedy_and_accepts_drafts(model):
+    """Drafts from the text itself on repetitive outputs (EOS banned): greedy's tokens, fewer steps."""
+    params, _ = model
+    px = rand_pixels(5, seed=2)
+    kw = dict(min_new_tokens=max(BUDGETS))
+    outs = generate_many(params, px, budgets=BUDGETS, slots=2, steps_per_call=3, bucket_start=4, speculate=3,
+                         ngram=1, **kw)
+    for o, budget in zip(outs, BUDGETS):
+        alone = pv.generate(params, px[o.index:o.index + 1], max_new_tokens=budget, **kw)
+        np.testing.assert_array_equal(o.sequence, alone.sequences[0])
+        np.testing.assert_allclose(o.token_logprobs, alone.token_logprobs[0], atol=1e-4)
+        assert o.steps <= budget
+    assert sum(o.steps for o in outs) < sum(BUDGETS)  # some drafts were accepted
+
+
+def _first_repeat_end(generated: list, max_period: int, repeats: int) -> int:
+    """Tokens kept by the repetition rule: up to the first that completes a repeated block."""
+    for end in range(1, len(generated) + 1):
+        for p in range(1, max_period + 1):
+            w = p * repeats
+            if end >= w and all(generated[end - w + i] == generated[end - w + i + p] for i in range(w - p)):
+                return end
+    return len(generated)
+
+
+def test_repetition_rule_ends_each_input_at_its_first_repeated_block(model):
+    params, _ = model
+    px = rand_pixels(5, seed=2)
+    kw = dict(min_new_tokens=max(BUDGETS))
+    outs = generate_many(params, px, budgets=BUDGETS, slots=2, steps_per_call=3, bucket_start=4,
+                         stop_repeats=(2, 3), **kw)
+    cut = 0
+    for o, budget in zip(outs, BUDGETS):
+        alone = list(pv.generate(params, px[o.index:o.index + 1], max_new_tokens=budget, **kw).sequences[0])
+        keep = _first_repeat_end(alone[1:], 2, 3)
+        assert o.sequence.tolist() == alone[:1 + keep]
+        cut += keep < budget
+    assert cut  # some input stopped early
+    with pytest.raises(ValueError, match="stop_repeats"):
+        generate_many(params, px, stop_repeats=(2, 1))
