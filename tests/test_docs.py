@@ -102,7 +102,8 @@ def test_public_classes_document_their_fields():
 
 
 def test_shapes_are_documented_for_array_outputs():
-    for cls in (purevedec.Output, purevedec.EncoderOutput, purevedec.GenerateOutput, purevedec.GenerationResult):
+    for cls in (purevedec.Output, purevedec.EncoderOutput, purevedec.GenerateOutput, purevedec.GenerationResult,
+                purevedec.Score):
         source = inspect.getsource(cls)
         for field in cls._fields:
             doc = re.search(rf"    {field}: .*\n    \"\"\"(.*?)\"\"\"", source)
