@@ -94,3 +94,21 @@ def test_score_under_jit_and_vmap(tiny):
     np.testing.assert_allclose(np.asarray(jitted.logprob), np.asarray(eager.logprob), atol=1e-5)
     np.testing.assert_allclose(np.asarray(mapped), np.asarray(eager.logprob), atol=1e-5)
     assert np.all(np.asarray(eager.logprob) < 0)
+
+
+@pytest.mark.parametrize("options", [dict(do_sample=True, temperature=0.7, top_k=5),
+                                     dict(num_beams=3, do_sample=True, temperature=0.5)])
+def test_generate_returns_the_models_own_log_probs_beside_the_processed_ones(tiny, options):
+    """Processors change what is sampled from: token_logprobs are of the processed distribution,
+    model_logprobs of the model's own, equal to score() of the generated captions."""
+    _, params = tiny
+    px = rand_pixels(2, seed=8)
+    out = pv.generate_core(params, px, max_new_tokens=6, key=jax.random.key(1), **options)
+    ids = np.asarray(out.sequences)
+    mask = (np.arange(ids.shape[1])[None] < np.asarray(out.lengths)[:, None]).astype(np.int32)
+    scored = pv.score(params, px, np.where(mask == 1, ids, 0), attention_mask=mask)
+    model_lp = np.asarray(out.model_logprobs)
+    np.testing.assert_allclose(model_lp, np.asarray(scored.token_logprobs), atol=1e-5)
+    assert np.max(np.abs(model_lp - np.asarray(out.token_logprobs))) > 1e-2
+    trimmed = pv.generate(params, px, max_new_tokens=6, key=jax.random.key(1), **options)
+    np.testing.assert_allclose(trimmed.model_logprobs, model_lp[:, :trimmed.token_logprobs.shape[1]], atol=1e-6)

@@ -38,9 +38,11 @@ class GenerationResult(NamedTuple):
     scores: jax.Array
     """[N] float32: the length-penalised beam score for beam search, else the sum of ``token_logprobs``."""
     token_logprobs: jax.Array
-    """[N,G] float32: log-prob of each generated token after the logits processors; 0 after EOS."""
+    """[N,G] float32: log-prob of each generated token after the logits processors (as sampled); 0 after EOS."""
     cross_attentions: Optional[jax.Array] = None
     """[N,G,layers,heads,S] float32 cross-attention of each generated token, when asked; else None."""
+    model_logprobs: Optional[jax.Array] = None
+    """[N,G] float32: log-prob of each generated token under the model's own logits; 0 after EOS."""
 
 
 class GenerateOutput(NamedTuple):
@@ -50,9 +52,11 @@ class GenerateOutput(NamedTuple):
     scores: np.ndarray
     """[N] float32: the length-penalised beam score for beam search, else the sum of ``token_logprobs``."""
     token_logprobs: np.ndarray
-    """[N,L-P] float32: log-prob of each generated token after the logits processors; 0 after EOS."""
+    """[N,L-P] float32: log-prob of each generated token after the logits processors (as sampled); 0 after EOS."""
     cross_attentions: Optional[np.ndarray] = None
     """[N,L-P,layers,heads,S] float32 cross-attention of each generated token, when asked; else None."""
+    model_logprobs: Optional[np.ndarray] = None
+    """[N,L-P] float32: log-prob of each generated token under the model's own logits; 0 after EOS."""
 
 
 @partial(jax.jit, static_argnames=("config", "plan", "dtype", "interpolate_pos_encoding", "shifted", "chunk",
@@ -69,10 +73,10 @@ def _generate_jit(weights, pixels, prompt, prompt_mask, ignore_len, key, knobs, 
     loop = beam_loop if beams else sample_loop
     if per_image(key) and not beams:  # beam sampling draws per image, sampling per row
         key = row_keys(key, plan.rows_per_image)
-    seq, lengths, logprobs, scores, cross_maps = loop(
+    seq, lengths, logprobs, scores, cross_maps, model_logprobs = loop(
         weights, cache, logits[:, -1].astype(jnp.float32), last_cross(cross).astype(jnp.float32), tokens,
         ignore_len, key, knobs, config=config, plan=plan, dtype=dtype)
-    return GenerationResult(seq, lengths, scores, logprobs, cross_maps)
+    return GenerationResult(seq, lengths, scores, logprobs, cross_maps, model_logprobs)
 
 
 def _is_tracer(x) -> bool:
@@ -159,4 +163,5 @@ def generate(params, pixels, config: Config | None = None, *, key=None,
     gen_n = n - (out.sequences.shape[1] - out.token_logprobs.shape[1])
     return GenerateOutput(np.asarray(out.sequences)[:, :n], np.asarray(out.scores),
                           np.asarray(out.token_logprobs)[:, :gen_n],
-                          None if out.cross_attentions is None else np.asarray(out.cross_attentions)[:, :gen_n])
+                          None if out.cross_attentions is None else np.asarray(out.cross_attentions)[:, :gen_n],
+                          np.asarray(out.model_logprobs)[:, :gen_n])
