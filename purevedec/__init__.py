@@ -13,6 +13,7 @@ from .errors import (CheckpointError, ConfigError, ImageError, ModelNotFound, Pa
 from .model import EncoderOutput, Output, cross_kv, decode, encode, forward, init_cache, step
 from .params import check_params, init_params, param_shapes
 from .scoring import Score, score
+from .costs import count_params, flops
 from .sharding import shard_batch, shard_params
 from .generation import GenerateOutput, GenerationConfig, GenerationResult, generate, generate_core
 from .checkpoints import (build_params, from_encoder_decoder_pretrained, load, load_config, load_generation_config,
@@ -25,7 +26,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     # model core
-    "Config", "EncoderOutput", "GPT2Config", "Output", "ViTConfig", "check_params", "cross_kv", "decode",
+    "Config", "EncoderOutput", "GPT2Config", "Output", "ViTConfig", "check_params", "count_params", "cross_kv",
+    "decode", "flops",
     "encode", "forward", "init_cache", "init_params", "param_shapes", "parse_config", "Score", "score", "step",
     # sharding
     "shard_batch", "shard_params",
