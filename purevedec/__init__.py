@@ -18,6 +18,8 @@ from .errors import (CheckpointError, ConfigError, GenerationError, ImageError, 
 from .decoding import init_cache, step
 from .model import EncoderOutput, Output, cross_kv, decode, encode, forward
 from .params import check_params, init_params, param_shapes
+from .scoring import Score, score
+from .costs import count_params, flops
 from .sharding import shard_batch, shard_params
 from .generation import GenerateOutput, GenerationConfig, GenerationResult, generate, generate_core
 from .checkpoints import (build_params, from_encoder_decoder_pretrained, load, load_config, load_generation_config,
@@ -32,8 +34,8 @@ globals().update({cls.__name__: cls for cls in CONFIG_CLASSES})
 
 __all__ = [
     # model core
-    "Config", "EncoderOutput", "Output", "check_params", "cross_kv", "decode",
-    "encode", "forward", "init_cache", "init_params", "param_shapes", "parse_config", "step",
+    "Config", "EncoderOutput", "Output", "Score", "check_params", "count_params", "cross_kv", "decode", "flops",
+    "encode", "forward", "init_cache", "init_params", "param_shapes", "parse_config", "score", "step",
     # every family's config class (ViTConfig, GPT2Config, ...)
     *(cls.__name__ for cls in CONFIG_CLASSES),
     # sharding

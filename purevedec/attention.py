@@ -4,8 +4,9 @@ Three CPU-minded choices, none of which changes what is computed:
 - the normalisation comes after the value product (one pass over the scores fewer);
 - long sequences are attended to a few heads at a time, each group's scores cache-sized, on the
   backends ``backend_tuning`` says (XLA:CPU);
-- the backward pass is written out (``softmax_attention``'s custom VJP): it keeps only the
-  inputs and each query's max and 1/sum, rebuilds the weights once, and runs the four
+- the derivative is written out (``softmax_attention``'s custom JVP, linear in the tangents, so
+  forward mode works and JAX transposes it for the backward pass): the backward pass keeps only
+  the inputs and each query's max and 1/sum, rebuilds the weights once, and runs the four
   products of the textbook gradient, in the same groups of heads as the forward pass.
   Autodiff of the forward pass instead kept every exp'd score and differentiated the max as
   well, several times slower (docs/perf-notes.md).
@@ -89,29 +90,27 @@ def _forward(q, k, v, mask, bias, scale: float):
     return (product("bhtu,bhuk->bhtk", e.astype(v.dtype), v) * inv_total).astype(v.dtype), top, inv_total
 
 
-def _backward(q, k, v, mask, bias, top, inv_total, d_out, scale: float):
-    """Cotangents of (q, k, v, bias) from the saved max and 1/sum: the weights w rebuilt once,
-    d_scores = w * (d_w - rowsum(w * d_w)) with d_w = d_out @ v.T, masked keys getting none."""
+def _tangent(q, k, v, mask, bias, top, inv_total, d_q, d_k, d_v, d_bias, scale: float):
+    """Tangent of out (linear in d_q, d_k, d_v, d_bias) from the saved max and 1/sum: the weights w
+    rebuilt once, d_scores = (d_q·k + q·d_k) * scale + d_bias (none for masked keys),
+    d_w = w * (d_scores - rowsum(w * d_scores)), d_out = d_w @ v + w @ d_v."""
     w = jnp.exp(_scores(q, k, mask, bias, scale) - top) * inv_total
-    d_out = d_out.astype(v.dtype)
-    d_v = product("bhtu,bhtk->bhuk", w.astype(v.dtype), d_out)
-    d_w = product("bhtk,bhuk->bhtu", d_out, v)
-    d_scores = w * (d_w - jnp.sum(w * d_w, axis=-1, keepdims=True))
+    # scale applied to the [..,T,K] tangents: on the [..,T,U] scores, its transpose became a whole
+    # [B,H,T,U] array of the constant that XLA:CPU read in the backward pass.
+    d_scores = (product("bhtk,bhuk->bhtu", (d_q * scale).astype(k.dtype), k)
+                + product("bhtk,bhuk->bhtu", q, (d_k * scale).astype(q.dtype)))
+    if d_bias is not None:
+        d_scores = d_scores + d_bias.astype(F32)
     if mask is not None:
         d_scores = jnp.where(mask, d_scores, 0.0)
-    d_q = product("bhtu,bhuk->bhtk", d_scores.astype(k.dtype), k) * scale
-    d_k = product("bhtu,bhtk->bhuk", d_scores.astype(q.dtype), q) * scale
-    grads = [_sum_to(g, x.shape).astype(x.dtype) for g, x in ((d_q, q), (d_k, k), (d_v, v))]
-    return (*grads, None if bias is None else _sum_to(d_scores, bias.shape).astype(bias.dtype))
+    # Written as two products, not w * (d_scores - rowsum): under jit(vmap) (jacfwd) XLA:CPU's YNN
+    # fusion of that form, with w unbatched, returned wrong values (jax 0.10.2).
+    d_w = w * d_scores - w * jnp.sum(w * d_scores, axis=-1, keepdims=True)
+    d_out = product("bhtu,bhuk->bhtk", d_w.astype(v.dtype), v) + product("bhtu,bhuk->bhtk", w.astype(v.dtype), d_v)
+    return d_out.astype(v.dtype)
 
 
-def _sum_to(x, shape):
-    """x summed over the axes that ``shape`` broadcasts (size 1 there)."""
-    axes = tuple(i for i, (n, m) in enumerate(zip(shape, x.shape)) if n == 1 and m != 1)
-    return jnp.sum(x, axis=axes, keepdims=True) if axes else x
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+@partial(jax.custom_jvp, nondiff_argnums=(5, 6))
 def softmax_attention(q, k, v, mask, bias, scale: float, group: int | None):
     """out [B,H,T,K] of softmax(q·k * scale + bias, masked) @ v, in groups of ``group`` heads of one
     image at a time (None: one pass). mask and bias are 4-dim, broadcastable to [B,H,T,U]."""
@@ -121,57 +120,55 @@ def softmax_attention(q, k, v, mask, bias, scale: float, group: int | None):
 def _run(q, k, v, mask, bias, scale, group):
     if group is None:
         return _forward(q, k, v, mask, bias, scale)
-    b, heads, t, _ = q.shape
-    stats = jnp.zeros((b, heads, t, 1), F32)
-    return _in_groups(lambda *a: _forward(*a, scale), (q, k, v, mask, bias),
-                      (jnp.zeros(q.shape[:-1] + v.shape[-1:], v.dtype), stats, stats), group)
+    return _in_groups(lambda *a: _forward(*a, scale), (q, k, v, mask, bias), group)
 
 
-def _run_saving(q, k, v, mask, bias, scale, group):
+@softmax_attention.defjvp
+def _run_jvp(scale, group, primals, tangents):
+    """The custom derivative: out's tangent is linear in the inputs' tangents, so JAX pushes
+    tangents forward (jvp, jacfwd, linearize) and transposes this rule for the backward pass. Under
+    jax.checkpoint the backward pass keeps only the inputs and each query's max and 1/sum, and
+    rebuilds the weights once (not every exp'd score kept, nor the max differentiated)."""
+    q, k, v, mask, bias = primals
+    d_q, d_k, d_v, _, d_bias = tangents
     out, top, inv_total = _run(q, k, v, mask, bias, scale, group)
-    return out, (q, k, v, mask, bias, top, inv_total)
+    d_out = jax.checkpoint(_run_tangent, static_argnums=(11, 12), prevent_cse=False)(
+        q, k, v, mask, bias, top, inv_total, d_q, d_k, d_v, d_bias, scale, group)
+    return out, d_out
 
 
-def _run_backward(scale, group, saved, d_out):
-    q, k, v, mask, bias, top, inv_total = saved
-    inputs = (q, k, v, mask, bias, top, inv_total, d_out)
+def _run_tangent(q, k, v, mask, bias, top, inv_total, d_q, d_k, d_v, d_bias, scale, group):
+    inputs = (q, k, v, mask, bias, top, inv_total, d_q, d_k, d_v, d_bias)
     if group is None:
-        d_q, d_k, d_v, d_bias = _backward(*inputs, scale)
-    else:
-        zeros = tuple(None if x is None else jnp.zeros(x.shape, x.dtype) for x in (q, k, v, bias))
-        d_q, d_k, d_v, d_bias = _in_groups(lambda *a: _backward(*a, scale), inputs, zeros, group)
-    return d_q, d_k, d_v, None, d_bias
+        return _tangent(*inputs, scale)
+    return _in_groups(jax.checkpoint(lambda *a: (_tangent(*a, scale),), prevent_cse=False), inputs, group)[0]
 
 
-softmax_attention.defvjp(_run_saving, _run_backward)
+def _in_groups(fn, inputs, g: int):
+    """``fn`` on each image's groups of ``g`` heads of the 4-dim ``inputs`` ([B|1, H|1, ...] or None,
+    an axis of size 1 broadcast), its 4-dim results [1, g, ...] put together as [B, H, ...]. Loops
+    over images, then over groups, slicing leading axes only: transposed for the backward pass, the
+    loops slice cotangents the same way, where dynamic slices of whole inputs would add a whole-size
+    cotangent per step."""
+    heads = inputs[0].shape[1]
+
+    def image(xs):  # [H|1, ...] -> each result [H, ...]
+        groups = tuple(None if x is None else x.reshape(heads // g if x.shape[0] > 1 else 1, -1, *x.shape[1:])
+                       for x in xs)
+        parts = _map_leading(lambda ys: fn(*(None if y is None else y[None] for y in ys)), groups)
+        return tuple(p.reshape(heads, *p.shape[3:]) for p in parts)
+
+    return _map_leading(image, inputs)
 
 
-def _in_groups(fn, inputs, totals, g: int):
-    """``fn`` on each image's groups of ``g`` heads (slices of the 4-dim ``inputs``; None passes
-    through), its results added into the matching slices of ``totals`` (a tuple of 4-dim arrays or
-    None, updated in place by the loop)."""
-    b, heads = inputs[0].shape[:2]
-    per_image = heads // g
+def _map_leading(fn, inputs):
+    """fn on each slice of the inputs' leading axis (inputs of leading size 1 or None are passed
+    whole, without that axis, to every call), results stacked on a new leading axis."""
+    n = max(x.shape[0] for x in inputs if x is not None)
+    sliced = tuple(x is not None and x.shape[0] == n for x in inputs)
 
-    def one_group(i, totals):
-        image, head = i // per_image, (i % per_image) * g
-        parts = fn(*(None if x is None else _group(x, image, head, g) for x in inputs))
-        return tuple(None if t is None else _add_to_group(t, p, image, head) for t, p in zip(totals, parts))
+    def body(carry, xs):
+        xs = iter(xs)
+        return carry, fn(tuple(next(xs) if s else (None if x is None else x[0]) for x, s in zip(inputs, sliced)))
 
-    return jax.lax.fori_loop(0, b * per_image, one_group, totals)
-
-
-def _start(x, image, head):
-    return (image if x.shape[0] > 1 else 0, head if x.shape[1] > 1 else 0, 0, 0)
-
-
-def _group(x, image, head, heads: int):
-    """The [1, heads, ...] slice at (image, head) of x [B|1, H|1, ...]; broadcast axes stay 1."""
-    return jax.lax.dynamic_slice(x, _start(x, image, head), (1, heads if x.shape[1] > 1 else 1, *x.shape[2:]))
-
-
-def _add_to_group(total, part, image, head):
-    """total with ``part`` (summed to that slice's shape) added at (image, head)'s slice."""
-    start = _start(total, image, head)
-    part = _sum_to(part, (1, total.shape[1] if total.shape[1] == 1 else part.shape[1], *total.shape[2:]))
-    return jax.lax.dynamic_update_slice(total, jax.lax.dynamic_slice(total, start, part.shape) + part, start)
+    return jax.lax.scan(body, None, tuple(x for x, s in zip(inputs, sliced) if s), length=n)[1]

@@ -71,14 +71,14 @@ def cross_kv(params, enc: jax.Array, config: Config | None = None, *, dtype=jnp.
     return layer_kv(weights, enc, config, compute_dtype(dtype))
 
 
-@partial(jax.jit, static_argnames=_STATIC + ("chunk", "gathers"))
+@partial(jax.jit, static_argnames=_STATIC + ("chunk", "gathers", "remat"))
 def _encode_jit(weights, pixels, key, *, config, interpolate_pos_encoding, dtype, output_hidden_states,
-                output_attentions, chunk, gathers=None):
+                output_attentions, chunk, gathers=None, remat=False):
     weights = gather_weights(weights, gathers)
     extras = output_hidden_states or output_attentions
-    if not extras and key is None:
+    if not extras and key is None and not remat:
         return encoder_states(weights, pixels, config, interpolate_pos_encoding, dtype, chunk)
-    hidden, out = encode_pass(weights, pixels, config, interpolate_pos_encoding, dtype, key)
+    hidden, out = encode_pass(weights, pixels, config, interpolate_pos_encoding, dtype, key, remat)
     if not extras:
         return hidden
     return EncoderOutput(hidden, out["last_hidden_state"],
@@ -87,27 +87,30 @@ def _encode_jit(weights, pixels, key, *, config, interpolate_pos_encoding, dtype
 
 
 def encode(params, pixels, config: Config | None = None, *, interpolate_pos_encoding: bool = False,
-           dtype=jnp.float32, output_hidden_states: bool = False, output_attentions: bool = False, key=None):
+           dtype=jnp.float32, output_hidden_states: bool = False, output_attentions: bool = False, key=None,
+           remat: bool = False):
     """Image -> the states the decoder reads. pixels [B,C,H,W] -> [B,S,D] (after projection),
     or an ``EncoderOutput`` when hidden states or attentions are asked for.
-    ``key`` turns on dropout (training); None is inference."""
+    ``key`` turns on dropout (training); None is inference. ``remat`` recomputes each layer in the
+    backward pass instead of keeping its activations (less memory for grad; reverse mode only;
+    per-layer hidden states and attentions then come back None)."""
     weights, config = unpack(params, config)
     check_pixels(pixels, config)
     return _encode_jit(weights, pixels, key, config=config, interpolate_pos_encoding=interpolate_pos_encoding,
                        dtype=compute_dtype(dtype), output_hidden_states=bool(output_hidden_states),
                        output_attentions=bool(output_attentions), chunk=encoder_chunk(pixels),
-                       gathers=weight_gathers(weights, batch_split(pixels)))
+                       gathers=weight_gathers(weights, batch_split(pixels)), remat=bool(remat))
 
 
-@partial(jax.jit, static_argnames=("config", "dtype"))
-def _decode_jit(weights, ids, enc, attention_mask, position_ids, key, *, config, dtype):
-    return decode_pass(weights, ids, enc, config, attention_mask, position_ids, dtype, key)["logits"]
+@partial(jax.jit, static_argnames=("config", "dtype", "remat"))
+def _decode_jit(weights, ids, enc, attention_mask, position_ids, key, *, config, dtype, remat=False):
+    return decode_pass(weights, ids, enc, config, attention_mask, position_ids, dtype, key, remat)["logits"]
 
 
 def decode(params, ids, enc, config: Config | None = None, *, attention_mask=None, position_ids=None,
-           dtype=jnp.float32, key=None):
+           dtype=jnp.float32, key=None, remat: bool = False):
     """Teacher-forced decoder over given encoder states. ids [B*k,T], enc [B,S,D] -> logits [B*k,T,V]
-    (k caption rows per image, image-major)."""
+    (k caption rows per image, image-major). ``remat`` as in ``encode``."""
     weights, config = unpack(params, config)
     check_ids(ids, config)
     check_mask(attention_mask, ids, "attention_mask")
@@ -115,15 +118,15 @@ def decode(params, ids, enc, config: Config | None = None, *, attention_mask=Non
     check_enc(enc, config)
     check_rows(enc.shape[0], ids.shape[0], "ids")
     return _decode_jit(weights, ids, enc, attention_mask, position_ids, key, config=config,
-                       dtype=compute_dtype(dtype))
+                       dtype=compute_dtype(dtype), remat=bool(remat))
 
 
-@partial(jax.jit, static_argnames=_STATIC + ("gathers",))
+@partial(jax.jit, static_argnames=_STATIC + ("gathers", "remat"))
 def _forward_jit(weights, pixels, ids, attention_mask, position_ids, key, *, config, interpolate_pos_encoding,
-                 dtype, output_hidden_states, output_attentions, gathers=None):
+                 dtype, output_hidden_states, output_attentions, gathers=None, remat=False):
     weights = gather_weights(weights, gathers)
-    enc, enc_out = encode_pass(weights, pixels, config, interpolate_pos_encoding, dtype, site_key(key, 0))
-    dec_out = decode_pass(weights, ids, enc, config, attention_mask, position_ids, dtype, site_key(key, 1))
+    enc, enc_out = encode_pass(weights, pixels, config, interpolate_pos_encoding, dtype, site_key(key, 0), remat)
+    dec_out = decode_pass(weights, ids, enc, config, attention_mask, position_ids, dtype, site_key(key, 1), remat)
     if not (output_hidden_states or output_attentions):
         return dec_out["logits"]
     hid, att = output_hidden_states, output_attentions
@@ -139,14 +142,14 @@ def _forward_jit(weights, pixels, ids, attention_mask, position_ids, key, *, con
 
 def forward(params, pixels, ids, config: Config | None = None, *, attention_mask=None, position_ids=None,
             interpolate_pos_encoding: bool = False, dtype=jnp.float32, output_hidden_states: bool = False,
-            output_attentions: bool = False, key=None):
+            output_attentions: bool = False, key=None, remat: bool = False):
     """Teacher-forced logits, like ``VisionEncoderDecoderModel(pixel_values, decoder_input_ids)``.
 
     pixels [B,C,H,W] float, ids [B*k,T] int (k caption rows per image, image-major: each image
     is encoded once), attention_mask [B*k,T] (1 = token, 0 = padding), position_ids [B*k,T]
     (default 0..T-1, as transformers). Returns float32 logits [B*k,T,V], or an ``Output`` with
     hidden states / attention weights when asked. ``dtype`` is the compute dtype (params are
-    cast to it); ``key`` turns on dropout for training.
+    cast to it); ``key`` turns on dropout for training; ``remat`` as in ``encode``.
 
     Token ids and positions are range-checked when concrete. Under ``jax.jit`` they cannot be:
     an id outside [0, V) or a position outside the table makes that row's logits NaN (never a
@@ -161,6 +164,6 @@ def forward(params, pixels, ids, config: Config | None = None, *, attention_mask
     return _forward_jit(weights, pixels, ids, attention_mask, position_ids, key, config=config,
                         interpolate_pos_encoding=bool(interpolate_pos_encoding), dtype=compute_dtype(dtype),
                         output_hidden_states=bool(output_hidden_states), output_attentions=bool(output_attentions),
-                        gathers=weight_gathers(weights, batch_split(pixels)))
+                        gathers=weight_gathers(weights, batch_split(pixels)), remat=bool(remat))
 
 

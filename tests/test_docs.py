@@ -102,7 +102,8 @@ def test_public_classes_document_their_fields():
 
 
 def test_shapes_are_documented_for_array_outputs():
-    for cls in (purevedec.Output, purevedec.EncoderOutput, purevedec.GenerateOutput, purevedec.GenerationResult):
+    for cls in (purevedec.Output, purevedec.EncoderOutput, purevedec.GenerateOutput, purevedec.GenerationResult,
+                purevedec.Score):
         source = inspect.getsource(cls)
         for field in cls._fields:
             doc = re.search(rf"    {field}: .*\n    \"\"\"(.*?)\"\"\"", source)
@@ -215,3 +216,28 @@ def test_readme_fine_tuning_walk_through_runs(tmp_path, capsys):
     image = shlex.split(commands[-1])[-1]
     assert printed.startswith(image + "\t") and len(printed.split("\t")[1].split()) >= 2  # a caption of words
     assert os.path.isfile(tmp_path / "runs" / "shapes" / "training.png")
+
+
+def test_readme_scoring_block_matches_transformers_and_xla(checkpoint, tmp_path):
+    """The research_more block: score against transformers' loss, the model's own log-probs of a
+    sample against score's, the jvp against a central difference, count_params and flops."""
+    import jax
+    import torch
+    model, path = checkpoint
+    ns, _ = _run_block("research_more", path, tmp_path)
+    ids, mask, pixels = np.asarray(ns["ids"]), np.asarray(ns["mask"]), np.asarray(ns["pixels"])
+    labels = torch.tensor(np.where(mask[:, 1:] == 1, ids[:, 1:], -100), dtype=torch.long)
+    with torch.no_grad():
+        losses = [model(pixel_values=torch.tensor(pixels[i:i + 1]), labels=labels[i:i + 1]).loss.item()
+                  for i in range(len(ids))]
+    np.testing.assert_allclose(np.asarray(ns["mean"]), -np.array(losses), atol=1e-4)
+    out, scored = ns["out"], ns["scored"]
+    np.testing.assert_allclose(np.asarray(out.model_logprobs), np.asarray(scored.token_logprobs), atol=1e-5)
+    assert np.max(np.abs(np.asarray(out.model_logprobs) - np.asarray(out.token_logprobs))) > 1e-3
+    params, direction, forward = ns["params"], ns["direction"], ns["pv"].forward
+    shifted = lambda eps: forward(jax.tree.map(lambda p, d: p + eps * d, params, direction), pixels, ids)  # noqa: E731
+    central = (shifted(2e-3) - shifted(-2e-3)) / 4e-3
+    assert maxdiff(ns["d_logits"], central) <= 1e-2 * float(np.max(np.abs(central)))
+    assert ns["n_params"] == sum(p.numel() for n, p in model.named_parameters() if ".pooler." not in n)
+    xla = jax.jit(forward).lower(params, pixels, ids).compile().cost_analysis()
+    assert abs(ns["n_flops"] / (xla[0] if isinstance(xla, list) else xla)["flops"] - 1) < 0.02

@@ -30,11 +30,13 @@ class BeamState(NamedTuple):
     running_tokens: jax.Array        # [B,N,Lmax] int32: the running (unfinished) beams
     running_scores: jax.Array        # [B,N] float32: their summed log-probs
     running_logprobs: jax.Array      # [B,N,G]: their per-token log-probs
+    running_model: jax.Array         # [B,N,G]: their per-token log-probs under the model's own logits
     running_cross: Optional[jax.Array]  # [B,N,G,layers,H,S]: their per-token cross-attention (when asked)
     done_tokens: jax.Array           # [B,N,Lmax]: the best finished hypotheses so far
     done_scores: jax.Array           # [B,N]: their length-penalised scores (NEG where none)
     done_mask: jax.Array             # [B,N] bool: which slots hold a finished hypothesis
     done_logprobs: jax.Array         # [B,N,G]
+    done_model: jax.Array            # [B,N,G]
     done_cross: Optional[jax.Array]  # [B,N,G,layers,H,S]
     done_lengths: jax.Array          # [B,N] int32: generated tokens of each finished hypothesis
     improving: jax.Array             # [B,1] bool: whether a running beam can still beat the finished ones
@@ -51,11 +53,12 @@ class Candidates(NamedTuple):
     source: jax.Array       # [B,M] the beam each continues
     tokens: jax.Array       # [B,M,Lmax] with the new token at column cur
     logprobs: jax.Array     # [B,M,G]
+    model: jax.Array        # [B,M,G] under the model's own logits
     cross: Optional[jax.Array]
     ends: jax.Array         # [B,M] bool: the continuation ends here (EOS or max_length)
 
 
-def _candidates(s: BeamState, scores, key, plan: Plan, b: int, nb: int) -> Candidates:
+def _candidates(s: BeamState, scores, model_lp, key, plan: Plan, b: int, nb: int) -> Candidates:
     """Top continuations over all beams x vocab, as transformers' _get_top_k_continuations."""
     pr = plan.processing
     v = scores.shape[-1]
@@ -71,6 +74,7 @@ def _candidates(s: BeamState, scores, key, plan: Plan, b: int, nb: int) -> Candi
         top, idx = top_k(acc, keep)
     src, tok = idx // v, (idx % v).astype(jnp.int32)
     token_lp = jnp.take_along_axis(scores.reshape(b, nb * v), idx, -1)  # this step's (processed) log-prob
+    model_lp = jnp.take_along_axis(model_lp.reshape(b, nb * v), idx, -1)
     i = s.cur - pr.prompt_len
     cross = None
     if plan.cross_attentions:
@@ -78,7 +82,8 @@ def _candidates(s: BeamState, scores, key, plan: Plan, b: int, nb: int) -> Candi
         cross = _gather(s.running_cross, src).at[:, :, i].set(now)
     return Candidates(
         scores=top, source=src, tokens=_gather(s.running_tokens, src).at[:, :, s.cur].set(tok),
-        logprobs=_gather(s.running_logprobs, src).at[:, :, i].set(token_lp), cross=cross,
+        logprobs=_gather(s.running_logprobs, src).at[:, :, i].set(token_lp),
+        model=_gather(s.running_model, src).at[:, :, i].set(model_lp), cross=cross,
         ends=(s.cur + 1 >= pr.max_length) | jnp.isin(tok, jnp.array(pr.eos or (-1,))))
 
 
@@ -96,6 +101,7 @@ def _merge_finished(s: BeamState, c: Candidates, knobs: Knobs, plan: Plan, nb: i
                 done_scores=_gather(cat(s.done_scores, score), pick),
                 done_mask=_gather(cat(s.done_mask, finished), pick),
                 done_logprobs=_gather(cat(s.done_logprobs, c.logprobs), pick),
+                done_model=_gather(cat(s.done_model, c.model), pick),
                 done_lengths=_gather(cat(s.done_lengths, new_len), pick),
                 done_cross=_gather(cat(s.done_cross, c.cross), pick) if plan.cross_attentions else None)
 
@@ -124,9 +130,9 @@ def beam_state(cache, logits, cross, tokens, *, plan: Plan) -> BeamState:
     return BeamState(
         cur=jnp.int32(pr.prompt_len), go=jnp.bool_(True), logits=logits, cache=cache, cross=cross,
         running_tokens=running, running_scores=jnp.zeros((b, nb)).at[:, 1:].set(NEG),
-        running_logprobs=jnp.zeros((b, nb, gen_len)), running_cross=no_cross,
+        running_logprobs=jnp.zeros((b, nb, gen_len)), running_model=jnp.zeros((b, nb, gen_len)), running_cross=no_cross,
         done_tokens=running, done_scores=jnp.full((b, nb), NEG), done_mask=jnp.zeros((b, nb), bool),
-        done_logprobs=jnp.zeros((b, nb, gen_len)), done_cross=no_cross,
+        done_logprobs=jnp.zeros((b, nb, gen_len)), done_model=jnp.zeros((b, nb, gen_len)), done_cross=no_cross,
         done_lengths=jnp.zeros((b, nb), jnp.int32), improving=jnp.ones((b, 1), bool))
 
 
@@ -141,12 +147,13 @@ def run_beam(weights, state: BeamState, ignore_len, key, knobs: Knobs, *, config
 
     def body(s: BeamState) -> BeamState:
         flat = s.running_tokens.reshape(b * nb, -1)
-        scores = process(pr, knobs, jax.nn.log_softmax(s.logits, axis=-1), flat, s.cur, ignore_len)
-        c = _candidates(s, scores, key, plan, b, nb)
+        model_lp = jax.nn.log_softmax(s.logits, axis=-1)
+        scores = process(pr, knobs, model_lp, flat, s.cur, ignore_len)
+        c = _candidates(s, scores, model_lp, key, plan, b, nb)
         alive_scores = c.scores + c.ends * NEG
         nxt = top_k(alive_scores, nb)[1]
         s = s._replace(running_tokens=_gather(c.tokens, nxt), running_scores=_gather(alive_scores, nxt),
-                       running_logprobs=_gather(c.logprobs, nxt),
+                       running_logprobs=_gather(c.logprobs, nxt), running_model=_gather(c.model, nxt),
                        running_cross=_gather(c.cross, nxt) if plan.cross_attentions else None,
                        **_merge_finished(s, c, knobs, plan, nb))
         origin = _gather(c.source, nxt)  # [B,N]: the beam each new beam continues, within its image
@@ -173,12 +180,12 @@ def beam_results(s: BeamState, plan: Plan):
     keep = plan.num_return_sequences
     flat = lambda a: None if a is None else a[:, :keep].reshape((b * keep,) + a.shape[2:])  # noqa: E731
     return (flat(s.done_tokens), flat(s.done_lengths) + plan.processing.prompt_len, flat(s.done_logprobs),
-            flat(s.done_scores), flat(s.done_cross))
+            flat(s.done_scores), flat(s.done_cross), flat(s.done_model))
 
 
 def beam_loop(weights, cache, logits, cross, tokens, ignore_len, key, knobs: Knobs, *, config, plan: Plan, dtype):
-    """Returns (tokens [B*K,Lmax], lengths [B*K], logprobs [B*K,G], scores [B*K], cross maps), the
-    K = num_return_sequences best finished hypotheses of each image, best first."""
+    """Returns (tokens [B*K,Lmax], lengths [B*K], logprobs [B*K,G], scores [B*K], cross maps,
+    model_logprobs [B*K,G]), the K = num_return_sequences best finished hypotheses of each image, best first."""
     state = beam_state(cache, logits, cross, tokens, plan=plan)
     return beam_results(run_beam(weights, state, ignore_len, key, knobs, config=config, plan=plan, dtype=dtype),
                         plan)

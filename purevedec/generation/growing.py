@@ -24,7 +24,7 @@ from ..decoder_cache import DecoderCache
 from ..sharding import gather_weights
 from .beam_loop import BeamState
 from .sample_loop import sample_done
-from .search import GenerateOutput, GenerationResult, loop_functions, prefill, prepare, trimmed
+from .search import GenerateOutput, GenerationResult, as_result, loop_functions, prefill, prepare, trimmed
 
 BUCKET_START = 32  # columns of the first bucket; the sizes double from there
 
@@ -89,8 +89,7 @@ def _grow(state, *, columns):
 
 @partial(jax.jit, static_argnames=("plan",))
 def _results(state, *, plan) -> GenerationResult:
-    seq, lengths, logprobs, scores, cross_maps = loop_functions(plan)[1](state)
-    return GenerationResult(seq, lengths, scores, logprobs, cross_maps)
+    return as_result(*loop_functions(plan)[1](state))
 
 
 def generate_growing(params, pixels, config=None, *, bucket_start: int = BUCKET_START, **kwargs) -> GenerateOutput:

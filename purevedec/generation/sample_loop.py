@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from ..decoder_cache import DecoderCache
 from ..decoding import cache_step
+from ..scoring import token_logprobs
 from .keys import categorical
 from .plan import Plan
 from .processors import Knobs, process
@@ -24,6 +25,7 @@ class SampleState(NamedTuple):
     logits: jax.Array               # [R,V] float32: the model's logits for column cur
     cache: DecoderCache             # the decoder cache holding columns < cur
     logprobs: jax.Array             # [R,G] float32: each generated token's log-prob after processing; 0 after EOS
+    model_logprobs: jax.Array       # [R,G] float32: the same tokens' log-probs under the model's own logits
     cross: jax.Array                # [R,layers,H,S] float32: the cross-attention of column cur's query
     cross_maps: Optional[jax.Array]  # [R,G,layers,H,S]: ``cross`` of every generated token (when asked)
 
@@ -49,7 +51,8 @@ def sample_state(cache, logits, cross, tokens, *, plan: Plan) -> SampleState:
     return SampleState(
         tokens=tokens, cur=jnp.int32(pr.prompt_len), live=jnp.ones(rows, bool),
         lengths=jnp.full(rows, pr.prompt_len, jnp.int32), logits=logits, cache=cache,
-        logprobs=jnp.zeros((rows, gen_len), jnp.float32), cross=cross,
+        logprobs=jnp.zeros((rows, gen_len), jnp.float32), model_logprobs=jnp.zeros((rows, gen_len), jnp.float32),
+        cross=cross,
         cross_maps=jnp.zeros((rows, gen_len) + cross.shape[1:], jnp.float32) if plan.cross_attentions else None)
 
 
@@ -73,6 +76,7 @@ def run_sample(weights, state: SampleState, ignore_len, key, knobs: Knobs, *, co
         else:
             tok = jnp.argmax(scores, axis=-1)
         lp = jnp.take_along_axis(jax.nn.log_softmax(scores, axis=-1), tok[:, None], -1)[:, 0]
+        model_lp = token_logprobs(s.logits, tok)
         tok = tok.astype(jnp.int32)
         written = jnp.where(s.live, tok, plan.pad)
         i = s.cur - pr.prompt_len
@@ -90,17 +94,21 @@ def run_sample(weights, state: SampleState, ignore_len, key, knobs: Knobs, *, co
             tokens=jax.lax.dynamic_update_slice(s.tokens, written[:, None], (0, s.cur)), cur=cur, live=live,
             lengths=s.lengths + s.live.astype(jnp.int32), logits=logits, cache=cache,
             logprobs=jax.lax.dynamic_update_slice(s.logprobs, jnp.where(s.live, lp, 0.0)[:, None], (0, i)),
+            model_logprobs=jax.lax.dynamic_update_slice(s.model_logprobs, jnp.where(s.live, model_lp, 0.0)[:, None],
+                                                        (0, i)),
             cross=cross, cross_maps=cross_maps)
 
     return jax.lax.while_loop(lambda s: (s.cur < stop) & jnp.any(s.live), body, state)
 
 
 def sample_results(s: SampleState):
-    """(tokens [R,Lmax], lengths [R], logprobs [R,G], scores [R] (summed logprobs), cross_maps)."""
-    return s.tokens, s.lengths, s.logprobs, jnp.sum(s.logprobs, -1), s.cross_maps
+    """(tokens [R,Lmax], lengths [R], logprobs [R,G], scores [R] (summed logprobs), cross_maps,
+    model_logprobs [R,G])."""
+    return s.tokens, s.lengths, s.logprobs, jnp.sum(s.logprobs, -1), s.cross_maps, s.model_logprobs
 
 
 def sample_loop(weights, cache, logits, cross, tokens, ignore_len, key, knobs: Knobs, *, config, plan: Plan, dtype):
-    """Returns (tokens [R,Lmax], lengths [R], logprobs [R,G], scores [R] (summed logprobs), cross_maps)."""
+    """Returns (tokens [R,Lmax], lengths [R], logprobs [R,G], scores [R] (summed logprobs), cross_maps,
+    model_logprobs [R,G])."""
     state = sample_state(cache, logits, cross, tokens, plan=plan)
     return sample_results(run_sample(weights, state, ignore_len, key, knobs, config=config, plan=plan, dtype=dtype))

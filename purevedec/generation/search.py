@@ -39,9 +39,11 @@ class GenerationResult(NamedTuple):
     scores: jax.Array
     """[N] float32: the length-penalised beam score for beam search, else the sum of ``token_logprobs``."""
     token_logprobs: jax.Array
-    """[N,G] float32: log-prob of each generated token after the logits processors; 0 after EOS."""
+    """[N,G] float32: log-prob of each generated token after the logits processors (as sampled); 0 after EOS."""
     cross_attentions: Optional[jax.Array] = None
     """[N,G,layers,heads,S] float32 cross-attention of each generated token, when asked; else None."""
+    model_logprobs: Optional[jax.Array] = None
+    """[N,G] float32: log-prob of each generated token under the model's own logits; 0 after EOS."""
 
 
 class GenerateOutput(NamedTuple):
@@ -51,9 +53,11 @@ class GenerateOutput(NamedTuple):
     scores: np.ndarray
     """[N] float32: the length-penalised beam score for beam search, else the sum of ``token_logprobs``."""
     token_logprobs: np.ndarray
-    """[N,L-P] float32: log-prob of each generated token after the logits processors; 0 after EOS."""
+    """[N,L-P] float32: log-prob of each generated token after the logits processors (as sampled); 0 after EOS."""
     cross_attentions: Optional[np.ndarray] = None
     """[N,L-P,layers,heads,S] float32 cross-attention of each generated token, when asked; else None."""
+    model_logprobs: Optional[np.ndarray] = None
+    """[N,L-P] float32: log-prob of each generated token under the model's own logits; 0 after EOS."""
 
 
 def prefill(weights, pixels, prompt, prompt_mask, key, *, config, plan, dtype, interpolate_pos_encoding, shifted,
@@ -90,8 +94,12 @@ def _generate_jit(weights, pixels, prompt, prompt_mask, ignore_len, key, knobs, 
                          split=split, capacity=plan.processing.max_length)
     run, results = loop_functions(plan)
     state = run(weights, state, ignore_len, key, knobs, config=config, plan=plan, dtype=dtype)
-    seq, lengths, logprobs, scores, cross_maps = results(state)
-    return GenerationResult(seq, lengths, scores, logprobs, cross_maps)
+    return as_result(*results(state))
+
+
+def as_result(seq, lengths, logprobs, scores, cross_maps, model_logprobs) -> GenerationResult:
+    """A loop's results tuple (``sample_results`` / ``beam_results``) as a ``GenerationResult``."""
+    return GenerationResult(seq, lengths, scores, logprobs, cross_maps, model_logprobs)
 
 
 def _is_tracer(x) -> bool:
@@ -196,4 +204,5 @@ def trimmed(out: GenerationResult) -> GenerateOutput:
     gen_n = n - (out.sequences.shape[1] - out.token_logprobs.shape[1])
     return GenerateOutput(np.asarray(out.sequences)[:, :n], np.asarray(out.scores),
                           np.asarray(out.token_logprobs)[:, :gen_n],
-                          None if out.cross_attentions is None else np.asarray(out.cross_attentions)[:, :gen_n])
+                          None if out.cross_attentions is None else np.asarray(out.cross_attentions)[:, :gen_n],
+                          np.asarray(out.model_logprobs)[:, :gen_n])
