@@ -79,17 +79,9 @@ def test_untied_gpt2_head_and_embedding_are_split(placements):
     assert_vocab_split(placements["gpt2 untied head"], GPT2_VOCAB, 2)
 
 
-# Strict: when the rules learn TrOCR's embedding (the registry's logical axes), these pass and the
-# marks must go.
-TROCR_EMBEDDING_UNSPLIT = pytest.mark.xfail(strict=True, reason="TrOCR's token embedding is not in the sharding "
-                                            "rules yet: it stays whole on every device")
-
-
-@TROCR_EMBEDDING_UNSPLIT
 def test_untied_trocr_head_and_embedding_are_split(placements):
     assert_vocab_split(placements["trocr untied head"], TROCR_VOCAB, 2)
 
 
-@TROCR_EMBEDDING_UNSPLIT
 def test_tied_trocr_embedding_is_split(placements):
     assert_vocab_split(placements["trocr tied"], TROCR_VOCAB, 1)
