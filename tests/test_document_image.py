@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from purevedec.captioning.document_image import DonutImageConfig, parse_donut_image_config, preprocess_pages
+from purevedec.captioning.document_image import DocumentImageConfig, parse_donut_image_config, preprocess_pages
 from purevedec.errors import ConfigError
 
 # (height, width) of pages: portrait, landscape, square, smaller and larger than the canvas, odd sides
@@ -58,7 +58,7 @@ def test_a_page_that_cannot_fit_is_refused():
 
 def test_size_list_is_width_then_height():
     assert parse_donut_image_config({"size": [1920, 2560]}).size == (2560, 1920)
-    assert DonutImageConfig().size == (2560, 1920)
+    assert DocumentImageConfig().size == (2560, 1920)
 
 
 def test_bad_options_are_named():
@@ -68,5 +68,35 @@ def test_bad_options_are_named():
         parse_donut_image_config({"size": [0, 10]})
     with pytest.raises(ConfigError, match="do_center_crop"):
         parse_donut_image_config({"do_center_crop": True})
-    with pytest.raises(ConfigError, match="not a Donut"):
+    with pytest.raises(ConfigError, match="is not one of"):
         parse_donut_image_config({"image_processor_type": "ViTImageProcessor"})
+
+
+def framed_pages(seed=1):
+    """Pages with white margins around darker content (Nougat crops to the content)."""
+    out = []
+    for (h, w), page in zip(PAGES, pages(seed)):
+        arr = np.full((h + 23, w + 11, 3), 255, np.uint8)
+        arr[9:9 + h, 4:4 + w] = np.asarray(page) // 2
+        out.append(Image.fromarray(arr))
+    out.append(Image.fromarray(np.full((40, 30, 3), 180, np.uint8)))  # one grey level: kept whole
+    return out
+
+
+NOUGAT_OPTIONS = {
+    "defaults_small_canvas": dict(size={"height": 64, "width": 48}),
+    "no_crop_aligned_bicubic": dict(size={"height": 40, "width": 72}, do_crop_margin=False, do_align_long_axis=True,
+                                    resample=3),
+}
+
+
+@pytest.mark.parametrize("name", list(NOUGAT_OPTIONS))
+def test_nougat_pixels_equal_transformers(name):
+    from transformers.models.nougat.image_processing_pil_nougat import NougatImageProcessorPil
+    from purevedec.captioning.document_image import parse_nougat_image_config
+    options = NOUGAT_OPTIONS[name]
+    ref = NougatImageProcessorPil(**options)
+    config = parse_nougat_image_config(options)
+    for page in framed_pages():
+        want = ref(page, return_tensors="np")["pixel_values"]
+        np.testing.assert_array_equal(preprocess_pages(page, config), want)
