@@ -1,13 +1,18 @@
-"""purevedec: a pure-JAX, functional VisionEncoderDecoder (ViT encoder -> GPT-2 decoder).
+"""purevedec: a pure-JAX, functional VisionEncoderDecoder: an image encoder (ViT, DeiT, BEiT)
+-> optional projection -> a text decoder with cross-attention (GPT-2, TrOCR), loaded straight from
+Hugging Face checkpoints.
 
     params, config = purevedec.load("path/to/checkpoint")   # params carry their config
     logits = purevedec.forward(params, pixels, ids)          # [B,T,V] float32
 
-Layers, each importing only those before it: the model core (config, layers, vit, gpt2, params,
-model, sharding) at the top; ``generation``; ``checkpoints``; ``captioning``; ``training``.
+Layers, each importing only those before it: the model core (config, layers, attention, params,
+model, sharding) and ``models`` (one module per family, and their registry) at the top;
+``generation``; ``checkpoints``; ``captioning``; ``training``. Every family's config class is
+exported here under its own name (``ViTConfig``, ``GPT2Config``, ``TrOCRConfig``, ...).
 """
 
-from .config import Config, GPT2Config, ViTConfig, parse_config
+from .config import Config, parse_config
+from .models import CONFIG_CLASSES
 from .errors import (CheckpointError, ConfigError, ImageError, ModelNotFound, ParamsError, PurevedecError,
                      TokenizerError)
 from .model import EncoderOutput, Output, cross_kv, decode, encode, forward, init_cache, step
@@ -22,10 +27,14 @@ from .training import LossOutput, loss, shift_right
 
 __version__ = "0.1.0"
 
+globals().update({cls.__name__: cls for cls in CONFIG_CLASSES})
+
 __all__ = [
     # model core
-    "Config", "EncoderOutput", "GPT2Config", "Output", "ViTConfig", "check_params", "cross_kv", "decode",
+    "Config", "EncoderOutput", "Output", "check_params", "cross_kv", "decode",
     "encode", "forward", "init_cache", "init_params", "param_shapes", "parse_config", "step",
+    # every family's config class (ViTConfig, GPT2Config, ...)
+    *(cls.__name__ for cls in CONFIG_CLASSES),
     # sharding
     "shard_batch", "shard_params",
     # errors

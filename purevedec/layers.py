@@ -17,17 +17,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-from .config import ACTIVATION_NAMES
+from .config_fields import ACTIVATION_NAMES
 
 F32 = jnp.float32
-
-
-def dense_shape(d_out: int, d_in: int, bias: bool = True) -> dict:
-    return {"w": (d_out, d_in), "b": (d_out,)} if bias else {"w": (d_out, d_in)}
-
-
-def norm_shape(d: int) -> dict:
-    return {"scale": (d,), "bias": (d,)}
 
 
 def product(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
@@ -158,7 +150,7 @@ ACTIVATIONS = {
 }
 
 
-assert set(ACTIVATIONS) == ACTIVATION_NAMES, "config.ACTIVATION_NAMES must list exactly the formulas here"
+assert set(ACTIVATIONS) == ACTIVATION_NAMES, "config_fields.ACTIVATION_NAMES must list exactly the formulas here"
 
 
 def activation(name: str, x: jax.Array) -> jax.Array:

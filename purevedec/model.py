@@ -23,8 +23,10 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from .config import Config
+from .decoder_cache import DecoderCache, check_not_donated, init_cache as init_decoder_cache
 from .layers import dense, site_key
-from .params import decoder_module, encoder_module, unpack
+from .models import decoder_family, encoder_family
+from .params import unpack
 from .sharding import gather_weights, weight_gathers
 
 
@@ -134,7 +136,7 @@ def _check_enc(enc, config: Config) -> None:
 
 
 def _encode(weights, pixels, config, interpolate_pos_encoding, dtype, key, remat=False):
-    out = encoder_module(config).apply(weights["encoder"], pixels, config.encoder,
+    out = encoder_family(config.encoder).apply(weights["encoder"], pixels, config.encoder,
                                        interpolate_pos_encoding=interpolate_pos_encoding, dtype=dtype, key=key,
                                        remat=remat)
     hidden = out["last_hidden_state"]
@@ -197,8 +199,8 @@ def encoder_states(weights, pixels, config, interpolate_pos_encoding, dtype, chu
 
 def layer_kv(weights, enc: jax.Array, config: Config, dtype) -> list:
     """Per decoder layer, cross-attention (K, V) [B,H,S,K] from the (projected) encoder states."""
-    dec = decoder_module(config)
-    return [dec.layer_cross_kv(bp, enc, config.decoder, dtype) for bp in weights["decoder"]["blocks"]]
+    kv = decoder_family(config.decoder).cross_kv
+    return [kv(bp, enc, config.decoder, dtype) for bp in weights["decoder"]["blocks"]]
 
 
 def cross_kv(params, enc: jax.Array, config: Config | None = None, *, dtype=jnp.float32) -> list:
@@ -237,7 +239,7 @@ def encode(params, pixels, config: Config | None = None, *, interpolate_pos_enco
 
 
 def _decode(weights, ids, enc, config, attention_mask, position_ids, dtype, key, remat=False):
-    return decoder_module(config).apply(weights["decoder"], ids, layer_kv(weights, enc, config, dtype), config.decoder,
+    return decoder_family(config.decoder).apply(weights["decoder"], ids, layer_kv(weights, enc, config, dtype), config.decoder,
                                         attention_mask=attention_mask, position_ids=position_ids, dtype=dtype,
                                         key=key, remat=remat)
 
@@ -326,22 +328,15 @@ def constrain_rows(x: jax.Array, split: NamedSharding | None) -> jax.Array:
 
 
 def new_cache(weights, enc, config: Config, max_len: int, rows_per_image: int, dtype,
-              split: NamedSharding | None = None) -> dict:
+              split: NamedSharding | None = None) -> DecoderCache:
     """The decoding cache (traceable): cross K/V from ``enc`` once per image, empty self K/V.
 
     The empty buffers depend on no input, so nothing tells the partitioner how to place them: when
     the images are split over devices (``split``, from ``batch_split``), their rows are split the
     same way (rows are image-major, so each device keeps the rows of its own images); without it a
     jitted ``init_cache`` returns them whole on every device."""
-    rows = enc.shape[0] * rows_per_image
-    empty = decoder_module(config).init_self_cache(config.decoder, rows, max_len, dtype)
-    return {
-        "cross": layer_kv(weights, enc, config, dtype),  # [B,H,S,K] per layer, once per image
-        "self": jax.tree.map(lambda a: constrain_rows(a, split), empty),  # [R,H,Tmax,K] per layer
-        "mask": constrain_rows(jnp.zeros((rows, max_len), bool), split),  # which cached positions hold real tokens
-        "offset": constrain_rows(jnp.zeros((rows,), jnp.int32), split),  # padding so far per row
-        "pos": jnp.zeros((), jnp.int32),  # next write index
-    }
+    return init_decoder_cache(config.decoder, layer_kv(weights, enc, config, dtype), enc.shape[0] * rows_per_image,
+                              max_len, dtype, lambda a: constrain_rows(a, split))
 
 
 @partial(jax.jit, static_argnames=("config", "max_len", "rows_per_image", "dtype", "split"))
@@ -353,8 +348,9 @@ def init_cache(params, enc, config: Config | None = None, max_len: int = None, *
                dtype=jnp.float32):
     """A decoding cache for ``max_len`` decoder tokens. Cross-attention K/V are computed here,
     once per image; ``rows_per_image`` decoder rows (beams, samples) share them, image-major
-    (row r reads image r // rows_per_image). ``cache["offset"]`` [R] counts each row's padding
-    so far: the attention mask of a left-padded prompt sets it in ``step``."""
+    (row r reads image r // rows_per_image). Returns a ``DecoderCache`` (its fields: self and cross
+    K/V per layer, key mask, per-row offset, position); ``cache.offset`` [R] counts each row's
+    padding so far: the attention mask of a left-padded prompt sets it in ``step``."""
     weights, config = unpack(params, config)
     _check_enc(enc, config)
     if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or \
@@ -384,7 +380,7 @@ def shifted_positions(positions: str) -> bool:
 def cache_step(weights, cache, ids, config: Config, attention_mask=None, dtype=jnp.float32, *, shifted=False):
     """The unjitted core of ``step``, for use inside other jitted code (generate); also returns
     the per-layer cross-attention weights."""
-    return decoder_module(config).apply_cached(weights["decoder"], cache, ids, config.decoder,
+    return decoder_family(config.decoder).apply_cached(weights["decoder"], cache, ids, config.decoder,
                                                attention_mask=attention_mask, shifted=shifted, dtype=dtype)
 
 
@@ -402,24 +398,27 @@ def step(params, cache, ids, config: Config | None = None, *, attention_mask=Non
     """Feed ``ids`` [R,t] (a prompt, or one token) to the cached decoder: (logits [R,t,V], cache).
     ``attention_mask`` [R,t] marks padding inside a ragged, left-padded prompt (0 = padding).
 
-    ``positions="per_row"`` (default): the padding is counted into ``cache["offset"]`` and each
+    ``positions="per_row"`` (default): the padding is counted into ``cache.offset`` and each
     row's positions count from its first real token, in this step and every later one: each
     row's logits are those of the row alone. ``positions="shifted"`` numbers tokens by their
     buffer index, as transformers does for a left-padded decoder_input_ids (its batched output).
     Without padding both are the same (positions 0, 1, 2, ...).
 
     By default the input cache is donated (its buffers are reused), so keep using the returned
-    one. ``donate=False`` leaves it intact: branch a shared prefix into several continuations by
-    stepping the same cache more than once. Past ``max_len`` a concrete cache raises; under jit
+    one (stepping a donated cache again raises an error saying so). ``donate=False`` leaves it
+    intact: branch a shared prefix into several continuations by stepping the same cache more than once. Past ``max_len`` a concrete cache raises; under jit
     the logits come back NaN (the write would otherwise overwrite the last slot)."""
     weights, config = unpack(params, config)
     check_ids(ids, config)
     _check_mask(attention_mask, ids, "attention_mask")
     shifted = shifted_positions(positions)
-    rows, max_len = cache["mask"].shape
+    if not isinstance(cache, DecoderCache):
+        raise TypeError(f"cache must be the DecoderCache init_cache returns, got {type(cache).__name__}")
+    check_not_donated(cache)
+    rows, max_len = cache.mask.shape
     if ids.shape[0] != rows:
         raise ValueError(f"ids have {ids.shape[0]} rows, the cache holds {rows}")
-    if _is_concrete(cache["pos"]) and int(cache["pos"]) + ids.shape[1] > max_len:
-        raise ValueError(f"cache is full: {int(cache['pos'])} + {ids.shape[1]} tokens > max_len={max_len}")
+    if _is_concrete(cache.pos) and int(cache.pos) + ids.shape[1] > max_len:
+        raise ValueError(f"cache is full: {int(cache.pos)} + {ids.shape[1]} tokens > max_len={max_len}")
     run = _step_donating if donate else _step_keeping
     return run(weights, cache, ids, attention_mask, config=config, dtype=compute_dtype(dtype), shifted=shifted)

@@ -1,10 +1,12 @@
-"""The parameter tree: its one description (``param_shapes``), random init, and validation.
+"""The parameter tree: its one description (``param_description``), random init, and validation.
 
 Params are a plain nested dict of arrays (lists for per-layer blocks) that also carries its
 config at ``params["config"]`` (and, once loaded from a checkpoint, its generation defaults at
 ``params["generation_config"]``): both are leafless static pytree nodes, invisible to
 ``jax.tree.map``, ``grad``, optimizers and sharding. Everything else that needs the tree's layout
-(the loader, validation, sharding rules) derives it from ``param_shapes``.
+(the loader, validation, sharding, freezing) derives it from ``param_description``: each family's
+``params`` (shape, logical axes, initializer of every leaf; see ``param_spec``) under "encoder" and
+"decoder", and the projection between them when the widths differ.
 """
 
 from __future__ import annotations
@@ -16,32 +18,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import beit, deit, gpt2, trocr, vit
 from .config import Config
 from .errors import ParamsError
+from .models import decoder_family, encoder_family
+from .param_spec import EMBED, Param, dense, shapes
 
-ENCODERS = {"vit": vit, "deit": deit, "beit": beit}
-DECODERS = {"gpt2": gpt2, "trocr": trocr}
 # Keys of a params dict that hold static descriptions, not weights.
 STATIC_KEYS = ("config", "generation_config")
 
 
-def encoder_module(config: Config):
-    return ENCODERS[config.encoder.model_type]
-
-
-def decoder_module(config: Config):
-    return DECODERS[config.decoder.model_type]
+def param_description(config: Config) -> dict:
+    """Nested dict of ``Param`` (shape, logical axes, initializer; lists for per-layer blocks),
+    mirroring the weights tree."""
+    tree = {"encoder": encoder_family(config.encoder).params(config.encoder),
+            "decoder": decoder_family(config.decoder).params(config.decoder)}
+    if config.has_projection:  # transformers' enc_to_dec_proj, drawn like the decoder's own kernels
+        tree["proj"] = dense(config.decoder.n_embd, config.encoder.hidden_size, (EMBED, EMBED),
+                             config.decoder.initializer_range)
+    return tree
 
 
 def param_shapes(config: Config) -> dict:
     """Nested dict of shape tuples (lists for per-layer blocks), mirroring the weights tree."""
-    shapes = {"encoder": encoder_module(config).param_shapes(config.encoder),
-              "decoder": decoder_module(config).param_shapes(config.decoder)}
-    if config.has_projection:
-        shapes["proj"] = {"w": (config.decoder.n_embd, config.encoder.hidden_size),
-                          "b": (config.decoder.n_embd,)}
-    return shapes
+    return shapes(param_description(config))
 
 
 def is_shape(x) -> bool:
@@ -72,28 +71,6 @@ def map_with_path(tree, fn, prefix: str = ""):
     return fn(prefix, tree)
 
 
-def _init_rule(path: str, config: Config) -> tuple[str, float]:
-    """transformers' init of one leaf as (kind, value): normal(0, initializer_range) weights and
-    embeddings, zero biases, unit norms, truncated-normal ViT/DeiT cls/pos, zero BEiT tokens,
-    positions and relative biases, BEiT's layer scales at layer_scale_init_value, and GPT-2's
-    residual projections scaled by 1/sqrt(2 * n_layer)."""
-    part = path.split(".")
-    leaf, section = part[-1], part[0]
-    std = config.encoder.initializer_range if section == "encoder" else config.decoder.initializer_range
-    if leaf == "scale":
-        return "ones", 1.0
-    if leaf in ("b", "bias", "rel_bias", "dist") or (section == "encoder" and config.encoder.model_type == "beit"
-                                                      and leaf in ("cls", "pos")):
-        return "zeros", 0.0
-    if leaf in ("ls1", "ls2"):
-        return "full", config.encoder.layer_scale_init_value
-    if section == "encoder" and leaf in ("cls", "pos"):
-        return "truncated", std
-    if section == "decoder" and config.decoder.model_type == "gpt2" and part[-2] in ("o", "out"):
-        std = std / math.sqrt(2 * config.decoder.n_layer)
-    return "normal", std
-
-
 # One jitted draw per kind for the whole tree: a draw per leaf compiled a random kernel per
 # shape (~30 s for a tiny model on a busy 2-core CPU, against ~2 s for two draws).
 _normal = jax.jit(lambda key, n: jax.random.normal(key, (n,)), static_argnums=1)
@@ -101,35 +78,46 @@ _normal = jax.jit(lambda key, n: jax.random.normal(key, (n,)), static_argnums=1)
 _truncated = jax.jit(lambda key, n, cut: jax.random.truncated_normal(key, -cut, cut, (n,)), static_argnums=1)
 
 
+def _draw_pools(description: dict) -> tuple[dict, dict]:
+    """Where each random leaf's values start in its pool, and each pool's size: one pool of
+    standard normals, one of truncated normals per truncation (transformers cuts at +-2 absolute,
+    so at +-2/std standard deviations), laid out in the tree's order."""
+    offsets, sizes = {}, {("normal", None): 0}
+    for path, param in flatten(description).items():
+        if param.init in ("normal", "truncated"):
+            pool = ("normal", None) if param.init == "normal" else ("truncated", param.scale)
+            offsets[path] = (pool, sizes.get(pool, 0))
+            sizes[pool] = sizes.get(pool, 0) + math.prod(param.shape)
+    return offsets, sizes
+
+
 def init_params(config: Config, key, dtype=jnp.float32) -> dict:
-    """Random parameters laid out as ``param_shapes(config)``, carrying ``config``; same key, same params."""
+    """Random parameters laid out as ``param_shapes(config)``, drawn as each family's description
+    says (transformers' initializers), carrying ``config``; same key, same params."""
     if not isinstance(config, Config):
         raise TypeError(f"init_params(config, key): config must be a purevedec.Config, got {type(config).__name__}")
-    shapes = param_shapes(config)
-    rules = {path: _init_rule(path, config) for path in flatten(shapes)}
-    offsets, sizes = {}, {"normal": 0, "truncated": 0}
-    for path, shape in flatten(shapes).items():
-        kind = rules[path][0]
-        if kind in sizes:
-            offsets[path] = sizes[kind]
-            sizes[kind] += math.prod(shape)
+    description = param_description(config)
+    offsets, sizes = _draw_pools(description)
     k_normal, k_truncated = jax.random.split(key)
-    draws = {"normal": _normal(k_normal, sizes["normal"]),
-             "truncated": _truncated(k_truncated, sizes["truncated"], 2.0 / config.encoder.initializer_range)}
+    truncations = [pool for pool in sizes if pool[0] == "truncated"]
+    draws = {("normal", None): _normal(k_normal, sizes[("normal", None)])}
+    for i, pool in enumerate(truncations):
+        k = k_truncated if len(truncations) == 1 else jax.random.fold_in(k_truncated, i)
+        draws[pool] = _truncated(k, sizes[pool], 2.0 / pool[1])
     # Concrete draws are cut into leaves with numpy (no kernel compiled per shape); traced ones
     # (under jit or eval_shape) with jax.
-    xp = jnp if isinstance(draws["normal"], jax.core.Tracer) else np
+    xp = jnp if isinstance(draws[("normal", None)], jax.core.Tracer) else np
     draws = {k: xp.asarray(v) for k, v in draws.items()}
 
-    def leaf(path, shape):
-        kind, std = rules[path]
-        if kind in ("ones", "zeros"):
-            return jnp.asarray(getattr(xp, kind)(shape, dtype))
-        if kind == "full":
-            return jnp.asarray(xp.full(shape, std, dtype))
-        start = offsets[path]
-        return jnp.asarray((std * draws[kind][start:start + math.prod(shape)].reshape(shape)).astype(dtype))
-    return {**map_with_path(shapes, leaf), "config": config}
+    def leaf(path, param: Param):
+        if param.init in ("ones", "zeros"):
+            return jnp.asarray(getattr(xp, param.init)(param.shape, dtype))
+        if param.init == "full":
+            return jnp.asarray(xp.full(param.shape, param.scale, dtype))
+        pool, start = offsets[path]
+        values = draws[pool][start:start + math.prod(param.shape)].reshape(param.shape)
+        return jnp.asarray((param.scale * values).astype(dtype))
+    return {**map_with_path(description, leaf), "config": config}
 
 
 def _describe(x) -> str:

@@ -6,10 +6,11 @@ everything else is replicated. ``shard_batch`` splits a batch over "data". The m
 then run unchanged under ``jit``: XLA's partitioner inserts the collectives. Either axis may be
 absent from the mesh or of size 1.
 
-The rules are a public table of (regular expression on a param's dotted path, one mesh axis or
-None per dimension), matched against ``param_shapes``' paths, first match wins, no match means
-replicated: research code can pass its own (``rules=``) or extend ``MODEL_RULES``. A dimension
-the axis does not divide stays replicated, with a warning naming it.
+The rules are a public table from logical axis names (each family's parameter description names
+every dimension: "heads", "mlp", "vocab", "embed", ...; see ``param_spec``) to mesh axes; a
+logical axis the table does not name is replicated. A new family is sharded correctly as soon as
+its description names its axes. Research code can pass its own table (``rules=``) or extend
+``MODEL_RULES``. A dimension the mesh axis does not divide stays replicated, with a warning naming it.
 
 Layout notes: kernels are [d_out, d_in], so "output rows" are axis 0. Heads are contiguous
 blocks of K rows of a q/k/v kernel, so splitting rows in M blocks gives each device H/M whole
@@ -21,7 +22,6 @@ devices of their heads after the product; the kernel's memory is still split M w
 
 from __future__ import annotations
 
-import re
 import warnings
 from typing import Mapping
 
@@ -30,18 +30,13 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from .config import Config
-from .params import STATIC_KEYS, flatten, map_with_path, param_shapes, unpack
+from .param_spec import HEADS, MLP, VOCAB, Param
+from .params import STATIC_KEYS, flatten, map_with_path, param_description, param_shapes, unpack
 
 DATA, MODEL = "data", "model"
 
-# (pattern on the dotted path, axes per dimension); a bias takes its kernel's first entry.
-MODEL_RULES: tuple[tuple[str, tuple], ...] = (
-    (r"\.(attn|cross)\.(q|k|v|qkv)\.(w|b)$", (MODEL, None)),  # attention heads: output rows
-    (r"\.(attn|cross)\.o\.w$", (None, MODEL)),                # attention heads: input columns
-    (r"\.mlp\.fc\.(w|b)$", (MODEL, None)),                    # MLP width: output rows
-    (r"\.mlp\.out\.w$", (None, MODEL)),                       # MLP width: input columns
-    (r"^decoder\.(wte|lm_head)$", (MODEL, None)),             # vocabulary rows (embedding and LM head)
-)
+# Logical axis -> mesh axis (tensor parallelism): attention heads, the MLP width and the vocabulary.
+MODEL_RULES: Mapping[str, str] = {HEADS: MODEL, MLP: MODEL, VOCAB: MODEL}
 # Tensors with fewer elements stay whole on every device under fsdp=True (norms, biases, cls).
 FSDP_MIN_SIZE = 1024
 
@@ -62,11 +57,15 @@ def _axis_size(mesh: Mesh, axis) -> int:
     return mesh.shape.get(axis, 1) if axis is not None else 1
 
 
-def _rule_axes(path: str, ndim: int, rules) -> list:
-    for pattern, axes in rules:
-        if re.search(pattern, path):
-            return list(axes[:ndim]) + [None] * (ndim - len(axes[:ndim]))
-    return [None] * ndim
+def _rule_axes(param: Param, rules: Mapping) -> list:
+    """The mesh axis of each dimension by its logical name; a mesh axis is used once (the first
+    dimension naming it), since one array cannot be split twice over the same devices."""
+    axes, used = [], set()
+    for name in param.axes:
+        axis = rules.get(name) if name is not None else None
+        axes.append(None if axis in used else axis)
+        used.add(axis)
+    return axes
 
 
 def _fsdp_axes(axes: list, shape: tuple, mesh: Mesh) -> list:
@@ -80,10 +79,12 @@ def _fsdp_axes(axes: list, shape: tuple, mesh: Mesh) -> list:
     return axes
 
 
-def leaf_spec(path: str, shape: tuple, mesh: Mesh, rules=MODEL_RULES, fsdp: bool = False) -> PartitionSpec:
-    """One param's PartitionSpec on ``mesh``: the first matching rule, the fsdp axis, then any axis
-    that is absent, of size 1, or does not divide its dimension dropped (the last with a warning)."""
-    axes = _rule_axes(path, len(shape), rules)
+def leaf_spec(path: str, param: Param, mesh: Mesh, rules: Mapping = MODEL_RULES, fsdp: bool = False) -> PartitionSpec:
+    """One param's PartitionSpec on ``mesh``: its logical axes through ``rules``, the fsdp axis, then
+    any axis that is absent, of size 1, or does not divide its dimension dropped (the last with a
+    warning naming ``path``)."""
+    shape = param.shape
+    axes = _rule_axes(param, rules)
     if fsdp:
         axes = _fsdp_axes(axes, shape, mesh)
     for i, axis in enumerate(axes):
@@ -99,17 +100,19 @@ def leaf_spec(path: str, shape: tuple, mesh: Mesh, rules=MODEL_RULES, fsdp: bool
     return PartitionSpec(*axes)
 
 
-def param_specs(config: Config, mesh: Mesh, *, rules=None, fsdp: bool = False) -> dict:
+def param_specs(config: Config, mesh: Mesh, *, rules: Mapping | None = None, fsdp: bool = False) -> dict:
     """The PartitionSpec of every param on ``mesh``, as a tree shaped like the weights."""
-    rules = MODEL_RULES if rules is None else tuple(rules)
-    return map_with_path(param_shapes(config), lambda path, shape: leaf_spec(path, shape, mesh, rules, fsdp))
+    rules = MODEL_RULES if rules is None else rules
+    if not isinstance(rules, Mapping):
+        raise TypeError(f"rules must map logical axis names to mesh axes (like MODEL_RULES), got {type(rules).__name__}")
+    return map_with_path(param_description(config), lambda path, param: leaf_spec(path, param, mesh, rules, fsdp))
 
 
 def shard_params(params: Mapping, mesh: Mesh, config: Config | None = None, *, rules=None,
                  fsdp: bool = False) -> dict:
     """``params`` placed on ``mesh`` by the rules (see the module doc), still carrying their config.
 
-    rules: a sequence of (regex on the dotted path, axes per dimension); default ``MODEL_RULES``.
+    rules: logical axis name -> mesh axis; default ``MODEL_RULES``.
     fsdp: also split the largest remaining axis of every big tensor over "data"."""
     check_mesh(mesh)
     weights, config = unpack(params, config)

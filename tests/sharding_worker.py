@@ -101,8 +101,8 @@ def data_parallel() -> dict:
     px = pixels(16)
     x = jax.device_put(px, NamedSharding(mesh, P("data")))
     cache = pv.init_cache(params, pv.encode(params, x), max_len=6, rows_per_image=2)
-    facts["init_cache"] = {"self_k": spec(cache["self"][0]["k"]), "mask": spec(cache["mask"]),
-                           "cross_k": spec(cache["cross"][0][0])}
+    facts["init_cache"] = {"self_k": spec(cache.self_kv[0][0]), "mask": spec(cache.mask),
+                           "cross_k": spec(cache.cross_kv[0][0])}
     for mode in GENERATE_MODES:
         facts[mode] = generate_facts(params, x, px, mode)
     # Three devices do not divide a chunk of 8: the public encode runs one pass, still split.

@@ -11,7 +11,7 @@ import numpy as np
 
 import purevedec as pv
 from benchmarks import costs, ocr, run, speed
-from purevedec.config import TrOCRConfig
+from purevedec import TrOCRConfig
 from purevedec.params import flatten
 
 CONFIG = pv.Config(

@@ -156,3 +156,32 @@ def test_compose_with_classifier_checkpoints(tmp_path, kind):
         enc = BeitForImageClassification(BeitConfig(**TINY_ENCODER, num_labels=3, use_relative_position_bias=True))
     _, _, want, got = compose_both(tmp_path, enc, TrOCRForCausalLM(TrOCRConfig(**TINY_TROCR)))
     assert_same_tensors(want, got)
+
+
+class _Digits:
+    """A stand-in tokenizer: the captioner only needs ``decode`` here."""
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(map(str, ids))
+
+
+def test_attention_map_of_a_deit_captioner_covers_only_the_patches():
+    """DeiT's encoder output starts with two special tokens ([CLS], distillation): a caption's
+    attention over the image is the mean cross-attention over its patches alone, one weight per
+    patch of the grid (not the distillation token's weight and all but the last patch)."""
+    import jax
+    from purevedec.captioning import Captioner, ImageConfig
+    from purevedec import DeiTConfig, TrOCRConfig
+    config = pv.Config(encoder=DeiTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                          intermediate_size=24, image_size=8, patch_size=4),
+                       decoder=TrOCRConfig(vocab_size=20, d_model=16, decoder_layers=1, decoder_attention_heads=2,
+                                           decoder_ffn_dim=24, max_position_embeddings=16),
+                       decoder_start_token_id=2, pad_token_id=1, eos_token_id=2)
+    params = pv.init_params(config, jax.random.key(0))
+    cap = Captioner(params, config, ImageConfig(size=(8, 8)), _Digits())
+    pixels = rand_pixels(1, h=8, w=8)
+    [[caption]] = cap.caption_pixels(pixels, attention=True, max_new_tokens=4)
+    out = pv.generate(params, pixels, max_new_tokens=4, output_cross_attentions=True)
+    n = len(caption.token_ids)
+    assert caption.attention.shape == (n, config.encoder.num_patches)
+    want = np.asarray(out.cross_attentions)[0, :n].mean(axis=(1, 2))[:, 2:]
+    np.testing.assert_allclose(caption.attention, want, atol=1e-6)

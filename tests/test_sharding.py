@@ -280,3 +280,22 @@ def test_train_with_mesh_and_fsdp_equals_one_device(cli_runs):
     # AdamW's first step is about lr * g / |g|: round-off in tiny gradients moves a param by up to a
     # few 1e-6 at lr=1e-3 (measured 7.6e-6); a wrong gradient would move it by ~lr.
     assert cli_runs["train_params_diff"] < 5e-5
+
+
+def test_every_decoders_vocabulary_is_split_over_model():
+    """The vocabulary rows of a TrOCR decoder's tied token embedding go over "model" exactly as
+    GPT-2's do: the rule follows the parameter's vocabulary axis, not one family's leaf names."""
+    from jax.sharding import AbstractMesh, AxisType
+    import purevedec as pv
+    from purevedec import TrOCRConfig
+    from purevedec.sharding import param_specs
+    config = pv.Config(encoder=pv.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                            intermediate_size=64, image_size=8, patch_size=4),
+                       decoder=TrOCRConfig(vocab_size=64, d_model=32, decoder_layers=1, decoder_attention_heads=4,
+                                           decoder_ffn_dim=64, max_position_embeddings=16),
+                       decoder_start_token_id=2)
+    mesh = AbstractMesh((1, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+    specs = param_specs(config, mesh)
+    assert tuple(specs["decoder"]["embed"]) == ("model",)
+    assert tuple(specs["decoder"]["blocks"][0]["mlp"]["fc"]["w"]) == ("model",)
+    assert tuple(specs["decoder"]["pos"]) == ()

@@ -198,3 +198,20 @@ def test_restore_refuses_another_layout(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(pv.CheckpointError, match="bad.npz"):
         restore_state(str(tmp_path / "bad.npz"), init_state(params, cfg, 0))
+
+
+def test_freeze_embeddings_freezes_a_trocr_decoders_tables():
+    """freeze_embeddings names no leaves itself: a TrOCR decoder's token and position tables
+    (``embed``, ``pos``) get zero updates, while its layers still train."""
+    from purevedec import TrOCRConfig
+    config = pv.Config(encoder=tiny_config().encoder,
+                       decoder=TrOCRConfig(vocab_size=V, d_model=16, decoder_layers=1, decoder_attention_heads=2,
+                                           decoder_ffn_dim=24, max_position_embeddings=8),
+                       decoder_start_token_id=2, pad_token_id=1, eos_token_id=2)
+    params = pv.init_params(config, jax.random.key(3))
+    opt = make_optimizer(TrainConfig(learning_rate=0.1, total_steps=10, schedule="constant", freeze_embeddings=True))
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = opt.update(grads, opt.init(params), params)
+    for name in ("embed", "pos"):
+        assert not np.any(np.asarray(updates["decoder"][name])), name
+    assert np.all(np.asarray(updates["decoder"]["blocks"][0]["mlp"]["fc"]["w"]) != 0)

@@ -233,7 +233,7 @@ def test_hand_built_config_saves_and_transformers_runs_it(tmp_path):
     """Config(DeiTConfig, TrOCRConfig) built in code -> init_params -> save -> transformers
     reads the config.json written from the dataclasses and computes the same logits."""
     import jax
-    from purevedec.config import Config, DeiTConfig, TrOCRConfig
+    from purevedec import Config, DeiTConfig, TrOCRConfig
     config = Config(encoder=DeiTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                        intermediate_size=37, image_size=16, patch_size=4),
                     decoder=TrOCRConfig(vocab_size=60, d_model=24, decoder_layers=1, decoder_attention_heads=4,

@@ -29,6 +29,7 @@ from ..checkpoints.loader import load, local_dir
 from ..errors import ImageError, ModelNotFound
 from ..generation import generate
 from ..generation.options import defaults_for
+from ..models import encoder_family
 from .image import ImageConfig, ImageInput, as_list, load_image_config, preprocess, preprocess_one
 from .loader_pipeline import default_workers, read_ahead
 from .text import TextTokenizer, load_tokenizer
@@ -74,10 +75,11 @@ def _generated(row: np.ndarray, eos) -> int:
     return len(row)
 
 
-def _patch_attention(cross: np.ndarray) -> np.ndarray:
-    """[T, layers, heads, S] -> [T, S-1]: averaged over layers and heads (every layer reads the
-    image, and no single one is known to be the grounded one), CLS position dropped."""
-    return cross.mean(axis=(1, 2))[:, 1:]
+def _patch_attention(cross: np.ndarray, special: int) -> np.ndarray:
+    """[T, layers, heads, S] -> [T, S-special]: averaged over layers and heads (every layer reads the
+    image, and no single one is known to be the grounded one), the ``special`` leading tokens
+    ([CLS], DeiT's distillation token) dropped: one weight per patch."""
+    return cross.mean(axis=(1, 2))[:, special:]
 
 
 def input_name(image: ImageInput, index: int) -> str:
@@ -191,11 +193,12 @@ class Captioner:
         eos = options.get("eos_token_id", self.generation_config.eos_token_id)
         sequences, scores = np.asarray(out.sequences), np.asarray(out.scores)
         cross = np.asarray(out.cross_attentions) if attention else None
+        special = encoder_family(self.config.encoder).special_tokens
         captions = []
         for i, row in enumerate(sequences):
             n = _generated(row[1:], eos)
             captions.append(Caption(self.tokenizer.decode(row), float(scores[i]), tuple(row[1:1 + n].tolist()),
-                                    _patch_attention(cross[i, :n]) if cross is not None else None))
+                                    _patch_attention(cross[i, :n], special) if cross is not None else None))
         per_image = len(captions) // pixels.shape[0]
         return [captions[i:i + per_image] for i in range(0, len(captions), per_image)]
 

@@ -40,17 +40,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..checkpoints.jsonfile import read_json_object
 from .. import validate as v
 from ..errors import ConfigError, ImageError
+from ..models import ENCODERS, image_processor_defaults
 
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
-# image_processor_type / feature_extractor_type values whose preprocessing this file reproduces.
-_KNOWN_TYPES = frozenset({"ViTImageProcessor", "ViTImageProcessorPil", "ViTImageProcessorFast",
-                          "ViTFeatureExtractor", "DeiTImageProcessor", "DeiTImageProcessorPil",
-                          "DeiTImageProcessorFast", "DeiTFeatureExtractor"})
-# transformers' DeiTImageProcessor class defaults, where they differ from ViT's.
-_DEIT_DEFAULTS = {"size": {"height": 256, "width": 256}, "resample": 3, "do_center_crop": True,
-                  "crop_size": {"height": 224, "width": 224}}
+# image_processor_type / feature_extractor_type values whose preprocessing this file reproduces
+# (each encoder family lists its processors).
+_KNOWN_TYPES = frozenset().union(*(f.image_processors for f in ENCODERS.values()))
 _INERT_KEYS = frozenset({"image_processor_type", "feature_extractor_type", "processor_class",
                          "default_to_square", "input_data_format", "data_format", "return_tensors"})
 _RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -144,8 +141,9 @@ def _check_type(d: Mapping) -> None:
 def parse_image_config(d: Mapping) -> ImageConfig:
     """Parse the dict of a ``preprocessor_config.json``, refusing options that change the math."""
     _check_type(d)
-    if str(d.get("image_processor_type", d.get("feature_extractor_type", ""))).startswith("DeiT"):
-        d = {**_DEIT_DEFAULTS, **{k: v for k, v in d.items() if v is not None}}
+    defaults = image_processor_defaults(d.get("image_processor_type", d.get("feature_extractor_type")))
+    if defaults:  # the processor class's own defaults, where they differ from ViT's
+        d = {**defaults, **{k: v for k, v in d.items() if v is not None}}
     resample = d.get("resample", 2)
     if type(resample) is not int or resample not in _RESAMPLE:
         raise ConfigError(f"preprocessor resample={resample!r} must be a PIL resampling filter "

@@ -22,6 +22,7 @@ import numpy as np
 from . import names as hf_names
 from ..config import Config, parse_config
 from ..errors import CheckpointError
+from ..models import decoder_family, encoder_family
 from ..params import flatten, init_params
 from .jsonfile import read_json_object
 from .loader import build_params, check_fits, local_dir, read_tensors, weight_files
@@ -42,9 +43,9 @@ def composed_config(encoder: dict, decoder: dict) -> Config:
                          "encoder": encoder, "decoder": decoder})
 
 
-def _renamed(path: str, model_type: str) -> Iterator[tuple[str, np.ndarray]]:
+def _renamed(path: str, family) -> Iterator[tuple[str, np.ndarray]]:
     for name, array in read_tensors(*weight_files(path)):
-        composed = hf_names.standalone_name(name, model_type)
+        composed = hf_names.standalone_name(name, family)
         if composed is not None:
             yield composed, array
 
@@ -59,7 +60,7 @@ def from_encoder_decoder_pretrained(encoder: str, decoder: str, *, key, dtype=No
     check_fits(config, files, f"{enc_path} + {dec_path}", skip=_NEW)  # before init_params builds every layer
     dtype = dtype and jnp.dtype(dtype)
     fresh = {p: v for p, v in flatten(init_params(config, key, dtype or jnp.float32)).items() if _NEW.match(p)}
-    tensors = itertools.chain(_renamed(enc_path, config.encoder.model_type),
-                              _renamed(dec_path, config.decoder.model_type))
+    tensors = itertools.chain(_renamed(enc_path, encoder_family(config.encoder)),
+                              _renamed(dec_path, decoder_family(config.decoder)))
     params = build_params(tensors, config, dtype=dtype, where=f"{enc_path} + {dec_path}", defaults=fresh)
     return params, config

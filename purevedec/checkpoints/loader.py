@@ -19,6 +19,7 @@ import numpy as np
 
 from ..config import Config
 from ..errors import CheckpointError
+from ..models import decoder_family, encoder_family
 from ..params import flatten, map_with_path, param_shapes
 from . import names as hf_names
 from .config_files import load_config, load_generation_config
@@ -127,17 +128,14 @@ def read_tensors(fmt: Format, files: list[str]) -> Iterator[tuple[str, np.ndarra
         yield from fmt.reader(file)
 
 
-# Layer-count fields of the encoder and decoder configs (all architectures' spellings).
-_LAYER_FIELDS = ("num_hidden_layers", "n_layer", "decoder_layers")
 # The fewest bytes any weights format spends on one tensor besides its values (its name alone is
 # longer): with one byte per value, a floor on the file size a config needs.
 _BYTES_PER_TENSOR = 8
 
 
-def _with_layers(sub, n: int):
-    fields = {f.name for f in dataclasses.fields(sub)}  # a dataclass field, not an alias property
-    field = next(f for f in _LAYER_FIELDS if f in fields)
-    return dataclasses.replace(sub, **{field: n}), getattr(sub, field)
+def _with_layers(sub, family, n: int):
+    """``sub`` with ``n`` layers (its family's layer-count field), and its own layer count."""
+    return dataclasses.replace(sub, **{family.layers_field: n}), getattr(sub, family.layers_field)
 
 
 def _size(config: Config, skip: re.Pattern | None) -> tuple[int, int]:
@@ -149,11 +147,12 @@ def _size(config: Config, skip: re.Pattern | None) -> tuple[int, int]:
 def needed_size(config: Config, skip: re.Pattern | None = None) -> tuple[int, int]:
     """(values, tensors) the config's params hold, computed from 1- and 2-layer versions of it, so
     that a config claiming 10^8 layers costs nothing to check."""
-    enc1, n_enc = _with_layers(config.encoder, 1)
-    dec1, n_dec = _with_layers(config.decoder, 1)
+    enc, dec = encoder_family(config.encoder), decoder_family(config.decoder)
+    enc1, n_enc = _with_layers(config.encoder, enc, 1)
+    dec1, n_dec = _with_layers(config.decoder, dec, 1)
     base = _size(dataclasses.replace(config, encoder=enc1, decoder=dec1), skip)
-    enc2 = _size(dataclasses.replace(config, encoder=_with_layers(enc1, 2)[0], decoder=dec1), skip)
-    dec2 = _size(dataclasses.replace(config, encoder=enc1, decoder=_with_layers(dec1, 2)[0]), skip)
+    enc2 = _size(dataclasses.replace(config, encoder=_with_layers(enc1, enc, 2)[0], decoder=dec1), skip)
+    dec2 = _size(dataclasses.replace(config, encoder=enc1, decoder=_with_layers(dec1, dec, 2)[0]), skip)
     return tuple(b + (n_enc - 1) * (e - b) + (n_dec - 1) * (d - b) for b, e, d in zip(base, enc2, dec2))
 
 

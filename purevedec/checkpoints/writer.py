@@ -8,7 +8,6 @@ loader reads.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Iterator
@@ -17,6 +16,7 @@ import numpy as np
 
 from ..config import Config
 from ..generation.options import FIELDS, GenerationConfig, defaults_for
+from ..models import decoder_family, encoder_family
 from ..params import flatten, unpack
 from . import names as hf_names
 
@@ -44,22 +44,14 @@ def hf_tensors(params: dict, config: Config) -> Iterator[tuple[str, np.ndarray]]
             yield name, np.ascontiguousarray(hf_names.TRANSFORMS[rule.kind][1](xs, hf_names.hf_shape(rule, config)))
 
 
-def _vit_dict(cfg) -> dict:
-    d = dataclasses.asdict(cfg)
-    d["image_size"], d["patch_size"] = list(cfg.image_size), list(cfg.patch_size)
-    if cfg.model_type == "beit":
-        d.pop("qkv_bias")  # not a BEiT option (its key projection never has a bias)
-    return d
-
-
 def config_dict(config: Config) -> dict:
     """The config.json dict: the one it was read from, else one rebuilt from the dataclasses."""
     if config.source:
         return json.loads(config.source)
-    decoder = dataclasses.asdict(config.decoder)
+    decoder = decoder_family(config.decoder).to_json(config.decoder)
     decoder.update(add_cross_attention=True, is_decoder=True)
     return {"model_type": "vision-encoder-decoder", "is_encoder_decoder": True,
-            "encoder": _vit_dict(config.encoder), "decoder": decoder,
+            "encoder": encoder_family(config.encoder).to_json(config.encoder), "decoder": decoder,
             "decoder_start_token_id": config.decoder_start_token_id,
             "pad_token_id": config.pad_token_id, "eos_token_id": config.eos_token_id}
 

@@ -10,6 +10,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from ..decoder_cache import ROW_FIELDS, DecoderCache
 from .keys import gumbel
 from .plan import Plan
 from .processors import Knobs, process
@@ -17,7 +18,6 @@ from .sample_loop import step_if
 from .topk import top_k
 
 NEG = -1.0e9  # transformers' "impossible" beam score
-ROW_ENTRIES = ("self", "mask", "offset")  # the decoder cache's per-row entries, which follow their beam
 
 
 class BeamState(NamedTuple):
@@ -25,7 +25,7 @@ class BeamState(NamedTuple):
     cur: jax.Array                   # int32: the column the next token goes to
     go: jax.Array                    # bool: whether another iteration runs
     logits: jax.Array                # [B*N,V] float32: the model's logits for column cur
-    cache: dict                      # decoder cache of the running beams (columns < cur)
+    cache: DecoderCache              # decoder cache of the running beams (columns < cur)
     cross: jax.Array                 # [B*N,layers,H,S]: cross-attention of column cur's query
     running_tokens: jax.Array        # [B,N,Lmax] int32: the running (unfinished) beams
     running_scores: jax.Array        # [B,N] float32: their summed log-probs
@@ -145,7 +145,7 @@ def beam_loop(weights, cache, logits, cross, tokens, ignore_len, key, knobs: Kno
         # within each image (a gather batched over images), so a batch split over devices stays
         # split; cross K/V stay once per image.
         reorder = lambda a: _gather(a.reshape(b, nb, *a.shape[1:]), origin).reshape(a.shape)  # noqa: E731
-        cache = dict(s.cache, **{n: jax.tree.map(reorder, s.cache[n]) for n in ROW_ENTRIES})
+        cache = s.cache._replace(**{n: jax.tree.map(reorder, getattr(s.cache, n)) for n in ROW_FIELDS})
         s = s._replace(cur=s.cur + 1)
         s = s._replace(improving=_still_improving(s, knobs, plan))
         go = (jnp.any(s.improving) & ~(jnp.all(s.done_mask) & (plan.early_stopping is True))

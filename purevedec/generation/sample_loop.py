@@ -8,6 +8,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from ..decoder_cache import DecoderCache
 from ..model import cache_step
 from .keys import categorical
 from .plan import Plan
@@ -21,7 +22,7 @@ class SampleState(NamedTuple):
     live: jax.Array                 # [R] bool: rows that have not produced EOS yet
     lengths: jax.Array              # [R] int32: tokens in each row so far, prompt and EOS included
     logits: jax.Array               # [R,V] float32: the model's logits for column cur
-    cache: dict                     # the decoder cache holding columns < cur
+    cache: DecoderCache             # the decoder cache holding columns < cur
     logprobs: jax.Array             # [R,G] float32: each generated token's log-prob after processing; 0 after EOS
     cross: jax.Array                # [R,layers,H,S] float32: the cross-attention of column cur's query
     cross_maps: Optional[jax.Array]  # [R,G,layers,H,S]: ``cross`` of every generated token (when asked)

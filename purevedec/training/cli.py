@@ -11,6 +11,7 @@ import json
 import sys
 
 from ..errors import ConfigError, PurevedecError
+from ..models import decoder_family
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -133,5 +134,5 @@ def _run(args) -> int:
 
 
 def default_metrics(config) -> str:
-    """Text reading (a TrOCR decoder) is scored by error rates, captioning by n-gram overlap."""
-    return "cer,wer" if config.decoder.model_type == "trocr" else "bleu,cider"
+    """The decoder family's default: text reading is scored by error rates, captioning by n-gram overlap."""
+    return decoder_family(config.decoder).default_metrics

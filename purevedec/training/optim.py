@@ -17,6 +17,8 @@ import jax.numpy as jnp
 
 from .. import validate as v
 from ..errors import ConfigError
+from ..models import decoder_family
+from ..params import unpack
 
 try:
     import optax
@@ -25,7 +27,6 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 SCHEDULES = ("linear", "cosine", "constant")
 NO_DECAY_LEAVES = frozenset({"b", "bias", "scale"})  # biases and layer-norm gains (the Flax example's rule)
-EMBEDDING_PATHS = (("decoder", "wte"), ("decoder", "wpe"))  # frozen by freeze_embeddings (wte is also the tied head)
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class TrainConfig:
     dtype: str = "float32"             # compute dtype; params stay float32 (master weights)
     remat: bool = False                # recompute each layer in the backward pass (less memory)
     freeze_encoder: bool = False       # the image encoder's params never change (the projection still trains)
-    freeze_embeddings: bool = False    # the decoder's token and position embeddings never change
+    freeze_embeddings: bool = False    # the decoder's token and position tables never change (its family's embedding_leaves)
 
     def __post_init__(self):
         for name in ("learning_rate", "weight_decay", "eps"):
@@ -96,9 +97,21 @@ def decays(names: tuple[str, ...]) -> bool:
     return names[-1] not in NO_DECAY_LEAVES
 
 
-def is_frozen(names: tuple[str, ...], cfg: TrainConfig) -> bool:
-    return (cfg.freeze_encoder and names[0] == "encoder") or (
-        cfg.freeze_embeddings and names[:2] in EMBEDDING_PATHS)
+def embedding_paths(params) -> frozenset[tuple[str, str]]:
+    """("decoder", leaf) of the decoder's token and position tables, as its family names them
+    (the token table is also the LM head when tied)."""
+    _, config = unpack(params)
+    return frozenset(("decoder", leaf) for leaf in decoder_family(config.decoder).embedding_leaves)
+
+
+def is_frozen(names: tuple[str, ...], cfg: TrainConfig, embeddings: frozenset = frozenset()) -> bool:
+    return (cfg.freeze_encoder and names[0] == "encoder") or (cfg.freeze_embeddings and names[:2] in embeddings)
+
+
+def frozen_flags(params, cfg: TrainConfig) -> dict:
+    """A tree like ``params`` with True at each leaf ``cfg`` freezes."""
+    embeddings = embedding_paths(params) if cfg.freeze_embeddings else frozenset()
+    return leaf_flags(params, lambda n: is_frozen(n, cfg, embeddings))
 
 
 def leaf_flags(params, rule) -> dict:
@@ -115,5 +128,5 @@ def make_optimizer(cfg: TrainConfig) -> "optax.GradientTransformation":
     train = optax.chain(*parts)
     if not (cfg.freeze_encoder or cfg.freeze_embeddings):
         return train
-    labels = lambda p: leaf_flags(p, lambda n: "frozen" if is_frozen(n, cfg) else "train")  # noqa: E731
+    labels = lambda p: jax.tree.map(lambda f: "frozen" if f else "train", frozen_flags(p, cfg))  # noqa: E731
     return optax.multi_transform({"train": train, "frozen": optax.set_to_zero()}, labels)

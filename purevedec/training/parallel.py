@@ -21,17 +21,18 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ..sharding import DATA, MODEL_RULES, check_mesh, leaf_spec, weight_gathers
-from .optim import TrainConfig, make_optimizer, optax, path_names
+from ..params import STATIC_KEYS, unpack
+from ..sharding import DATA, check_mesh, param_specs, weight_gathers
+from .optim import TrainConfig, make_optimizer, optax
 from .step import StepMetrics, TrainState, train_step
 
 
 def param_shardings(params, mesh: Mesh, *, rules=None, fsdp: bool = False):
     """A tree like ``params`` (config entries kept) with each weight's NamedSharding by the rules."""
-    rules = MODEL_RULES if rules is None else tuple(rules)
-    return jax.tree_util.tree_map_with_path(
-        lambda path, x: NamedSharding(mesh, leaf_spec(".".join(path_names(path)), x.shape, mesh, rules, fsdp)),
-        params)
+    _, config = unpack(params)
+    specs = param_specs(config, mesh, rules=rules, fsdp=fsdp)
+    placed = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+    return {**placed, **{k: params[k] for k in STATIC_KEYS if k in params}}
 
 
 def state_shardings(state: TrainState, mesh: Mesh, cfg: TrainConfig, *, rules=None, fsdp: bool = False) -> TrainState:

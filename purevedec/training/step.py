@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from ..params import STATIC_KEYS, check_params
 from ..sharding import gather_weights
 from .cross_entropy import IGNORE_INDEX, loss_core
-from .optim import TrainConfig, is_frozen, leaf_flags, learning_rate_schedule, make_optimizer, optax
+from .optim import TrainConfig, frozen_flags, learning_rate_schedule, make_optimizer, optax
 
 
 class TrainState(NamedTuple):
@@ -72,7 +72,7 @@ def _gradients(params, pixels, labels, mask, key, cfg: TrainConfig, gathers=None
     backward pass's first cotangent instead of a pass over every gradient afterwards (a read and
     a write of 0.96 GB at vit-gpt2's size)."""
     config = params["config"]
-    frozen = leaf_flags(params, lambda n: is_frozen(n, cfg))
+    frozen = frozen_flags(params, cfg)
     inv_tokens = 1.0 / jnp.maximum(jnp.sum(labels != IGNORE_INDEX), 1).astype(jnp.float32)
 
     def summed(p, px, lb, mk, k):

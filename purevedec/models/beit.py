@@ -1,6 +1,6 @@
 """The BEiT image encoder: pre-norm ViT layers with relative position biases and layer scale.
 
-Parameter tree (``param_shapes``)::
+Parameter tree (``params``)::
 
     patch    {"w": [D, C*P*P], "b": [D]}
     cls      [D]
@@ -18,38 +18,96 @@ pooler, which VisionEncoderDecoder never runs, so the decoder reads the last lay
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import validate as v
+from ..attention import attention
+from ..config_fields import set_field
+from ..errors import ConfigError
+from ..hf_rules import Rule
+from ..layers import activation, dense, dropout, layer_norm, layer_outputs, merge_heads, site_key, split_heads
+from ..param_spec import EMBED, POSITIONS, Param, norm
 from . import vit
-from .config import BeitConfig
-from .attention import attention
-from .layers import (activation, dense, dense_shape, dropout, layer_norm, layer_outputs,
-                     merge_heads, norm_shape, site_key, split_heads)
+from .family import EncoderFamily, config_json
 
 
-def param_shapes(cfg: BeitConfig) -> dict:
-    d, heads, f = cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size
-    hk = heads * cfg.head_dim
-    block = {"ln1": norm_shape(d),
-             "attn": {"q": dense_shape(hk, d), "k": dense_shape(hk, d, bias=False), "v": dense_shape(hk, d),
-                      "o": dense_shape(d, hk)},
-             "ln2": norm_shape(d), "mlp": {"fc": dense_shape(f, d), "out": dense_shape(d, f)}}
+@dataclass(frozen=True)
+class BeitConfig(vit.ViTConfig):
+    """BEiT: a ViT without key bias (queries and values keep theirs, ``qkv_bias`` is unused),
+    with layer scale, relative position biases (per layer and/or shared) and optional absolute
+    positions; with mean pooling the final norm moves to the pooler, so the states the decoder
+    reads are the last layer's output unnormalised."""
+    use_absolute_position_embeddings: bool = False
+    """Add a learned [1 + N, D] position table to the tokens."""
+    use_relative_position_bias: bool = False
+    """Each layer adds its own relative position bias table to its attention scores."""
+    use_shared_relative_position_bias: bool = False
+    """One relative position bias table shared by every layer."""
+    layer_scale_init_value: float = 0.1
+    """Initial value of the per-channel layer scales (0: no layer scale)."""
+    use_mean_pooling: bool = True
+    """Mean-pool for the pooler, which moves the final norm there (the decoder reads unnormalised states)."""
+    drop_path_rate: float = 0.1
+    """Stochastic depth of the last layer (linear from 0 over the layers; only with a ``key``)."""
+    model_type: str = "beit"
+    """transformers' model_type: "beit"."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("use_absolute_position_embeddings", "use_relative_position_bias",
+                     "use_shared_relative_position_bias", "use_mean_pooling"):
+            v.flag(getattr(self, name), f"encoder.{name}")
+        set_field(self, "layer_scale_init_value",
+             v.number(self.layer_scale_init_value, "encoder.layer_scale_init_value", low=0.0))
+        set_field(self, "drop_path_rate", v.probability(self.drop_path_rate, "encoder.drop_path_rate"))
+
+    @property
+    def num_relative_distance(self) -> int:
+        """Rows of a relative position bias table: every (dy, dx) between patches, plus 3 for [CLS]."""
+        gh, gw = self.grid
+        return (2 * gh - 1) * (2 * gw - 1) + 3
+
+
+# BEiT keys for its segmentation/backbone/masked-image heads, which an image-to-text model never builds.
+INERT = vit.INERT | frozenset({
+    "vocab_size", "use_mask_token", "out_indices", "out_features", "stage_names", "pool_scales",
+    "use_auxiliary_head", "auxiliary_loss_weight", "auxiliary_channels", "auxiliary_num_convs",
+    "auxiliary_concat_input", "semantic_loss_ignore_index", "add_fpn", "reshape_hidden_states",
+})
+
+
+def parse(d: Mapping, where: str = "encoder") -> BeitConfig:
+    # BEiT has no qkv_bias option (its key projection never has a bias); refuse rather than ignore one.
+    if "qkv_bias" in d:
+        raise ConfigError(f"{where}.qkv_bias is not a BEiT option (BEiT's key projection has no bias, "
+                          "its query and value projections always do)")
+    return vit.parse(d, where, BeitConfig, INERT)
+
+
+def params(cfg: BeitConfig) -> dict:
+    """BEiT's description: zero [CLS], positions and relative bias tables, layer scales at
+    ``layer_scale_init_value``."""
+    d, heads = cfg.hidden_size, cfg.num_attention_heads
+    table = Param((cfg.num_relative_distance, heads), (None, None), "zeros")
+    block = vit.layer_params(cfg, True, False)
     if cfg.use_relative_position_bias:
-        block["rel_bias"] = (cfg.num_relative_distance, heads)
+        block["rel_bias"] = table
     if cfg.layer_scale_init_value > 0:
-        block["ls1"], block["ls2"] = (d,), (d,)
-    shapes = {"patch": dense_shape(d, cfg.num_channels * cfg.patch_size[0] * cfg.patch_size[1]), "cls": (d,),
-              "blocks": [block] * cfg.num_hidden_layers}
+        block["ls1"] = block["ls2"] = Param((d,), (EMBED,), "full", cfg.layer_scale_init_value)
+    tree = {"patch": vit.patch_params(cfg), "cls": Param((d,), (EMBED,), "zeros"),
+            "blocks": [block] * cfg.num_hidden_layers}
     if cfg.use_absolute_position_embeddings:
-        shapes["pos"] = (1 + cfg.num_patches, d)
+        tree["pos"] = Param((1 + cfg.num_patches, d), (POSITIONS, EMBED), "zeros")
     if cfg.use_shared_relative_position_bias:
-        shapes["rel_bias"] = (cfg.num_relative_distance, heads)
+        tree["rel_bias"] = table
     if not cfg.use_mean_pooling:
-        shapes["ln_f"] = norm_shape(d)
-    return shapes
+        tree["ln_f"] = norm(d)
+    return tree
 
 
 @functools.lru_cache(maxsize=16)
@@ -165,3 +223,43 @@ def apply(p: dict, pixels: jax.Array, cfg: BeitConfig, *, interpolate_pos_encodi
         attns.append(weights)
     last = x if cfg.use_mean_pooling else layer_norm(p["ln_f"], x, cfg.layer_norm_eps)
     return {"last_hidden_state": last, "hidden_states": tuple(hidden), "attentions": tuple(attns)}
+
+
+def hf_rules(cfg: BeitConfig) -> list[Rule]:
+    """BEiT: no key bias, layer scale (lambda_1/2), relative bias tables per layer and/or shared;
+    absolute positions and the final norm only when the config has them."""
+    enc = vit.ENC
+    rules = vit.embedding_rules() + vit.layer_rules(frozenset(vit.LINEARS) - {"attention.attention.key"})
+    table = "relative_position_bias.relative_position_bias_table"
+    if cfg.use_absolute_position_embeddings:
+        rules.append(vit.POSITIONS_RULE)
+    if cfg.use_relative_position_bias:
+        rules.append(Rule(f"{enc}attention.attention.{table}", ("encoder.blocks.{i}.rel_bias",)))
+    if cfg.use_shared_relative_position_bias:
+        rules.append(Rule(f"encoder.encoder.{table}", ("encoder.rel_bias",)))
+    if cfg.layer_scale_init_value > 0:
+        rules += [Rule(f"{enc}lambda_1", ("encoder.blocks.{i}.ls1",)), Rule(f"{enc}lambda_2", ("encoder.blocks.{i}.ls2",))]
+    return rules if cfg.use_mean_pooling else rules + vit.FINAL_NORM
+
+
+def placeholders(cfg: BeitConfig, pooler_size: int | None = None) -> list[tuple[str, tuple[int, ...]]]:
+    """BeitModel's mean-pooling norm (pooler output only), written as its initial values' shapes."""
+    d = cfg.hidden_size
+    return [(f"encoder.pooler.layernorm.{a}", (d,)) for a in ("weight", "bias")] if cfg.use_mean_pooling else []
+
+
+def to_json(cfg: BeitConfig) -> dict:
+    d = config_json(cfg)
+    d.pop("qkv_bias")  # not a BEiT option (its key projection never has a bias)
+    return d
+
+
+FAMILY = EncoderFamily(
+    model_type="beit", config_class=BeitConfig, parse=parse, params=params, apply=apply, hf_rules=hf_rules,
+    layers_field="num_hidden_layers", special_tokens=1, hf_shapes=vit.hf_shapes,
+    ignored=(r"^encoder\.pooler\.layernorm\.(weight|bias)$",  # the mean-pooling norm (pooler output only)
+             r"^encoder\.encoder\.(layer\.\d+\.attention\.attention\.)?relative_position_bias\."
+             r"relative_position_index$"),
+    placeholders=placeholders, to_json=to_json,
+    standalone=(("classifier.", None), ("pooler.", None), ("beit.pooler.", None), ("beit.", "encoder."),
+                ("", "encoder.")))

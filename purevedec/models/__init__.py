@@ -1,0 +1,36 @@
+"""The model families (one module each) and their registry; see ``family.py`` for what a family is.
+
+``encoder_family(cfg)`` / ``decoder_family(cfg)`` give the record of a config's family;
+``CONFIG_CLASSES`` lists every family's config class (the package exports them by name).
+"""
+
+from __future__ import annotations
+
+from .family import DecoderFamily, EncoderFamily
+from .registry import DECODERS, ENCODERS
+
+CONFIG_CLASSES = tuple(f.config_class for f in (*ENCODERS.values(), *DECODERS.values()))
+ENCODER_CONFIG_TYPES = tuple(f.config_class for f in ENCODERS.values())
+DECODER_CONFIG_TYPES = tuple(f.config_class for f in DECODERS.values())
+
+
+def encoder_family(cfg) -> EncoderFamily:
+    """The record of an encoder config's family (by its ``model_type``)."""
+    return ENCODERS[cfg.model_type]
+
+
+def decoder_family(cfg) -> DecoderFamily:
+    """The record of a decoder config's family (by its ``model_type``)."""
+    return DECODERS[cfg.model_type]
+
+
+def image_processor_defaults(kind) -> dict | None:
+    """The preprocessor defaults of an ``image_processor_type``, or None when no family reproduces it."""
+    for family in ENCODERS.values():
+        if kind in family.image_processors:
+            return dict(family.image_defaults)
+    return None
+
+
+__all__ = ["CONFIG_CLASSES", "DECODERS", "DECODER_CONFIG_TYPES", "DecoderFamily", "ENCODERS",
+           "ENCODER_CONFIG_TYPES", "EncoderFamily", "decoder_family", "encoder_family", "image_processor_defaults"]
