@@ -50,11 +50,14 @@ def load(model, tmp_path):
     state = load_file(tmp_path / "model.safetensors")
     enc_cfg, dec_cfg = swin.parse_swin(model.config.encoder.to_dict()), mbart.parse_mbart(model.config.decoder.to_dict())
     parts = {}
-    for prefix, module, cfg, names in (("encoder.", swin, enc_cfg, [(h, o) for h, o, _ in swin.tensor_names(enc_cfg)]),
-                                       ("decoder.", mbart, dec_cfg, mbart.tensor_names(dec_cfg))):
-        flat = {ours: state.pop(prefix + hf) for hf, ours in names}
-        shapes = module.param_shapes(cfg)
-        parts[prefix] = _tree(shapes, flat)
+    for prefix, module, cfg in (("encoder.", swin, enc_cfg), ("decoder.", mbart, dec_cfg)):
+        flat = {}
+        for rule in module.hf_rules(cfg):
+            for i in range(max(getattr(cfg, "decoder_layers", 1), 1)):  # Swin's rules are concrete; (m)BART's have {i}
+                hf = rule.hf.replace("{i}", str(i))
+                if hf in state:
+                    flat[rule.ours[0].replace("{i}", str(i))[len(prefix):]] = state.pop(hf)
+        parts[prefix] = _tree(module.param_shapes(cfg), flat)
     proj = {"w": jnp.asarray(state.pop("enc_to_dec_proj.weight")), "b": jnp.asarray(state.pop("enc_to_dec_proj.bias"))}
     assert all(k.endswith("relative_position_index") for k in state), sorted(state)
     return parts["encoder."], proj, parts["decoder."], enc_cfg, dec_cfg

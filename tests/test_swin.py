@@ -47,12 +47,12 @@ def make_torch(model_type: str, overrides: dict, seed: int):
 
 
 def to_params(model, cfg: swin.SwinConfig, tmp_path) -> dict:
-    """Our encoder params from the model's saved tensors through ``swin.tensor_names``; the only
+    """Our encoder params from the model's saved tensors through ``swin.hf_rules``; the only
     tensors left over must be Donut's relative_position_index buffers, equal to ours."""
     from safetensors.numpy import load_file
     model.save_pretrained(tmp_path)
     state = load_file(tmp_path / "model.safetensors")
-    flat = {ours: state.pop(hf) for hf, ours, _ in swin.tensor_names(cfg)}
+    flat = {rule.ours[0][len("encoder."):]: state.pop(rule.hf[len("encoder."):]) for rule in swin.hf_rules(cfg)}
     for name, index in state.items():
         assert name.endswith("relative_position_index"), name
         np.testing.assert_array_equal(index, swin.relative_position_index(cfg.window_size))

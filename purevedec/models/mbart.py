@@ -21,20 +21,22 @@ BART attention projects the encoder states from width D, so the model needs a pr
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 
-from .. import trocr
 from ..attention import attention
-from ..config import TrOCRConfig, _warn_unknown
+from ..config_fields import field_names, fields, warn_unknown
+from ..decoder_cache import DecoderCache, advance, guard_overflow, step_mask, valid_tokens, write_kv
 from ..errors import ConfigError
-from ..layers import (activation, causal_mask, dense, dropout, layer_norm, layer_outputs, merge_heads,
-                      norm_shape, site_key, split_heads)
-from ..trocr import LAYER_NORM_EPS, cross_attention, embed, init_self_cache, layer_cross_kv, lm_head  # noqa: F401
+from ..hf_rules import Rule, linear_rules, norm_rules
+from ..layers import activation, causal_mask, dense, dropout, layer_norm, layer_outputs, merge_heads, site_key, split_heads
+from ..param_spec import norm
+from . import trocr
+from .family import DecoderFamily, config_json
+from .trocr import LAYER_NORM_EPS, TrOCRConfig, cross_attention, embed, layer_cross_kv, lm_head
 
 
 @dataclass(frozen=True)
@@ -71,23 +73,32 @@ _INERT = frozenset({"encoder_layers", "encoder_ffn_dim", "encoder_attention_head
                     "extra_pos_embeddings", "gradient_checkpointing"})
 
 
+# TrOCR's options that are fixed here: a config.json naming them is not an (m)BART one.
+_FIXED = frozenset({"use_learned_position_embeddings", "layernorm_embedding"})
+
+
 def parse_mbart(d: Mapping, where: str = "decoder") -> MBartConfig:
     """An ``mbart`` / ``bart`` decoder config dict -> MBartConfig (``hidden_size`` is d_model's alias)."""
-    d = dict(d)
-    if "hidden_size" in d:
-        if "d_model" in d and d["d_model"] != d["hidden_size"]:
-            raise ConfigError(f"{where}: hidden_size={d['hidden_size']!r:.40} contradicts d_model={d['d_model']!r:.40}")
-        d["d_model"] = d.pop("hidden_size")
-    names = {f.name for f in dataclasses.fields(MBartConfig)} - {"use_learned_position_embeddings", "layernorm_embedding"}
-    _warn_unknown(d, frozenset(names) | _INERT, where)
-    return MBartConfig(**{k: val for k, val in d.items() if k in names})
+    fixed = sorted(_FIXED & set(d))
+    if fixed:
+        raise ConfigError(f"{where}: {fixed} are TrOCR options; an {d.get('model_type')} decoder always has "
+                          "learned positions and an embedding norm")
+    aliases = {"hidden_size": "d_model"}
+    warn_unknown(d, field_names(MBartConfig) | _INERT | frozenset(aliases), where)
+    return MBartConfig(**fields(MBartConfig, d, where, aliases), model_type=d.get("model_type", "mbart"))
+
+
+def params(cfg: MBartConfig) -> dict:
+    """TrOCR's description (learned positions, embedding norm) plus mBART's final norm."""
+    tree = trocr.params(cfg)
+    if cfg.pre_norm:
+        tree["ln_f"] = norm(cfg.d_model)
+    return tree
 
 
 def param_shapes(cfg: MBartConfig) -> dict:
-    shapes = trocr.param_shapes(cfg)
-    if cfg.pre_norm:
-        shapes["ln_f"] = norm_shape(cfg.d_model)
-    return shapes
+    from ..param_spec import shapes
+    return shapes(params(cfg))
 
 
 def pre_norm_block(bp: dict, x: jax.Array, kv_cross, self_mask, cfg: MBartConfig, dtype, *, cache=None, pos=None,
@@ -98,9 +109,8 @@ def pre_norm_block(bp: dict, x: jax.Array, kv_cross, self_mask, cfg: MBartConfig
     h = layer_norm(bp["ln1"], x, LAYER_NORM_EPS)
     q, k, v = (split_heads(dense(bp["attn"][n], h, dtype), heads) for n in ("q", "k", "v"))
     if cache is not None:
-        cache = {n: jax.lax.dynamic_update_slice(cache[n], t.astype(cache[n].dtype), (0, 0, pos, 0))
-                 for n, t in (("k", k), ("v", v))}
-        k, v = cache["k"], cache["v"]
+        cache = write_kv(cache, k, v, pos)
+        k, v = cache
     out, self_w = attention(q, k, v, self_mask, cfg.head_dim ** -0.5, dropout_rate=cfg.attention_dropout,
                             key=site_key(key, 0))
     x = x + dropout(dense(bp["attn"]["o"], merge_heads(out), dtype), cfg.dropout, site_key(key, 1))
@@ -147,48 +157,61 @@ def apply(p: dict, ids: jax.Array, kv_cross: list, cfg: MBartConfig, *, attentio
             "cross_attentions": tuple(cross_ws)}
 
 
-def apply_cached(p: dict, cache: dict, ids: jax.Array, cfg: MBartConfig, *, attention_mask=None,
+def apply_cached(p: dict, cache: DecoderCache, ids: jax.Array, cfg: MBartConfig, *, attention_mask=None,
                  shifted: bool = False, dtype=jnp.float32):
-    """Decode ``ids`` [R,t] after the ``cache["pos"]`` tokens already cached, as trocr.apply_cached
+    """Decode ``ids`` [R,t] after the ``cache.pos`` tokens already cached, as trocr.apply_cached
     (positions continue from the cache length). Returns (logits [R,t,V], new cache, cross weights)."""
-    r, t = ids.shape
-    pos = cache["pos"]
-    max_len = cache["mask"].shape[1]
-    valid = jnp.ones((r, t), bool) if attention_mask is None else attention_mask != 0
-    key_mask = jax.lax.dynamic_update_slice(cache["mask"], valid, (0, pos))  # [R,Tmax]
-    causal = jnp.arange(max_len)[None, :] <= (pos + jnp.arange(t))[:, None]  # [t,Tmax]
-    mask = causal[None, None] & key_mask[:, None, None, :]  # [R,1,t,Tmax]
-    x = embed(p, ids, pos, cfg, dtype)
+    t = ids.shape[1]
+    mask, key_mask = step_mask(cache, valid_tokens(ids, attention_mask))
+    x = embed(p, ids, cache.pos, cfg, dtype)
     new_self, cross_ws = [], []
     for i, bp in enumerate(p["blocks"]):
-        x, _, cross_w, layer = block(bp, x, cache["cross"][i], mask, cfg, dtype, cache=cache["self"][i], pos=pos)
+        x, _, cross_w, layer = block(bp, x, cache.cross_kv[i], mask, cfg, dtype, cache=cache.self_kv[i], pos=cache.pos)
         new_self.append(layer)
         cross_ws.append(cross_w)
-    logits = jnp.where(pos + t <= max_len, lm_head(p, final_norm(p, x), cfg, dtype), jnp.nan)
-    return logits, {**cache, "self": new_self, "mask": key_mask, "pos": pos + t}, cross_ws
+    logits = guard_overflow(lm_head(p, final_norm(p, x), cfg, dtype), cache, t)
+    return logits, advance(cache, new_self, key_mask, t), cross_ws
 
 
-_LINEARS = {f"{hf}_attn.{p}_proj": f"{ours}.{q}" for hf, ours in (("self", "attn"), ("encoder", "cross"))
-            for p, q in (("q", "q"), ("k", "k"), ("v", "v"), ("out", "o"))}
-_LINEARS.update({"fc1": "mlp.fc", "fc2": "mlp.out"})
-_NORMS = {"self_attn_layer_norm": "ln1", "encoder_attn_layer_norm": "ln_cross", "final_layer_norm": "ln2"}
-_NORM_LEAVES = {"weight": "scale", "bias": "bias"}
+HF = "decoder.model.decoder."
 
 
-def tensor_names(cfg: MBartConfig) -> list[tuple[str, str]]:
-    """Every saved tensor of an (m)BART causal LM as (HF name under the decoder, our path under the
-    decoder); all are plain copies (PyTorch Linear layouts). A tied LM head has no tensor of its own."""
-    top = "model.decoder."
-    names = [(f"{top}embed_tokens.weight", "embed"), (f"{top}embed_positions.weight", "pos")]
-    names += [(f"{top}layernorm_embedding.{a}", f"ln_embed.{b}") for a, b in _NORM_LEAVES.items()]
-    for i in range(cfg.decoder_layers):
-        for hf, ours in _LINEARS.items():
-            names += [(f"{top}layers.{i}.{hf}.weight", f"blocks.{i}.{ours}.w"),
-                      (f"{top}layers.{i}.{hf}.bias", f"blocks.{i}.{ours}.b")]
-        for hf, ours in _NORMS.items():
-            names += [(f"{top}layers.{i}.{hf}.{a}", f"blocks.{i}.{ours}.{b}") for a, b in _NORM_LEAVES.items()]
-    if cfg.pre_norm:
-        names += [(f"{top}layer_norm.{a}", f"ln_f.{b}") for a, b in _NORM_LEAVES.items()]
-    if not cfg.tie_word_embeddings:
-        names.append(("lm_head.weight", "lm_head"))
-    return names
+def hf_rules(cfg: MBartConfig) -> list[Rule]:
+    """(m)BART causal LMs keep PyTorch Linear layouts: every tensor is a copy; a tied head has none."""
+    layer, blk = HF + "layers.{i}.", "decoder.blocks.{i}."
+    rules = [Rule(f"{HF}embed_tokens.weight", ("decoder.embed",)), Rule(f"{HF}embed_positions.weight", ("decoder.pos",)),
+             Rule("decoder.lm_head.weight", ("decoder.lm_head",))]
+    rules += norm_rules(f"{HF}layernorm_embedding", "decoder.ln_embed")
+    for hf, ours in trocr.LINEARS.items():
+        rules += linear_rules(f"{layer}{hf}", f"{blk}{ours}")
+    for hf, ours in trocr.NORMS.items():
+        rules += norm_rules(f"{layer}{hf}", f"{blk}{ours}")
+    return rules + (norm_rules(f"{HF}layer_norm", "decoder.ln_f") if cfg.pre_norm else [])
+
+
+def to_json(cfg: MBartConfig) -> dict:
+    d = config_json(cfg)
+    for name in _FIXED:
+        d.pop(name)
+    return d
+
+
+def check_cross_width(cross: int, cfg: MBartConfig) -> None:
+    if cross != cfg.d_model:
+        raise ConfigError(f"decoder.cross_attention_hidden_size={cross} differs from d_model={cfg.d_model}: "
+                          f"{cfg.model_type}'s cross-attention only reads states of width d_model")
+
+
+def _family(model_type: str) -> DecoderFamily:
+    return DecoderFamily(
+        model_type=model_type, config_class=MBartConfig, parse=parse_mbart, params=params, apply=apply,
+        cross_kv=layer_cross_kv, apply_cached=apply_cached, hf_rules=hf_rules, layers_field="decoder_layers",
+        embedding_leaves=("embed", "pos"), tied_head="decoder.lm_head.weight",
+        # MBartForCausalLM / BartForCausalLM ("model.decoder.*", "lm_head.weight").
+        standalone=(("model.decoder.", "decoder.model.decoder."), ("lm_head.", "decoder.lm_head."),
+                    ("", "decoder.model.decoder.")),
+        to_json=to_json, check_cross_width=check_cross_width, default_metrics="cer,wer")
+
+
+FAMILY = _family("mbart")
+BART_FAMILY = _family("bart")

@@ -26,7 +26,6 @@ layer that once saw a small grid keeps no shift afterwards; here each call decid
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Mapping
@@ -37,15 +36,18 @@ import numpy as np
 
 from .. import validate as v
 from ..attention import attention
-from ..config import ACTIVATION_NAMES, _warn_unknown
+from ..config_fields import ACTIVATION_NAMES, field_names, fields, set_field as _set, warn_unknown
 from ..errors import ConfigError
-from ..layers import (activation, dense, dense_shape, dropout, layer_norm, layer_outputs, merge_heads,
-                      norm_shape, site_key, split_heads)
-from ..beit import drop_path
-from ..vit import bicubic_matrix, patchify
+from ..hf_rules import Rule, linear_rules, norm_rules
+from ..layers import activation, dense, dropout, layer_norm, layer_outputs, merge_heads, site_key, split_heads
+from ..param_spec import EMBED, HEADS, MLP, PATCH, POSITIONS, Param, dense as dense_param, norm, shapes
+from .beit import drop_path
+from .family import EncoderFamily
+from .vit import bicubic_matrix, patchify
 
 TORCH_LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default: the embedding and patch-merging norms set none
-SHIFT_MASK = -100.0  # transformers' additive score for a key in another region of a shifted window
+SHIFT_MASK = -100.0
+MAX_STAGES = 8  # real Swins have 4; a bound keeps a hostile config's 2^stages widths small  # transformers' additive score for a key in another region of a shifted window
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,9 @@ class SwinConfig:
             if not isinstance(value, (list, tuple)) or not value:
                 raise ConfigError(f"{w}.{name} must be a non-empty list of positive ints, got {value!r:.80}")
             _set(self, name, tuple(v.positive_int(x, f"{w}.{name}") for x in value))
+        if len(self.depths) > MAX_STAGES:
+            raise ConfigError(f"{w}.depths has {len(self.depths)} stages; at most {MAX_STAGES} are supported "
+                              "(each stage doubles the width)")
         if len(self.depths) != len(self.num_heads):
             raise ConfigError(f"{w}.depths has {len(self.depths)} stages but num_heads has {len(self.num_heads)}")
         for i, heads in enumerate(self.num_heads):
@@ -124,10 +129,6 @@ class SwinConfig:
     num_attention_heads = property(lambda self: self.num_heads[0])
 
 
-def _set(obj, name, value):
-    object.__setattr__(obj, name, value)
-
-
 # Keys of a Swin config.json that an image-to-text model never reads (backbone and masked-image heads).
 _INERT = frozenset({"encoder_stride", "out_features", "out_indices", "stage_names", "num_layers", "hidden_size",
                     "path_norm"})
@@ -136,41 +137,39 @@ _ALIASES = {"num_attention_heads": "num_heads"}
 
 def parse_swin(d: Mapping, where: str = "encoder") -> SwinConfig:
     """A ``swin`` / ``donut-swin`` config dict -> SwinConfig; derived keys must agree with the fields."""
-    d = dict(d)
-    for alias, name in _ALIASES.items():
-        if alias in d:
-            if name in d and d[name] != d[alias]:
-                raise ConfigError(f"{where}: {alias}={d[alias]!r:.40} contradicts {name}={d[name]!r:.40}")
-            d[name] = d.pop(alias)
-    names = {f.name for f in dataclasses.fields(SwinConfig)}
-    _warn_unknown(d, frozenset(names) | _INERT, where)
-    cfg = SwinConfig(**{k: val for k, val in d.items() if k in names})
+    warn_unknown(d, field_names(SwinConfig) | _INERT | frozenset(_ALIASES), where)
+    cfg = SwinConfig(**fields(SwinConfig, d, where, _ALIASES), model_type=d.get("model_type", "swin"))
     for key, value in (("hidden_size", cfg.hidden_size), ("num_layers", len(cfg.depths))):
         if key in d and d[key] != value:
             raise ConfigError(f"{where}.{key}={d[key]!r:.40} disagrees with depths/embed_dim (expected {value})")
     return cfg
 
 
-def param_shapes(cfg: SwinConfig) -> dict:
-    n_rel = (2 * cfg.window_size - 1) ** 2
-    stages = []
+def params(cfg: SwinConfig) -> dict:
+    """Swin's description: N(0, initializer_range) kernels, zero relative bias tables and positions."""
+    std, n_rel, tree_stages = cfg.initializer_range, (2 * cfg.window_size - 1) ** 2, []
     for i, (depth, heads) in enumerate(zip(cfg.depths, cfg.num_heads)):
         d, f = cfg.stage_width(i), cfg.mlp_width(i)
-        block = {"ln1": norm_shape(d),
-                 "attn": {**{n: dense_shape(d, d, cfg.qkv_bias) for n in "qkv"}, "o": dense_shape(d, d)},
-                 "rel_bias": (n_rel, heads), "ln2": norm_shape(d),
-                 "mlp": {"fc": dense_shape(f, d), "out": dense_shape(d, f)}}
+        attn = {n: dense_param(d, d, (HEADS, EMBED), std, cfg.qkv_bias) for n in "qkv"}
+        attn["o"] = dense_param(d, d, (EMBED, HEADS), std)
+        block = {"ln1": norm(d), "attn": attn, "rel_bias": Param((n_rel, heads), (None, None), "zeros"),
+                 "ln2": norm(d), "mlp": {"fc": dense_param(f, d, (MLP, EMBED), std), "out": dense_param(d, f, (EMBED, MLP), std)}}
         stage = {"blocks": [block] * depth}
         if i < len(cfg.depths) - 1:
-            stage["merge"] = {"ln": norm_shape(4 * d), "w": dense_shape(2 * d, 4 * d, bias=False)}
-        stages.append(stage)
-    shapes = {"patch": dense_shape(cfg.embed_dim, cfg.num_channels * cfg.patch_size[0] * cfg.patch_size[1]),
-              "ln_embed": norm_shape(cfg.embed_dim), "stages": stages}
+            stage["merge"] = {"ln": norm(4 * d), "w": dense_param(2 * d, 4 * d, (EMBED, None), std, bias=False)}
+        tree_stages.append(stage)
+    patch_in = cfg.num_channels * cfg.patch_size[0] * cfg.patch_size[1]
+    tree = {"patch": dense_param(cfg.embed_dim, patch_in, (EMBED, PATCH), std), "ln_embed": norm(cfg.embed_dim),
+            "stages": tree_stages}
     if cfg.use_absolute_embeddings:
-        shapes["pos"] = (cfg.num_patches, cfg.embed_dim)
+        tree["pos"] = Param((cfg.num_patches, cfg.embed_dim), (POSITIONS, EMBED), "zeros")
     if cfg.model_type == "swin":
-        shapes["ln_f"] = norm_shape(cfg.hidden_size)
-    return shapes
+        tree["ln_f"] = norm(cfg.hidden_size)
+    return tree
+
+
+def param_shapes(cfg: SwinConfig) -> dict:
+    return shapes(params(cfg))
 
 
 def check_grid(grid: tuple[int, int], cfg: SwinConfig, stage: int) -> None:
@@ -348,33 +347,45 @@ def apply(p: dict, pixels: jax.Array, cfg: SwinConfig, *, interpolate_pos_encodi
 # Our block leaves by their HF module names (the names both transformers classes save under).
 _BLOCK_LINEARS = {"attention.self.query": "attn.q", "attention.self.key": "attn.k", "attention.self.value": "attn.v",
                   "attention.output.dense": "attn.o", "intermediate.dense": "mlp.fc", "output.dense": "mlp.out"}
-_BLOCK_NORMS = {"layernorm_before": "ln1", "layernorm_after": "ln2"}
-_NORM_LEAVES = {"weight": "scale", "bias": "bias"}
 
 
-def tensor_names(cfg: SwinConfig) -> list[tuple[str, str, str]]:
-    """Every saved tensor as (HF name under the encoder, our path under the encoder, kind): "copy", or
-    "reshape" for the patch convolution [D,C,P,P] -> [D,C*P*P]. Donut's files also hold each block's
-    ``relative_position_index`` buffer, which is not a parameter (``relative_position_index`` rebuilds it)."""
-    names = [("embeddings.patch_embeddings.projection.weight", "patch.w", "reshape"),
-             ("embeddings.patch_embeddings.projection.bias", "patch.b", "copy")]
-    names += [(f"embeddings.norm.{a}", f"ln_embed.{b}", "copy") for a, b in _NORM_LEAVES.items()]
+def hf_rules(cfg: SwinConfig) -> list[Rule]:
+    """One concrete rule per tensor (Swin numbers stages and blocks); the patch convolution and the
+    positions are "reshape"d. Donut's files also hold each block's ``relative_position_index``
+    buffer, not a parameter (``relative_position_index`` rebuilds it; the family ignores it)."""
+    emb = "encoder.embeddings."
+    rules = linear_rules(f"{emb}patch_embeddings.projection", "encoder.patch") + norm_rules(f"{emb}norm", "encoder.ln_embed")
+    rules[0] = Rule(rules[0].hf, rules[0].ours, "reshape")
     if cfg.use_absolute_embeddings:
-        names.append(("embeddings.position_embeddings", "pos", "reshape"))
+        rules.append(Rule(f"{emb}position_embeddings", ("encoder.pos",), "reshape"))
     for i, depth in enumerate(cfg.depths):
         for j in range(depth):
-            hf, ours = f"encoder.layers.{i}.blocks.{j}.", f"stages.{i}.blocks.{j}."
+            hf, ours = f"encoder.encoder.layers.{i}.blocks.{j}.", f"encoder.stages.{i}.blocks.{j}."
             for module, leaf in _BLOCK_LINEARS.items():
-                names.append((f"{hf}{module}.weight", f"{ours}{leaf}.w", "copy"))
-                if cfg.qkv_bias or not module.startswith("attention.self."):
-                    names.append((f"{hf}{module}.bias", f"{ours}{leaf}.b", "copy"))
-            for module, leaf in _BLOCK_NORMS.items():
-                names += [(f"{hf}{module}.{a}", f"{ours}{leaf}.{b}", "copy") for a, b in _NORM_LEAVES.items()]
-            names.append((f"{hf}attention.self.relative_position_bias_table", f"{ours}rel_bias", "copy"))
+                biased = cfg.qkv_bias or not module.startswith("attention.self.")
+                rules += linear_rules(f"{hf}{module}", f"{ours}{leaf}", bias=biased)
+            rules += norm_rules(f"{hf}layernorm_before", f"{ours}ln1") + norm_rules(f"{hf}layernorm_after", f"{ours}ln2")
+            rules.append(Rule(f"{hf}attention.self.relative_position_bias_table", (f"{ours}rel_bias",)))
         if i < len(cfg.depths) - 1:
-            hf, ours = f"encoder.layers.{i}.downsample.", f"stages.{i}.merge."
-            names.append((f"{hf}reduction.weight", f"{ours}w.w", "copy"))
-            names += [(f"{hf}norm.{a}", f"{ours}ln.{b}", "copy") for a, b in _NORM_LEAVES.items()]
-    if cfg.model_type == "swin":
-        names += [(f"layernorm.{a}", f"ln_f.{b}", "copy") for a, b in _NORM_LEAVES.items()]
-    return names
+            hf, ours = f"encoder.encoder.layers.{i}.downsample.", f"encoder.stages.{i}.merge."
+            rules += linear_rules(f"{hf}reduction", f"{ours}w", bias=False) + norm_rules(f"{hf}norm", f"{ours}ln")
+    return rules + (norm_rules("encoder.layernorm", "encoder.ln_f") if cfg.model_type == "swin" else [])
+
+
+def hf_shapes(cfg: SwinConfig) -> dict[str, tuple]:
+    """The HF shapes of the "reshape" tensors: the patch conv [D0,C,P,P], positions [1,N,D0]."""
+    return {"encoder.embeddings.patch_embeddings.projection.weight": (cfg.embed_dim, cfg.num_channels, *cfg.patch_size),
+            "encoder.embeddings.position_embeddings": (1, cfg.num_patches, cfg.embed_dim)}
+
+
+def _family(model_type: str) -> EncoderFamily:
+    return EncoderFamily(
+        model_type=model_type, config_class=SwinConfig, parse=parse_swin, params=params, apply=apply,
+        hf_rules=hf_rules, layers_field="depths", special_tokens=0, hf_shapes=hf_shapes,
+        ignored=(r"^encoder\.encoder\.layers\.\d+\.blocks\.\d+\.attention\.self\.relative_position_index$",),
+        # SwinModel / DonutSwinModel ("embeddings.*") or an image classifier ("swin.*" plus a head we drop).
+        standalone=(("classifier.", None), ("swin.", "encoder."), ("donut.", "encoder."), ("", "encoder.")))
+
+
+FAMILY = _family("swin")
+DONUT_FAMILY = _family("donut-swin")
