@@ -42,8 +42,9 @@ from .trocr import LAYER_NORM_EPS, TrOCRConfig, cross_attention, embed, layer_cr
 @dataclass(frozen=True)
 class MBartConfig(TrOCRConfig):
     """transformers' MBartConfig / BartConfig decoder fields (defaults: mbart-large's decoder).
-    TrOCR's fields with learned positions and the embedding norm fixed on; ``model_type`` picks
-    mBART's pre-norm layers and final norm or BART's post-norm layers."""
+    TrOCR's fields with learned positions and the embedding norm fixed on, ``max_position_embeddings``
+    defaulting to 1024; ``model_type`` ("mbart" or "bart") picks mBART's pre-norm layers and final
+    norm or BART's post-norm layers."""
     max_position_embeddings: int = 1024
     model_type: str = "mbart"
 

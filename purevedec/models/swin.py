@@ -52,7 +52,13 @@ MAX_STAGES = 8  # real Swins have 4; a bound keeps a hostile config's 2^stages w
 
 @dataclass(frozen=True)
 class SwinConfig:
-    """transformers' SwinConfig / DonutSwinConfig fields that change the math (defaults: swin-tiny)."""
+    """transformers' SwinConfig / DonutSwinConfig fields that change the math (defaults: swin-tiny):
+    ``image_size`` and ``patch_size`` (height, width) pairs (an int: a square), ``num_channels``,
+    ``embed_dim`` (stage 0's width), ``depths`` and ``num_heads`` (blocks and heads per stage),
+    ``window_size``, ``mlp_ratio`` (MLP width over the stage's, truncated), ``qkv_bias``, the training-only
+    ``hidden_dropout_prob``, ``attention_probs_dropout_prob`` and ``drop_path_rate``, ``hidden_act`` (an
+    ACT2FN name), ``use_absolute_embeddings`` (``swin`` only), ``initializer_range``, ``layer_norm_eps``
+    (the blocks' and the final norm's) and ``model_type`` ("swin" or "donut-swin")."""
     image_size: tuple[int, int] = (224, 224)
     patch_size: tuple[int, int] = (4, 4)
     num_channels: int = 3
