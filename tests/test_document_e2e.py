@@ -132,3 +132,29 @@ def test_weights_bound_counts_stages_exactly_and_refuses_huge_depths(pair, tmp_p
     (tmp_path / "config.json").write_text(json.dumps(saved))
     with pytest.raises(CheckpointError, match="describes .* parameter values"):
         pv.load(tmp_path)
+
+
+@pytest.mark.parametrize("kinds", [("donut-swin", "mbart"), ("swin", "bart")])
+def test_hand_built_config_saves_and_transformers_runs_it(kinds, tmp_path):
+    """Config(SwinConfig, MBartConfig) built in code -> init_params -> save -> transformers reads the
+    config.json written from the dataclasses, builds the same classes and computes the same logits."""
+    from purevedec import Config, MBartConfig, SwinConfig
+    enc, dec = kinds
+    config = Config(encoder=SwinConfig(image_size=(24, 32), patch_size=4, embed_dim=8, depths=(2, 1), num_heads=(2, 2),
+                                       window_size=2, model_type=enc),
+                    decoder=MBartConfig(vocab_size=40, d_model=16, decoder_layers=1, decoder_attention_heads=2,
+                                        decoder_ffn_dim=24, max_position_embeddings=16, scale_embedding=True,
+                                        model_type=dec),
+                    decoder_start_token_id=START, pad_token_id=PAD, eos_token_id=EOS)
+    params = pv.init_params(config, jax.random.PRNGKey(0))
+    # init draws the bias tables as zeros, as transformers does; give them values so that they are checked
+    for stage in params["encoder"]["stages"]:
+        for block in stage["blocks"]:
+            block["rel_bias"] = jax.random.normal(jax.random.PRNGKey(1), block["rel_bias"].shape)
+    pv.save(params, tmp_path)
+    ref = load_reference(tmp_path)
+    assert ref.encoder.config.model_type == enc and ref.decoder.config.model_type == dec
+    px, ids = rand_pixels(1, 3, 24, 32, seed=4), rand_ids(1, 5, 40, seed=5)
+    with torch.no_grad():
+        want = ref(pixel_values=torch.tensor(px), decoder_input_ids=torch.tensor(ids, dtype=torch.long)).logits
+    assert maxdiff(pv.forward(params, px, ids), want) <= 1e-4
