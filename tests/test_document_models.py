@@ -10,6 +10,7 @@ import torch
 
 from conftest import maxdiff, rand_ids, rand_pixels
 from purevedec.layers import dense
+from purevedec.param_spec import shapes
 from purevedec.models import mbart, swin
 
 # (encoder type, encoder overrides, decoder type, decoder overrides)
@@ -57,7 +58,7 @@ def load(model, tmp_path):
                 hf = rule.hf.replace("{i}", str(i))
                 if hf in state:
                     flat[rule.ours[0].replace("{i}", str(i))[len(prefix):]] = state.pop(hf)
-        parts[prefix] = _tree(module.param_shapes(cfg), flat)
+        parts[prefix] = _tree(shapes(module.params(cfg)), flat)
     proj = {"w": jnp.asarray(state.pop("enc_to_dec_proj.weight")), "b": jnp.asarray(state.pop("enc_to_dec_proj.bias"))}
     assert all(k.endswith("relative_position_index") for k in state), sorted(state)
     return parts["encoder."], proj, parts["decoder."], enc_cfg, dec_cfg

@@ -11,6 +11,7 @@ import torch
 from conftest import maxdiff, rand_ids
 from purevedec.decoder_cache import init_cache
 from purevedec.errors import ConfigError
+from purevedec.param_spec import shapes
 from purevedec.models import mbart
 from purevedec.params import flatten, map_with_path
 
@@ -52,9 +53,9 @@ def to_params(model, cfg: mbart.MBartConfig) -> dict:
             if hf in state:
                 flat[rule.ours[0].replace("decoder.", "", 1).replace("{i}", str(i))] = state.pop(hf)
     assert not state or set(state) == {"lm_head.weight"} and cfg.tie_word_embeddings, sorted(state)
-    shapes = mbart.param_shapes(cfg)
-    assert set(flat) == set(flatten(shapes))
-    return map_with_path(shapes, lambda path, shape: jnp.asarray(flat[path].reshape(shape)))
+    tree_shapes = shapes(mbart.params(cfg))
+    assert set(flat) == set(flatten(tree_shapes))
+    return map_with_path(tree_shapes, lambda path, shape: jnp.asarray(flat[path].reshape(shape)))
 
 
 @pytest.fixture(scope="module", params=list(CASES))

@@ -9,6 +9,7 @@ import torch
 
 from conftest import maxdiff, rand_pixels
 from purevedec.errors import ConfigError
+from purevedec.param_spec import shapes
 from purevedec.models import swin
 from purevedec.params import flatten, map_with_path
 
@@ -56,9 +57,9 @@ def to_params(model, cfg: swin.SwinConfig, tmp_path) -> dict:
     for name, index in state.items():
         assert name.endswith("relative_position_index"), name
         np.testing.assert_array_equal(index, swin.relative_position_index(cfg.window_size))
-    shapes = swin.param_shapes(cfg)
-    assert set(flat) == set(flatten(shapes))
-    return map_with_path(shapes, lambda path, shape: jnp.asarray(flat[path].reshape(shape)))
+    tree_shapes = shapes(swin.params(cfg))
+    assert set(flat) == set(flatten(tree_shapes))
+    return map_with_path(tree_shapes, lambda path, shape: jnp.asarray(flat[path].reshape(shape)))
 
 
 @pytest.fixture(scope="module", params=list(CASES))

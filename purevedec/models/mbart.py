@@ -67,6 +67,12 @@ class MBartConfig(TrOCRConfig):
         return self.model_type == "mbart"
 
 
+@dataclass(frozen=True)
+class BartConfig(MBartConfig):
+    """BART's decoder: MBartConfig's fields, post-norm layers and no final norm (``model_type`` "bart")."""
+    model_type: str = "bart"
+
+
 # Encoder-side and task-head keys of an (m)BART config that a decoder never reads.
 _INERT = frozenset({"encoder_layers", "encoder_ffn_dim", "encoder_attention_heads", "encoder_layerdrop",
                     "classifier_dropout", "num_hidden_layers", "num_attention_heads", "add_bias_logits",
@@ -84,9 +90,9 @@ def parse_mbart(d: Mapping, where: str = "decoder") -> MBartConfig:
     if fixed:
         raise ConfigError(f"{where}: {fixed} are TrOCR options; an {d.get('model_type')} decoder always has "
                           "learned positions and an embedding norm")
-    aliases = {"hidden_size": "d_model"}
-    warn_unknown(d, field_names(MBartConfig) | _INERT | frozenset(aliases), where)
-    return MBartConfig(**fields(MBartConfig, d, where, aliases), model_type=d.get("model_type", "mbart"))
+    aliases, cls = {"hidden_size": "d_model"}, BartConfig if d.get("model_type") == "bart" else MBartConfig
+    warn_unknown(d, field_names(cls) | _INERT | frozenset(aliases), where)
+    return cls(**fields(cls, d, where, aliases))
 
 
 def params(cfg: MBartConfig) -> dict:
@@ -96,10 +102,6 @@ def params(cfg: MBartConfig) -> dict:
         tree["ln_f"] = norm(cfg.d_model)
     return tree
 
-
-def param_shapes(cfg: MBartConfig) -> dict:
-    from ..param_spec import shapes
-    return shapes(params(cfg))
 
 
 def pre_norm_block(bp: dict, x: jax.Array, kv_cross, self_mask, cfg: MBartConfig, dtype, *, cache=None, pos=None,
@@ -203,9 +205,9 @@ def check_cross_width(cross: int, cfg: MBartConfig) -> None:
                           f"{cfg.model_type}'s cross-attention only reads states of width d_model")
 
 
-def _family(model_type: str) -> DecoderFamily:
+def _family(config_class: type) -> DecoderFamily:
     return DecoderFamily(
-        model_type=model_type, config_class=MBartConfig, parse=parse_mbart, params=params, apply=apply,
+        model_type=config_class.model_type, config_class=config_class, parse=parse_mbart, params=params, apply=apply,
         cross_kv=layer_cross_kv, apply_cached=apply_cached, hf_rules=hf_rules, layers_field="decoder_layers",
         embedding_leaves=("embed", "pos"), tied_head="decoder.lm_head.weight",
         # MBartForCausalLM / BartForCausalLM ("model.decoder.*", "lm_head.weight").
@@ -214,5 +216,5 @@ def _family(model_type: str) -> DecoderFamily:
         to_json=to_json, check_cross_width=check_cross_width, default_metrics="cer,wer")
 
 
-FAMILY = _family("mbart")
-BART_FAMILY = _family("bart")
+FAMILY = _family(MBartConfig)
+BART_FAMILY = _family(BartConfig)

@@ -40,7 +40,7 @@ from ..config_fields import ACTIVATION_NAMES, field_names, fields, set_field as 
 from ..errors import ConfigError
 from ..hf_rules import Rule, linear_rules, norm_rules
 from ..layers import activation, dense, dropout, layer_norm, layer_outputs, merge_heads, site_key, split_heads
-from ..param_spec import EMBED, HEADS, MLP, PATCH, POSITIONS, Param, dense as dense_param, norm, shapes
+from ..param_spec import EMBED, HEADS, MLP, PATCH, POSITIONS, Param, dense as dense_param, norm
 from .beit import drop_path
 from .family import EncoderFamily
 from .vit import bicubic_matrix, patchify
@@ -131,8 +131,11 @@ class SwinConfig:
     def num_patches(self) -> int:
         return self.grid[0] * self.grid[1]
 
-    num_hidden_layers = property(lambda self: sum(self.depths))
-    num_attention_heads = property(lambda self: self.num_heads[0])
+
+@dataclass(frozen=True)
+class DonutSwinConfig(SwinConfig):
+    """Donut's Swin: SwinConfig's fields, no final norm (``model_type`` "donut-swin")."""
+    model_type: str = "donut-swin"
 
 
 # Keys of a Swin config.json that an image-to-text model never reads (backbone and masked-image heads).
@@ -143,8 +146,9 @@ _ALIASES = {"num_attention_heads": "num_heads"}
 
 def parse_swin(d: Mapping, where: str = "encoder") -> SwinConfig:
     """A ``swin`` / ``donut-swin`` config dict -> SwinConfig; derived keys must agree with the fields."""
-    warn_unknown(d, field_names(SwinConfig) | _INERT | frozenset(_ALIASES), where)
-    cfg = SwinConfig(**fields(SwinConfig, d, where, _ALIASES), model_type=d.get("model_type", "swin"))
+    cls = DonutSwinConfig if d.get("model_type") == "donut-swin" else SwinConfig
+    warn_unknown(d, field_names(cls) | _INERT | frozenset(_ALIASES), where)
+    cfg = cls(**fields(cls, d, where, _ALIASES))
     for key, value in (("hidden_size", cfg.hidden_size), ("num_layers", len(cfg.depths))):
         if key in d and d[key] != value:
             raise ConfigError(f"{where}.{key}={d[key]!r:.40} disagrees with depths/embed_dim (expected {value})")
@@ -173,9 +177,6 @@ def params(cfg: SwinConfig) -> dict:
         tree["ln_f"] = norm(cfg.hidden_size)
     return tree
 
-
-def param_shapes(cfg: SwinConfig) -> dict:
-    return shapes(params(cfg))
 
 
 def check_grid(grid: tuple[int, int], cfg: SwinConfig, stage: int) -> None:
@@ -384,14 +385,14 @@ def hf_shapes(cfg: SwinConfig) -> dict[str, tuple]:
             "encoder.embeddings.position_embeddings": (1, cfg.num_patches, cfg.embed_dim)}
 
 
-def _family(model_type: str) -> EncoderFamily:
+def _family(config_class: type) -> EncoderFamily:
     return EncoderFamily(
-        model_type=model_type, config_class=SwinConfig, parse=parse_swin, params=params, apply=apply,
+        model_type=config_class.model_type, config_class=config_class, parse=parse_swin, params=params, apply=apply,
         hf_rules=hf_rules, layers_field="depths", special_tokens=0, hf_shapes=hf_shapes,
         ignored=(r"^encoder\.encoder\.layers\.\d+\.blocks\.\d+\.attention\.self\.relative_position_index$",),
         # SwinModel / DonutSwinModel ("embeddings.*") or an image classifier ("swin.*" plus a head we drop).
         standalone=(("classifier.", None), ("swin.", "encoder."), ("donut.", "encoder."), ("", "encoder.")))
 
 
-FAMILY = _family("swin")
-DONUT_FAMILY = _family("donut-swin")
+FAMILY = _family(SwinConfig)
+DONUT_FAMILY = _family(DonutSwinConfig)
