@@ -134,7 +134,7 @@ class SwinConfig:
 
 @dataclass(frozen=True)
 class DonutSwinConfig(SwinConfig):
-    """Donut's Swin: SwinConfig's fields, no final norm (``model_type`` "donut-swin")."""
+    __doc__ = "Donut's Swin (no final norm). " + SwinConfig.__doc__
     model_type: str = "donut-swin"
 
 
