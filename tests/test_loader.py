@@ -122,7 +122,7 @@ def _edit_config(path, fn):
     (lambda d: d["decoder"].__setitem__("activation_function", "xielu"), r"decoder\.activation_function='xielu'"),
     (lambda d: d["encoder"].__setitem__("hidden_act", "swishy"), r"encoder\.hidden_act='swishy'.*supported"),
     (lambda d: d["encoder"].__setitem__("model_type", "bert"), r"encoder\.model_type='bert' is not supported.*vit"),
-    (lambda d: d["decoder"].__setitem__("model_type", "bart"), r"decoder\.model_type='bart'.*gpt2"),  # trocr is supported now
+    (lambda d: d["decoder"].__setitem__("model_type", "t5"), r"decoder\.model_type='t5'.*gpt2"),  # trocr, bart and mbart are supported now
     (lambda d: d["decoder"].__setitem__("add_cross_attention", False), r"add_cross_attention"),
     (lambda d: d["decoder"].__setitem__("cross_attention_hidden_size", 16), r"cross_attention_hidden_size"),
     (lambda d: d["decoder"].__setitem__("n_head", 5), r"n_embd=24 is not a multiple of n_head=5"),

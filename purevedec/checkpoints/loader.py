@@ -167,9 +167,16 @@ def read_tensors(fmt: Format, files: list[str]) -> Iterator[tuple[str, np.ndarra
 _BYTES_PER_TENSOR = 8
 
 
-def _with_layers(sub, family, n: int):
-    """``sub`` with ``n`` layers (its family's layer-count field), and its own layer count."""
-    return dataclasses.replace(sub, **{family.layers_field: n}), getattr(sub, family.layers_field)
+def _layer_counts(sub, family) -> tuple[int, ...]:
+    """A config's layer count, or its count per stage when its family counts layers per stage (Swin's depths)."""
+    n = getattr(sub, family.layers_field)
+    return tuple(n) if isinstance(n, tuple) else (n,)
+
+
+def _with_layers(sub, family, counts: tuple[int, ...]):
+    """``sub`` with these layer counts (one, or one per stage)."""
+    one = isinstance(getattr(sub, family.layers_field), int)
+    return dataclasses.replace(sub, **{family.layers_field: counts[0] if one else tuple(counts)})
 
 
 def _size(config: Config, skip: re.Pattern | None) -> tuple[int, int]:
@@ -179,15 +186,24 @@ def _size(config: Config, skip: re.Pattern | None) -> tuple[int, int]:
 
 
 def needed_size(config: Config, skip: re.Pattern | None = None) -> tuple[int, int]:
-    """(values, tensors) the config's params hold, computed from 1- and 2-layer versions of it, so
-    that a config claiming 10^8 layers costs nothing to check."""
-    enc, dec = encoder_family(config.encoder), decoder_family(config.decoder)
-    enc1, n_enc = _with_layers(config.encoder, enc, 1)
-    dec1, n_dec = _with_layers(config.decoder, dec, 1)
-    base = _size(dataclasses.replace(config, encoder=enc1, decoder=dec1), skip)
-    enc2 = _size(dataclasses.replace(config, encoder=_with_layers(enc1, enc, 2)[0], decoder=dec1), skip)
-    dec2 = _size(dataclasses.replace(config, encoder=enc1, decoder=_with_layers(dec1, dec, 2)[0]), skip)
-    return tuple(b + (n_enc - 1) * (e - b) + (n_dec - 1) * (d - b) for b, e, d in zip(base, enc2, dec2))
+    """(values, tensors) the config's params hold, computed from versions of it with 1 layer (per
+    stage) and with 2 in one stack (or stage) at a time, so that a config claiming 10^8 layers costs
+    nothing to check."""
+    parts = {}
+    for part in ("encoder", "decoder"):
+        sub = getattr(config, part)
+        family = encoder_family(sub) if part == "encoder" else decoder_family(sub)
+        counts = _layer_counts(sub, family)
+        parts[part] = (family, counts, _with_layers(sub, family, (1,) * len(counts)))
+    small = {part: one for part, (_, _, one) in parts.items()}
+    base = _size(dataclasses.replace(config, **small), skip)
+    total = list(base)
+    for part, (family, counts, one) in parts.items():
+        for i, n in enumerate(counts):
+            two = _with_layers(one, family, tuple(2 if j == i else 1 for j in range(len(counts))))
+            grown = _size(dataclasses.replace(config, **{**small, part: two}), skip)
+            total = [t + (n - 1) * (g - b) for t, g, b in zip(total, grown, base)]
+    return tuple(total)
 
 
 def check_fits(config: Config, files: list[str], where: str, skip: re.Pattern | None = None) -> None:

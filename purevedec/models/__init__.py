@@ -9,9 +9,10 @@ from __future__ import annotations
 from .family import DecoderFamily, EncoderFamily
 from .registry import DECODERS, ENCODERS
 
-CONFIG_CLASSES = tuple(f.config_class for f in (*ENCODERS.values(), *DECODERS.values()))
-ENCODER_CONFIG_TYPES = tuple(f.config_class for f in ENCODERS.values())
-DECODER_CONFIG_TYPES = tuple(f.config_class for f in DECODERS.values())
+# Each class once: one config class may serve several model_types (swin and donut-swin, mbart and bart).
+CONFIG_CLASSES = tuple(dict.fromkeys(f.config_class for f in (*ENCODERS.values(), *DECODERS.values())))
+ENCODER_CONFIG_TYPES = tuple(dict.fromkeys(f.config_class for f in ENCODERS.values()))
+DECODER_CONFIG_TYPES = tuple(dict.fromkeys(f.config_class for f in DECODERS.values()))
 
 
 def encoder_family(cfg) -> EncoderFamily:

@@ -6,18 +6,22 @@ follows) and add its record here. Everything else reads these tables.
 
 from __future__ import annotations
 
-from . import beit, bert, deit, gpt2, trocr, vit
+from . import beit, bert, deit, gpt2, mbart, swin, trocr, vit
 from .family import DecoderFamily, EncoderFamily
 
 ENCODERS: dict[str, EncoderFamily] = {f.model_type: f for f in (
     vit.FAMILY,
     deit.FAMILY,
     beit.FAMILY,
+    swin.FAMILY,
+    swin.DONUT_FAMILY,
 )}
 DECODERS: dict[str, DecoderFamily] = {f.model_type: f for f in (
     gpt2.FAMILY,
     trocr.FAMILY,
     *bert.FAMILIES,
+    mbart.FAMILY,
+    mbart.BART_FAMILY,
 )}
 # The families a Config built without one gets (transformers' VisionEncoderDecoder defaults).
 DEFAULT_ENCODER, DEFAULT_DECODER = "vit", "gpt2"
