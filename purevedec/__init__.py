@@ -15,7 +15,8 @@ from .config import Config, parse_config
 from .models import CONFIG_CLASSES
 from .errors import (CheckpointError, ConfigError, ImageError, ModelNotFound, ParamsError, PurevedecError,
                      TokenizerError)
-from .model import EncoderOutput, Output, cross_kv, decode, encode, forward, init_cache, step
+from .decoding import init_cache, step
+from .model import EncoderOutput, Output, cross_kv, decode, encode, forward
 from .params import check_params, init_params, param_shapes
 from .sharding import shard_batch, shard_params
 from .generation import GenerateOutput, GenerationConfig, GenerationResult, generate, generate_core

@@ -2,12 +2,13 @@
 
 Three CPU-minded choices, none of which changes what is computed:
 - the normalisation comes after the value product (one pass over the scores fewer);
-- long sequences are attended to a few heads at a time, each group's scores cache-sized;
+- long sequences are attended to a few heads at a time, each group's scores cache-sized, on the
+  backends ``backend_tuning`` says (XLA:CPU);
 - the backward pass is written out (``softmax_attention``'s custom VJP): it keeps only the
   inputs and each query's max and 1/sum, rebuilds the weights once, and runs the four
   products of the textbook gradient, in the same groups of heads as the forward pass.
   Autodiff of the forward pass instead kept every exp'd score and differentiated the max as
-  well: a ViT-B layer's attention backward at batch 8 took 107 ms against torch's 36 ms.
+  well, several times slower (docs/perf-notes.md).
 """
 
 from __future__ import annotations
@@ -17,17 +18,16 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from . import backend_tuning
 from .layers import F32, dropout, product
 
 # Large negative score for masked keys. A finite value (not -inf) keeps fully masked rows,
 # such as a left-padding query, finite: they become uniform, as in transformers' eager path.
 MASKED = float(jnp.finfo(F32).min)
 
-# Score matrices of at least this many entries per head are attended to a few heads at a time,
-# each group's scores about GROUP_SCORES_BYTES: XLA:CPU streams one whole [B,H,T,U] tensor through
-# memory several times (products, max, exp, sum), and at 577 tokens (ViT-B/16 at 384 px, TrOCR's
-# encoders) that ran ~2.5x slower than the same work in cache-sized groups (8 crops: 256 -> 100 ms
-# per layer; torch's fused kernel: 79 ms). At 197 tokens one pass is faster.
+# Where the backend groups heads (backend_tuning), score matrices of at least this many entries per
+# head are attended to a few heads at a time, each group's scores about GROUP_SCORES_BYTES:
+# XLA:CPU streams a whole [B,H,T,U] tensor through memory several times (docs/perf-notes.md).
 MIN_GROUPED_SCORES = 256 * 256
 GROUP_SCORES_BYTES = 3 * 2 ** 20
 
@@ -42,10 +42,11 @@ def attention(q, k, v, mask, scale: float, *, upcast: bool = False, dropout_rate
     is always float32. With a ``key``, dropout acts on the weights (as in transformers).
     The weights cost a second pass over the scores, made only when a caller uses them.
     """
-    if q.shape[-2] == 1 and q.dtype != F32 and not upcast and key is None:
+    single_low_precision_row = q.shape[-2] == 1 and q.dtype != F32 and not upcast and key is None
+    if single_low_precision_row and backend_tuning.current().pad_single_query:
         # One low-precision query row (a decode step): XLA:CPU turns both products into matrix-
-        # vector ones that first copy all of K and V to float32, every step. Two query rows keep
-        # the native bf16 kernel (bf16 greedy batch 8: ~70 -> ~55 ms per token).
+        # vector ones that first copy all of K and V to float32, every step; two rows keep the
+        # native bf16 kernel (docs/perf-notes.md).
         out, weights = attention(jnp.pad(q, [(0, 0)] * (q.ndim - 2) + [(0, 1), (0, 0)]), k, v, mask, scale,
                                  bias=bias)
         return out[..., :1, :], weights[..., :1, :]
@@ -63,7 +64,7 @@ def heads_per_group(q_shape, k_shape) -> int | None:
     """How many heads of one image to attend to at once, or None for one pass over the batch:
     the largest divisor of H whose scores fit GROUP_SCORES_BYTES (at least one head)."""
     (b, heads, t, _), u = q_shape, k_shape[-2]
-    if t * u < MIN_GROUPED_SCORES or b * heads == 1:
+    if not backend_tuning.current().grouped_attention or t * u < MIN_GROUPED_SCORES or b * heads == 1:
         return None
     fits = max(1, GROUP_SCORES_BYTES // (4 * t * u))
     return max(g for g in range(1, heads + 1) if heads % g == 0 and g <= fits)

@@ -97,7 +97,8 @@ def guard_overflow(logits: jax.Array, cache: DecoderCache, t: int) -> jax.Array:
 
 def check_not_donated(cache) -> None:
     """Refuse a cache whose buffers an earlier donating ``step`` already reused."""
-    if any(isinstance(x, jax.Array) and x.is_deleted() for x in jax.tree.leaves(cache)):
+    concrete = (x for x in jax.tree.leaves(cache) if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer))
+    if any(x.is_deleted() for x in concrete):
         raise ValueError("this cache was donated to an earlier step, which reused its buffers for the cache it "
                          "returned: keep using the returned cache, or pass donate=False to step to keep the input "
                          "cache intact (to branch one prefix into several continuations)")

@@ -17,6 +17,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from . import backend_tuning
 from .config_fields import ACTIVATION_NAMES
 
 F32 = jnp.float32
@@ -30,8 +31,7 @@ def product(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
     has them), one with a bf16 result runs several times slower than float32.
 
     It emits the dot_general (and transpose) that ``jnp.einsum`` would, without tracing
-    ``jnp.einsum`` itself: that took half of the ~1.9 s that tracing ``generate`` for vit-gpt2
-    took, paid again by every process that starts captioning."""
+    ``jnp.einsum`` itself, which took half of the time tracing ``generate`` takes (docs/perf-notes.md)."""
     dims, order = _dot_plan(spec)
     out = jax.lax.dot_general(a, b, dims, preferred_element_type=F32)
     return out if order is None else out.transpose(order)
@@ -57,40 +57,39 @@ def _dot_plan(spec: str):
     return dims, None if order == tuple(range(len(out))) else order
 
 
-# Fewest rows a low-precision weight product runs with. XLA:CPU sends a one-row bf16 product to a
-# matrix-vector path ~10x slower than its matrix kernel, and that kernel's fixed cost per call
-# falls further up to about 4 rows: a bf16 greedy batch-1 decode step took 26 ms with one row
-# padded to two, 23 ms padded to four (fp32: 27 ms).
+# Fewest rows a low-precision weight product runs with where the backend pads them
+# (backend_tuning; XLA:CPU's one-row bf16 path is a slow matrix-vector one: docs/perf-notes.md).
 MIN_LOW_PRECISION_ROWS = 4
 
 
 def rows_product(x: jax.Array, w: jax.Array) -> jax.Array:
-    """x [..., i] @ w[o, i].T -> float32 [..., o]; fewer than MIN_LOW_PRECISION_ROWS
-    low-precision rows are padded with zero rows for the product (decode steps at batch 1-3)."""
+    """x [..., i] @ w[o, i].T -> float32 [..., o]. Where the backend runs these tricks
+    (``backend_tuning``): fewer than MIN_LOW_PRECISION_ROWS low-precision rows are padded with zero
+    rows for the product (decode steps at batch 1-3), and a few float32 rows take ``_few_rows_product``."""
     rows = math.prod(x.shape[:-1])
-    # One matrix of rows: the weight gradient is then one product contracting a single axis;
-    # contracting [B,T] together ran the whole ViT backward ~1.5x slower on XLA:CPU.
+    tricks = backend_tuning.current()
+    # One matrix of rows: the weight gradient is then one product contracting a single axis
+    # (contracting [B,T] together was slower: docs/perf-notes.md).
     flat = x.reshape(rows, x.shape[-1])
-    if rows < MIN_LOW_PRECISION_ROWS and x.dtype != F32:
+    if tricks.pad_low_precision_rows and rows < MIN_LOW_PRECISION_ROWS and x.dtype != F32:
         flat = jnp.pad(flat, ((0, MIN_LOW_PRECISION_ROWS - rows), (0, 0)))
-    if 1 < rows <= MAX_TRANSPOSED_ROWS and x.dtype == F32:
+    if tricks.transposed_few_rows and 1 < rows <= MAX_TRANSPOSED_ROWS and x.dtype == F32:
         out = _few_rows_product(flat, w)
     else:
         out = product("mi,oi->mo", flat, w)
     return out[:rows].reshape(*x.shape[:-1], w.shape[0])
 
 
-# Up to this many float32 rows (decode steps: batch x beams) a weight product runs as w @ x.T
-# (low-precision products keep one kernel: this CPU, without bf16 instructions, could not time them).
+# Up to this many float32 rows (decode steps: batch x beams) a weight product runs as w @ x.T where
+# the backend does (low-precision products keep one kernel: they could not be timed on the CPU).
 MAX_TRANSPOSED_ROWS = 64
 
 
 def _few_rows_product(x: jax.Array, w: jax.Array) -> jax.Array:
     """x [m, i] @ w[o, i].T for a few rows, computed as (w @ x.T).T: on XLA:CPU the [o, m] result
-    runs 1.2-2.5x faster than the [m, o] one at 2-64 rows (fp32 [16,1024] x [4096,1024]: 1.3 vs
-    2.5 ms; the LM head [16,1024] x [50265,1024]: 17 vs 44 ms). The two transposes of the small
-    activations are copies XLA would otherwise fold into the product, choosing the slow kernel
-    again; the optimization barriers keep them as copies."""
+    runs faster than the [m, o] one at 2-64 rows (docs/perf-notes.md). The two transposes of the
+    small activations are copies XLA would otherwise fold into the product, choosing the slow
+    kernel again; the optimization barriers keep them as copies."""
     x_t = jax.lax.optimization_barrier(x.T)
     return jax.lax.optimization_barrier(product("oi,im->om", w, x_t)).T
 
@@ -189,9 +188,8 @@ def dropout(x: jax.Array, rate: float, key) -> jax.Array:
 def keep_mask(key, rate: float, shape) -> jax.Array:
     """bool ``shape``, each entry False with probability ``rate`` (to 2^-32): 32 random bits per
     entry from XLA's ThreeFry bit generator, seeded by all the key's bits, compared with
-    rate * 2^32. Same key, same mask, whatever the key's PRNG implementation. jax.random.bernoulli
-    (uniform floats from the key's own generator) cost ~14 ns an entry on this project's CPU, and
-    GPT-2's dropout sites alone took ~7% of a vit-gpt2 training step; this takes ~4."""
+    rate * 2^32. Same key, same mask, whatever the key's PRNG implementation; cheaper than
+    jax.random.bernoulli's uniform floats (docs/perf-notes.md)."""
     words = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
     words = jnp.ravel(words).astype(jnp.uint32)
     words = jnp.concatenate([words, jnp.zeros(-words.size % 4, jnp.uint32)])  # threefry's 2 words: counter 0
@@ -213,10 +211,12 @@ def site_key(key, *path: int):
 def checkpointed(layer, params, x, *more, constants=()):
     """``layer(params, x, *more, *constants)`` -> y (one array) with jax.checkpoint's saving: the
     forward pass keeps only the inputs and the backward pass recomputes the layer. ``constants``
-    (masks, dropout keys) get no gradient. Unlike jax.checkpoint, the recomputation is tied to y's
-    cotangent, so it cannot start before the backward pass reaches this layer: XLA:CPU otherwise
-    scheduled every layer's recomputation at the start of the backward pass, all of them live at
-    once, and remat saved no memory at all (vit-gpt2 batch 8: 2.95 GB of temp buffers either way)."""
+    (masks, dropout keys) get no gradient. Where the backend needs it (``backend_tuning``), the
+    recomputation is tied to y's cotangent, so it cannot start before the backward pass reaches
+    this layer: XLA:CPU otherwise scheduled every layer's recomputation at the start of the
+    backward pass, all of them live at once, and remat saved no memory (docs/perf-notes.md)."""
+    tie = backend_tuning.current().tie_remat_cotangent
+
     @jax.custom_vjp
     def run(params, x, more, constants):
         return layer(params, x, *more, *constants)
@@ -228,7 +228,7 @@ def checkpointed(layer, params, x, *more, constants=()):
         params, x, more, constants = saved
         # x + 0 * (one entry of dy): the same x, but only once dy exists (XLA keeps a float
         # product with zero: it is not an identity for inf and NaN).
-        after = x + (dy.reshape(-1)[0] * 0).astype(x.dtype)
+        after = x + (dy.reshape(-1)[0] * 0).astype(x.dtype) if tie else x
         _, pullback = jax.vjp(lambda p, x, m: layer(p, x, *m, *constants), params, after, more)
         return (*pullback(dy), None)
 

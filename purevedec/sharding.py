@@ -183,6 +183,26 @@ def gather_weights(weights, gathers: tuple | None):
     return jax.tree.unflatten(tree, leaves)
 
 
+# ---- the batch's split, applied to arrays built inside a program ----
+
+def batch_split(x) -> NamedSharding | None:
+    """How a concrete array's leading (batch) axis is split over a mesh: a NamedSharding with only
+    that axis given (``constrain_rows`` applies it to other arrays); None for a tracer, a batch
+    that is not split, or a sharding that names no mesh axes."""
+    sharding = None if isinstance(x, jax.core.Tracer) else getattr(x, "sharding", None)
+    if not isinstance(sharding, NamedSharding) or not len(sharding.spec) or sharding.spec[0] is None:
+        return None
+    return NamedSharding(sharding.mesh, PartitionSpec(sharding.spec[0]))
+
+
+def constrain_rows(x: jax.Array, split: NamedSharding | None) -> jax.Array:
+    """Split x's leading axis as ``split`` says, its other axes left to the partitioner."""
+    if split is None:
+        return x
+    spec = PartitionSpec(split.spec[0], *(PartitionSpec.UNCONSTRAINED,) * (x.ndim - 1))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(split.mesh, spec))
+
+
 # ---- meshes named on a command line: --mesh data=N,model=M ----
 
 def parse_mesh(text: str) -> dict[str, int]:

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from ..decoder_cache import DecoderCache
-from ..model import cache_step
+from ..decoding import cache_step
 from .keys import categorical
 from .plan import Plan
 from .processors import Knobs, process

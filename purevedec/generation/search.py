@@ -16,10 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..config import Config
-from ..model import (batch_split, cache_step, check_ids, check_pixels, compute_dtype, encoder_chunk,
-                     encoder_states, new_cache, shifted_positions)
+from ..decoding import cache_step, new_cache, shifted_positions
+from ..encoder_chunks import encoder_chunk, encoder_states
+from ..inputs import check_ids, check_pixels, compute_dtype
 from ..params import unpack
-from ..sharding import gather_weights, weight_gathers
+from ..sharding import batch_split, gather_weights, weight_gathers
 from .beam_loop import beam_loop
 from .keys import batch_key, per_image, row_keys
 from .options import TRACEABLE, GenerationConfig, defaults_for, with_options

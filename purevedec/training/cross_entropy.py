@@ -21,9 +21,10 @@ import numpy as np
 from ..config import Config
 from ..errors import ConfigError
 from ..layers import site_key
-from ..model import _check_mask, _check_rows, _decode, _encode, batch_split, check_pixels, compute_dtype
+from ..inputs import check_mask, check_pixels, check_rows, compute_dtype
 from ..params import unpack
-from ..sharding import gather_weights, weight_gathers
+from ..passes import decode_pass, encode_pass
+from ..sharding import batch_split, gather_weights, weight_gathers
 
 IGNORE_INDEX = -100  # transformers' (and torch CrossEntropyLoss's) ignore index
 
@@ -110,8 +111,8 @@ def loss_core(weights: dict, pixels, labels, config: Config, *, decoder_attentio
     """The traceable loss over a weights tree (no checks): for use inside jitted training code.
     Dropout keys are split as ``forward`` splits them, so ``key`` gives the same logits there."""
     ids = shift_right(labels, config)
-    enc, _ = _encode(weights, pixels, config, False, dtype, site_key(key, 0), remat)
-    logits = _decode(weights, ids, enc, config, decoder_attention_mask, None, dtype, site_key(key, 1),
+    enc, _ = encode_pass(weights, pixels, config, False, dtype, site_key(key, 0), remat)
+    logits = decode_pass(weights, ids, enc, config, decoder_attention_mask, None, dtype, site_key(key, 1),
                      remat)["logits"]
     return summarize(*token_losses(logits, labels, label_smoothing))
 
@@ -167,8 +168,8 @@ def loss(params, pixels, labels, config: Config | None = None, *, decoder_attent
     special_ids(config)
     check_pixels(pixels, config)
     check_labels(labels, config)
-    _check_rows(pixels.shape[0], labels.shape[0], "labels")
-    _check_mask(decoder_attention_mask, labels, "decoder_attention_mask")
+    check_rows(pixels.shape[0], labels.shape[0], "labels")
+    check_mask(decoder_attention_mask, labels, "decoder_attention_mask")
     return _loss_jit(weights, pixels, labels, config=config, decoder_attention_mask=decoder_attention_mask,
                      key=key, label_smoothing=_check_smoothing(label_smoothing), dtype=compute_dtype(dtype),
                      remat=bool(remat), gathers=weight_gathers(weights, batch_split(pixels)))
