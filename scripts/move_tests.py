@@ -17,18 +17,22 @@ import sys
 
 LAYERS = {
     "core": ["test_activations", "test_model", "test_params", "test_api_pytree", "test_api_inputs",
-             "test_fast_paths", "test_dropout_sites", "test_deit_beit", "test_trocr", "test_sharding",
-             "test_sharding_vocab", "test_public_surface"],
-    "generation": ["test_generate", "test_api_generate", "test_ragged"],
+             "test_fast_paths", "test_dropout_sites", "test_sharding", "test_sharding_vocab", "test_public_surface",
+             "test_backend_tuning", "test_config", "test_layering", "test_costs", "test_forward_mode", "test_remat",
+             "test_score"],
+    "models": ["test_deit_beit", "test_trocr", "test_bert", "test_bert_sharding", "test_swin", "test_mbart",
+               "test_document_models", "test_document_e2e"],
+    "generation": ["test_generate", "test_api_generate", "test_ragged", "test_engine", "test_growing"],
     "checkpoints": ["test_loader", "test_formats", "test_hostile", "test_hub", "test_save", "test_torch_pickle",
                     "test_reader_fuzz", "test_compose", "test_ocr_io"],
     "captioning": ["test_cli", "test_cli_robust", "test_cli_sampling", "test_image", "test_text",
-                   "test_folder_pipeline"],
+                   "test_folder_pipeline", "test_grayscale", "test_document_image", "test_document_output",
+                   "test_bert_text", "test_hostile_cli"],
     "training": ["test_train", "test_train_data", "test_train_metrics", "test_train_flags", "test_loss",
-                 "test_finetune", "test_huge_pages", "test_multihost"],
+                 "test_finetune", "test_huge_pages", "test_multihost", "test_train_cli", "test_train_run"],
     "shapes": ["test_shapes_model", "test_shapes_scenes", "test_render_shapes"],
     "benchmarks": ["test_bench", "test_bench_bounds", "test_bench_folder", "test_bench_ocr", "test_bench_train",
-                   "test_fullsize"],
+                   "test_fullsize", "test_bench_long", "test_bench_manga", "test_bench_user"],
 }
 # About the suite or the repository as a whole: they stay in tests/.
 TOP_LEVEL = {"test_docs", "test_isolation"}
@@ -36,6 +40,7 @@ DEEPER = {  # the repository root, seen from one folder further down
     "os.path.dirname(os.path.dirname(os.path.abspath(__file__)))":
         "os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))",
     "Path(__file__).resolve().parent.parent": "Path(__file__).resolve().parents[2]",
+    "TESTS = Path(__file__).resolve().parent\n": "TESTS = Path(__file__).resolve().parents[1]\n",
 }
 
 

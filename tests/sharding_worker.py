@@ -1,4 +1,4 @@
-"""Sharded runs on 8 simulated CPU devices, for tests/test_sharding.py.
+"""Sharded runs on 8 simulated CPU devices, for tests/core/test_sharding.py.
 
 Run as ``python -m tests.sharding_worker CASE`` with
 XLA_FLAGS=--xla_force_host_platform_device_count=8 in the subprocess's environment only (the

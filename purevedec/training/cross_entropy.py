@@ -4,7 +4,7 @@
 The decoder reads them shifted right one place behind ``decoder_start_token_id`` (-100 read
 as the pad id), so the logits at position t predict ``labels[:, t]`` directly: there is
 exactly one shift, here (transformers 4.50-4.55 shifted twice and broke Donut/TrOCR
-fine-tuning; tests/test_loss.py checks the alignment itself).
+fine-tuning; tests/training/test_loss.py checks the alignment itself).
 
 Several caption rows per image (COCO's five) are image-major: rows r*k..r*k+k-1 of ``labels``
 belong to image r, and each image is encoded once.

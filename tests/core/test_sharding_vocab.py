@@ -15,7 +15,7 @@ import pytest
 from models import make_reference
 from ocr_models import make_ocr_reference
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL_DEVICES = 4
 # Vocabularies divisible by 4 and equal to no other dimension of their model.
 GPT2_VOCAB, TROCR_VOCAB = 56, 52

@@ -17,7 +17,7 @@ import purevedec as pv
 from purevedec.commands import main
 from purevedec.shapes.scenes import scene
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BUNDLED = ROOT / "purevedec" / "bundled" / "shapes"
 EXAMPLES = ROOT / "examples" / "shapes"
 FRESH_STREAM = 3_000_000   # never drawn by the recipe (training 0, test 1e6, validation 1e6+1, examples 2e6)

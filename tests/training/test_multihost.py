@@ -18,7 +18,7 @@ from PIL import Image
 
 from models import make_reference, save_captioning_checkpoint
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "scripts", "multihost.py")
 
 

@@ -25,7 +25,7 @@ import pytest
 
 import purevedec as pv
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MEMORY_LIMIT = 1536 * 2 ** 20   # the child's address space: importing jax takes ~0.45 GB of it
 SECONDS = 20.0                  # per attack, generous for a loaded 2-core machine
 _CHILD = r"""

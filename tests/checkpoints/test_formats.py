@@ -14,7 +14,7 @@ import purevedec as pv
 from conftest import make_reference, maxdiff, rand_ids, rand_pixels, save_reference, torch_forward
 from formats_util import copy_config, hf_state_dict, old_state_dict, write_bin, write_flax
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _check_logits(model, path, tol=1e-4):

@@ -14,7 +14,7 @@ import pytest
 import purevedec as pv
 from conftest import maxdiff, rand_pixels
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_cross_kv_equals_transformers_cross_attention_keys_and_values(tiny):

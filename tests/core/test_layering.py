@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "purevedec"
+PACKAGE = Path(__file__).resolve().parents[2] / "purevedec"
 LAYERS = ("generation", "checkpoints", "captioning", "training", "shapes")  # the subpackages above the core
 
 

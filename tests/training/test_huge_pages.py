@@ -9,7 +9,7 @@ import pytest
 from purevedec import commands
 from purevedec.training import huge_pages as hp
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.mark.parametrize("environ, thp, glibc, tunables", [
