@@ -50,6 +50,8 @@ import numpy as np  # noqa: E402
 
 import purevedec as pv  # noqa: E402
 from benchmarks import costs, folder_speed, long, machine, ocr, process, report, speed, subject, train_speed  # noqa: E402
+from benchmarks.results_md import folder_markdown, markdown  # noqa: E402
+from benchmarks import targets  # noqa: E402
 from benchmarks.fidelity import caption_agreement, logits_parity, token_agreement  # noqa: E402
 from tests.models import make_full_reference, make_reference, save_captioning_checkpoint  # noqa: E402
 
@@ -182,155 +184,12 @@ def _folder(path, args, workdir, log) -> dict:
     return out
 
 
-def folder_markdown(folder: dict) -> list[str]:
-    return [f"## Captioning a folder ({folder['images']} JPEGs, long sides {folder['sides'][0]}-{folder['sides'][1]} "
-            "px, end to end)",
-            "`purevedec caption FOLDER` against transformers' documented recipe (image processor, generate, "
-            f"batch_decode) in one process; greedy, {folder['tokens']} new tokens; images/s over the whole job "
-            "(process start to last caption); each library at its best batch size; purevedec with a warm "
-            "compilation cache.",
-            report.table(folder_speed.SUMMARY_HEADER, folder_speed.summary_rows(folder)),
-            report.table(folder_speed.RUNS_HEADER, folder_speed.runs_rows(folder))]
-
-
-def _folder_targets(folder: dict, add) -> None:
-    for row in folder_speed.summary_rows(folder):
-        dtype, pv_rate, hf_rate, pv_first, hf_first = row[0], row[2], row[4], row[6], row[7]
-        add(f"folder job time vs transformers ({dtype}, best batches)", hf_rate / pv_rate, "<= 0.667x (1.5x images/s)",
-            1 / 1.5)
-        add(f"folder first caption, warm cache, vs transformers ({dtype})", pv_first / hf_first, "<= 1.0x", 1.0)
-
-
-GOALS_NOTE = ("The goals are set for the full-size vit-gpt2 (ViT-B/16 at 224 px + 12-layer GPT-2); this "
-              "checkpoint has other shapes, so it is not judged against them.")
-
-
-def _goals_apply(args, config) -> bool:
-    """The goals belong to the suite's own vit-gpt2-shaped model; a user's checkpoint is judged
-    against them only when it has those shapes."""
-    return not args.model or subject.full_size_vit_gpt2(config)
-
-
-def _targets(cells, proc, folder=None) -> list[dict]:
-    get = {(c["workload"], c["batch"], c["dtype"]): c for c in cells}
-    found = []
-
-    def add(name, value, goal, limit):
-        found.append(dict(name=name, value=value, goal=goal, met=bool(value <= limit)))
-    if folder:
-        _folder_targets(folder, add)
-    for key, name in ((("greedy", 1, "float32"), "greedy b1 time vs transformers"),
-                      (("beam-4", 8, "float32"), "beam-4 b8 time vs transformers")):
-        if key in get:
-            add(name, get[key]["pv_s"] / get[key]["hf_s"], "<= 0.5x", 0.5)
-    for c in cells:
-        if c["workload"] == "encoder" and c["dtype"] == "float32":
-            add(f"encoder b{c['batch']} time vs transformers", c["pv_s"] / c["hf_s"], "<= 1.0x", 1.0)
-    g = get.get(("greedy", 1, "float32"))
-    if g:
-        if g.get("bound_token_ms") and g.get("pv_token_ms"):
-            add("greedy b1 decode per token vs memory bound", g["pv_token_ms"] / g["bound_token_ms"], "<= 1.3x", 1.3)
-        b = get.get(("greedy", 1, "bfloat16"))
-        if b and b.get("pv_token_ms") and g.get("pv_token_ms"):
-            add("bf16 vs fp32 decode per token (b1)", b["pv_token_ms"] / g["pv_token_ms"], "<= 0.6x", 0.6)
-    if proc:
-        warm, ref = proc["purevedec, warm compilation cache"], proc["transformers"]
-        add("warm-cache cold start vs transformers", warm["first_caption_s"] / ref["first_caption_s"], "<= 1.0x", 1.0)
-    return found
-
-
 def _versions() -> dict:
     import jax
     import torch
     import transformers
     return {"purevedec": pv.__version__, "jax": jax.__version__, "torch": torch.__version__,
             "transformers": transformers.__version__, "python": sys.version.split()[0]}
-
-
-def _sources(res: dict) -> str:
-    m, im = res.get("model_identity", {"name": res["model"]}), res.get("images", {})
-    which = (f"revision {m['revision']}" if "revision" in m else
-             f"weight files sha256 {m['weights_sha256']}" if "weights_sha256" in m else "built in this run")
-    where = f" ({m['path']})" if "path" in m and m["path"] != m["name"] else ""
-    if "folder" in im:
-        imgs = f"{im['count']} images from {im['folder']} (names and bytes sha256 {im['sha256']})"
-    else:
-        imgs = f"{im.get('count', '?')} synthetic images ({im.get('synthetic', 'N(0,1) pixels')})"
-    return f"Model: {m['name']}{where}, {which}. Images: {imgs}."
-
-
-def _caption_parts(captions: dict, images: dict) -> list[str]:
-    """Per workload: the first differing position of each image, and the first captions side by side."""
-    parts = []
-    names = images.get("files") or [f"image {i}" for i in range(images.get("count", 0))]
-    for work, c in captions.items():
-        firsts = ", ".join("same" if f is None else str(f) for f in c["first differing position"])
-        rows = [[names[i] if i < len(names) else f"image {i}", a, b]
-                for i, (a, b) in enumerate(zip(c["purevedec"], c["transformers"]))]
-        parts += [f"### {work} captions: {c['differing captions']} of {c['images']} differ "
-                  f"(first differing token position per image: {firsts})",
-                  report.table(["image", "purevedec", "transformers"], rows)]
-    return parts
-
-
-def _captioning_md(res: dict) -> list[str]:
-    parts = [_sources(res),
-             "## Fidelity", report.table(["measure", "value"], [[k, v] for k, v in res["fidelity"].items()]),
-             *_caption_parts(res.get("captions", {}), res.get("images", {})),
-             "## Speed", report.speed_table(res["speed"]), BOUNDS_NOTE]
-    seed = res["seed"]
-    if any(c.get("bound_s") is None for c in res["speed"]):
-        parts.append("Bounds unavailable: the cost model (benchmarks/costs.py) covers ViT -> GPT-2 or TrOCR only.")
-    parts.append("Seed Flax column: " + (seed["skipped"] if "skipped" in seed else
-                                         "transformers 4.57 FlaxVisionEncoderDecoderModel, generate under jax.jit "
-                                         f"({', '.join(f'{k} {v}' for k, v in seed.get('versions', {}).items())})."))
-    if res.get("folder"):
-        parts += folder_markdown(res["folder"])
-    if res["processes"]:
-        rows = [[k, v["import_s"], v["load_s"], v["first_caption_s"], v["load_peak_mb"], v["peak_mb"]]
-                for k, v in res["processes"].items()]
-        parts += ["## Cold start and peak memory (fresh processes)",
-                  report.table(["run", "imports s", "load s", "process start -> first caption s",
-                                "load peak RSS MB", "peak RSS MB"], rows)]
-    return parts
-
-
-def _ocr_md(o: dict) -> list[str]:
-    return [f"## OCR: {o['model']}",
-            f"The model ({o['params'] / 1e6:.0f}M parameters) reading batches of text-line crops (N(0,1) pixels), "
-            f"{o['tokens']} new tokens, greedy and beam 4, against transformers' generate in the same run. "
-            "Lines/s is the batch over the best warm call (encoder included); speed-up is transformers' time "
-            "over purevedec's. " + BOUNDS_NOTE,
-            report.ocr_table(o["cells"]),
-            report.table(["measure", "value"], [[k, v] for k, v in o["fidelity"].items()])]
-
-
-BOUNDS_NOTE = ("Bounds: encoder FLOPs / peak matmul FLOP/s of the dtype; per token, the bytes a decode step must "
-               "read / read bandwidth (weights, cross K/V once per image, half-full self cache) or its FLOPs / "
-               "peak, whichever is larger (from a few dozen rows on, a step is compute-bound).")
-
-
-def markdown(res: dict) -> str:
-    m = res["machine"]
-    title = res.get("model") or (res.get("ocr") or res["long"])["model"]
-    parts = [f"# purevedec vs transformers ({title}, {res['date']})",
-             f"Versions: {', '.join(f'{k} {v}' for k, v in res['versions'].items())}. "
-             f"Machine: {m['cpu_count']} CPUs, matmul {m['matmul_flops'] / 1e9:.0f} GFLOP/s fp32, "
-             f"{m['matmul_flops_bf16'] / 1e9:.0f} bf16 (the best of XLA and PyTorch), "
-             f"read bandwidth {m['read_bytes_per_s'] / 1e9:.1f} GB/s (measured in this run). "
-             + (f"{res['tokens']} new tokens per caption. " if "speed" in res else "")
-             + "Times are the best warm call.",
-             "## Targets", report.targets_table(res["targets"]) if res["targets"] or "goals_note" not in res
-             else res["goals_note"]]
-    if "speed" in res:
-        parts += _captioning_md(res)
-    if "ocr" in res:
-        parts += _ocr_md(res["ocr"])
-    if "long" in res:
-        parts.append("\n\n".join(long.markdown(res["long"])))
-    if res.get("training"):
-        parts.append(train_speed.markdown(res["training"]).strip())
-    return "\n\n".join(parts) + "\n"
 
 
 def _train_argv(args) -> list[str]:
@@ -392,14 +251,14 @@ def _only_folder(args, log) -> dict:
         _, path, model_id = _subject(args, workdir)
         os.makedirs(args.out, exist_ok=True)
         folder = _folder(path, args, workdir, log)
-        goals = _goals_apply(args, pv.load_config(path)) if args.model else True
+        goals = targets.goals_apply(args, pv.load_config(path)) if args.model else True
     res = dict(model=model_id["name"], model_identity=model_id, date=datetime.date.today().isoformat(),
-               versions=_versions(), folder=folder, targets=_targets([], {}, folder) if goals else [],
-               seconds=time.time() - t0, **({} if goals else {"goals_note": GOALS_NOTE}))
+               versions=_versions(), folder=folder, targets=targets.targets([], {}, folder) if goals else [],
+               seconds=time.time() - t0, **({} if goals else {"goals_note": targets.GOALS_NOTE}))
     with open(os.path.join(args.out, "folder.json"), "w") as f:
         json.dump(res, f, indent=1)
     text = "\n\n".join([f"# purevedec vs transformers: a folder ({res['model']}, {res['date']})",
-                         "## Targets", report.targets_table(res["targets"]) if goals else GOALS_NOTE,
+                         "## Targets", report.targets_table(res["targets"]) if goals else targets.GOALS_NOTE,
                          *folder_markdown(folder)]) + "\n"
     with open(os.path.join(args.out, "folder.md"), "w") as f:
         f.write(text)
@@ -438,7 +297,7 @@ def _captioning(args, limits, workdir, log) -> tuple[dict, str]:
         proc = _processes(path, image, args.tokens, log)
     return dict(model=model_id["name"], model_identity=model_id, images=images_id, fidelity=fidelity,
                 captions=captions, speed=cells, seed=seed, processes=proc,
-                targets=_targets(cells, proc) if _goals_apply(args, config) else []), path
+                targets=targets.targets(cells, proc) if targets.goals_apply(args, config) else []), path
 
 
 def _sections(args) -> tuple[str, ...]:
@@ -489,12 +348,12 @@ def main(argv=None) -> dict:
                                            budget_range=tuple(int(b) for b in args.long_budgets.split(",")), log=log)
     if "train" in sections:
         res["training"] = train_speed.main(_train_argv(args))
-    goals = not args.model or _goals_apply(args, pv.load_config(path))
+    goals = not args.model or targets.goals_apply(args, pv.load_config(path))
     res["targets"] = (res.get("targets", []) + res.get("ocr", {}).get("targets", [])
                       + res.get("long", {}).get("targets", [])
-                      + (_targets([], {}, res["folder"]) if res.get("folder") and goals else []))
+                      + (targets.targets([], {}, res["folder"]) if res.get("folder") and goals else []))
     if not goals:
-        res["goals_note"] = GOALS_NOTE
+        res["goals_note"] = targets.GOALS_NOTE
     res["seconds"] = time.time() - t0
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(res, f, indent=1)

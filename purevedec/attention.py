@@ -61,6 +61,19 @@ def attention(q, k, v, mask, scale: float, *, upcast: bool = False, dropout_rate
     return out, jax.nn.softmax(_scores(q, k, mask, bias, scale), axis=-1)
 
 
+def shared_kv_attention(q, k, v, scale: float, *, upcast: bool = False, dropout_rate: float = 0.0, key=None):
+    """Cross-attention of R/B query rows per image over their image's K/V: q [R,H,T,K] (rows
+    image-major), k/v [B,H,S,K] -> (out [R,H,T,K], weights [R,H,T,S]). The rows of an image
+    (beams, samples) are folded into its query axis, so K/V are never copied per row."""
+    b, heads = k.shape[0], k.shape[1]
+    rows, t = q.shape[0], q.shape[2]
+    per_image = rows // b
+    fold = lambda x: x.reshape(b, per_image, heads, t, -1).swapaxes(1, 2).reshape(b, heads, per_image * t, -1)  # noqa: E731
+    unfold = lambda x: x.reshape(b, heads, per_image, t, -1).swapaxes(1, 2).reshape(rows, heads, t, -1)  # noqa: E731
+    out, weights = attention(fold(q), k, v, None, scale, upcast=upcast, dropout_rate=dropout_rate, key=key)
+    return unfold(out), unfold(weights)
+
+
 def heads_per_group(q_shape, k_shape) -> int | None:
     """How many heads of one image to attend to at once, or None for one pass over the batch:
     the largest divisor of H whose scores fit GROUP_SCORES_BYTES (at least one head)."""

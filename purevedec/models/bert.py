@@ -32,7 +32,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ..attention import attention
+from ..attention import attention, shared_kv_attention
 from ..decoder_cache import DecoderCache, advance, guard_overflow, step_mask, token_positions, valid_tokens, write_kv
 from ..hf_rules import Rule, linear_rules, norm_rules
 from ..layers import (activation, causal_mask, dense, dropout, layer_norm, layer_outputs, merge_heads, rows_product,
@@ -143,16 +143,10 @@ def layer_cross_kv(bp: dict, enc: jax.Array, cfg: BertConfig, dtype) -> tuple[ja
 def cross_attention(bp: dict, h: jax.Array, kv, cfg: BertConfig, dtype, key=None):
     """Queries [B*R,T,D] over shared K/V [B,H,S,K] (the R rows of an image folded into the
     query axis, so K/V are never copied per beam or sample). Returns ([B*R,T,D], [B*R,H,T,S])."""
-    k, v_ = kv
-    b, heads = k.shape[0], k.shape[1]
-    q = split_heads(dense(bp["cross"]["q"], h, dtype), heads)  # [B*R,H,T,K]
-    rows, t = q.shape[0], q.shape[2]
-    per_image = rows // b
-    fold = lambda x: x.reshape(b, per_image, heads, t, -1).swapaxes(1, 2).reshape(b, heads, per_image * t, -1)  # noqa: E731
-    unfold = lambda x: x.reshape(b, heads, per_image, t, -1).swapaxes(1, 2).reshape(rows, heads, t, -1)  # noqa: E731
-    out, weights = attention(fold(q), k, v_, None, cfg.head_dim ** -0.5,
-                             dropout_rate=cfg.attention_probs_dropout_prob, key=key)
-    return dense(bp["cross"]["o"], merge_heads(unfold(out)), dtype), unfold(weights)
+    q = split_heads(dense(bp["cross"]["q"], h, dtype), kv[0].shape[1])  # [B*R,H,T,K]
+    out, weights = shared_kv_attention(q, *kv, cfg.head_dim ** -0.5, dropout_rate=cfg.attention_probs_dropout_prob,
+                                       key=key)
+    return dense(bp["cross"]["o"], merge_heads(out), dtype), weights
 
 
 def block(bp: dict, x: jax.Array, kv_cross, self_mask, cfg: BertConfig, dtype, *, cache=None, pos=None, key=None):

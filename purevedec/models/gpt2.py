@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import validate as v
-from ..attention import attention
+from ..attention import attention, shared_kv_attention
 from ..config_fields import ACTIVATION_NAMES, parse_fields, set_field
 from ..decoder_cache import (DecoderCache, advance, guard_overflow, step_mask, token_positions, valid_tokens,
                              write_kv)
@@ -184,16 +184,10 @@ def layer_cross_kv(bp: dict, enc: jax.Array, cfg: GPT2Config, dtype) -> tuple[ja
 def cross_attention(bp: dict, h: jax.Array, kv, cfg: GPT2Config, layer: int, dtype, key=None):
     """Queries [B*R,T,D] over shared K/V [B,H,S,K]: R rows (beams, samples) per image read the
     same keys, folded into the query axis so K/V are never copied per row."""
-    k, v = kv
-    b, heads = k.shape[0], k.shape[1]
     q = split_heads(dense(bp["cross"]["q"], h, dtype), cfg.n_head)  # [B*R,H,T,K]
-    rows, t = q.shape[0], q.shape[2]
-    per_image = rows // b
-    fold = lambda x: x.reshape(b, per_image, heads, t, -1).swapaxes(1, 2).reshape(b, heads, per_image * t, -1)  # noqa: E731
-    unfold = lambda x: x.reshape(b, heads, per_image, t, -1).swapaxes(1, 2).reshape(rows, heads, t, -1)  # noqa: E731
-    out, weights = attention(fold(q), k, v, None, attn_scale(cfg, layer), upcast=cfg.reorder_and_upcast_attn,
-                             dropout_rate=cfg.attn_pdrop, key=key)
-    return dense(bp["cross"]["o"], merge_heads(unfold(out)), dtype), unfold(weights)
+    out, weights = shared_kv_attention(q, *kv, attn_scale(cfg, layer), upcast=cfg.reorder_and_upcast_attn,
+                                       dropout_rate=cfg.attn_pdrop, key=key)
+    return dense(bp["cross"]["o"], merge_heads(out), dtype), weights
 
 
 def self_qkv(bp: dict, h: jax.Array, cfg: GPT2Config, dtype):

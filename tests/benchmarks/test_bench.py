@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 import purevedec as pv
-from benchmarks import costs, process, report, run
+from benchmarks import costs, process, report, run, targets
 from models import FULL_DECODER, FULL_ENCODER, make_reference, save_captioning_checkpoint
 
 
@@ -155,5 +155,5 @@ def test_bounds_unavailable_for_architectures_the_cost_model_does_not_know():
               "hf_token_ms": 1.0, "pv_first_s": 2.0}]
     run._bounds(cells, config, {"matmul_flops": 1e9, "matmul_flops_bf16": 1e9, "read_bytes_per_s": 1e9}, 4)
     assert cells[0]["bound_s"] is None and cells[0]["bound_token_ms"] is None
-    assert not any("bound" in t["name"] for t in run._targets(cells, {}))
+    assert not any("bound" in t["name"] for t in targets.targets(cells, {}))
     assert "| - | - |" in report.speed_table(cells)

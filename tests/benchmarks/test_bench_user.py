@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import purevedec as pv
-from benchmarks import run, speed, subject
+from benchmarks import run, speed, subject, targets
 from models import FULL_DECODER, FULL_ENCODER
 
 
@@ -62,8 +62,8 @@ def test_goals_apply_only_to_vit_gpt2_shapes():
                      decoder=pv.GPT2Config(vocab_size=10, n_positions=8, n_embd=8, n_layer=1, n_head=2))
     assert subject.full_size_vit_gpt2(full) and not subject.full_size_vit_gpt2(tiny)
     user = run._args(["--model", "my-checkpoint"])
-    assert run._goals_apply(user, full) and not run._goals_apply(user, tiny)
-    assert run._goals_apply(run._args(["--tiny"]), tiny)  # the suite's own self-check keeps its goals
+    assert targets.goals_apply(user, full) and not targets.goals_apply(user, tiny)
+    assert targets.goals_apply(run._args(["--tiny"]), tiny)  # the suite's own self-check keeps its goals
 
 
 def test_third_party_chatter_is_silenced(monkeypatch):
