@@ -37,7 +37,7 @@ class TokenizerError(PurevedecError, ValueError):
     """A checkpoint whose tokenizer files are missing or malformed."""
 
 
-class GenerationError(PurevedecError, ArithmeticError):
+class GenerationError(PurevedecError, ValueError):
     """An input whose generated scores turned NaN or infinite (weights or a dtype that overflow)."""
 
 

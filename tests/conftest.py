@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import shutil
 import socket
 import sys
-import tempfile
 
 # Tests never reach a hub, whatever the environment says (a test that needs huggingface_hub
 # online sets its constant itself, against a server on this machine). Set before anything
@@ -22,20 +20,6 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # The CLI turns on JAX's persistent compilation cache in ~/.cache (process-wide); in-process CLI
 # tests must not write there. test_cli checks the CLI's own cache in a subprocess.
 os.environ["PUREVEDEC_COMPILE_CACHE"] = "none"
-
-# One persistent compilation cache for the whole run, made by the first process (the xdist
-# controller, or plain pytest) before jax is imported: the workers and every subprocess a test
-# starts inherit the variables, so a program compiled once (the tiny models at the same shapes,
-# the CLI's encoder and generation loop) is read back elsewhere instead of compiled again. The
-# cache key covers the program, jax's version and XLA_FLAGS, so a hit is the same executable.
-# Programs that compile faster than the threshold are not worth a file.
-RUN_CACHE = "PUREVEDEC_TEST_RUN_CACHE"
-if RUN_CACHE not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    os.environ[RUN_CACHE] = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="purevedec-xla-")
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.25"
-    _MADE_RUN_CACHE = True
-else:
-    _MADE_RUN_CACHE = False
 
 import numpy as np
 import pytest
@@ -81,9 +65,6 @@ def _loopback_only(sock, address):
 socket.socket.connect = _loopback_only
 
 
-def pytest_unconfigure(config):
-    if _MADE_RUN_CACHE:
-        shutil.rmtree(os.environ[RUN_CACHE], ignore_errors=True)
 
 
 def save_reference(model, path, **kwargs) -> str:

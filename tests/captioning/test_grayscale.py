@@ -59,11 +59,11 @@ def test_grayscale_is_not_read_from_preprocessor_config():
 def test_captioner_and_cli_option(tmp_path):
     from models import make_reference, save_captioning_checkpoint
     import purevedec as pv
-    from purevedec.captioning import cli
+    from purevedec.captioning import cli, program
     path = save_captioning_checkpoint(make_reference(), tmp_path / "m")
     assert pv.Captioner.from_pretrained(path).image_config.grayscale is False
     cap = pv.Captioner.from_pretrained(path, grayscale=True)
     assert cap.image_config.grayscale is True
     np.testing.assert_array_equal(cap.pixels([_photo(3)]), _reference([_photo(3)]))
-    args = cli._parser().parse_args(["caption", "x.png", "--model", path, "--grayscale"])
+    args = program._parser([cli.add_caption_command]).parse_args(["caption", "x.png", "--model", path, "--grayscale"])
     assert cli._load(args).image_config.grayscale is True

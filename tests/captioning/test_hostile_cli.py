@@ -27,6 +27,7 @@ def _limit_memory():
 def run_user(*args) -> tuple[int, str, str]:
     """``python -m purevedec ARGS``: (exit code, stdout, stderr); a hang fails the test."""
     env = {**os.environ, "PUREVEDEC_COMPILE_CACHE": "none", "HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu"}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the suite's cache would take the place of --compile-cache
     try:
         done = subprocess.run([sys.executable, "-m", "purevedec", *args], capture_output=True, text=True,
                               env=env, cwd=ROOT, timeout=SECONDS, preexec_fn=_limit_memory)

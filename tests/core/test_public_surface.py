@@ -48,8 +48,8 @@ def test_every_package_error_is_a_purevedec_error_and_a_builtin_one():
     working; ModelNotFound is a CheckpointError."""
     errors = {name: cls for name, cls in vars(pv).items()
               if inspect.isclass(cls) and issubclass(cls, Exception) and cls.__module__.startswith("purevedec")}
-    assert set(errors) == {"CheckpointError", "ConfigError", "ImageError", "ModelNotFound", "ParamsError",
-                           "PurevedecError", "TokenizerError"}
+    assert set(errors) == {"CheckpointError", "ConfigError", "GenerationError", "ImageError", "ModelNotFound",
+                           "ParamsError", "PurevedecError", "TokenizerError"}
     for name, cls in errors.items():
         assert issubclass(cls, pv.PurevedecError), name
         if cls is not pv.PurevedecError:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import purevedec as pv
+from purevedec.decoder_cache import DecoderCache
 from purevedec.generation.growing import bucket_sizes, generate_growing, grow_cache
 from conftest import make_reference, rand_pixels, save_reference
 from ocr_models import make_ocr_reference
@@ -52,12 +53,13 @@ def test_bucket_sizes():
 
 
 def test_grow_cache_pads_only_the_self_entries():
-    cache = {"self": [{"k": np.ones((2, 3, 4, 5)), "v": np.ones((2, 3, 4, 5))}], "mask": np.ones((2, 4), bool),
-             "cross": [(np.ones((2, 3, 7, 5)),) * 2], "offset": np.zeros(2), "pos": 4}
+    kv = (np.ones((2, 3, 4, 5)), np.ones((2, 3, 4, 5)))
+    cross = ((np.ones((2, 3, 7, 5)),) * 2,)
+    cache = DecoderCache(self_kv=(kv,), cross_kv=cross, mask=np.ones((2, 4), bool), offset=np.zeros(2), pos=4)
     grown = grow_cache(cache, 9)
-    assert grown["self"][0]["k"].shape == (2, 3, 9, 5) and grown["mask"].shape == (2, 9)
-    assert not np.any(grown["mask"][:, 4:]) and np.all(grown["mask"][:, :4])
-    assert not np.any(grown["self"][0]["v"][:, :, 4:]) and grown["cross"] is cache["cross"]
+    assert grown.self_kv[0][0].shape == (2, 3, 9, 5) and grown.mask.shape == (2, 9)
+    assert not np.any(grown.mask[:, 4:]) and np.all(grown.mask[:, :4])
+    assert not np.any(grown.self_kv[0][1][:, :, 4:]) and grown.cross_kv is cache.cross_kv
     with pytest.raises(ValueError, match="shrink"):
         grow_cache(cache, 3)
 

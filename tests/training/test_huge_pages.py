@@ -92,4 +92,4 @@ def test_the_restarted_process_has_the_tunable():
     restarts = hp.thp_mode() == "madvise" and (hp.glibc_version() or (0, 0)) >= (2, 35)
     assert lines == (["GLIBC_TUNABLES None", "GLIBC_TUNABLES glibc.malloc.hugetlb=1"] if restarts
                      else ["GLIBC_TUNABLES None"])
-    assert done.returncode == 2 and "nonexistent-model" in done.stderr  # the run itself goes on as before
+    assert done.returncode == 2 and "/nonexistent-" in done.stderr  # the run itself goes on as before

@@ -299,8 +299,10 @@ def test_remat_changes_nothing_for_ocr_models(tmp_path, encoder):
     plain = jax.value_and_grad(lambda p: pv.loss(p, pixels, labels).loss)(params)
     remat = jax.value_and_grad(lambda p: pv.loss(p, pixels, labels, remat=True).loss)(params)
     assert abs(float(plain[0]) - float(remat[0])) <= 1e-6
-    for g1, g2 in zip(jax.tree.leaves(plain[1]), jax.tree.leaves(remat[1]), strict=True):  # summation order only
-        np.testing.assert_allclose(np.asarray(g2), np.asarray(g1), rtol=1e-4, atol=1e-6)
+    # Summation order only: a recomputed layer fuses its (transposed) attention derivative differently;
+    # BEiT's relative-bias gradient sums over both images, where one element in 576 differed by 1.1e-6.
+    for g1, g2 in zip(jax.tree.leaves(plain[1]), jax.tree.leaves(remat[1]), strict=True):
+        np.testing.assert_allclose(np.asarray(g2), np.asarray(g1), rtol=1e-4, atol=3e-6)
 
 
 def _deep_config():

@@ -70,7 +70,7 @@ def run_train(monkeypatch, tmp_path, inputs, *flags) -> dict:
         seen["batcher"] = kw
         batcher_init(self, **kw)
 
-    def fake_fit(params, train, val, batcher, cfg, run, decode):
+    def fake_fit(params, train, val, batcher, cfg, run, decode, say=None):
         seen.update(train_set=train, val_set=val, train=cfg, run=run)
         return {"recorded": True}
     monkeypatch.setattr(data.Batcher, "__init__", record_batcher)
