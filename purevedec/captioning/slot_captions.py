@@ -3,7 +3,9 @@
 The inputs are read (by the read-ahead threads) and encoded, then stream through ``slots``
 decoding slots (``purevedec.generation.engine.stream``): a slot whose caption has ended takes
 the next image at once, so a long caption does not hold a batch of short ones. Records come back
-in input order, each as soon as every earlier one has ended.
+in input order, each as soon as every earlier one has ended. The inputs are handed to the
+engine ``CHUNK`` at a time (memory stays bounded on a folder of any size; the reader threads
+read the next chunk while one decodes).
 
 Greedy captions are token-identical to the batched path's. Sampling draws each image's tokens
 from its own key, ``fold_in(key, input index)`` (generate's per-image key form), so an image's
@@ -22,6 +24,8 @@ from typing import Iterator, Optional
 import numpy as np
 
 from ..errors import GenerationError
+
+CHUNK = 64  # inputs handed to the engine at a time (its slots drain at the end of each)
 
 
 def check_slot_options(captioner, slots, options: dict, attention: bool) -> None:
@@ -62,28 +66,43 @@ def _caption(captioner, decoded, eos):
 
 def slot_captions(captioner, images: list, *, slots: int, errors: str, key, workers: int,
                   options: dict) -> Iterator:
-    """Per input, in order, what ``Captioner.captions`` yields (its ``errors`` modes)."""
-    import jax
-
-    from ..generation.engine import stream
+    """Per input, in order, what ``Captioner.captions`` yields (its ``errors`` modes). The
+    inputs go through the engine ``CHUNK`` (at least 4 x slots) at a time, so memory holds two
+    chunks of pixels whatever the number of inputs; the reader threads read the next chunk
+    while this one decodes."""
     from .captioner import _read_or_error
     from .loader_pipeline import read_ahead
     options = {k: v for k, v in options.items() if v is not None}
     options.pop("dtype", None)
+    chunk, slots = max(CHUNK, 4 * slots), min(slots, len(images))
     read = functools.partial(_read_or_error, config=captioner.image_config)
-    with contextlib.closing(read_ahead(images, read, workers=workers, window=2 * slots)) as loaded:
-        pending = []
+    with contextlib.closing(read_ahead(images, read, workers=workers, window=chunk)) as loaded:
+        pending, first = [], 0
         for item in loaded:
             if item.error is not None:   # not an image's fault: a bug
                 raise item.error
             pending.append(item.value)
-            if errors == "raise" and item.value.error is not None:
-                break    # the inputs before it are captioned, then it raises
+            stop = errors == "raise" and item.value.error is not None  # the inputs before it first
+            if stop or len(pending) == chunk or item.index == len(images) - 1:
+                yield from _decode(captioner, pending, first, slots, errors, key, options)
+                pending, first = [], item.index + 1
+            if stop:
+                return
+
+
+def _decode(captioner, pending: list, first: int, slots: int, errors: str, key, options: dict) -> Iterator:
+    """The results of ``pending`` (inputs ``first``... of the call) through the engine."""
+    import jax
+
+    from ..generation.engine import stream
     good = [i for i, p in enumerate(pending) if p.pixels is not None]
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(np.asarray(good, np.int32)) if good else None
     eos = options.get("eos_token_id", captioner.generation_config.eos_token_id)
+    if not good:   # nothing to decode: only the inputs' errors
+        yield from _in_order(captioner, pending, iter(()), eos, errors)
+        return
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(np.asarray(good, np.int32) + first)
     decoded = stream(captioner.params, [pending[i].pixels for i in good], captioner.config,
-                     budgets=[_budget(captioner, options)] * len(good), keys=keys, slots=min(slots, max(len(good), 1)),
+                     budgets=[_budget(captioner, options)] * len(good), keys=keys, slots=slots,
                      dtype=captioner.dtype if captioner.dtype is not None else np.float32, **options)
     yield from _in_order(captioner, pending, decoded, eos, errors)
 

@@ -12,6 +12,7 @@ import pytest
 
 import purevedec
 from cli_util import checkpoint, make_images, run_cli  # noqa: F401 (fixture)
+from purevedec.captioning import slot_captions
 
 
 def _images(tmp_path):
@@ -22,7 +23,7 @@ def _images(tmp_path):
     return paths[:2] + [broken] + paths[2:]
 
 
-def test_captioner_slots_equal_batches_greedy(checkpoint, tmp_path):
+def test_captioner_slots_equal_batches_greedy(checkpoint, tmp_path, monkeypatch):
     _, path = checkpoint
     cap = purevedec.Captioner.from_pretrained(path)
     inputs = _images(tmp_path)
@@ -37,17 +38,28 @@ def test_captioner_slots_equal_batches_greedy(checkpoint, tmp_path):
         assert [c.token_ids for c in g] == [c.token_ids for c in w]
         np.testing.assert_allclose([c.score for c in g], [c.score for c in w], atol=1e-4)
     assert cap.caption(inputs[:2], slots=3, max_new_tokens=7) == [w[0].text for w in want[:2]]
+    monkeypatch.setattr(slot_captions, "CHUNK", 1)   # 1 slot: chunks of 4 inputs, the broken one in the first
+    chunked = list(cap.captions(inputs, slots=1, errors="return", max_new_tokens=7))
+    assert [r if isinstance(r, Exception) else [c.token_ids for c in r] for r in chunked][:2] + \
+        [[c.token_ids for c in r] for r in chunked[3:]] == \
+        [[c.token_ids for c in r] for r in want[:2]] + [[c.token_ids for c in r] for r in want[3:]]
+    assert isinstance(chunked[2], purevedec.ImageError)
     with pytest.raises(purevedec.ImageError, match="broken.jpg"):
         list(cap.captions(inputs, slots=2, max_new_tokens=3))
+    only_broken = list(cap.captions(inputs[2:3], slots=2, errors="return", do_sample=True, max_new_tokens=3))
+    assert len(only_broken) == 1 and isinstance(only_broken[0], purevedec.ImageError)
 
 
-def test_captioner_slots_sampling_uses_a_key_per_image(checkpoint, tmp_path):
+def test_captioner_slots_sampling_uses_a_key_per_image(checkpoint, tmp_path, monkeypatch):
+    """Keys fold the input's index in the whole call, across the chunks the inputs go in (4 here)."""
     _, path = checkpoint
     cap = purevedec.Captioner.from_pretrained(path)
-    inputs = make_images(tmp_path / "imgs", 3)
+    inputs = make_images(tmp_path / "imgs", 5)
     key = jax.random.key(7)
     opts = dict(do_sample=True, top_k=0, temperature=1.5, max_new_tokens=6)
-    got = list(cap.captions(inputs, slots=2, key=key, **opts))
+    monkeypatch.setattr(slot_captions, "CHUNK", 1)
+    got = list(cap.captions(inputs, slots=1, key=key, **opts))
+    assert len(got) == 5
     pixels = cap.pixels(inputs)
     for i, result in enumerate(got):
         out = purevedec.generate(cap.params, pixels[i:i + 1], cap.config,
