@@ -18,6 +18,7 @@ import os
 import re
 import warnings
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -241,3 +242,27 @@ def test_readme_scoring_block_matches_transformers_and_xla(checkpoint, tmp_path)
     assert ns["n_params"] == sum(p.numel() for n, p in model.named_parameters() if ".pooler." not in n)
     xla = jax.jit(forward).lower(params, pixels, ids).compile().cost_analysis()
     assert abs(ns["n_flops"] / (xla[0] if isinstance(xla, list) else xla)["flops"] - 1) < 0.02
+
+
+def _until_eos(row, eos=0) -> np.ndarray:
+    """A generate row without its padding: the start token, then up to and including the first EOS."""
+    row = np.asarray(row)
+    ends = np.flatnonzero(row[1:] == eos)
+    return row[:2 + ends[0]] if len(ends) else row
+
+
+def test_readme_long_outputs_block_gives_generates_tokens(checkpoint, tmp_path):
+    ns, _ = _run_block("long_outputs", checkpoint[1], tmp_path)
+    params, pixels = ns["params"], ns["pixels"]
+    plain = purevedec.generate(params, pixels, max_new_tokens=20)
+    np.testing.assert_array_equal(np.asarray(ns["grown"].sequences), np.asarray(plain.sequences))
+    budgets = [3, 20, 8, 1, 12]
+    for i, (out, drafted) in enumerate(zip(ns["outs"], ns["drafted"])):
+        alone = purevedec.generate(params, pixels[i:i + 1], max_new_tokens=budgets[i]).sequences
+        np.testing.assert_array_equal(out.sequence, _until_eos(np.asarray(alone)[0]))
+        np.testing.assert_array_equal(drafted.sequence, _until_eos(np.asarray(plain.sequences)[i]))
+    assert ns["first"].index == 0 and np.array_equal(ns["first"].sequence, ns["outs"][0].sequence)
+    keys = jax.random.split(jax.random.key(0), 5)
+    for i, out in enumerate(ns["sampled"]):
+        alone = purevedec.generate(params, pixels[i:i + 1], do_sample=True, max_new_tokens=10, key=keys[i][None])
+        np.testing.assert_array_equal(out.sequence, _until_eos(np.asarray(alone.sequences)[0]))

@@ -261,7 +261,7 @@ class Captioner:
 
     def captions(self, images: Sequence[ImageInput], *, batch_size: int = 8, attention: bool = False,
                  errors: str = "raise", key=None, workers: Optional[int] = None,
-                 **options) -> Iterator[ImageResult]:
+                 slots: Optional[int] = None, **options) -> Iterator[ImageResult]:
         """Per input, in order: the list of its captions (num_return_sequences of them).
 
         ``errors`` says what an unreadable input gives: "raise" raises its ``ImageError`` (after
@@ -270,10 +270,16 @@ class Captioner:
         sampling, folded with the batch number: the same call gives the same captions.
         ``workers`` threads decode and preprocess up to two batches ahead while the model runs
         (default: up to 4; 0 reads each image in this thread just before it is needed); the
-        pixels, and so the captions, are the same either way."""
+        pixels, and so the captions, are the same either way.
+        ``slots`` = N decodes through the continuous-batching engine instead of batches
+        (``slot_captions.py``): N images decode at once and an image whose caption ended gives
+        its slot to the next; greedy captions are the same, sampled ones use a key per image."""
         import jax
         if errors not in ERROR_MODES:
             raise ValueError(f"errors must be one of {ERROR_MODES}, got {errors!r}")
+        if slots is not None:
+            yield from self._slot_captions(images, slots, attention, errors, key, workers, options)
+            return
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         images = as_list(images)
@@ -298,6 +304,17 @@ class Captioner:
                     yield from self._results(pending, errors)
                     pending = []
 
+    def _slot_captions(self, images, slots, attention: bool, errors: str, key, workers, options: dict):
+        import jax
+
+        from .slot_captions import check_slot_options, slot_captions
+        check_slot_options(self, slots, options, attention)
+        images = as_list(images)
+        if workers is None:
+            workers = default_workers() if len(images) > 1 else 0
+        yield from slot_captions(self, images, slots=slots, errors=errors, workers=workers, options=options,
+                                 key=jax.random.key(0) if key is None else key)
+
     @staticmethod
     def _results(pending: list[_Pending], errors: str) -> Iterator[ImageResult]:
         for p in pending:
@@ -312,7 +329,7 @@ class Captioner:
                 yield p.error
 
     def caption(self, images, *, batch_size: int = 8, errors: str = "raise", key=None,
-                **options) -> list:
+                slots: Optional[int] = None, **options) -> list:
         """Caption texts, as transformers' ``batch_decode(generate(...), skip_special_tokens=True)``.
 
         One entry per input. With num_return_sequences = 1 (the usual case) an entry is a str;
@@ -322,7 +339,7 @@ class Captioner:
         ``ImageError`` (``"return"``)."""
         grouped = self._returns_many(options)
         out = []
-        for result in self.captions(images, batch_size=batch_size, errors=errors, key=key, **options):
+        for result in self.captions(images, batch_size=batch_size, errors=errors, key=key, slots=slots, **options):
             if isinstance(result, list):
                 out.append([c.text for c in result] if grouped else result[0].text)
             else:

@@ -44,6 +44,10 @@ def add_caption_command(commands) -> argparse.ArgumentParser:
     cap.add_argument("images", nargs="+", help="image files, folders (their images) or glob patterns")
     cap.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local checkpoint (default {DEFAULT_MODEL})")
     cap.add_argument("--batch-size", type=positive_int, default=8, help="images per generate call (default 8)")
+    cap.add_argument("--slots", type=positive_int, default=None,
+                     help="decode through N slots (continuous batching: an image whose caption ended gives its "
+                          "slot to the next) instead of batches; greedy captions are the same, sampling draws "
+                          "per image; not with beams, several sequences, --attention-map or --mesh")
     cap.add_argument("--workers", type=count, default=None,
                      help="threads that decode and preprocess images up to two batches ahead of the model "
                           "(default: up to 4, one per CPU; 0 reads each image just before its batch)")
@@ -113,6 +117,14 @@ def check_generation(captioner, options: dict, attention: bool) -> None:
         raise UsageError(f"generation options: {str(e).splitlines()[0]}") from None
 
 
+def _check_slots(captioner, args, options: dict) -> None:
+    from .slot_captions import check_slot_options
+    try:
+        check_slot_options(captioner, args.slots, options, bool(args.attention_map))
+    except ValueError as e:
+        raise UsageError(f"--{e}") from None
+
+
 # --- the caption command --------------------------------------------------------------------------
 
 def progress_bar(total: int, stream: TextIO, enabled: bool):
@@ -178,7 +190,7 @@ def caption_files(captioner, args, options: dict, inputs: list[Input], stream: T
     maps = map_names(paths) if args.attention_map else {}
     results = captioner.captions(paths, batch_size=args.batch_size, attention=bool(args.attention_map),
                                  errors="return", key=jax.random.key(args.seed), workers=args.workers,
-                                 **options)
+                                 slots=args.slots, **options)
     for path, result in zip(paths, results):
         progress.update(1)
         if isinstance(result, Exception):
@@ -219,6 +231,8 @@ def caption_command(args, out: TextIO, err: TextIO) -> int:
         check_generation(captioner, options, bool(args.attention_map))
         if mesh is not None:
             captioner = captioner.with_mesh(mesh)
+        if args.slots is not None:
+            _check_slots(captioner, args, options)
         files = sum(i.problem is None for i in inputs)
         shown = not args.no_progress and files > args.batch_size and err.isatty()
         with progress_bar(files, err, shown) as progress:

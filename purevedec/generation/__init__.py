@@ -4,5 +4,7 @@ Imports only the model core."""
 from .search import GenerateOutput, GenerationResult, generate, generate_core
 from .options import GenerationConfig
 from .growing import generate_growing
+from .engine import Decoded, generate_many, stream
 
-__all__ = ["GenerateOutput", "GenerationConfig", "GenerationResult", "generate", "generate_core", "generate_growing"]
+__all__ = ["Decoded", "GenerateOutput", "GenerationConfig", "GenerationResult", "generate", "generate_core",
+           "generate_growing", "generate_many", "stream"]

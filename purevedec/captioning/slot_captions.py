@@ -1,0 +1,119 @@
+"""Captioning through the slot engine (``Captioner.captions(..., slots=N)``).
+
+The inputs are read (by the read-ahead threads) and encoded, then stream through ``slots``
+decoding slots (``purevedec.generation.engine.stream``): a slot whose caption has ended takes
+the next image at once, so a long caption does not hold a batch of short ones. Records come back
+in input order, each as soon as every earlier one has ended. The inputs are handed to the
+engine ``CHUNK`` at a time (memory stays bounded on a folder of any size; the reader threads
+read the next chunk while one decodes).
+
+Greedy captions are token-identical to the batched path's. Sampling draws each image's tokens
+from its own key, ``fold_in(key, input index)`` (generate's per-image key form), so an image's
+caption does not depend on the others; the batched path draws with one key per batch, so sampled
+captions differ between the two paths (each is reproducible). Beam search, several sequences per
+image, attention maps and a device mesh are refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from typing import Iterator, Optional
+
+import numpy as np
+
+from ..errors import GenerationError
+
+CHUNK = 64  # inputs handed to the engine at a time (its slots drain at the end of each)
+
+
+def check_slot_options(captioner, slots, options: dict, attention: bool) -> None:
+    """``slots`` and the options merged with the checkpoint's defaults must suit the engine:
+    a one-line ``ValueError`` naming the option otherwise."""
+    from ..generation.options import with_options
+    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+        raise ValueError(f"slots must be a positive int, got {slots!r}")
+    if attention:
+        raise ValueError("slots: attention maps are not available from the slot engine (use batches)")
+    if captioner.mesh is not None:
+        raise ValueError("slots: the slot engine runs on one device (no mesh)")
+    gen = with_options(captioner.generation_config, {k: v for k, v in options.items() if v is not None})
+    if gen.num_beams != 1:
+        raise ValueError(f"slots: num_beams={gen.num_beams}: the slot engine does greedy search and sampling only")
+    if gen.num_return_sequences != 1:
+        raise ValueError(f"slots: num_return_sequences={gen.num_return_sequences}: the slot engine gives one "
+                         "caption per image")
+    if gen.forced_eos_token_id is not None:
+        raise ValueError("slots: forced_eos_token_id is not supported by the slot engine")
+
+
+def _budget(captioner, options: dict) -> int:
+    """New tokens per image, as generate derives them (max_new_tokens, else max_length - 1, else 20)."""
+    from ..generation.options import with_options
+    from ..generation.plan import lengths
+    gen = with_options(captioner.generation_config, options)
+    return lengths(gen, 1, captioner.config)[0] - 1
+
+
+def _caption(captioner, decoded, eos):
+    from .captioner import Caption, _generated
+    row = np.asarray(decoded.sequence)
+    n = _generated(row[1:], eos)
+    return Caption(captioner.tokenizer.decode(row), float(np.sum(decoded.token_logprobs)),
+                   tuple(row[1:1 + n].tolist()), None)
+
+
+def slot_captions(captioner, images: list, *, slots: int, errors: str, key, workers: int,
+                  options: dict) -> Iterator:
+    """Per input, in order, what ``Captioner.captions`` yields (its ``errors`` modes). The
+    inputs go through the engine ``CHUNK`` (at least 4 x slots) at a time, so memory holds two
+    chunks of pixels whatever the number of inputs; the reader threads read the next chunk
+    while this one decodes."""
+    from .captioner import _read_or_error
+    from .loader_pipeline import read_ahead
+    options = {k: v for k, v in options.items() if v is not None}
+    options.pop("dtype", None)
+    chunk, slots = max(CHUNK, 4 * slots), min(slots, len(images))
+    read = functools.partial(_read_or_error, config=captioner.image_config)
+    with contextlib.closing(read_ahead(images, read, workers=workers, window=chunk)) as loaded:
+        pending, first = [], 0
+        for item in loaded:
+            if item.error is not None:   # not an image's fault: a bug
+                raise item.error
+            pending.append(item.value)
+            stop = errors == "raise" and item.value.error is not None  # the inputs before it first
+            if stop or len(pending) == chunk or item.index == len(images) - 1:
+                yield from _decode(captioner, pending, first, slots, errors, key, options)
+                pending, first = [], item.index + 1
+            if stop:
+                return
+
+
+def _decode(captioner, pending: list, first: int, slots: int, errors: str, key, options: dict) -> Iterator:
+    """The results of ``pending`` (inputs ``first``... of the call) through the engine."""
+    import jax
+
+    from ..generation.engine import stream
+    good = [i for i, p in enumerate(pending) if p.pixels is not None]
+    eos = options.get("eos_token_id", captioner.generation_config.eos_token_id)
+    if not good:   # nothing to decode: only the inputs' errors
+        yield from _in_order(captioner, pending, iter(()), eos, errors)
+        return
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(np.asarray(good, np.int32) + first)
+    decoded = stream(captioner.params, [pending[i].pixels for i in good], captioner.config,
+                     budgets=[_budget(captioner, options)] * len(good), keys=keys, slots=slots,
+                     dtype=captioner.dtype if captioner.dtype is not None else np.float32, **options)
+    yield from _in_order(captioner, pending, decoded, eos, errors)
+
+
+def _in_order(captioner, pending, decoded, eos, errors: str) -> Iterator:
+    from .captioner import Captioner
+    for p in pending:
+        if p.pixels is not None:
+            result: Optional[list] = [_caption(captioner, next(decoded), eos)]
+            if not math.isfinite(result[0].score):
+                p.error = GenerationError(f"{p.name}: generation turned non-finite (NaN or infinite scores): the "
+                                          "weights or the compute dtype overflow (try float32)")
+            p.result = result
+        yield from Captioner._results([p], errors)
