@@ -357,9 +357,8 @@ _BLOCK_LINEARS = {"attention.self.query": "attn.q", "attention.self.key": "attn.
 
 
 def hf_rules(cfg: SwinConfig) -> list[Rule]:
-    """One concrete rule per tensor (Swin numbers stages and blocks); the patch convolution and the
-    positions are "reshape"d. Donut's files also hold each block's ``relative_position_index``
-    buffer, not a parameter (``relative_position_index`` rebuilds it; the family ignores it)."""
+    """One concrete rule per tensor (Swin numbers stages and blocks); the patch convolution and the positions
+    are "reshape"d. Each block's ``relative_position_index`` buffer in Donut's files is ignored (rebuilt)."""
     emb = "encoder.embeddings."
     rules = linear_rules(f"{emb}patch_embeddings.projection", "encoder.patch") + norm_rules(f"{emb}norm", "encoder.ln_embed")
     rules[0] = Rule(rules[0].hf, rules[0].ours, "reshape")
@@ -391,7 +390,9 @@ def _family(config_class: type) -> EncoderFamily:
         hf_rules=hf_rules, layers_field="depths", special_tokens=0, hf_shapes=hf_shapes,
         ignored=(r"^encoder\.encoder\.layers\.\d+\.blocks\.\d+\.attention\.self\.relative_position_index$",),
         # SwinModel / DonutSwinModel ("embeddings.*") or an image classifier ("swin.*" plus a head we drop).
-        standalone=(("classifier.", None), ("swin.", "encoder."), ("donut.", "encoder."), ("", "encoder.")))
+        standalone=(("classifier.", None), ("swin.", "encoder."), ("donut.", "encoder."), ("", "encoder.")),
+        image_pipelines={f"{name}{kind}": name.lower() for name in ("Donut", "Nougat")
+                         for kind in ("ImageProcessor", "ImageProcessorPil", "ImageProcessorFast", "FeatureExtractor")})
 
 
 FAMILY = _family(SwinConfig)
