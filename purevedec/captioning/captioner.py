@@ -218,11 +218,20 @@ class Captioner:
         """Inputs -> pixels [B,3,H,W] float32, as the checkpoint's image processor makes them."""
         return preprocess_any(images, self.image_config)
 
-    def caption_pixels(self, pixels: np.ndarray, *, attention: bool = False, key=None,
+    def caption_pixels(self, pixels: np.ndarray, *, attention: bool = False, key=None, prompt: Optional[str] = None,
                        **options) -> list[list[Caption]]:
         """One generate call over pixels [B,3,H,W] -> B lists of num_return_sequences captions
-        each, in generate's order (for beam search, best first). ``key`` feeds sampling."""
+        each, in generate's order (for beam search, best first). ``key`` feeds sampling. ``prompt``
+        (a document task such as "<s_cord-v2>") is tokenized and fed after the decoder start token:
+        the text decodes the whole sequence, as transformers' batch_decode; ``token_ids`` follow the prompt."""
         options = {k: v for k, v in options.items() if v is not None}
+        prompt_ids = self.tokenizer.encode(prompt) if prompt else []
+        if prompt_ids:
+            if attention or "decoder_input_ids" in options:
+                raise ValueError("prompt cannot be combined with attention maps or decoder_input_ids")
+            options["decoder_input_ids"] = [prompt_ids] * pixels.shape[0]
+            if encoder_family(self.config.encoder).prompt_replaces_start:  # the prompt's first token starts it
+                options["decoder_start_token_id"] = prompt_ids[0]
         if self.dtype is not None:
             options.setdefault("dtype", self.dtype)
         if self.mesh is not None:
@@ -233,10 +242,12 @@ class Captioner:
         sequences, scores = np.asarray(out.sequences), np.asarray(out.scores)
         cross = np.asarray(out.cross_attentions) if attention else None
         special = encoder_family(self.config.encoder).special_tokens
+        start = options.get("decoder_start_token_id", self.generation_config.decoder_start_token_id)
+        first = len(prompt_ids) + (not prompt_ids or prompt_ids[0] != start)  # generate prepends a missing start
         captions = []
         for i, row in enumerate(sequences):
-            n = _generated(row[1:], eos)
-            captions.append(Caption(self.tokenizer.decode(row), float(scores[i]), tuple(row[1:1 + n].tolist()),
+            n = _generated(row[first:], eos)
+            captions.append(Caption(self.tokenizer.decode(row), float(scores[i]), tuple(row[first:first + n].tolist()),
                                     _patch_attention(cross[i, :n], special) if cross is not None else None))
         per_image = len(captions) // pixels.shape[0]
         return [captions[i:i + per_image] for i in range(0, len(captions), per_image)]

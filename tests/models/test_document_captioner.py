@@ -74,3 +74,23 @@ def test_caption_command_reads_a_page_file(checkpoint, tmp_path):
     code, out, err = run_cli(["caption", "--model", path, str(file), "--max-new-tokens", "5", "--no-progress"])
     assert code == 0, err
     assert want in out
+
+
+def test_a_task_prompt_and_bad_words_generate_as_transformers(checkpoint):
+    model, processor, path, _ = checkpoint
+    pages = [page(90, 70, 5), page(50, 120, 6)]
+    cap = pv.Captioner.from_pretrained(path)
+    prompt_ids = cap.tokenizer.encode("t7 t9")
+    assert prompt_ids == [7, 9]
+    with torch.no_grad():
+        ref = model.generate(pixel_values=torch.tensor(processor(pages, return_tensors="np")["pixel_values"]),
+                             decoder_input_ids=torch.tensor([[7, 9]] * 2), bad_words_ids=[[5]],
+                             max_new_tokens=6, num_beams=1, do_sample=False)
+    got = [c[0] for c in cap.captions(pages, prompt="t7 t9", bad_words_ids=[[5]], max_new_tokens=6, num_beams=1)]
+    # transformers feeds a Donut encoder's prompt as given, and prepends the start token to another's
+    first = 2 if model.config.encoder.model_type == "donut-swin" else 3
+    for row, c in zip(ref.tolist(), got):
+        assert row[first - 2:first] == [7, 9] and 5 not in row[first:]
+        assert tuple(row[first:first + len(c.token_ids)]) == c.token_ids
+        assert all(t == 1 for t in row[first + len(c.token_ids):])
+        assert c.text == cap.tokenizer.decode(row)
