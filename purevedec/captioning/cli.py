@@ -57,6 +57,9 @@ def add_caption_command(commands) -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=finite_float, default=None)
     gen.add_argument("--top-k", type=int, default=None, help="0 turns it off")
     gen.add_argument("--top-p", type=finite_float, default=None)
+    gen.add_argument("--prompt", default=None, metavar="TEXT",
+                     help='decoder prompt after the start token, e.g. a document task "<s_cord-v2>"; the output '
+                          "text includes it unless its tokens are special")
     gen.add_argument("--seed", type=seed, default=DEFAULT_SEED,
                      help=f"random seed for sampling (default {DEFAULT_SEED}: runs repeat)")
     cap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
@@ -178,7 +181,7 @@ def caption_files(captioner, args, options: dict, inputs: list[Input], stream: T
     maps = map_names(paths) if args.attention_map else {}
     results = captioner.captions(paths, batch_size=args.batch_size, attention=bool(args.attention_map),
                                  errors="return", key=jax.random.key(args.seed), workers=args.workers,
-                                 **options)
+                                 prompt=args.prompt, **options)
     for path, result in zip(paths, results):
         progress.update(1)
         if isinstance(result, Exception):
@@ -217,6 +220,8 @@ def caption_command(args, out: TextIO, err: TextIO) -> int:
         inputs = _inputs(args, err, done)
         captioner = _load(args)
         check_generation(captioner, options, bool(args.attention_map))
+        if args.prompt and args.attention_map:
+            raise UsageError("--prompt cannot be combined with --attention-map")
         if mesh is not None:
             captioner = captioner.with_mesh(mesh)
         files = sum(i.problem is None for i in inputs)

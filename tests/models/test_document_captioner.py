@@ -94,3 +94,16 @@ def test_a_task_prompt_and_bad_words_generate_as_transformers(checkpoint):
         assert tuple(row[first:first + len(c.token_ids)]) == c.token_ids
         assert all(t == 1 for t in row[first + len(c.token_ids):])
         assert c.text == cap.tokenizer.decode(row)
+
+
+def test_caption_command_prompt_flag(checkpoint, tmp_path):
+    _, _, path, _ = checkpoint
+    file = tmp_path / "page.png"
+    page(70, 90, 8).save(file)
+    cap = pv.Captioner.from_pretrained(path)
+    want = [c[0].text for c in cap.captions([str(file)], prompt="t7 t9", max_new_tokens=4)][0]
+    assert want.startswith("t7 t9")   # word-level tokens: the prompt is plain text here
+    code, out, err = run_cli(["caption", "--model", path, str(file), "--max-new-tokens", "4", "--prompt", "t7 t9",
+                              "--no-progress"])
+    assert code == 0, err
+    assert want in out
