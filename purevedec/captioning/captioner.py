@@ -31,7 +31,8 @@ from ..errors import ConfigError, GenerationError, ImageError, ModelNotFound, To
 from ..generation import generate
 from ..generation.options import defaults_for
 from ..models import encoder_family
-from .image import ImageConfig, ImageInput, as_list, load_image_config, preprocess, preprocess_one
+from .image import ImageInput, as_list
+from .preprocessor import PreprocessorConfig, load_preprocessor, output_size, pixels_of, preprocess_any
 from .loader_pipeline import default_workers, read_ahead
 from .text import TextTokenizer, load_tokenizer
 
@@ -88,7 +89,7 @@ def input_name(image: ImageInput, index: int) -> str:
     return os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"image {index}"
 
 
-def read_pixels(image: ImageInput, config: ImageConfig, index: int = 0) -> np.ndarray:
+def read_pixels(image: ImageInput, config: PreprocessorConfig, index: int = 0) -> np.ndarray:
     """One input -> [3,H,W] float32, every failure an ``ImageError`` naming the input.
 
     A path must be a regular file: a FIFO or device would block or never end, so it is refused
@@ -101,7 +102,7 @@ def read_pixels(image: ImageInput, config: ImageConfig, index: int = 0) -> np.nd
             if not stat.S_ISREG(mode):
                 kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
                 raise ImageError(f"{name}: {kind}, not an image file; skipped")
-        return preprocess_one(image, config)
+        return pixels_of(image, config)
     except ImageError:
         raise
     except FileNotFoundError:
@@ -119,7 +120,7 @@ class _Pending:
     result: Optional[list[Caption]] = None
 
 
-def _read_or_error(image: ImageInput, index: int, *, config: ImageConfig) -> _Pending:
+def _read_or_error(image: ImageInput, index: int, *, config: PreprocessorConfig) -> _Pending:
     """``read_pixels`` as a record: a worker thread returns the input's error, it does not raise it."""
     try:
         return _Pending(read_pixels(image, config, index), None, input_name(image, index))
@@ -127,13 +128,13 @@ def _read_or_error(image: ImageInput, index: int, *, config: ImageConfig) -> _Pe
         return _Pending(None, e)
 
 
-def check_parts(path: str, config, image_config: ImageConfig, tokenizer: TextTokenizer) -> None:
+def check_parts(path: str, config, image_config: PreprocessorConfig, tokenizer: TextTokenizer) -> None:
     """The preprocessor and the tokenizer of checkpoint ``path`` must fit its model: the images it
     makes have the encoder's size, and the tokenizer knows every id the model can emit (ids past
     it would decode to nothing)."""
     want = tuple(config.encoder.image_size)
-    key, got = ("crop_size", image_config.crop_size) if image_config.do_center_crop else ("size", image_config.size)
-    if (image_config.do_resize or image_config.do_center_crop) and tuple(got) != want:
+    key, got = output_size(image_config) or ("size", want)
+    if tuple(got) != want:
         raise ConfigError(f"{os.path.join(path, 'preprocessor_config.json')}: {key} {tuple(got)} disagrees with "
                           f"config.json's encoder.image_size {want}: the model takes {want[0]} x {want[1]} images")
     if tokenizer.size < config.decoder.vocab_size:
@@ -154,8 +155,8 @@ class Captioner:
     """The model's params (they carry their config)."""
     config: Any
     """The model's ``purevedec.Config``."""
-    image_config: ImageConfig
-    """The checkpoint's preprocessing (``preprocessor_config.json``)."""
+    image_config: PreprocessorConfig
+    """The checkpoint's preprocessing (``preprocessor_config.json``: ViT's or a document pipeline)."""
     tokenizer: TextTokenizer
     """The checkpoint's tokenizer."""
     dtype: Any = None
@@ -187,7 +188,7 @@ class Captioner:
         import dataclasses
         path = model_dir(name)
         params, config = load(path, dtype=dtype)
-        image_config = dataclasses.replace(load_image_config(path), grayscale=bool(grayscale))
+        image_config = dataclasses.replace(load_preprocessor(path), grayscale=bool(grayscale))
         tokenizer = load_tokenizer(path)
         check_parts(path, config, image_config, tokenizer)
         return cls(params, config, image_config, tokenizer, dtype)
@@ -215,13 +216,22 @@ class Captioner:
 
     def pixels(self, images: ImageInput | Iterable[ImageInput]) -> np.ndarray:
         """Inputs -> pixels [B,3,H,W] float32, as the checkpoint's image processor makes them."""
-        return preprocess(images, self.image_config)
+        return preprocess_any(images, self.image_config)
 
-    def caption_pixels(self, pixels: np.ndarray, *, attention: bool = False, key=None,
+    def caption_pixels(self, pixels: np.ndarray, *, attention: bool = False, key=None, prompt: Optional[str] = None,
                        **options) -> list[list[Caption]]:
         """One generate call over pixels [B,3,H,W] -> B lists of num_return_sequences captions
-        each, in generate's order (for beam search, best first). ``key`` feeds sampling."""
+        each, in generate's order (for beam search, best first). ``key`` feeds sampling. ``prompt``
+        (a document task such as "<s_cord-v2>") is tokenized and fed after the decoder start token:
+        the text decodes the whole sequence, as transformers' batch_decode; ``token_ids`` follow the prompt."""
         options = {k: v for k, v in options.items() if v is not None}
+        prompt_ids = self.tokenizer.encode(prompt) if prompt else []
+        if prompt_ids:
+            if attention or "decoder_input_ids" in options:
+                raise ValueError("prompt cannot be combined with attention maps or decoder_input_ids")
+            options["decoder_input_ids"] = [prompt_ids] * pixels.shape[0]
+            if encoder_family(self.config.encoder).prompt_replaces_start:  # the prompt's first token starts it
+                options["decoder_start_token_id"] = prompt_ids[0]
         if self.dtype is not None:
             options.setdefault("dtype", self.dtype)
         if self.mesh is not None:
@@ -232,10 +242,12 @@ class Captioner:
         sequences, scores = np.asarray(out.sequences), np.asarray(out.scores)
         cross = np.asarray(out.cross_attentions) if attention else None
         special = encoder_family(self.config.encoder).special_tokens
+        start = options.get("decoder_start_token_id", self.generation_config.decoder_start_token_id)
+        first = len(prompt_ids) + (not prompt_ids or prompt_ids[0] != start)  # generate prepends a missing start
         captions = []
         for i, row in enumerate(sequences):
-            n = _generated(row[1:], eos)
-            captions.append(Caption(self.tokenizer.decode(row), float(scores[i]), tuple(row[1:1 + n].tolist()),
+            n = _generated(row[first:], eos)
+            captions.append(Caption(self.tokenizer.decode(row), float(scores[i]), tuple(row[first:first + n].tolist()),
                                     _patch_attention(cross[i, :n], special) if cross is not None else None))
         per_image = len(captions) // pixels.shape[0]
         return [captions[i:i + per_image] for i in range(0, len(captions), per_image)]

@@ -61,6 +61,9 @@ def add_caption_command(commands) -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=finite_float, default=None)
     gen.add_argument("--top-k", type=int, default=None, help="0 turns it off")
     gen.add_argument("--top-p", type=finite_float, default=None)
+    gen.add_argument("--prompt", default=None, metavar="TEXT",
+                     help='decoder prompt after the start token, e.g. a document task "<s_cord-v2>"; the output '
+                          "text includes it unless its tokens are special")
     gen.add_argument("--seed", type=seed, default=DEFAULT_SEED,
                      help=f"random seed for sampling (default {DEFAULT_SEED}: runs repeat)")
     cap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
@@ -190,7 +193,7 @@ def caption_files(captioner, args, options: dict, inputs: list[Input], stream: T
     maps = map_names(paths) if args.attention_map else {}
     results = captioner.captions(paths, batch_size=args.batch_size, attention=bool(args.attention_map),
                                  errors="return", key=jax.random.key(args.seed), workers=args.workers,
-                                 slots=args.slots, **options)
+                                 slots=args.slots, prompt=args.prompt, **options)
     for path, result in zip(paths, results):
         progress.update(1)
         if isinstance(result, Exception):
@@ -229,6 +232,11 @@ def caption_command(args, out: TextIO, err: TextIO) -> int:
         inputs = _inputs(args, err, done)
         captioner = _load(args)
         check_generation(captioner, options, bool(args.attention_map))
+        if args.prompt and args.attention_map:
+            raise UsageError("--prompt cannot be combined with --attention-map")
+        if args.prompt and args.slots is not None:
+            raise UsageError("--prompt cannot be combined with --slots (the slots start every input from the "
+                             "decoder's start token)")
         if mesh is not None:
             captioner = captioner.with_mesh(mesh)
         if args.slots is not None:

@@ -28,13 +28,13 @@ from PIL import Image
 
 from .. import validate as v
 from ..errors import ConfigError, ImageError
+from ..models import pipeline_processors
 from .image import (MAX_SIZE, ImageConfig, ImageInput, _normalize, _rescale, _resize, _side, _triple, as_list,
                     to_rgb_array)
 
 _RESAMPLE_FILTERS = frozenset(range(6))
-_DONUT_TYPES = frozenset({"DonutImageProcessor", "DonutImageProcessorPil", "DonutImageProcessorFast",
-                          "DonutFeatureExtractor"})
-_NOUGAT_TYPES = frozenset({"NougatImageProcessor", "NougatImageProcessorPil", "NougatImageProcessorFast"})
+_DONUT_TYPES = pipeline_processors("donut")    # the encoder families name the processors
+_NOUGAT_TYPES = pipeline_processors("nougat")
 _KEYS = frozenset({"size", "resample", "do_align_long_axis", "do_resize", "do_thumbnail", "do_pad", "do_rescale",
                    "rescale_factor", "do_normalize", "image_mean", "image_std", "image_processor_type",
                    "feature_extractor_type", "processor_class", "do_convert_rgb", "do_center_crop", "do_crop_margin"})
@@ -62,6 +62,8 @@ class DocumentImageConfig:
     do_normalize: bool = True
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    grayscale: bool = False
+    """Gray and back to RGB first, as ``ImageConfig.grayscale`` (not read from the file)."""
 
 
 # transformers' NougatImageProcessor class defaults (ImageNet's default mean and std).
@@ -160,7 +162,7 @@ def _thumbnail(arr: np.ndarray, size: tuple[int, int], config: DocumentImageConf
 
 def page_pixels(image: ImageInput, config: DocumentImageConfig) -> np.ndarray:
     """One page -> [3,H,W] float32 on the canvas."""
-    arr = to_rgb_array(image, ImageConfig())  # HWC; uint8 for files and PIL images
+    arr = to_rgb_array(image, ImageConfig(grayscale=config.grayscale))  # HWC; uint8 for files and PIL images
     if config.do_crop_margin:
         arr = crop_margin(_as_uint8(arr))
     (oh, ow), (ih, iw) = config.size, arr.shape[:2]

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..checkpoints.jsonfile import read_json_object, read_side_file
 from ..errors import TokenizerError
+from .protobuf_fields import proto_bytes
 
 # The largest tokenizer.json, merges.txt or sentencepiece model read: real ones are a few MB
 # (35 MB for the largest vocabularies); the tokenizers library parses them into several times
@@ -221,40 +222,6 @@ SENTENCEPIECE_FILE = "sentencepiece.bpe.model"
 _METASPACE = "\u2581"  # sentencepiece's word-start mark
 
 
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        if i >= len(buf) or shift > 63:
-            raise ValueError("truncated varint")
-        byte = buf[i]
-        value, shift, i = value | (byte & 0x7F) << shift, shift + 7, i + 1
-        if byte < 0x80:
-            return value, i
-
-
-def _proto_bytes(buf: bytes, number: int) -> bytes | None:
-    """The first length-delimited field ``number`` of a protobuf message (bounds-checked; nothing
-    else is interpreted)."""
-    i = 0
-    while i < len(buf):
-        key, i = _varint(buf, i)
-        wire = key & 7
-        if wire == 0:
-            _, i = _varint(buf, i)
-        elif wire in (1, 5):
-            i += 8 if wire == 1 else 4
-        elif wire == 2:
-            n, i = _varint(buf, i)
-            if i + n > len(buf):
-                raise ValueError("field runs past the end")
-            if key >> 3 == number:
-                return buf[i:i + n]
-            i += n
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-    return None
-
-
 def _xlmr_sentencepiece(file: str, config: Mapping):
     """XLM-R's tokenizer from its sentencepiece model alone, as transformers 5 builds it from the
     same file (XLMRobertaConverter + XLMRobertaTokenizer): the fairseq ids <s> 0, <pad> 1, </s> 2,
@@ -270,8 +237,8 @@ def _xlmr_sentencepiece(file: str, config: Mapping):
     proto = read_side_file(file, TokenizerError, MAX_TOKENIZER_BYTES, "a sentencepiece model")
     with library_errors(f"{file} is not a readable sentencepiece model"):
         sp = sentencepiece.SentencePieceProcessor(model_proto=proto)
-        normalizer_spec = _proto_bytes(proto, 3) or b""  # ModelProto.normalizer_spec
-        charsmap = _proto_bytes(normalizer_spec, 2)  # NormalizerSpec.precompiled_charsmap
+        normalizer_spec = proto_bytes(proto, 3) or b""  # ModelProto.normalizer_spec
+        charsmap = proto_bytes(normalizer_spec, 2)  # NormalizerSpec.precompiled_charsmap
     if sp.get_piece_size() <= 3:   # pieces 0..2 are replaced by the fairseq specials
         raise TokenizerError(f"{file} holds no tokens ({sp.get_piece_size()} pieces): an empty sentencepiece model")
     names = [_content(config.get(k)) or default for k, default in
@@ -287,6 +254,27 @@ def _xlmr_sentencepiece(file: str, config: Mapping):
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), words])
     tok.decoder = decoders.Metaspace(replacement=_METASPACE, prepend_scheme=scheme)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in names])
+    return tok
+
+
+def _with_file_tokens(tok, path: str, config: Mapping):
+    """``tok`` plus the tokens a slow tokenizer's checkpoint adds past its model (Donut's task and field
+    tokens): ``added_tokens.json`` (text -> id) and ``added_tokens_decoder``, in id order, each at its id."""
+    from tokenizers import AddedToken
+    special = set(special_token_strings(config))
+    by_id = {int(i): t for t, i in _read_json(os.path.join(path, "added_tokens.json")).items()
+             if isinstance(t, str) and type(i) is int}
+    by_id.update({int(i): v["content"] for i, v in (config.get("added_tokens_decoder") or {}).items()
+                  if isinstance(v, Mapping) and isinstance(v.get("content"), str)})
+    with library_errors(f"{path}: cannot add the tokens of added_tokens.json"):
+        for token_id, text in sorted(by_id.items()):
+            if tok.token_to_id(text) is not None:
+                continue
+            if token_id != tok.get_vocab_size(with_added_tokens=True):
+                raise TokenizerError(f"{path}: added token {text!r:.60} has id {token_id}, but the next free id "
+                                     f"is {tok.get_vocab_size(with_added_tokens=True)}")
+            token = AddedToken(text, special=text in special, normalized=text not in special)
+            (tok.add_special_tokens if token.special else tok.add_tokens)([token])
     return tok
 
 
@@ -306,7 +294,7 @@ def _backend(path: str, config: Mapping):
         return tok
     spm_file = os.path.join(path, SENTENCEPIECE_FILE)
     if os.path.exists(spm_file):
-        return _xlmr_sentencepiece(spm_file, config)
+        return _with_file_tokens(_xlmr_sentencepiece(spm_file, config), path, config)
     wordpiece = os.path.join(path, WORDPIECE_FILE)
     if os.path.exists(wordpiece):
         return _wordpiece(wordpiece, config)

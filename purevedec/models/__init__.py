@@ -33,5 +33,19 @@ def image_processor_defaults(kind) -> dict | None:
     return None
 
 
+def image_pipeline(kind) -> str | None:
+    """The preprocessing other than ViT's that an ``image_processor_type`` names ("donut"), or None."""
+    for family in ENCODERS.values():
+        if kind in family.image_pipelines:
+            return family.image_pipelines[kind]
+    return None
+
+
+def pipeline_processors(pipeline: str) -> frozenset[str]:
+    """Every ``image_processor_type`` that names the preprocessing ``pipeline``."""
+    return frozenset(k for f in ENCODERS.values() for k, p in f.image_pipelines.items() if p == pipeline)
+
+
 __all__ = ["CONFIG_CLASSES", "DECODERS", "DECODER_CONFIG_TYPES", "DecoderFamily", "ENCODERS",
-           "ENCODER_CONFIG_TYPES", "EncoderFamily", "decoder_family", "encoder_family", "image_processor_defaults"]
+           "ENCODER_CONFIG_TYPES", "EncoderFamily", "decoder_family", "encoder_family", "image_pipeline",
+           "image_processor_defaults", "pipeline_processors"]

@@ -112,6 +112,12 @@ class EncoderFamily:
     """``image_processor_type`` names whose preprocessing ``captioning.image`` reproduces for it."""
     image_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     """preprocessor_config.json defaults of its processor class, where they differ from ViT's."""
+    prompt_replaces_start: bool = False
+    """transformers' generate feeds a decoder prompt as given, without prepending the decoder start
+    token (Donut's encoder: a task token starts the sequence)."""
+    image_pipelines: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Other ``image_processor_type`` names -> the preprocessing ``captioning`` runs for them
+    instead of ViT's ("donut": align, resize, thumbnail, pad; "nougat": crop the margins first)."""
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,8 @@ regions kept apart by a -100 additive mask; every window adds a relative positio
 from its block's table. A grid that is not a multiple of W is padded with zero tokens after the
 block's first norm, and those padded tokens are attended to (transformers does not mask them).
 When the grid's shorter side is at most W, transformers drops the shift; when it is shorter than
-W its bias table no longer fits the window and it fails, so such inputs are refused here. Patch
-merging pads an odd grid by one zero row/column and concatenates each 2x2 neighbourhood in
-transformers' order ((0,0), (1,0), (0,1), (1,1)) before its norm and bias-free reduction.
+W its bias table no longer fits the window and it fails, so such inputs are refused here. Patch merging pads an odd
+grid by a zero row/column, joins each 2x2 neighbourhood ((0,0), (1,0), (0,1), (1,1)), then norms and reduces (no bias).
 Norms of the embedding and of patch merging use nn.LayerNorm's default eps 1e-5; the blocks'
 and the final one use ``layer_norm_eps``. transformers' module clamps its window in place, so a
 layer that once saw a small grid keeps no shift afterwards; here each call decides from its own grid.
@@ -352,14 +351,14 @@ def apply(p: dict, pixels: jax.Array, cfg: SwinConfig, *, interpolate_pos_encodi
 
 
 # Our block leaves by their HF module names (the names both transformers classes save under).
+_PROCESSOR_KINDS = ("ImageProcessor", "ImageProcessorPil", "ImageProcessorFast", "FeatureExtractor")
 _BLOCK_LINEARS = {"attention.self.query": "attn.q", "attention.self.key": "attn.k", "attention.self.value": "attn.v",
                   "attention.output.dense": "attn.o", "intermediate.dense": "mlp.fc", "output.dense": "mlp.out"}
 
 
 def hf_rules(cfg: SwinConfig) -> list[Rule]:
-    """One concrete rule per tensor (Swin numbers stages and blocks); the patch convolution and the
-    positions are "reshape"d. Donut's files also hold each block's ``relative_position_index``
-    buffer, not a parameter (``relative_position_index`` rebuilds it; the family ignores it)."""
+    """One concrete rule per tensor (Swin numbers stages and blocks); the patch convolution and the positions
+    are "reshape"d. Each block's ``relative_position_index`` buffer in Donut's files is ignored (rebuilt)."""
     emb = "encoder.embeddings."
     rules = linear_rules(f"{emb}patch_embeddings.projection", "encoder.patch") + norm_rules(f"{emb}norm", "encoder.ln_embed")
     rules[0] = Rule(rules[0].hf, rules[0].ours, "reshape")
@@ -389,9 +388,11 @@ def _family(config_class: type) -> EncoderFamily:
     return EncoderFamily(
         model_type=config_class.model_type, config_class=config_class, parse=parse_swin, params=params, apply=apply,
         hf_rules=hf_rules, layers_field="depths", special_tokens=0, hf_shapes=hf_shapes,
+        prompt_replaces_start=config_class.model_type == "donut-swin",
         ignored=(r"^encoder\.encoder\.layers\.\d+\.blocks\.\d+\.attention\.self\.relative_position_index$",),
         # SwinModel / DonutSwinModel ("embeddings.*") or an image classifier ("swin.*" plus a head we drop).
-        standalone=(("classifier.", None), ("swin.", "encoder."), ("donut.", "encoder."), ("", "encoder.")))
+        standalone=(("classifier.", None), ("swin.", "encoder."), ("donut.", "encoder."), ("", "encoder.")),
+        image_pipelines={f"{n}{k}": n.lower() for n in ("Donut", "Nougat") for k in _PROCESSOR_KINDS})
 
 
 FAMILY = _family(SwinConfig)
