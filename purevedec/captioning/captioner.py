@@ -325,7 +325,16 @@ class Captioner:
         if workers is None:
             workers = default_workers() if len(images) > 1 else 0
         yield from slot_captions(self, images, slots=slots, errors=errors, workers=workers, options=options,
-                                 key=jax.random.key(0) if key is None else key)
+                                 key=jax.random.key(0) if key is None else key,
+                                 read=functools.partial(_read_or_error, config=self.image_config),
+                                 caption=self._slot_caption)
+
+    def _slot_caption(self, decoded, eos) -> Caption:
+        """The ``Caption`` of one engine output (its row starts with the decoder start token)."""
+        row = np.asarray(decoded.sequence)
+        n = _generated(row[1:], eos)
+        return Caption(self.tokenizer.decode(row), float(np.sum(decoded.token_logprobs)),
+                       tuple(row[1:1 + n].tolist()), None)
 
     @staticmethod
     def _results(pending: list[_Pending], errors: str) -> Iterator[ImageResult]:

@@ -17,7 +17,6 @@ image, attention maps and a device mesh are refused.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from typing import Iterator, Optional
 
@@ -56,26 +55,17 @@ def _budget(captioner, options: dict) -> int:
     return lengths(gen, 1, captioner.config)[0] - 1
 
 
-def _caption(captioner, decoded, eos):
-    from .captioner import Caption, _generated
-    row = np.asarray(decoded.sequence)
-    n = _generated(row[1:], eos)
-    return Caption(captioner.tokenizer.decode(row), float(np.sum(decoded.token_logprobs)),
-                   tuple(row[1:1 + n].tolist()), None)
-
-
 def slot_captions(captioner, images: list, *, slots: int, errors: str, key, workers: int,
-                  options: dict) -> Iterator:
+                  options: dict, read, caption) -> Iterator:
     """Per input, in order, what ``Captioner.captions`` yields (its ``errors`` modes). The
     inputs go through the engine ``CHUNK`` (at least 4 x slots) at a time, so memory holds two
     chunks of pixels whatever the number of inputs; the reader threads read the next chunk
-    while this one decodes."""
-    from .captioner import _read_or_error
+    while this one decodes. ``read(image, index)`` reads one input as the Captioner does;
+    ``caption(decoded, eos)`` turns one engine output into its ``Caption``."""
     from .loader_pipeline import read_ahead
     options = {k: v for k, v in options.items() if v is not None}
     options.pop("dtype", None)
     chunk, slots = max(CHUNK, 4 * slots), min(slots, len(images))
-    read = functools.partial(_read_or_error, config=captioner.image_config)
     with contextlib.closing(read_ahead(images, read, workers=workers, window=chunk)) as loaded:
         pending, first = [], 0
         for item in loaded:
@@ -84,13 +74,14 @@ def slot_captions(captioner, images: list, *, slots: int, errors: str, key, work
             pending.append(item.value)
             stop = errors == "raise" and item.value.error is not None  # the inputs before it first
             if stop or len(pending) == chunk or item.index == len(images) - 1:
-                yield from _decode(captioner, pending, first, slots, errors, key, options)
+                yield from _decode(captioner, pending, first, slots, errors, key, options, caption)
                 pending, first = [], item.index + 1
             if stop:
                 return
 
 
-def _decode(captioner, pending: list, first: int, slots: int, errors: str, key, options: dict) -> Iterator:
+def _decode(captioner, pending: list, first: int, slots: int, errors: str, key, options: dict,
+            caption) -> Iterator:
     """The results of ``pending`` (inputs ``first``... of the call) through the engine."""
     import jax
 
@@ -98,22 +89,21 @@ def _decode(captioner, pending: list, first: int, slots: int, errors: str, key, 
     good = [i for i, p in enumerate(pending) if p.pixels is not None]
     eos = options.get("eos_token_id", captioner.generation_config.eos_token_id)
     if not good:   # nothing to decode: only the inputs' errors
-        yield from _in_order(captioner, pending, iter(()), eos, errors)
+        yield from _in_order(captioner, pending, iter(()), eos, errors, caption)
         return
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(np.asarray(good, np.int32) + first)
     decoded = stream(captioner.params, [pending[i].pixels for i in good], captioner.config,
                      budgets=[_budget(captioner, options)] * len(good), keys=keys, slots=slots,
                      dtype=captioner.dtype if captioner.dtype is not None else np.float32, **options)
-    yield from _in_order(captioner, pending, decoded, eos, errors)
+    yield from _in_order(captioner, pending, decoded, eos, errors, caption)
 
 
-def _in_order(captioner, pending, decoded, eos, errors: str) -> Iterator:
-    from .captioner import Captioner
+def _in_order(captioner, pending, decoded, eos, errors: str, caption) -> Iterator:
     for p in pending:
         if p.pixels is not None:
-            result: Optional[list] = [_caption(captioner, next(decoded), eos)]
+            result: Optional[list] = [caption(next(decoded), eos)]
             if not math.isfinite(result[0].score):
                 p.error = GenerationError(f"{p.name}: generation turned non-finite (NaN or infinite scores): the "
                                           "weights or the compute dtype overflow (try float32)")
             p.result = result
-        yield from Captioner._results([p], errors)
+        yield from captioner._results([p], errors)
