@@ -195,13 +195,13 @@ def test_any_read_failure_is_that_files_error(checkpoint, tmp_path, monkeypatch)
     bomb = str(tmp_path / "imgs" / "bomb.png")
     Image.new("RGB", (200, 200)).save(bomb)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)     # 40,000 pixels > 2x the limit: DecompressionBombError
-    real = captioner.preprocess_one
+    real = captioner.pixels_of
 
     def flaky(image, config):
         if str(image).endswith("im1.png"):
             raise MemoryError("simulated")
         return real(image, config)
-    monkeypatch.setattr(captioner, "preprocess_one", flaky)
+    monkeypatch.setattr(captioner, "pixels_of", flaky)
     code, out, err = run_cli(["caption", paths[0], bomb, paths[1], paths[2], "--model", checkpoint[1],
                            "--max-new-tokens", "3", "--batch-size", "2"])
     assert code == 1 and [line.split("\t")[0] for line in out.splitlines()] == [paths[0], paths[2]]
