@@ -1,6 +1,6 @@
-"""purevedec: a pure-JAX, functional VisionEncoderDecoder: an image encoder (ViT, DeiT, BEiT)
--> optional projection -> a text decoder with cross-attention (GPT-2, TrOCR), loaded straight from
-Hugging Face checkpoints.
+"""purevedec: a pure-JAX, functional VisionEncoderDecoder: an image encoder (ViT, DeiT, BEiT,
+Swin / Donut's Swin) -> optional projection -> a text decoder with cross-attention (GPT-2, TrOCR,
+BERT, RoBERTa, bert-generation, mBART, BART), loaded straight from Hugging Face checkpoints.
 
     params, config = purevedec.load("path/to/checkpoint")   # params carry their config
     logits = purevedec.forward(params, pixels, ids)          # [B,T,V] float32
