@@ -32,7 +32,7 @@ from ..config_fields import field_names, fields, warn_unknown
 from ..decoder_cache import DecoderCache, advance, guard_overflow, step_mask, valid_tokens, write_kv
 from ..errors import ConfigError
 from ..hf_rules import Rule, linear_rules, norm_rules
-from ..layers import activation, causal_mask, dense, dropout, layer_norm, layer_outputs, merge_heads, site_key, split_heads
+from ..layers import activation, dense, dropout, layer_norm, merge_heads, site_key, split_heads
 from ..param_spec import norm
 from . import trocr
 from .family import DecoderFamily, config_json
@@ -142,22 +142,12 @@ def apply(p: dict, ids: jax.Array, kv_cross: list, cfg: MBartConfig, *, attentio
     if position_ids is not None:
         raise ValueError(f"position_ids are not accepted by an {cfg.model_type} decoder: it numbers positions "
                          "0..T-1 itself")
-    b, t = ids.shape
-    x = embed(p, ids, 0, cfg, dtype, key=site_key(key, 0))
-    mask = causal_mask(t, attention_mask, b)
-    hidden, self_ws, cross_ws = [x], [], []
-    for i, bp in enumerate(p["blocks"]):
-        y, self_w, cross_w, _ = layer_outputs(lambda bp, x, kv, mask, k: block(bp, x, kv, mask, cfg, dtype, key=k),
-                                              bp, x, kv_cross[i], constants=(mask, site_key(key, 1, i)), remat=remat,
-                                              side_outputs=3)
-        x = jnp.where(trocr._layer_dropped(cfg, site_key(key, 2, i)), x, y)
-        hidden.append(x)
-        self_ws.append(self_w)
-        cross_ws.append(cross_w)
-    x = final_norm(p, x)
-    hidden[-1] = x  # transformers reports the last layer's output after the final norm
-    return {"logits": lm_head(p, x, cfg, dtype), "hidden_states": tuple(hidden), "attentions": tuple(self_ws),
-            "cross_attentions": tuple(cross_ws)}
+    hidden, self_ws, cross_ws = trocr.layer_stack(p, ids, kv_cross, cfg, block, attention_mask=attention_mask,
+                                                  dtype=dtype, key=key, remat=remat)
+    x = final_norm(p, hidden[-1])
+    # transformers reports the last layer's output after the final norm
+    return {"logits": lm_head(p, x, cfg, dtype), "hidden_states": (*hidden[:-1], x), "attentions": self_ws,
+            "cross_attentions": cross_ws}
 
 
 def apply_cached(p: dict, cache: DecoderCache, ids: jax.Array, cfg: MBartConfig, *, attention_mask=None,

@@ -279,20 +279,29 @@ def apply(p: dict, ids: jax.Array, kv_cross: list, cfg: TrOCRConfig, *, attentio
     if position_ids is not None:
         raise ValueError("position_ids are not accepted by a TrOCR decoder: it numbers positions itself "
                          "(learned: 0..T-1; sinusoidal: counted over the non-pad tokens)")
+    hidden, self_ws, cross_ws = layer_stack(p, ids, kv_cross, cfg, block, attention_mask=attention_mask, dtype=dtype,
+                                            key=key, remat=remat)
+    return {"logits": lm_head(p, hidden[-1], cfg, dtype), "hidden_states": hidden, "attentions": self_ws,
+            "cross_attentions": cross_ws}
+
+
+def layer_stack(p: dict, ids: jax.Array, kv_cross: list, cfg, layer, *, attention_mask, dtype, key, remat: bool):
+    """Embeddings, then every ``layer(bp, x, kv, mask, cfg, dtype, key=...)`` with LayerDrop:
+    (the embedding output and each layer's output, self weights, cross weights), as tuples.
+    Shared by the fairseq-style decoders (TrOCR, mBART/BART), which differ only in their layer."""
     b, t = ids.shape
     x = embed(p, ids, 0, cfg, dtype, key=site_key(key, 0))
     mask = causal_mask(t, attention_mask, b)
     hidden, self_ws, cross_ws = [x], [], []
     for i, bp in enumerate(p["blocks"]):
-        y, self_w, cross_w, _ = layer_outputs(lambda bp, x, kv, mask, k: block(bp, x, kv, mask, cfg, dtype, key=k),
+        y, self_w, cross_w, _ = layer_outputs(lambda bp, x, kv, mask, k: layer(bp, x, kv, mask, cfg, dtype, key=k),
                                               bp, x, kv_cross[i], constants=(mask, site_key(key, 1, i)), remat=remat,
                                               side_outputs=3)
         x = jnp.where(_layer_dropped(cfg, site_key(key, 2, i)), x, y)
         hidden.append(x)
         self_ws.append(self_w)
         cross_ws.append(cross_w)
-    return {"logits": lm_head(p, x, cfg, dtype), "hidden_states": tuple(hidden), "attentions": tuple(self_ws),
-            "cross_attentions": tuple(cross_ws)}
+    return tuple(hidden), tuple(self_ws), tuple(cross_ws)
 
 
 def apply_cached(p: dict, cache: DecoderCache, ids: jax.Array, cfg: TrOCRConfig, *, attention_mask=None,
