@@ -40,28 +40,27 @@ def write_model_folder(path: str, params, copy_from: list[str], extra: Callable[
     """Write ``params`` as a complete model folder at ``path`` (the files of ``copy_from`` copied
     in; ``extra(folder)`` adds more, such as the train state), replacing any folder there
     atomically. Returns ``path``."""
-    tmp = f"{path}{_TMP}{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    def fill(tmp: str) -> None:
         save(params, tmp)
         for file in copy_from:
             shutil.copyfile(file, os.path.join(tmp, os.path.basename(file)))
-        if extra is not None:
-            extra(tmp)
-        replace_folder(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    return _build_beside(path, fill, extra)
 
 
 def copy_folder(source: str, path: str, extra: Callable[[str], None] | None = None, skip: tuple = ()) -> str:
     """Copy the folder ``source`` (less the file names in ``skip``) to ``path`` (``extra(folder)``
     adds files), replacing any folder there atomically."""
+    return _build_beside(path, lambda tmp: shutil.copytree(source, tmp, ignore=lambda folder, names: [
+        n for n in names if n in skip]), extra)
+
+
+def _build_beside(path: str, fill: Callable[[str], None], extra: Callable[[str], None] | None) -> str:
+    """Build a folder beside ``path`` (``fill(folder)`` creates it, ``extra(folder)`` adds files),
+    then replace ``path`` with it atomically; an interrupted build leaves nothing behind."""
     tmp = f"{path}{_TMP}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        shutil.copytree(source, tmp, ignore=lambda folder, names: [n for n in names if n in skip])
+        fill(tmp)
         if extra is not None:
             extra(tmp)
         replace_folder(tmp, path)
