@@ -65,6 +65,23 @@ def _loopback_only(sock, address):
 socket.socket.connect = _loopback_only
 
 
+@pytest.fixture(autouse=True)
+def _no_persistent_compilation_cache():
+    """Fails the test that leaves JAX's persistent compilation cache on in this worker, and turns
+    it off again: every later test of the worker would write its programs to that folder, shared
+    with the other workers (CI runs whose workers aborted inside XLA's compiler had it on)."""
+    yield
+    jax = sys.modules.get("jax")
+    if jax is None or not jax.config.jax_compilation_cache_dir:
+        return
+    left = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", None)
+    from jax._src import compilation_cache
+    compilation_cache.reset_cache()
+    pytest.fail(f"this test left JAX's persistent compilation cache on ({left}); run the CLI with "
+                "--compile-cache none in-process, or in a subprocess")
+
+
 
 
 def save_reference(model, path, **kwargs) -> str:
