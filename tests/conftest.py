@@ -5,10 +5,13 @@ transformers and torch are the reference; they are test dependencies only.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import os
+import shutil
 import socket
 import sys
+import tempfile
 
 # Tests never reach a hub, whatever the environment says (a test that needs huggingface_hub
 # online sets its constant itself, against a server on this machine). Set before anything
@@ -20,6 +23,20 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # The CLI turns on JAX's persistent compilation cache in ~/.cache (process-wide); in-process CLI
 # tests must not write there. test_cli checks the CLI's own cache in a subprocess.
 os.environ["PUREVEDEC_COMPILE_CACHE"] = "none"
+
+# One persistent compilation cache for the whole run, made by the first process (the xdist
+# controller, or plain pytest) before jax is imported: the workers and every subprocess a test
+# starts inherit the variables, so a program compiled once (the tiny models at the same shapes,
+# the CLI's encoder and generation loop, a file's programs after _release_compiled_programs) is
+# read back instead of compiled again. The cache key covers the program, jax's version and
+# XLA_FLAGS. Programs that compile faster than the threshold are not worth a file.
+RUN_CACHE = "PUREVEDEC_TEST_RUN_CACHE"
+if RUN_CACHE not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ[RUN_CACHE] = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="purevedec-xla-")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.25"
+    _MADE_RUN_CACHE = True
+else:
+    _MADE_RUN_CACHE = False
 
 import numpy as np
 import pytest
@@ -41,6 +58,11 @@ def pytest_configure(config):
     still runs with plain pytest where pytest-xdist is not installed."""
     if getattr(config.option, "dist", "no") == "load" and not _dist_chosen(config):
         config.option.dist = "loadfile"
+
+
+def pytest_unconfigure(config):
+    if _MADE_RUN_CACHE:
+        shutil.rmtree(os.environ[RUN_CACHE], ignore_errors=True)
 
 
 def _is_loopback(host) -> bool:
@@ -65,23 +87,55 @@ def _loopback_only(sock, address):
 socket.socket.connect = _loopback_only
 
 
+def _mapping_count() -> int:
+    with open("/proc/self/maps", "rb") as f:
+        return f.read().count(b"\n")
+
+
+# Each compiled XLA:CPU program holds about six memory mappings until JAX drops it, and JAX keeps
+# every program it compiled: a worker that runs hundreds of test files reached Linux's limit
+# (vm.max_map_count, 65530), its next compile failed and the C++ unwinder crashed the worker
+# ("Fatal Python error: Segmentation fault" in backend_compile_and_load). The programs are
+# dropped after each file (a file's tests share theirs), and after a test that left many.
+MAPPINGS_BEFORE_RELEASE = 20_000
+
+
+def _release_programs() -> None:
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        jax.clear_caches()
+        gc.collect()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    yield
+    _release_programs()
+
+
 @pytest.fixture(autouse=True)
-def _no_persistent_compilation_cache():
-    """Fails the test that leaves JAX's persistent compilation cache on in this worker, and turns
-    it off again: every later test of the worker would write its programs to that folder, shared
-    with the other workers (CI runs whose workers aborted inside XLA's compiler had it on)."""
+def _bounded_mappings():
+    yield
+    if sys.platform == "linux" and _mapping_count() > MAPPINGS_BEFORE_RELEASE:
+        _release_programs()
+
+
+@pytest.fixture(autouse=True)
+def _no_persistent_compilation_cache_of_its_own():
+    """Fails the test that points JAX's persistent compilation cache somewhere else than the run's
+    own (the CLI's default is ~/.cache, shared by every run), and points it back."""
+    jax = sys.modules.get("jax")
+    before = jax.config.jax_compilation_cache_dir if jax is not None else os.environ.get("JAX_COMPILATION_CACHE_DIR")
     yield
     jax = sys.modules.get("jax")
-    if jax is None or not jax.config.jax_compilation_cache_dir:
+    if jax is None or jax.config.jax_compilation_cache_dir == before:
         return
     left = jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", None)
+    jax.config.update("jax_compilation_cache_dir", before)
     from jax._src import compilation_cache
     compilation_cache.reset_cache()
-    pytest.fail(f"this test left JAX's persistent compilation cache on ({left}); run the CLI with "
+    pytest.fail(f"this test moved JAX's persistent compilation cache to {left}; run the CLI with "
                 "--compile-cache none in-process, or in a subprocess")
-
-
 
 
 def save_reference(model, path, **kwargs) -> str:
