@@ -149,7 +149,8 @@ def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[in
     knobs = Knobs(*(jnp.asarray(getattr(gen, k), jnp.float32) for k in Knobs._fields))
     row_keys = _row_keys(keys, n, plan.processing.sample)
     room = speculate + 1 if speculate else 0  # a speculative step writes 1 + speculate columns
-    sizes = bucket_sizes(1, plan.processing.max_length + room, bucket_start)
+    positions = config.decoder.n_positions
+    sizes = bucket_sizes(1, min(plan.processing.max_length + room, positions), bucket_start)
     statics = dict(config=config, plan=plan, dtype=dtype)
     encs = _encoder_states(params, pixels, config, slots, dtype)
     first = next(encs, None)
@@ -168,12 +169,14 @@ def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[in
                 pool = _insert(weights, pool, j, next(encs), prompt, 1 + budgets[i], row_keys[i], columns=columns,
                                **statics)
                 owner[j], cur[j] = i, 1
-        reach = steps_per_call * (1 + speculate)
-        need = max(min(cur[j] + reach, 1 + budgets[owner[j]]) + room for j in range(slots) if owner[j] is not None)
+        drafts = _drafts_within(positions, speculate, steps_per_call,
+                                max(cur[j] for j in range(slots) if owner[j] is not None))
+        reach, extra = steps_per_call * (1 + drafts), drafts + 1 if drafts else 0
+        need = max(min(cur[j] + reach, 1 + budgets[owner[j]]) + extra for j in range(slots) if owner[j] is not None)
         while columns < need:
             columns = sizes[sizes.index(columns) + 1]
             pool = _grow(pool, columns=columns)
-        pool = _advance(weights, pool, knobs, steps=steps_per_call, speculate=speculate, ngram=ngram,
+        pool = _advance(weights, pool, knobs, steps=steps_per_call, speculate=drafts, ngram=ngram,
                         repeats=repeats, **statics)
         cur, live = (np.array(a) for a in _status(pool))
         for j in range(slots):
@@ -185,6 +188,14 @@ def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[in
         while next_out in done:
             yield done.pop(next_out)
             next_out += 1
+
+
+def _drafts_within(positions: int, speculate: int, steps: int, cur: int) -> int:
+    """``speculate``, or 0 for a call whose drafts could reach past the decoder's position table
+    (``positions`` entries) from column ``cur``: a draft token there would embed as NaN, and the
+    NaN keys and values would reach the real token's attention in the same step. Such a call
+    decodes token by token; the tokens are the same, greedy's."""
+    return speculate if cur + steps * (speculate + 1) + speculate + 1 <= positions else 0
 
 
 def _chain(first, rest):

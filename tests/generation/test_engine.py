@@ -83,6 +83,23 @@ def test_speculative_greedy_equals_greedy_and_accepts_drafts(model):
     assert sum(o.steps for o in outs) < sum(BUDGETS)  # some drafts were accepted
 
 
+def test_speculation_near_the_last_position_stays_greedy(model):
+    """Budgets up to the decoder's last position: the drafts of the final steps would reach past
+    its position table (embedded as NaN, which reached the real token's attention); those steps
+    decode token by token and the tokens stay greedy's."""
+    params, _ = model
+    last = params["config"].decoder.n_positions - 1
+    px = rand_pixels(2, seed=2)
+    budgets = [last, last]
+    kw = dict(min_new_tokens=last)
+    outs = generate_many(params, px, budgets=budgets, slots=2, steps_per_call=2, bucket_start=4, speculate=3,
+                         ngram=1, **kw)
+    for o, budget in zip(outs, budgets):
+        alone = pv.generate(params, px[o.index:o.index + 1], max_new_tokens=budget, **kw)
+        np.testing.assert_array_equal(o.sequence, alone.sequences[0])
+        assert np.all(np.isfinite(o.token_logprobs))
+
+
 def _first_repeat_end(generated: list, max_period: int, repeats: int) -> int:
     """Tokens kept by the repetition rule: up to the first that completes a repeated block."""
     for end in range(1, len(generated) + 1):
