@@ -147,7 +147,7 @@ class _Model:
     """The base model: params, config, its folder's tokenizer, image config and side files."""
 
     def __init__(self, name: str):
-        from ..captioning.captioner import model_dir
+        from ..captioning.captioner import check_parts, model_dir
         from ..captioning.image import load_image_config
         from ..captioning.text import load_tokenizer
         from ..checkpoints import load
@@ -155,6 +155,8 @@ class _Model:
         self.path = model_dir(name)
         self.params, self.config = load(self.path)
         self.image_config, self.tokenizer = load_image_config(self.path), load_tokenizer(self.path)
+        # As caption refuses them: evaluation and every saved checkpoint caption with these parts.
+        check_parts(self.path, self.config, self.image_config, self.tokenizer)
         self.files = tuple(side_files(self.path))
         eos = self.config.eos_token_id if self.config.eos_token_id is not None else self.config.decoder.eos_token_id
         self.eos = int(eos[0] if isinstance(eos, tuple) else eos)

@@ -63,6 +63,22 @@ def test_an_out_that_is_a_file_is_refused_untouched(tmp_path, capsys):
     assert "--out" in capsys.readouterr().err and notes.read_text() == "mine"
 
 
+def test_a_tokenizer_smaller_than_the_model_is_one_line_before_training(tmp_path, model, capsys):
+    """Evaluation and the saved checkpoints would decode the ids past the tokenizer to nothing."""
+    import shutil
+    from tokenizers import Tokenizer, models
+    small = shutil.copytree(model, tmp_path / "small")
+    for name in os.listdir(small):
+        if "token" in name or name in ("vocab.json", "merges.txt"):
+            os.remove(small / name)
+    Tokenizer(models.WordLevel({"t0": 0, "t1": 1, "t2": 2}, unk_token="t0")).save(str(small / "tokenizer.json"))
+    out = tmp_path / "out"
+    code = main(["train", str(small), _data(tmp_path), "--out", str(out), "--compile-cache", "none"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "3 token ids, fewer than the model's vocabulary of 50" in err[-1], err
+    assert not out.exists()
+
+
 def test_help_shows_each_default(capsys):
     try:
         assert main(["train", "--help"]) == 0
