@@ -82,9 +82,37 @@ def test_bleu_matches_sacrebleu_on_a_corpus_with_matches_at_every_order():
     assert got == pytest.approx(M.bleu(preds, refs, backend="library"), rel=1e-12)
 
 
+COCO_VALUES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "coco_scorers.json")
+
+
+def test_bleu_and_cider_equal_the_coco_scorers_recorded_values():
+    """COCO's own scorers (pycocoevalcap) on six fixed corpora, recorded by
+    scripts/coco_scorer_values.py: every run compares with them, the package installed or not.
+    COCO's BLEU adds 1e-15 / 1e-9 to each n-gram count, hence its tolerance."""
+    with open(COCO_VALUES, encoding="utf-8") as f:
+        recorded = json.load(f)
+    assert recorded["scorer"].startswith("pycocoevalcap") and len(recorded["cases"]) == 6
+    for case in recorded["cases"]:
+        preds, refs = case["predictions"], case["references"]
+        assert M.cider_d(preds, refs) == pytest.approx(case["cider_d"], rel=1e-12)
+        assert M.bleu(preds, refs) == pytest.approx(case["bleu_4"], rel=1e-9)
+        assert case["bleu_4"] > 0.1 and case["cider_d"] > 0.5  # every n-gram order matches somewhere
+
+
 def test_bleu_and_cider_match_the_coco_caption_scorers():
-    """pycocoevalcap (COCO's own scorers; not in the test extra: it ships 100 MB of Java jars)."""
+    """pycocoevalcap itself (not in the test extra: it ships 100 MB of Java jars), on captions that
+    need purevedec's normalisation, and on the recorded corpora (the recording is the scorer's)."""
     pytest.importorskip("pycocoevalcap")
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "scripts"))
+    try:
+        import coco_scorer_values
+    finally:
+        sys.path.pop(0)
+    with open(COCO_VALUES, encoding="utf-8") as f:
+        for seed, case in zip(range(20, 26), json.load(f)["cases"], strict=True):
+            assert coco_scorer_values.corpus(seed) == (case["predictions"], case["references"])
+            live = coco_scorer_values.scores(case["predictions"], case["references"])
+            assert live == pytest.approx({"cider_d": case["cider_d"], "bleu_4": case["bleu_4"]}, rel=1e-12)
     from pycocoevalcap.bleu.bleu_scorer import BleuScorer
     from pycocoevalcap.cider.cider_scorer import CiderScorer
     for seed in range(4):
