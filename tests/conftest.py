@@ -58,6 +58,10 @@ def pytest_configure(config):
     still runs with plain pytest where pytest-xdist is not installed."""
     if getattr(config.option, "dist", "no") == "load" and not _dist_chosen(config):
         config.option.dist = "loadfile"
+    # A crashed worker ends the run at once: xdist 3.8's loadfile scheduler hung after replacing
+    # one (CI then waited out its 90 minutes with nothing to show).
+    if hasattr(config.option, "maxworkerrestart") and config.option.maxworkerrestart is None:
+        config.option.maxworkerrestart = "0"
 
 
 def pytest_unconfigure(config):
