@@ -130,18 +130,22 @@ def _ragged(rows, pad: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def prepare_prompt(gen: GenerationConfig, batch: int, decoder_input_ids=None,
-                   decoder_attention_mask=None) -> tuple[np.ndarray, Optional[np.ndarray]]:
+                   decoder_attention_mask=None, prepend_start: bool = True) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """Decoder prompt [B,P] and mask. Rows given as lists of different lengths are left-padded,
     after the start token is put before each row that lacks it (as that row alone would get it;
     deciding after padding would take a pad id equal to the start id, as GPT-2's, for a start).
-    For an array, like transformers, the start token is prepended when no row begins with it."""
+    For an array, like transformers, the start token is prepended when no row begins with it.
+    ``prepend_start=False`` (Donut: its task prompt is the start) uses the rows as given."""
     start, _, pad = special_ids(gen)
     if decoder_input_ids is None:
         return np.full((batch, 1), start, np.int32), None
     if isinstance(decoder_input_ids, (list, tuple)) and any(np.ndim(r) == 1 for r in decoder_input_ids):
         if decoder_attention_mask is not None:
             raise ValueError("pass decoder_attention_mask only with a padded [B,P] decoder_input_ids array")
-        rows = [list(r) if len(r) and r[0] == start else [start, *r] for r in decoder_input_ids]
+        if any(len(r) == 0 for r in decoder_input_ids) and not prepend_start:
+            raise ValueError("decoder_input_ids has an empty row: this model's prompt must start its text")
+        rows = [list(r) if (len(r) and r[0] == start) or not prepend_start else [start, *r]
+                for r in decoder_input_ids]
         decoder_input_ids, decoder_attention_mask = _ragged(rows, pad if pad is not None else start)
     ids = np.asarray(decoder_input_ids)
     if ids.ndim != 2 or ids.shape[0] != batch:
@@ -151,7 +155,7 @@ def prepare_prompt(gen: GenerationConfig, batch: int, decoder_input_ids=None,
     mask = None if decoder_attention_mask is None else np.asarray(decoder_attention_mask)
     if mask is not None and mask.shape != ids.shape:
         raise ValueError(f"decoder_attention_mask has shape {mask.shape}, expected {ids.shape}")
-    if np.all(ids[:, 0] != start):
+    if prepend_start and np.all(ids[:, 0] != start):
         ids = np.concatenate([np.full((batch, 1), start, ids.dtype), ids], axis=1)
         mask = None if mask is None else np.concatenate([np.ones((batch, 1), mask.dtype), mask], axis=1)
     return ids, mask

@@ -19,6 +19,7 @@ from ..config import Config
 from ..decoding import cache_step, new_cache, shifted_positions
 from ..encoder_chunks import encoder_chunk, encoder_states
 from ..inputs import check_ids, check_pixels, compute_dtype
+from ..models import encoder_family
 from ..params import unpack
 from ..sharding import batch_split, gather_weights, weight_gathers
 from .beam_loop import beam_results, beam_state, run_beam
@@ -113,12 +114,13 @@ def _split_traced(options: dict) -> tuple[dict, dict]:
     return {k: val for k, val in options.items() if k not in traced}, traced
 
 
-def _prompt(gen: GenerationConfig, batch: int, ids, mask):
+def _prompt(gen: GenerationConfig, config: Config, batch: int, ids, mask):
     """The decoder prompt [B,P] and mask: prepared on the host when concrete (ragged lists,
-    start token prepended when missing); a traced prompt is used as given."""
+    start token prepended when missing, unless the encoder's family says a prompt replaces it,
+    as transformers does for Donut); a traced prompt is used as given."""
     if _is_tracer(ids) or _is_tracer(mask):
         return ids, mask
-    return prepare_prompt(gen, batch, ids, mask)
+    return prepare_prompt(gen, batch, ids, mask, not encoder_family(config.encoder).prompt_replaces_start)
 
 
 def generate_core(params, pixels, config: Config | None = None, *, key=None,
@@ -152,7 +154,7 @@ def prepare(params, pixels, config=None, *, key=None, generation_config=None, de
     shifted = shifted_positions(positions)
     options, traced = _split_traced(options)
     gen = with_options(generation_config or params.get("generation_config") or defaults_for(config), options)
-    prompt, mask = _prompt(gen, pixels.shape[0], decoder_input_ids, decoder_attention_mask)
+    prompt, mask = _prompt(gen, config, pixels.shape[0], decoder_input_ids, decoder_attention_mask)
     plan = make_plan(gen, config, prompt.shape[1], bool(output_cross_attentions), traced=frozenset(traced))
     if plan.processing.sample and key is None:
         raise ValueError("do_sample=True draws random numbers: pass key=jax.random.key(seed)")
@@ -186,7 +188,9 @@ def generate(params, pixels, config: Config | None = None, *, key=None,
     output whatever else is in the batch.
 
     ``decoder_input_ids`` is a prompt: a [B,P] array (with ``decoder_attention_mask`` for left
-    padding) or a list of per-image token lists of different lengths (left-padded here). With
+    padding) or a list of per-image token lists of different lengths (left-padded here). As in
+    transformers, the decoder start token is put before a prompt that lacks it, except for Donut
+    (a donut-swin encoder), whose task prompt ("<s_cord-v2>") is its start. With
     ``positions="per_row"`` (default) each row's positions count from its first real token, so
     every row continues exactly as its prompt would alone; ``positions="shifted"`` numbers them
     from the start of the padded buffer, as transformers does (its batched output, token for

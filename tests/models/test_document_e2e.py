@@ -67,6 +67,20 @@ def test_generation_is_token_identical(pair, case):
     np.testing.assert_array_equal(pv.generate(params, px, **GEN_CASES[case]).sequences, ref)
 
 
+def test_a_prompt_without_the_start_token_is_used_as_transformers_uses_it(pair):
+    """Donut's task prompt ("<s_cord-v2>") is its start: transformers feeds a donut-swin model's
+    decoder_input_ids as given; for any other encoder it puts the start token before them."""
+    name, model, params, config = pair
+    px, prompt = pixels(config, 2), np.array([[7, 9], [7, 9]])
+    with torch.no_grad():
+        ref = model.generate(pixel_values=torch.tensor(px), decoder_input_ids=torch.tensor(prompt), max_new_tokens=6)
+    got = pv.generate(params, px, decoder_input_ids=prompt, max_new_tokens=6).sequences
+    np.testing.assert_array_equal(got, ref.numpy())
+    assert (got[0, 0] == 7) == (config.encoder.model_type == "donut-swin")
+    ragged = pv.generate(params, px[:1], decoder_input_ids=[[7, 9]], max_new_tokens=6).sequences
+    np.testing.assert_array_equal(ragged, got[:1])
+
+
 def test_sampling_top_k_1_is_greedy_and_a_key_is_reproducible(pair):
     _, _, params, config = pair
     px = pixels(config)
