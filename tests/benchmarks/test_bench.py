@@ -27,8 +27,13 @@ def test_suite_runs_and_writes_tables_json_and_chart(tmp_path):
     for cell in saved["speed"]:
         assert cell["pv_s"] > 0 and cell["hf_s"] > 0 and cell["bound_s"] > 0
     assert "absent" in saved["seed"]["skipped"]
-    assert {t["name"] for t in saved["targets"]} >= {"greedy b1 time vs transformers",
-                                                       "greedy b1 decode per token vs memory bound"}
+    names = {t["name"] for t in saved["targets"]}
+    assert "greedy b1 time vs transformers" in names
+    # The tiny model's per-token time can fall below the timer's resolution (recorded as None,
+    # not a time); the memory-bound target is there exactly when it was measured.
+    greedy = next(c for c in saved["speed"] if c["workload"] == "greedy")
+    measured = greedy.get("pv_token_ms") is not None and greedy.get("bound_token_ms") is not None
+    assert ("greedy b1 decode per token vs memory bound" in names) == measured
     md = (out / "results.md").read_text()
     assert "## Targets" in md and "## Speed" in md and "beam-4" in md
     shown = readme.read_text()
