@@ -148,9 +148,8 @@ def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[in
     start = special_ids(gen)[0]
     knobs = Knobs(*(jnp.asarray(getattr(gen, k), jnp.float32) for k in Knobs._fields))
     row_keys = _row_keys(keys, n, plan.processing.sample)
-    room = speculate + 1 if speculate else 0  # a speculative step writes 1 + speculate columns
     positions = config.decoder.n_positions
-    sizes = bucket_sizes(1, min(plan.processing.max_length + room, positions), bucket_start)
+    sizes = bucket_sizes(1, min(plan.processing.max_length + _room(speculate), positions), bucket_start)
     statics = dict(config=config, plan=plan, dtype=dtype)
     encs = _encoder_states(params, pixels, config, slots, dtype)
     first = next(encs, None)
@@ -171,8 +170,9 @@ def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[in
                 owner[j], cur[j] = i, 1
         drafts = _drafts_within(positions, speculate, steps_per_call,
                                 max(cur[j] for j in range(slots) if owner[j] is not None))
-        reach, extra = steps_per_call * (1 + drafts), drafts + 1 if drafts else 0
-        need = max(min(cur[j] + reach, 1 + budgets[owner[j]]) + extra for j in range(slots) if owner[j] is not None)
+        reach = steps_per_call * (1 + drafts)
+        need = max(min(cur[j] + reach, 1 + budgets[owner[j]]) + _room(drafts) for j in range(slots)
+                   if owner[j] is not None)
         while columns < need:
             columns = sizes[sizes.index(columns) + 1]
             pool = _grow(pool, columns=columns)
@@ -195,7 +195,12 @@ def _drafts_within(positions: int, speculate: int, steps: int, cur: int) -> int:
     (``positions`` entries) from column ``cur``: a draft token there would embed as NaN, and the
     NaN keys and values would reach the real token's attention in the same step. Such a call
     decodes token by token; the tokens are the same, greedy's."""
-    return speculate if cur + steps * (speculate + 1) + speculate + 1 <= positions else 0
+    return speculate if cur + steps * (speculate + 1) + _room(speculate) <= positions else 0
+
+
+def _room(drafts: int) -> int:
+    """Cache columns a step may write past its current one: 1 + the draft when speculating."""
+    return drafts + 1 if drafts else 0
 
 
 def _chain(first, rest):
