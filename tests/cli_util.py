@@ -4,6 +4,7 @@ run ``purevedec`` (in this process, or in a subprocess for pipes, FIFOs and sign
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -38,6 +39,18 @@ def make_images(folder, n, size=(20, 30)) -> list[str]:
         paths.append(str(folder / f"im{i}.png"))
         Image.fromarray(rs.randint(0, 256, (size[0] + i, size[1], 3), np.uint8)).save(paths[-1])
     return paths
+
+
+def caption_folder(folder, n: int = 8) -> str:
+    """n random 16x16 images with captions of the tiny tokenizer's words ("t5 t9 ..."), in a
+    captions.jsonl, as `purevedec train` reads them."""
+    os.makedirs(folder, exist_ok=True)
+    rs = np.random.RandomState(11)
+    with open(os.path.join(folder, "captions.jsonl"), "w") as f:
+        for i in range(n):
+            Image.fromarray(rs.randint(0, 256, (16, 16, 3), np.uint8)).save(os.path.join(folder, f"im{i}.png"))
+            f.write(json.dumps({"image": f"im{i}.png", "caption": " ".join(f"t{w}" for w in rs.randint(3, 50, 4))}) + "\n")
+    return str(folder)
 
 
 class Terminal(io.StringIO):

@@ -237,7 +237,7 @@ def cli_runs(tmp_path_factory):
     """`purevedec caption` / `train` with and without --mesh, in one 8-device subprocess, on a
     tiny captioning checkpoint and a folder of 8 captioned images."""
     from models import make_reference, save_captioning_checkpoint
-    from test_multihost import caption_folder
+    from cli_util import caption_folder
     root = tmp_path_factory.mktemp("mesh_cli")
     model = make_reference(dec_kw={"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0,
                                    "tie_word_embeddings": False}, init_scale=3.0, seed=1)

@@ -350,7 +350,6 @@ def test_low_precision_generate_tokens_equal_float32(gen_model, tmp_path, dtype)
 
 def test_second_call_does_not_recompile(gen_model):
     _, params, config = gen_model
-    import sys
     from purevedec.generation import search as g
     pv.generate(params, rand_pixels(2, seed=1), config, max_new_tokens=6, num_beams=2)
     before = g._generate_jit._cache_size()

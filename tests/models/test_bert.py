@@ -215,15 +215,15 @@ def test_gradients_match_torch_autograd(decoder, tmp_path):
     """Mean token loss over padded labels, with pad ids inside rows too (an input pad id that
     later positions read: torch's padding_idx leaves its embedding rows without that gradient):
     every gradient as torch's float64 autograd."""
-    from test_loss import _assert_gradients_match, _both_gradients
+    from gradient_util import assert_gradients_match, both_gradients
     model = make_bert_reference(decoder, "deit", seed=9)
     model.save_pretrained(tmp_path / "model")
     params, config = pv.load(tmp_path / "model")
     labels = np.random.RandomState(7).randint(4, 60, (4, 6)).astype(np.int32)
     labels[1, 3:], labels[3, 5:] = -100, -100
     labels[0, 2] = labels[2, 1] = config.decoder.pad_token_id  # a pad id read by later positions
-    ours, theirs = _both_gradients(model, params, rand_pixels(2, seed=7), labels, 60, 0.0, tmp_path)
-    _assert_gradients_match(ours, theirs)
+    ours, theirs = both_gradients(model, params, rand_pixels(2, seed=7), labels, 60, 0.0, tmp_path)
+    assert_gradients_match(ours, theirs)
     pad_row = ours["decoder." + ("roberta" if decoder == "roberta" else "bert") +
                    ".embeddings.word_embeddings.weight"][config.decoder.pad_token_id]
     if config.decoder.tie_word_embeddings:  # the head still reads the pad row

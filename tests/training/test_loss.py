@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import purevedec as pv
-from purevedec.checkpoints.writer import hf_tensors
 from purevedec.training.cross_entropy import summarize, token_losses
 from conftest import make_reference, rand_pixels, save_reference
+from gradient_util import assert_gradients_match, both_gradients
 
 V = 50  # the tiny reference's vocabulary
 
@@ -146,11 +146,6 @@ def test_bad_labels_are_refused(ref):
         pv.loss(params, px, _labels(2, 4, 0), label_smoothing=1.5)
 
 
-def _flat_grads(params, pixels, labels, **kw):
-    grads = jax.grad(lambda p: pv.loss(p, pixels, labels, **kw).loss)(params)
-    return dict(hf_tensors(grads, params["config"]))
-
-
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_every_gradient_matches_torch_autograd(ref, smoothing, tmp_path):
     """Dropout off; torch in float64 so the error measured is ours. Per tensor, the largest
@@ -158,8 +153,8 @@ def test_every_gradient_matches_torch_autograd(ref, smoothing, tmp_path):
     identically-zero key-bias gradients, relative to 1e-3 of the largest gradient overall)."""
     model, params = ref
     pixels, labels = rand_pixels(2, seed=8), _labels(4, 6, seed=8, pad_from=[6, 3, 0, 4])
-    ours, theirs = _both_gradients(model, params, pixels, labels, V, smoothing, tmp_path)
-    _assert_gradients_match(ours, theirs)
+    ours, theirs = both_gradients(model, params, pixels, labels, V, smoothing, tmp_path)
+    assert_gradients_match(ours, theirs)
     # what we have and transformers has not: only ViT's unused pooler and the tied head
     assert {n for n in set(ours) - set(theirs) if "pooler" not in n} <= {"decoder.lm_head.weight"}
 
@@ -178,52 +173,9 @@ def test_ocr_gradients_match_torch_autograd(tmp_path):
     vocab = config.decoder.vocab_size
     labels = np.random.RandomState(7).randint(3, vocab, (2, 5)).astype(np.int32)
     labels[1, 3:] = -100
-    ours, theirs = _both_gradients(model, params, rand_pixels(2, h=64, w=64, seed=7), labels, vocab, 0.0, tmp_path)
+    ours, theirs = both_gradients(model, params, rand_pixels(2, h=64, w=64, seed=7), labels, vocab, 0.0, tmp_path)
     assert any("relative_position_bias" in n for n in theirs)
-    _assert_gradients_match(ours, theirs)
-
-
-def _both_gradients(model, params, pixels, labels, vocab, smoothing, tmp_path):
-    """(ours, torch's float64 autograd) gradients of the mean token loss, by checkpoint name."""
-    import copy
-
-    import torch
-    ref64 = copy.deepcopy(model).double().eval()
-    ref64.zero_grad()
-    rows = labels.shape[0] // pixels.shape[0]
-    out = ref64(pixel_values=torch.tensor(np.repeat(pixels, rows, axis=0)).double(),
-                decoder_input_ids=torch.tensor(np.asarray(pv.shift_right(labels, params)), dtype=torch.long))
-    torch.nn.CrossEntropyLoss(label_smoothing=smoothing)(out.logits.reshape(-1, vocab),
-                                                         torch.tensor(labels, dtype=torch.long).reshape(-1)).backward()
-    return _flat_grads(params, pixels, labels, label_smoothing=smoothing), _checkpoint_named_grads(ref64, tmp_path)
-
-
-def _assert_gradients_match(ours, theirs):
-    assert set(theirs) <= set(ours)
-    largest = max(np.abs(g).max() for g in theirs.values())
-    for name, want in theirs.items():
-        # Attention key biases shift every score of a query equally, which softmax ignores: their
-        # true gradient is 0 and both sides hold round-off (float32 sums over every key on our
-        # side), so those are measured against 1% of the largest gradient, the rest against 0.1%.
-        key_bias = name.endswith(("k_proj.bias", "key.bias"))
-        scale = max(np.abs(want).max(), (1e-2 if key_bias else 1e-3) * largest)
-        err = np.abs(ours[name] - want).max() / scale
-        assert err <= 1e-4, (name, err)
-
-
-def _checkpoint_named_grads(model, tmp_path) -> dict:
-    """torch's gradients under the checkpoint's tensor names: written in place of the weights
-    by save_pretrained, which maps transformers' in-memory names back to the file's."""
-    import torch
-    from safetensors.numpy import load_file
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "pooler" in name:
-                p.copy_(torch.zeros_like(p))
-            else:
-                p.copy_(p.grad)
-    model.save_pretrained(tmp_path / "grads")
-    return {n: a for n, a in load_file(str(tmp_path / "grads" / "model.safetensors")).items() if "pooler" not in n}
+    assert_gradients_match(ours, theirs)
 
 
 def test_no_key_is_evaluation_and_equals_forward(ref):

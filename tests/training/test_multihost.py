@@ -14,25 +14,12 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from cli_util import caption_folder
 from models import make_reference, save_captioning_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "scripts", "multihost.py")
-
-
-def caption_folder(folder, n: int = 8) -> str:
-    """n random 16x16 images with captions of the tiny tokenizer's words ("t5 t9 ...")."""
-    os.makedirs(folder, exist_ok=True)
-    rs = np.random.RandomState(11)
-    lines = []
-    for i in range(n):
-        Image.fromarray(rs.randint(0, 256, (16, 16, 3), np.uint8)).save(os.path.join(folder, f"im{i}.png"))
-        lines.append(json.dumps({"image": f"im{i}.png", "caption": " ".join(f"t{w}" for w in rs.randint(3, 50, 4))}))
-    with open(os.path.join(folder, "captions.jsonl"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return str(folder)
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,10 @@ in test_train*.py)."""
 from __future__ import annotations
 
 import json
-import os
 
-import numpy as np
 import pytest
-from PIL import Image
+
+from cli_util import caption_folder
 
 pytest.importorskip("optax")
 
@@ -39,17 +38,6 @@ FLAGS = {
     ("--max-length", "9"): ("batcher", "max_length", 9),
     ("--threads", "1"): ("batcher", "threads", 1),
 }
-
-
-def caption_folder(folder, n: int) -> str:
-    """n random 16x16 images with captions of the tiny tokenizer's words ("t5 t9 ...")."""
-    os.makedirs(folder)
-    rs = np.random.RandomState(11)
-    with open(os.path.join(folder, "captions.jsonl"), "w") as f:
-        for i in range(n):
-            Image.fromarray(rs.randint(0, 256, (16, 16, 3), np.uint8)).save(os.path.join(folder, f"im{i}.png"))
-            f.write(json.dumps({"image": f"im{i}.png", "caption": " ".join(f"t{w}" for w in rs.randint(3, 50, 4))}) + "\n")
-    return str(folder)
 
 
 @pytest.fixture(scope="module")

@@ -270,7 +270,7 @@ def test_the_progress_estimate_leaves_out_the_first_steps_compilation():
 
 
 def test_plot_ticks_are_round_numbers():
-    from purevedec.training.plot import nice_ticks, write_plot
+    from purevedec.training.plot import nice_ticks
     assert nice_ticks(0, 1000) == [0, 200, 400, 600, 800, 1000]
     assert nice_ticks(0, 7) == [0, 2, 4, 6]
     assert nice_ticks(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
