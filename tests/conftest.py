@@ -38,6 +38,13 @@ if RUN_CACHE not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ
 else:
     _MADE_RUN_CACHE = False
 
+# The tests' models are tiny: their programs run in microseconds and compile in about a second,
+# most of it spent optimising (measured in docs/perf-notes.md). The suite checks what programs
+# compute, which no optimisation level may change, so it compiles with XLA's cheapest settings;
+# `shipped_compiler` runs a test with the settings users get. Inherited by every subprocess.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+os.environ.setdefault("JAX_OPTIMIZATION_LEVEL", "O0")
+
 import numpy as np
 import pytest
 
@@ -122,6 +129,20 @@ def _bounded_mappings():
     yield
     if sys.platform == "linux" and _mapping_count() > MAPPINGS_BEFORE_RELEASE:
         _release_programs()
+
+
+@pytest.fixture
+def shipped_compiler():
+    """The test compiles with the optimisations users get (the suite otherwise turns them off)."""
+    import jax
+    saved = jax.config.read("jax_disable_most_optimizations"), jax.config.jax_optimization_level
+    jax.config.update("jax_disable_most_optimizations", False)
+    jax.config.update("jax_optimization_level", "UNKNOWN")
+    _release_programs()   # no program compiled the other way is reused
+    yield
+    jax.config.update("jax_disable_most_optimizations", saved[0])
+    jax.config.update("jax_optimization_level", saved[1])
+    _release_programs()
 
 
 @pytest.fixture(autouse=True)

@@ -160,7 +160,7 @@ def test_readme_marks_its_quick_start_blocks():
     assert text.index("<!-- test: research -->") < text.index("pv.encode(")
 
 
-def test_readme_quick_start_captions_as_transformers(checkpoint, tmp_path):
+def test_readme_quick_start_captions_as_transformers(checkpoint, tmp_path, shipped_compiler):
     import torch
     from transformers import AutoImageProcessor, AutoTokenizer
     model, path = checkpoint
