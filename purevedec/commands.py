@@ -1,4 +1,4 @@
-"""The ``purevedec`` command line: ``caption`` (captioning layer), ``train`` (training layer),
+"""The ``purevedec`` command line: ``caption`` and ``read`` (captioning layer), ``train`` (training layer),
 ``train-shapes`` and ``render-shapes`` (the bundled shapes model's recipe).
 
 It sits above both layers, so neither imports the other: the captioning layer's driver
@@ -29,8 +29,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
     if argv is None and sys.argv[1:2] == ["train"]:
         from .training.huge_pages import restart_with_huge_pages
         restart_with_huge_pages()
-    from .captioning import cli, program
-    return program.main(argv, out, err, commands=(cli.add_caption_command, _add_train, _add_shapes))
+    from .captioning import cli, program, read_cli
+    return program.main(argv, out, err, commands=(cli.add_caption_command, read_cli.add_read_command, _add_train,
+                                                  _add_shapes))
 
 
 if __name__ == "__main__":

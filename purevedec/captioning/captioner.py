@@ -32,6 +32,7 @@ from ..generation import generate
 from ..generation.options import defaults_for
 from ..models import encoder_family
 from .image import ImageInput, as_list
+from .image_files import DeferredImage
 from .preprocessor import PreprocessorConfig, load_preprocessor, output_size, pixels_of, preprocess_any
 from .loader_pipeline import default_workers, read_ahead
 from .text import TextTokenizer, load_tokenizer
@@ -85,7 +86,9 @@ def _patch_attention(cross: np.ndarray, special: int) -> np.ndarray:
 
 
 def input_name(image: ImageInput, index: int) -> str:
-    """How errors name an input: its path, else its position in the call."""
+    """How errors name an input: its path (a deferred one's name), else its position in the call."""
+    if isinstance(image, DeferredImage):
+        return image.name
     return os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"image {index}"
 
 
@@ -102,6 +105,8 @@ def read_pixels(image: ImageInput, config: PreprocessorConfig, index: int = 0) -
             if not stat.S_ISREG(mode):
                 kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
                 raise ImageError(f"{name}: {kind}, not an image file; skipped")
+        if isinstance(image, DeferredImage):
+            image = image.open()
         return pixels_of(image, config)
     except ImageError:
         raise

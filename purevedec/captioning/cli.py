@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import TextIO
+from typing import Callable, NamedTuple, Optional, TextIO
 
 from .escape import escape
 from .flags import add_mesh_flag, count, finite_float, mesh_from, positive_int, seed
-from .inputs import Input, expand_inputs, map_names
+from .inputs import IMAGE_EXTENSIONS, Input, expand_inputs, map_names
 from .output_file import format_record, open_output, write_record
 from .program import EXIT_FAILED_INPUTS, EXIT_OK, UsageError, say
 
@@ -43,19 +43,29 @@ def add_caption_command(commands) -> argparse.ArgumentParser:
     cap.set_defaults(run=caption_command)
     cap.add_argument("images", nargs="+", help="image files, folders (their images) or glob patterns")
     cap.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local checkpoint (default {DEFAULT_MODEL})")
-    cap.add_argument("--batch-size", type=positive_int, default=8, help="images per generate call (default 8)")
-    cap.add_argument("--slots", type=positive_int, default=None,
-                     help="decode through N slots (continuous batching: an image whose caption ended gives its "
-                          "slot to the next) instead of batches; greedy captions are the same, sampling draws "
-                          "per image; not with beams, several sequences, --attention-map or --mesh")
-    cap.add_argument("--workers", type=count, default=None,
-                     help="threads that decode and preprocess images up to two batches ahead of the model "
-                          "(default: up to 4, one per CPU; 0 reads each image just before its batch)")
-    gen = cap.add_argument_group("generation (default: the checkpoint's generation config)")
+    gen = add_run_flags(cap, "images")
+    cap.add_argument("--attention-map", metavar="DIR", default=None,
+                     help="write DIR/<path relative to the inputs' common folder>.png: each generated "
+                          "token's cross-attention over the image")
+    return cap
+
+
+def add_run_flags(parser: argparse.ArgumentParser, what: str):
+    """The flags every model-running command shares (batching, generation, dtype, output, progress,
+    mesh, compile cache); ``what`` names its inputs ("images", "pages"). Returns the generation group."""
+    parser.add_argument("--batch-size", type=positive_int, default=8, help=f"{what} per generate call (default 8)")
+    parser.add_argument("--slots", type=positive_int, default=None,
+                        help=f"decode through N slots (continuous batching: one of the {what} whose text ended "
+                             "gives its slot to the next) instead of batches; greedy texts are the same, sampling "
+                             "draws per input; not with beams, several sequences, --prompt, --attention-map or --mesh")
+    parser.add_argument("--workers", type=count, default=None,
+                        help=f"threads that decode and preprocess {what} up to two batches ahead of the model "
+                             "(default: up to 4, one per CPU; 0 reads each just before its batch)")
+    gen = parser.add_argument_group("generation (default: the checkpoint's generation config)")
     gen.add_argument("--num-beams", type=positive_int, default=None)
     gen.add_argument("--max-new-tokens", type=positive_int, default=None)
     gen.add_argument("--num-return-sequences", type=positive_int, default=None,
-                     help="captions per image (needs beams, at least as many, or --do-sample)")
+                     help=f"texts per input (needs beams, at least as many, or --do-sample)")
     gen.add_argument("--do-sample", action=argparse.BooleanOptionalAction, default=None,
                      help="sample instead of greedy or beam search (--no-do-sample turns it off)")
     gen.add_argument("--temperature", type=finite_float, default=None)
@@ -66,24 +76,21 @@ def add_caption_command(commands) -> argparse.ArgumentParser:
                           "text includes it unless its tokens are special")
     gen.add_argument("--seed", type=seed, default=DEFAULT_SEED,
                      help=f"random seed for sampling (default {DEFAULT_SEED}: runs repeat)")
-    cap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                     help="cast the parameters (default: as stored)")
-    cap.add_argument("--grayscale", action="store_true",
-                     help="turn images gray (and back to RGB) before preprocessing, as manga-ocr's application does")
-    cap.add_argument("--format", choices=["text", "jsonl"], default="text")
-    cap.add_argument("--output", "-o", metavar="FILE", default=None,
-                     help="append the captions to FILE instead of writing them to stdout")
-    cap.add_argument("--skip-existing", action="store_true",
-                     help="with --output: skip the files FILE already holds captions for (resume a run)")
-    cap.add_argument("--attention-map", metavar="DIR", default=None,
-                     help="write DIR/<path relative to the inputs' common folder>.png: each generated "
-                          "token's cross-attention over the image")
-    cap.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    add_mesh_flag(cap, "batches")
-    cap.add_argument("--compile-cache", metavar="DIR", default=os.environ.get("PUREVEDEC_COMPILE_CACHE"),
-                     help="keep compiled programs in DIR so the next run starts fast (default "
-                          "$PUREVEDEC_COMPILE_CACHE, else $XDG_CACHE_HOME/purevedec/xla; 'none' turns it off)")
-    return cap
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                        help="cast the parameters (default: as stored)")
+    parser.add_argument("--grayscale", action="store_true",
+                        help="turn inputs gray (and back to RGB) before preprocessing, as manga-ocr's application does")
+    parser.add_argument("--format", choices=["text", "jsonl"], default="text")
+    parser.add_argument("--output", "-o", metavar="FILE", default=None,
+                        help="append the records to FILE instead of writing them to stdout")
+    parser.add_argument("--skip-existing", action="store_true",
+                        help=f"with --output: skip the {what} FILE already holds records for (resume a run)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_mesh_flag(parser, "batches")
+    parser.add_argument("--compile-cache", metavar="DIR", default=os.environ.get("PUREVEDEC_COMPILE_CACHE"),
+                        help="keep compiled programs in DIR so the next run starts fast (default "
+                             "$PUREVEDEC_COMPILE_CACHE, else $XDG_CACHE_HOME/purevedec/xla; 'none' turns it off)")
+    return gen
 
 
 # --- generation options -------------------------------------------------------------------------
@@ -179,64 +186,104 @@ def write_map(captioner, path: str, caption, target: str) -> None:
         raise OSError(f"{target} exists (remove it, or choose another --attention-map folder)") from None
 
 
+class Job(NamedTuple):
+    """What makes one command's run differ from ``caption``'s: which inputs it takes and what it writes."""
+    what: str
+    """What its inputs are called on stderr ("file(s)", "page(s)")."""
+    paged: bool = False
+    """Records name a page, and ``--skip-existing`` skips (path, page) pairs."""
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+    """Which files a folder gives."""
+    expand: Callable = lambda captioner, inputs: inputs
+    """``expand(captioner, inputs) -> inputs``: each file's inputs for the model (a PDF's pages), after loading."""
+    record: Optional[Callable] = None
+    """``record(captioner, args)`` -> a function ``(item, captions) -> str`` making one input's record
+    (None: ``format_record`` of ``--format``)."""
+
+
+CAPTION_JOB = Job("file(s)")
+
+
 def caption_files(captioner, args, options: dict, inputs: list[Input], stream: TextIO, err: TextIO,
-                  progress) -> int:
-    """Caption the readable ``inputs``, writing each record as its batch is done; returns how many
-    inputs failed (each is named on stderr)."""
+                  progress, record: Optional[Callable] = None) -> int:
+    """Caption the readable ``inputs``, writing each record (``record(item, captions)``, default the
+    caption record of ``--format``) as its batch is done; returns how many inputs failed (each is
+    named on stderr)."""
     import jax
     failed = 0
-    paths = [i.path for i in inputs if i.problem is None]
+    readable = [i for i in inputs if i.problem is None]
     for item in inputs:
         if item.problem is not None:
             failed += 1
             progress.write(escape(f"error: {item.path}: {item.problem}", backslash=False), file=err)
-    maps = map_names(paths) if args.attention_map else {}
-    results = captioner.captions(paths, batch_size=args.batch_size, attention=bool(args.attention_map),
-                                 errors="return", key=jax.random.key(args.seed), workers=args.workers,
-                                 slots=args.slots, prompt=args.prompt, **options)
-    for path, result in zip(paths, results):
+    attention = bool(getattr(args, "attention_map", None))
+    maps = map_names([i.path for i in readable]) if attention else {}
+    results = captioner.captions([i.path if i.source is None else i.source for i in readable],
+                                 batch_size=args.batch_size, attention=attention, errors="return",
+                                 key=jax.random.key(args.seed), workers=args.workers, slots=args.slots,
+                                 prompt=args.prompt, **options)
+    for item, result in zip(readable, results):
         progress.update(1)
         if isinstance(result, Exception):
             failed += 1
             progress.write(escape(f"error: {result}", backslash=False), file=err)
             continue
-        target = os.path.join(args.attention_map, maps[path]) if args.attention_map else None
+        if record is not None:
+            write_record(stream, record(item, result))
+            continue
+        target = os.path.join(args.attention_map, maps[item.path]) if attention else None
         if target is not None:
             try:
-                write_map(captioner, path, result[0], target)
+                write_map(captioner, item.path, result[0], target)
             except Exception as e:  # noqa: BLE001 - a map that cannot be written is this file's error
                 failed += 1
-                progress.write(escape(f"error: {path}: attention map not written ({e})", backslash=False), file=err)
+                progress.write(escape(f"error: {item.path}: attention map not written ({e})", backslash=False),
+                               file=err)
                 target = None
-        write_record(stream, format_record(args.format, path, result, target))
+        write_record(stream, format_record(args.format, item.path, result, target))
     return failed
 
 
-def _inputs(args, err: TextIO, done: set[str]) -> list[Input]:
-    inputs = list(expand_inputs(args.images))
-    if args.skip_existing:
-        done = {os.path.realpath(p) for p in done}  # any spelling of a file
-        kept = [i for i in inputs if i.problem is not None or os.path.realpath(i.path) not in done]
-        if len(kept) < len(inputs):
-            say(err, f"skipping {len(inputs) - len(kept)} file(s) already captioned in {args.output}")
-        inputs = kept
-    return inputs
+def _done_key(item: Input, paged: bool):
+    real = os.path.realpath(item.path)   # any spelling of a file
+    return (real, item.page) if paged else real
 
 
-def caption_command(args, out: TextIO, err: TextIO) -> int:
-    """Run ``purevedec caption``; returns the exit code (UsageError and OutputError propagate)."""
+def _skip_done(args, err: TextIO, inputs: list[Input], done: set, job: Job) -> list[Input]:
+    if not args.skip_existing:
+        return inputs
+    done = {(os.path.realpath(d[0]), d[1]) if job.paged else os.path.realpath(d) for d in done}
+    kept = [i for i in inputs if i.problem is not None or _done_key(i, job.paged) not in done]
+    if len(kept) < len(inputs):
+        say(err, f"skipping {len(inputs) - len(kept)} {job.what} already {'read' if job.paged else 'captioned'} "
+                 f"in {args.output}")
+    return kept
+
+
+def _check_run(captioner, args, options: dict) -> None:
+    attention = bool(getattr(args, "attention_map", None))
+    check_generation(captioner, options, attention)
+    if args.prompt and attention:
+        raise UsageError("--prompt cannot be combined with --attention-map")
+    if args.prompt and args.slots is not None:
+        raise UsageError("--prompt cannot be combined with --slots (the slots start every input from the "
+                         "decoder's start token)")
+
+
+def run_job(args, out: TextIO, err: TextIO, job: Job = CAPTION_JOB) -> int:
+    """Run a model over the inputs ``args`` names, as ``job`` says; returns the exit code (UsageError
+    and OutputError propagate)."""
     options = generation_options(args)          # bad numbers fail before the model is loaded
     mesh = mesh_from(args.mesh)
-    stream, opened, done = open_output(args, out, err)
+    stream, opened, done = open_output(args, out, err, job.paged)
     try:
-        inputs = _inputs(args, err, done)
+        inputs = list(expand_inputs(args.images, job.extensions))
+        if not job.paged:   # known before loading the model
+            inputs = _skip_done(args, err, inputs, done, job)
         captioner = _load(args)
-        check_generation(captioner, options, bool(args.attention_map))
-        if args.prompt and args.attention_map:
-            raise UsageError("--prompt cannot be combined with --attention-map")
-        if args.prompt and args.slots is not None:
-            raise UsageError("--prompt cannot be combined with --slots (the slots start every input from the "
-                             "decoder's start token)")
+        _check_run(captioner, args, options)
+        if job.paged:
+            inputs = _skip_done(args, err, job.expand(captioner, inputs), done, job)
         if mesh is not None:
             captioner = captioner.with_mesh(mesh)
         if args.slots is not None:
@@ -244,10 +291,16 @@ def caption_command(args, out: TextIO, err: TextIO) -> int:
         files = sum(i.problem is None for i in inputs)
         shown = not args.no_progress and files > args.batch_size and err.isatty()
         with progress_bar(files, err, shown) as progress:
-            failed = caption_files(captioner, args, options, inputs, stream, err, progress)
+            record = job.record(captioner, args) if job.record is not None else None
+            failed = caption_files(captioner, args, options, inputs, stream, err, progress, record)
     finally:
         if opened:
             stream.close()
     if failed:
-        say(err, f"{failed} input(s) could not be captioned")
+        say(err, f"{failed} input(s) could not be {'read' if job.paged else 'captioned'}")
     return EXIT_FAILED_INPUTS if failed else EXIT_OK
+
+
+def caption_command(args, out: TextIO, err: TextIO) -> int:
+    """Run ``purevedec caption``; returns the exit code (UsageError and OutputError propagate)."""
+    return run_job(args, out, err, CAPTION_JOB)

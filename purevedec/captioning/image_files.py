@@ -71,3 +71,14 @@ def _check_pixels(im: Image.Image, path) -> None:
     if w * h > MAX_IMAGE_PIXELS:
         raise ImageError(f"{os.fspath(path)}: image of {w} x {h} pixels is larger than the "
                          f"{MAX_IMAGE_PIXELS} pixels purevedec decodes (a decompression bomb?)")
+
+
+class DeferredImage:
+    """An input read only when its batch needs it (a PDF page rendered by a worker thread): the
+    Captioner calls ``open()`` where it would open a path, and names the input ``name`` in errors.
+    Subclasses set ``name`` and implement ``open``, raising ``ImageError`` for an unreadable input."""
+    name: str = "deferred image"
+
+    def open(self) -> Image.Image:
+        """The input as an RGB image (read now, not before)."""
+        raise NotImplementedError

@@ -20,15 +20,19 @@ class Input(NamedTuple):
     """One input: a path to caption, or (``problem`` set) an argument that gave no file."""
     path: str
     problem: Optional[str] = None
+    page: Optional[int] = None
+    """A document page's number (1-based; ``read``'s records carry it), else None."""
+    source: object = None
+    """What the model reads when it is not ``path`` itself (a ``DeferredImage``: a PDF page)."""
 
 
 def is_glob(arg: str) -> bool:
     return any(c in arg for c in "*?[")
 
 
-def _folder_images(folder: str) -> list[str]:
+def _folder_images(folder: str, extensions: tuple[str, ...]) -> list[str]:
     return sorted(os.path.join(root, f) for root, _, files in os.walk(folder) for f in files
-                  if f.lower().endswith(IMAGE_EXTENSIONS))
+                  if f.lower().endswith(extensions))
 
 
 def _glob(pattern: str) -> list[str]:
@@ -45,12 +49,12 @@ def _glob(pattern: str) -> list[str]:
     return sorted(p for p in found if os.path.isfile(p) and not os.path.basename(p).startswith("."))
 
 
-def _expand_one(arg: str) -> Iterator[Input]:
+def _expand_one(arg: str, extensions: tuple[str, ...]) -> Iterator[Input]:
     if os.path.isdir(arg):
-        found = _folder_images(arg)
+        found = _folder_images(arg, extensions)
         yield from (Input(p) for p in found)
         if not found:
-            yield Input(arg, "folder holds no image files")
+            yield Input(arg, f"folder holds no {'image or PDF' if '.pdf' in extensions else 'image'} files")
     elif os.path.lexists(arg) or not is_glob(arg):
         yield Input(arg)               # a missing plain path is reported when it is read
     else:
@@ -60,11 +64,12 @@ def _expand_one(arg: str) -> Iterator[Input]:
             yield Input(arg, "no file matches this pattern")
 
 
-def expand_inputs(args: list[str]) -> Iterator[Input]:
-    """Every argument's files in order (a folder's and a pattern's sorted), each file once."""
+def expand_inputs(args: list[str], extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> Iterator[Input]:
+    """Every argument's files in order (a folder's files with ``extensions`` and a pattern's, sorted),
+    each file once."""
     seen: set[str] = set()
     for arg in args:
-        for item in _expand_one(arg):
+        for item in _expand_one(arg, extensions):
             if item.problem is None:
                 real = os.path.realpath(item.path)
                 if real in seen:

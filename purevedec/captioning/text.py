@@ -309,6 +309,9 @@ class TextTokenizer:
     """The ``tokenizers.Tokenizer`` doing the work."""
     cleanup: bool = False
     """Apply transformers' ``clean_up_tokenization`` when decoding (only where it applies)."""
+    tokenizer_class: str = ""
+    """The ``tokenizer_class`` its ``tokenizer_config.json`` names ("" if none): transformers attaches
+    some output post-processing to the class (``read`` picks its Markdown clean-up by it)."""
 
     def __repr__(self) -> str:
         """One line: the model kind and the vocabulary size (the backend's own repr lists every token)."""
@@ -380,4 +383,5 @@ def load_tokenizer(path: str | os.PathLike) -> TextTokenizer:
         known = {t.content for t in backend.get_added_tokens_decoder().values() if t.special}
         backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
                                     for t in special_token_strings(config) if t not in known])
-    return TextTokenizer(backend, _wants_cleanup(config, backend))
+    kind = config.get("tokenizer_class")
+    return TextTokenizer(backend, _wants_cleanup(config, backend), kind if isinstance(kind, str) else "")
