@@ -38,14 +38,37 @@ def _where(repo_id: str, revision: str | None) -> str:
     return f"{repo_id}@{revision}" if revision else repo_id
 
 
+def _patterns(files) -> list[str] | None:
+    """What to fetch of a repo holding ``files``: the side files and one weights format (None
+    when it holds no format the package reads)."""
+    fmt = pick_format(files)
+    return None if fmt is None else SIDE_FILES + [fmt.single, fmt.index, fmt.shards]
+
+
+def _cached_patterns(repo_id: str, revision: str | None, cache_dir: str | None) -> list[str]:
+    """The patterns the online path fetched this snapshot with, from the repo's file list that
+    huggingface_hub (2.x) caches beside it: asked offline for no pattern, it would require every
+    file of that list, the weights formats deliberately left out included. Without a cached list
+    (older huggingface_hub, a cache written by hand) nothing is checked beyond config.json."""
+    try:
+        from huggingface_hub import get_cached_repo_tree
+        files = [f.path for f in get_cached_repo_tree(repo_id, revision=revision, cache_dir=cache_dir)]
+    except Exception:  # noqa: BLE001 - ImportError, no cached list: fall back on the weakest request
+        return ["config.json"]
+    return _patterns(files) or ["config.json"]
+
+
 def _cached(repo_id: str, revision: str | None, cache_dir: str | None, why: str) -> str:
     """The cached snapshot folder, checked to hold a config and one weights format."""
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
     cache = cache_dir or constants.HF_HUB_CACHE
     try:
-        folder = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True)
-    except LocalEntryNotFoundError:
+        folder = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True,
+                                   allow_patterns=_cached_patterns(repo_id, revision, cache_dir))
+    except LocalEntryNotFoundError as e:
+        if getattr(e, "snapshot_path", None):  # IncompleteSnapshotError: its first sentence names the gaps
+            raise CheckpointError(f"{str(e).split('. ')[0]}, and {why}") from None
         raise CheckpointError(f"{_where(repo_id, revision)} is not in the local Hub cache ({cache}) and {why}; "
                               "download it once while online, or pass a local directory") from None
     files = os.listdir(folder)
@@ -104,9 +127,8 @@ def snapshot_dir(repo_id: str, *, revision: str | None = None, cache_dir: str | 
         raise CheckpointError(f"{repo_id} is neither a local directory nor a Hub repo ({e})") from None
     except Exception as e:  # noqa: BLE001 - no connection, proxy, timeout...: fall back on the cache
         return _cached(repo_id, revision, cache_dir, f"the Hub cannot be reached ({type(e).__name__})")
-    fmt = pick_format(files)
-    if fmt is None:
+    patterns = _patterns(files)
+    if patterns is None:
         raise CheckpointError(f"{_where(repo_id, revision)} has no weights in a supported format "
                               f"({', '.join(f.single for f in FORMATS)}); files: {sorted(files)[:20]}")
-    return snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
-                             allow_patterns=SIDE_FILES + [fmt.single, fmt.index, fmt.shards])
+    return snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns)

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 
+import huggingface_hub
 import jax
 import numpy as np
 import pytest
@@ -153,6 +154,23 @@ def test_a_second_load_is_served_from_the_cache(hub):
     assert [r.path for r in hub.requests if r.path.startswith("/api/models/")]  # the Hub was asked...
     assert _file_requests(hub) == []  # ...but no file was fetched again
     _assert_same_params(second, first)
+
+
+def test_a_downloaded_snapshot_loads_offline(hub, monkeypatch):
+    """huggingface_hub caches the repo's whole file list beside the snapshot; offline, the files
+    the package chose not to fetch (tf_model.h5) must not make the snapshot look incomplete."""
+    online, _ = pv.load(CAPTIONER)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    hub.clear()
+    offline, _ = pv.load(CAPTIONER)
+    assert hub.requests == []
+    _assert_same_params(offline, online)
+    if not hasattr(huggingface_hub, "get_cached_repo_tree"):
+        return  # older huggingface_hub keeps no file list to find the gap by
+    os.remove(os.path.join(hub_module.snapshot_dir(CAPTIONER), "vocab.json"))  # an interrupted download
+    with pytest.raises(pv.CheckpointError, match=r"incomplete: 1 file\(s\) are missing \(vocab.json\), "
+                                                 r"and the machine is offline"):
+        pv.load(CAPTIONER)
 
 
 def test_a_repo_the_hub_does_not_know(hub):
