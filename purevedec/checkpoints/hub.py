@@ -19,9 +19,11 @@ from ..errors import CheckpointError
 from .formats import FORMATS, pick_format
 
 # Everything besides weights that a captioning checkpoint may carry and the package may read.
+# The tokenizer files are those captioning/text.py reads: tokenizer.json, GPT-2's vocab.json +
+# merges.txt, XLM-R's sentencepiece.bpe.model, BERT's vocab.txt (manga-ocr has nothing else).
 SIDE_FILES = ["config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json",
-              "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
-              "added_tokens.json"]
+              "tokenizer_config.json", "vocab.json", "merges.txt", "sentencepiece.bpe.model", "vocab.txt",
+              "special_tokens_map.json", "added_tokens.json"]
 
 
 # A Hub repo id: "name" or "owner/name", letters, digits, '-', '_', '.' (huggingface_hub's rule).

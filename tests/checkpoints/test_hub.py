@@ -94,13 +94,15 @@ CAPTIONER = "nlpconnect/vit-gpt2-image-captioning"
 # reads first, and the tokenizer and preprocessor files (written out here, not taken from hub.py).
 CAPTIONER_NEEDS = {"config.json", "generation_config.json", "pytorch_model.bin", "vocab.json", "merges.txt",
                    "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json"}
+WORDPIECE_VOCAB = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\ncat\n##s\n"
 
 
 @pytest.fixture(scope="module")
 def repos(tmp_path_factory) -> dict[str, dict[str, bytes]]:
     """Repos as the Hub holds them. The captioner is laid out like nlpconnect's: PyTorch weights
     beside TF and Flax ones (junk here: they must never be fetched), GPT-2 tokenizer files, a
-    preprocessor config and repo clutter."""
+    preprocessor config and repo clutter. The other two carry the tokenizer files of BERT
+    decoders (vocab.txt alone, as manga-ocr) and XLM-R ones (a sentencepiece model)."""
     src = tmp_path_factory.mktemp("src")
     model = make_reference()
     model.save_pretrained(src)
@@ -114,7 +116,10 @@ def repos(tmp_path_factory) -> dict[str, dict[str, bytes]]:
                  "special_tokens_map.json": b'{"eos_token": "the"}',
                  "preprocessor_config.json": b'{"image_processor_type": "ViTImageProcessor"}',
                  "README.md": b"# a captioner\n", ".gitattributes": b"*.bin filter=lfs diff=lfs merge=lfs -text\n"}
-    return {CAPTIONER: captioner}
+    weights = {**configs, "model.safetensors": read("model.safetensors")}
+    return {CAPTIONER: captioner,
+            "org/wordpiece": {**weights, "vocab.txt": WORDPIECE_VOCAB.encode(), "README.md": b"x"},
+            "org/sentencepiece": {**weights, "sentencepiece.bpe.model": b"\x0a\x05never read", "README.md": b"x"}}
 
 
 @pytest.fixture
@@ -171,6 +176,27 @@ def test_a_downloaded_snapshot_loads_offline(hub, monkeypatch):
     with pytest.raises(pv.CheckpointError, match=r"incomplete: 1 file\(s\) are missing \(vocab.json\), "
                                                  r"and the machine is offline"):
         pv.load(CAPTIONER)
+
+
+@pytest.mark.parametrize("repo, tokenizer_file", [("org/wordpiece", "vocab.txt"),
+                                                  ("org/sentencepiece", "sentencepiece.bpe.model")])
+def test_every_kind_of_tokenizer_file_is_fetched(hub, repo, tokenizer_file):
+    """A BERT or XLM-R decoder's checkpoint holds no tokenizer.json: its vocab.txt or
+    sentencepiece model is the tokenizer, and captioning it needs that file."""
+    folder = hub_module.snapshot_dir(repo)
+    assert hub.downloaded() == {"config.json", "generation_config.json", "model.safetensors", tokenizer_file}
+    if tokenizer_file == "vocab.txt":
+        from purevedec.captioning.text import load_tokenizer
+        assert load_tokenizer(folder).decode([5, 6, 7]) == "the cats"
+
+
+def test_a_fine_tuned_checkpoint_carries_the_tokenizer_files_over(tmp_path):
+    """What a download fetches beside the weights, fine-tuning copies into its checkpoints, once."""
+    from purevedec.training.checkpoint_dir import side_files
+    for name in ("config.json", "vocab.txt", "sentencepiece.bpe.model", "tokenizer_config.json", "notes.txt"):
+        (tmp_path / name).write_text("x")
+    assert sorted(os.path.basename(f) for f in side_files(str(tmp_path))) == [
+        "sentencepiece.bpe.model", "tokenizer_config.json", "vocab.txt"]
 
 
 def test_a_repo_the_hub_does_not_know(hub):
