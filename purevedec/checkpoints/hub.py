@@ -1,10 +1,11 @@
 """Hub repo id -> local snapshot directory, downloading only what loading needs.
 
-Online, the repo's file list decides the weights format (see ``formats.FORMATS``) and only
-that format is fetched, with the config, generation config, preprocessor and tokenizer files.
-Offline (``HF_HUB_OFFLINE=1``, which huggingface_hub reads itself) or when the Hub cannot be
-reached (a connection probe of a few seconds, before huggingface_hub's own retries), the snapshot
-already in the local cache is used, and a clear error says what is missing from it.
+Online, the repo's file list (its model info) decides the weights format (see
+``formats.FORMATS``) and only that format is fetched, with the config, generation config,
+preprocessor and tokenizer files. Offline (``HF_HUB_OFFLINE=1``, which huggingface_hub reads
+itself), when the Hub cannot be reached (a connection probe of a few seconds, before
+huggingface_hub's own retries) or when it answers with an error, the snapshot already in the
+local cache is used, and a clear error says what is missing from it.
 """
 
 from __future__ import annotations
@@ -111,6 +112,19 @@ def hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
     return bool(result and result[0])
 
 
+def _no_answer(error: Exception) -> str:
+    """Why the Hub's answer is unusable, for the error message: its HTTP status, or the failure."""
+    from huggingface_hub import constants
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if status is not None:
+        return f"the Hub answered HTTP {status} ({constants.ENDPOINT})"
+    return f"the Hub cannot be reached ({type(error).__name__})"
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
 def snapshot_dir(repo_id: str, *, revision: str | None = None, cache_dir: str | None = None) -> str:
     """A local directory holding ``repo_id``'s config and one weights format."""
     if not looks_like_repo_id(repo_id):  # before importing huggingface_hub (~1 s): a typo fails at once
@@ -123,12 +137,18 @@ def snapshot_dir(repo_id: str, *, revision: str | None = None, cache_dir: str | 
     if not hub_reachable(constants.ENDPOINT):
         return _cached(repo_id, revision, cache_dir, f"the Hub cannot be reached (no connection to "
                                                      f"{constants.ENDPOINT} within 3 s)")
+    # The model info lists the files in one request that huggingface_hub does not retry: a Hub
+    # answering 5xx sends the caller to the cache at once (the tree listing retried for ~25 s).
     try:
-        files = HfApi().list_repo_files(repo_id, revision=revision)
-    except (RepositoryNotFoundError, RevisionNotFoundError, HFValidationError) as e:
-        raise CheckpointError(f"{repo_id} is neither a local directory nor a Hub repo ({e})") from None
-    except Exception as e:  # noqa: BLE001 - no connection, proxy, timeout...: fall back on the cache
-        return _cached(repo_id, revision, cache_dir, f"the Hub cannot be reached ({type(e).__name__})")
+        info = HfApi().model_info(repo_id, revision=revision)
+    except RevisionNotFoundError:
+        raise CheckpointError(f"the Hub repo {repo_id} has no revision {revision!r}") from None
+    except (RepositoryNotFoundError, HFValidationError) as e:
+        raise CheckpointError(f"{repo_id} is neither a local directory nor a Hub repo "
+                              f"({_first_line(e)})") from None
+    except Exception as e:  # noqa: BLE001 - no connection, proxy, timeout, 5xx...: fall back on the cache
+        return _cached(repo_id, revision, cache_dir, _no_answer(e))
+    files = [s.rfilename for s in info.siblings or ()]
     patterns = _patterns(files)
     if patterns is None:
         raise CheckpointError(f"{_where(repo_id, revision)} has no weights in a supported format "

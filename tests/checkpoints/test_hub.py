@@ -202,6 +202,23 @@ def test_a_fine_tuned_checkpoint_carries_the_tokenizer_files_over(tmp_path):
 def test_a_repo_the_hub_does_not_know(hub):
     with pytest.raises(pv.CheckpointError, match="org/absent is neither a local directory nor a Hub repo"):
         pv.load("org/absent")
+    with pytest.raises(pv.CheckpointError, match=f"the Hub repo {CAPTIONER} has no revision 'v9'"):
+        pv.load(CAPTIONER, revision="v9")
     assert hub.downloaded() == set()
+
+
+@pytest.mark.parametrize("status, why", [(500, r"the Hub answered HTTP 500"),
+                                         (0, r"the Hub cannot be reached \(RemoteProtocolError\)")])
+def test_a_failing_hub_sends_loads_to_the_cache_at_once(hub, status, why):
+    """A Hub answering 500, or a connection closed unanswered: the cached snapshot is used after
+    one request (huggingface_hub retries its tree listing five times, ~25 s, on either)."""
+    online, _ = pv.load(CAPTIONER)
+    hub.fail(status)
+    hub.clear()
+    cached, _ = pv.load(CAPTIONER)
+    _assert_same_params(cached, online)
+    assert len(hub.requests) == 1, hub.requests
+    with pytest.raises(pv.CheckpointError, match=r"org/absent is not in the local Hub cache .* and " + why):
+        pv.load("org/absent")
 
 
