@@ -153,4 +153,8 @@ def snapshot_dir(repo_id: str, *, revision: str | None = None, cache_dir: str | 
     if patterns is None:
         raise CheckpointError(f"{_where(repo_id, revision)} has no weights in a supported format "
                               f"({', '.join(f.single for f in FORMATS)}); files: {sorted(files)[:20]}")
-    return snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns)
+    try:
+        return snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns)
+    except Exception as e:  # noqa: BLE001 - huggingface_hub's and httpx's errors, all one kind here
+        raise CheckpointError(f"downloading {_where(repo_id, revision)} from the Hub failed: "
+                              f"{_first_line(e)}") from None

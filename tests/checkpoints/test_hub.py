@@ -222,3 +222,14 @@ def test_a_failing_hub_sends_loads_to_the_cache_at_once(hub, status, why):
         pv.load("org/absent")
 
 
+@pytest.mark.parametrize("status, pattern", [(401, "/resolve/.*/config.json$"), (403, "^/cdn/")])
+def test_a_failed_download_is_a_checkpoint_error(hub, status, pattern):
+    """The listing succeeds, then a file cannot be fetched (the Hub refuses it, as for a gated
+    repo, or the CDN an expired link): the package's error naming the repo, and a later load
+    completes. (A 5xx there is retried by huggingface_hub for ~25 s before the same error.)"""
+    hub.fail(status, pattern)
+    with pytest.raises(pv.CheckpointError, match=f"downloading {CAPTIONER} from the Hub failed: "):
+        pv.load(CAPTIONER)
+    hub.fail(None)
+    pv.load(CAPTIONER)
+    assert hub.downloaded() == CAPTIONER_NEEDS
