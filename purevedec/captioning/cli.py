@@ -25,6 +25,7 @@ import argparse
 import os
 from typing import TextIO
 
+from ..errors import TokenizerError
 from .escape import escape
 from .flags import add_mesh_flag, count, finite_float, mesh_from, positive_int, seed
 from .inputs import Input, expand_inputs, map_names
@@ -223,6 +224,14 @@ def _inputs(args, err: TextIO, done: set[str]) -> list[Input]:
     return inputs
 
 
+def _check_prompt(captioner, prompt: str) -> None:
+    """A prompt the tokenizer cannot encode is the command line's one error, before any batch."""
+    try:
+        captioner.tokenizer.encode(prompt)
+    except TokenizerError as e:
+        raise UsageError(f"--prompt: {e}") from None
+
+
 def caption_command(args, out: TextIO, err: TextIO) -> int:
     """Run ``purevedec caption``; returns the exit code (UsageError and OutputError propagate)."""
     options = generation_options(args)          # bad numbers fail before the model is loaded
@@ -237,6 +246,8 @@ def caption_command(args, out: TextIO, err: TextIO) -> int:
         if args.prompt and args.slots is not None:
             raise UsageError("--prompt cannot be combined with --slots (the slots start every input from the "
                              "decoder's start token)")
+        if args.prompt:
+            _check_prompt(captioner, args.prompt)
         if mesh is not None:
             captioner = captioner.with_mesh(mesh)
         if args.slots is not None:
@@ -244,7 +255,10 @@ def caption_command(args, out: TextIO, err: TextIO) -> int:
         files = sum(i.problem is None for i in inputs)
         shown = not args.no_progress and files > args.batch_size and err.isatty()
         with progress_bar(files, err, shown) as progress:
-            failed = caption_files(captioner, args, options, inputs, stream, err, progress)
+            try:
+                failed = caption_files(captioner, args, options, inputs, stream, err, progress)
+            except TokenizerError as e:  # its decoder fails on what the model generates: the model is wrong
+                raise UsageError(f"model {args.model!r}: {e}") from None
     finally:
         if opened:
             stream.close()

@@ -20,6 +20,8 @@ from cli_util import ROOT, checkpoint  # noqa: F401 (fixture)
 from purevedec.captioning import rust_panics
 from purevedec.captioning.text import library_errors
 
+LONG = "a" * 5000 + "c"  # what the backtracking regex below gives up on (onig's retry limit)
+BACKTRACKING = {"Regex": "(a*)*$"}
 
 
 def _bad_merges(tok: dict) -> None:
@@ -28,6 +30,21 @@ def _bad_merges(tok: dict) -> None:
     tok["model"] = {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                     "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
                     "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": [["a", "b"], ["ab", "b"]]}
+
+
+def _backtracking_pre_tokenizer(tok: dict) -> None:
+    """Loads; panics when encoding text such as LONG (the --prompt)."""
+    tok["pre_tokenizer"] = {"type": "Split", "pattern": BACKTRACKING, "behavior": "Isolated", "invert": False}
+
+
+def _backtracking_decoder(tok: dict) -> None:
+    """Every token is LONG-like, and the decoder runs the regex over each: decoding any caption
+    the model generates panics."""
+    size = len(tok["model"]["vocab"])
+    tok["model"]["vocab"] = {f"{LONG}{i}": i for i in range(size)}
+    tok["model"]["unk_token"] = f"{LONG}0"
+    tok["added_tokens"] = []
+    tok["decoder"] = {"type": "Replace", "pattern": BACKTRACKING, "content": ""}
 
 
 def _with_tokenizer(checkpoint, tmp_path, edit) -> str:
@@ -53,7 +70,11 @@ def _caption(model: str, image: str, *extra: str, backtrace: str | None) -> subp
                             r"the tokenizers library failed \(range end index 3 out of range"),
     (_bad_merges, (), "1", r"is not a readable tokenizer"),
     (_bad_merges, (), "full", r"is not a readable tokenizer"),
-], ids=["merges", "merges-backtrace", "merges-full-backtrace"])
+    (_backtracking_pre_tokenizer, ("--prompt", LONG), "1",
+     r"error: --prompt: cannot encode 'aaaa.*': the tokenizers library failed \(Onig: .*retry-limit"),
+    (_backtracking_decoder, (), None,
+     r"error: model '.*': cannot decode token ids: the tokenizers library failed \(Onig: .*retry-limit"),
+], ids=["merges", "merges-backtrace", "merges-full-backtrace", "prompt", "decode"])
 def test_the_cli_shows_one_line_for_a_tokenizer_panic(checkpoint, tmp_path, edit, extra, backtrace, message):
     model = _with_tokenizer(checkpoint, tmp_path, edit)
     image = str(tmp_path / "im.png")
