@@ -25,6 +25,7 @@ import argparse
 import os
 from typing import Callable, NamedTuple, Optional, TextIO
 
+from ..errors import TokenizerError
 from .escape import escape
 from .flags import add_mesh_flag, count, finite_float, mesh_from, positive_int, seed
 from .inputs import IMAGE_EXTENSIONS, Input, expand_inputs, map_names
@@ -43,7 +44,7 @@ def add_caption_command(commands) -> argparse.ArgumentParser:
     cap.set_defaults(run=caption_command)
     cap.add_argument("images", nargs="+", help="image files, folders (their images) or glob patterns")
     cap.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local checkpoint (default {DEFAULT_MODEL})")
-    gen = add_run_flags(cap, "images")
+    add_run_flags(cap, "images")
     cap.add_argument("--attention-map", metavar="DIR", default=None,
                      help="write DIR/<path relative to the inputs' common folder>.png: each generated "
                           "token's cross-attention over the image")
@@ -65,7 +66,7 @@ def add_run_flags(parser: argparse.ArgumentParser, what: str):
     gen.add_argument("--num-beams", type=positive_int, default=None)
     gen.add_argument("--max-new-tokens", type=positive_int, default=None)
     gen.add_argument("--num-return-sequences", type=positive_int, default=None,
-                     help=f"texts per input (needs beams, at least as many, or --do-sample)")
+                     help="texts per input (needs beams, at least as many, or --do-sample)")
     gen.add_argument("--do-sample", action=argparse.BooleanOptionalAction, default=None,
                      help="sample instead of greedy or beam search (--no-do-sample turns it off)")
     gen.add_argument("--temperature", type=finite_float, default=None)
@@ -260,6 +261,14 @@ def _skip_done(args, err: TextIO, inputs: list[Input], done: set, job: Job) -> l
     return kept
 
 
+def _check_prompt(captioner, prompt: str) -> None:
+    """A prompt the tokenizer cannot encode is the command line's one error, before any batch."""
+    try:
+        captioner.tokenizer.encode(prompt)
+    except TokenizerError as e:
+        raise UsageError(f"--prompt: {e}") from None
+
+
 def _check_run(captioner, args, options: dict) -> None:
     attention = bool(getattr(args, "attention_map", None))
     check_generation(captioner, options, attention)
@@ -268,6 +277,8 @@ def _check_run(captioner, args, options: dict) -> None:
     if args.prompt and args.slots is not None:
         raise UsageError("--prompt cannot be combined with --slots (the slots start every input from the "
                          "decoder's start token)")
+    if args.prompt:
+        _check_prompt(captioner, args.prompt)
 
 
 def run_job(args, out: TextIO, err: TextIO, job: Job = CAPTION_JOB) -> int:
@@ -292,7 +303,10 @@ def run_job(args, out: TextIO, err: TextIO, job: Job = CAPTION_JOB) -> int:
         shown = not args.no_progress and files > args.batch_size and err.isatty()
         with progress_bar(files, err, shown) as progress:
             record = job.record(captioner, args) if job.record is not None else None
-            failed = caption_files(captioner, args, options, inputs, stream, err, progress, record)
+            try:
+                failed = caption_files(captioner, args, options, inputs, stream, err, progress, record)
+            except TokenizerError as e:  # its decoder fails on what the model generates: the model is wrong
+                raise UsageError(f"model {args.model!r}: {e}") from None
     finally:
         if opened:
             stream.close()

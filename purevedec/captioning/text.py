@@ -21,6 +21,7 @@ import numpy as np
 
 from ..checkpoints.jsonfile import read_json_object, read_side_file
 from ..errors import TokenizerError
+from . import rust_panics
 from .protobuf_fields import proto_bytes
 
 # The largest tokenizer.json, merges.txt or sentencepiece model read: real ones are a few MB
@@ -33,17 +34,20 @@ MAX_TOKENIZER_BYTES = 64 * 2 ** 20
 def library_errors(what: str):
     """Failures inside the tokenizers (or sentencepiece) library as one TokenizerError starting
     with ``what``: its errors are plain Exceptions, and a Rust panic arrives as pyo3's
-    PanicException, which derives from BaseException so that ``except Exception`` misses it."""
-    try:
-        yield
-    except TokenizerError:
-        raise
-    except Exception as e:  # noqa: BLE001 - the libraries raise Exception itself for bad input
-        raise TokenizerError(f"{what}: {str(e)[:300]}") from None
-    except BaseException as e:
-        if type(e).__name__ != "PanicException":
+    PanicException, which derives from BaseException so that ``except Exception`` misses it.
+    Rust's own report of the panic is kept off the CLI's stderr (see rust_panics)."""
+    with rust_panics.captured() as report:
+        try:
+            yield
+        except TokenizerError:
             raise
-        raise TokenizerError(f"{what}: the tokenizers library failed ({str(e)[:300]})") from None
+        except Exception as e:  # noqa: BLE001 - the libraries raise Exception itself for bad input
+            raise TokenizerError(f"{what}: {str(e)[:300]}") from None
+        except BaseException as e:
+            if type(e).__name__ != "PanicException":
+                raise
+            report.panicked(str(e))
+            raise TokenizerError(f"{what}: the tokenizers library failed ({str(e)[:300]})") from None
 
 
 # tokenizer_config.json keys that name special tokens (a string, or a dict with "content").

@@ -20,11 +20,10 @@ from typing import Callable
 
 from ..checkpoints import save
 from ..checkpoints.hub import SIDE_FILES
-from ..captioning.text import SENTENCEPIECE_FILE
 
 # Written by ``save`` itself; every other side file is copied from the base model.
 _WRITTEN = ("config.json", "generation_config.json")
-MODEL_FILES = tuple(f for f in SIDE_FILES if f not in _WRITTEN) + (SENTENCEPIECE_FILE,)
+MODEL_FILES = tuple(f for f in SIDE_FILES if f not in _WRITTEN)
 """The tokenizer and preprocessor files a checkpoint carries over from the base model."""
 
 _TMP, _OLD, _TRASH = ".tmp-", ".old-", ".trash-"

@@ -641,20 +641,13 @@ def test_misshaped_split_tensors_are_checkpoint_errors(tiny, name, shape):
 
 def test_path_like_names_fail_fast(tmp_path, monkeypatch):
     """Names that cannot be repo ids fail without asking the Hub (no file list, no download)."""
-    import huggingface_hub
-    import huggingface_hub.constants
-    asked = []
-
-    def hub(*args, **kwargs):
-        asked.append(args)
-        raise ConnectionError("the Hub was asked")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", hub)
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub)
-    for name in ("no/such/x", str(tmp_path / "missing"), "./ckpt", "a/../b"):
-        with pytest.raises(pv.CheckpointError, match="is not a directory, and cannot be a Hub repo id"):
-            pv.load(name)
-    assert asked == []
+    from hub_server import HubServer, use_hub
+    with HubServer({}) as hub:
+        use_hub(monkeypatch, hub.url, str(tmp_path / "hub-cache"))
+        for name in ("no/such/x", str(tmp_path / "missing"), "./ckpt", "a/../b"):
+            with pytest.raises(pv.CheckpointError, match="is not a directory, and cannot be a Hub repo id"):
+                pv.load(name)
+    assert hub.requests == []
 
 
 # ----- generation options, from a file or keywords (validated in generation/options.py) -----

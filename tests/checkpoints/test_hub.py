@@ -1,16 +1,23 @@
-"""Hub repo ids: the local cache layout huggingface_hub writes, offline, and what gets fetched."""
+"""Hub repo ids: the local cache layout huggingface_hub writes, offline, and what gets fetched
+from a Hub served on this machine (tests/hub_server.py) through huggingface_hub's own client."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
 import huggingface_hub
+import jax
+import numpy as np
 import pytest
 from huggingface_hub import constants
 
 import purevedec as pv
-from purevedec.checkpoints import hub
+from formats_util import old_state_dict, write_bin
+from hub_server import HubServer, use_hub
+from models import make_reference
+from purevedec.checkpoints import hub as hub_module
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -54,58 +61,175 @@ def test_cached_snapshot_without_weights(tiny, tmp_path, offline):
         pv.load("org/tiny", cache_dir=cache)
 
 
-def test_unreachable_hub_falls_back_on_cache(tiny, tmp_path, monkeypatch):
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hub, "hub_reachable", lambda endpoint: True)  # the request itself fails
-    def no_network(*a, **k):
-        raise ConnectionError("no route to host")
-    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", no_network)
-    cache = _fake_cache(tmp_path, tiny[1])
-    params, config = pv.load("org/tiny", cache_dir=cache)
-    pv.check_params(params, config)
-    with pytest.raises(pv.CheckpointError, match="cannot be reached"):
-        pv.load("org/absent", cache_dir=cache)
-
-
-def test_online_downloads_only_one_format(tiny, tmp_path, monkeypatch):
-    """nlpconnect/vit-gpt2-image-captioning's layout: .bin only, plus tokenizer files."""
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hub, "hub_reachable", lambda endpoint: True)  # this machine has no network
-    files = ["config.json", "pytorch_model.bin", "tf_model.h5", "vocab.json", "merges.txt", "preprocessor_config.json"]
-    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, *a, **k: files)
-    seen = {}
-    def fake_download(repo_id, **kw):
-        seen.update(kw)
-        return tiny[1]
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
-    pv.load("nlpconnect/vit-gpt2-image-captioning")
-    patterns = seen["allow_patterns"]
-    assert "pytorch_model.bin" in patterns and "vocab.json" in patterns and "config.json" in patterns
-    assert not any("safetensors" in p or "msgpack" in p or "h5" in p for p in patterns)
-
-
 def test_an_unreachable_hub_is_known_before_any_request(tiny, tmp_path, monkeypatch):
-    """Offline without HF_HUB_OFFLINE: a connection probe answers in seconds; huggingface_hub,
-    whose requests retry for ~30 s, is never asked."""
+    """Offline without HF_HUB_OFFLINE: a connection probe answers in seconds, and huggingface_hub,
+    whose requests retry for ~30 s, is never asked: each load tries to connect once (the probe)."""
     import socket
-    import time
     with socket.socket() as s:  # a local port nobody listens on: connections are refused at once
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    for proxy in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(proxy, raising=False)
-    assert hub.hub_reachable(f"http://127.0.0.1:{port}", timeout=2.0) is False
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    use_hub(monkeypatch, f"http://127.0.0.1:{port}", str(tmp_path / "unused"))
+    assert hub_module.hub_reachable(f"http://127.0.0.1:{port}", timeout=2.0) is False
+    attempts = []
+    connect = socket.socket.connect
 
-    def never(*a, **k):
-        raise AssertionError("the Hub was asked although it cannot be reached")
-    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", never)
+    def counted(sock, address):
+        if address[1] == port:
+            attempts.append(address)
+        return connect(sock, address)
+    monkeypatch.setattr(socket.socket, "connect", counted)
     cache = _fake_cache(tmp_path, tiny[1])
-    start = time.monotonic()
     params, config = pv.load("org/tiny", cache_dir=cache)
     with pytest.raises(pv.CheckpointError, match=r"cannot be reached \(no connection to http://127.0.0.1"):
         pv.load("org/absent", cache_dir=cache)
-    assert time.monotonic() - start < 20
+    assert len(attempts) == 2
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
-    assert hub.hub_reachable(f"http://127.0.0.1:{port}") is True  # only the proxy knows
+    assert hub_module.hub_reachable(f"http://127.0.0.1:{port}") is True  # only the proxy knows
+
+
+# --- Downloads, through huggingface_hub's own client, from a Hub served on this machine ---
+
+CAPTIONER = "nlpconnect/vit-gpt2-image-captioning"
+# What a captioner needs of that repo: its config files, the one weights format the package
+# reads first, and the tokenizer and preprocessor files (written out here, not taken from hub.py).
+CAPTIONER_NEEDS = {"config.json", "generation_config.json", "pytorch_model.bin", "vocab.json", "merges.txt",
+                   "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json"}
+WORDPIECE_VOCAB = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\ncat\n##s\n"
+
+
+@pytest.fixture(scope="module")
+def repos(tmp_path_factory) -> dict[str, dict[str, bytes]]:
+    """Repos as the Hub holds them. The captioner is laid out like nlpconnect's: PyTorch weights
+    beside TF and Flax ones (junk here: they must never be fetched), GPT-2 tokenizer files, a
+    preprocessor config and repo clutter. The other two carry the tokenizer files of BERT
+    decoders (vocab.txt alone, as manga-ocr) and XLM-R ones (a sentencepiece model)."""
+    src = tmp_path_factory.mktemp("src")
+    model = make_reference()
+    model.save_pretrained(src)
+    write_bin(old_state_dict(model, src), src)
+    read = lambda name: (src / name).read_bytes()  # noqa: E731
+    configs = {"config.json": read("config.json"), "generation_config.json": read("generation_config.json")}
+    captioner = {**configs, "pytorch_model.bin": read("pytorch_model.bin"),
+                 "tf_model.h5": b"\x89HDF\r\n\x1a\n never read", "flax_model.msgpack": b"\x80 never read",
+                 "vocab.json": json.dumps({"the": 0, "cat": 1}).encode(), "merges.txt": b"#version: 0.2\n",
+                 "tokenizer_config.json": b'{"model_max_length": 1024}',
+                 "special_tokens_map.json": b'{"eos_token": "the"}',
+                 "preprocessor_config.json": b'{"image_processor_type": "ViTImageProcessor"}',
+                 "README.md": b"# a captioner\n", ".gitattributes": b"*.bin filter=lfs diff=lfs merge=lfs -text\n"}
+    weights = {**configs, "model.safetensors": read("model.safetensors")}
+    return {CAPTIONER: captioner,
+            "org/wordpiece": {**weights, "vocab.txt": WORDPIECE_VOCAB.encode(), "README.md": b"x"},
+            "org/sentencepiece": {**weights, "sentencepiece.bpe.model": b"\x0a\x05never read", "README.md": b"x"}}
+
+
+@pytest.fixture
+def hub(repos, tmp_path, monkeypatch):
+    """A Hub server holding ``repos``, huggingface_hub online against it, its cache in tmp_path."""
+    with HubServer(repos) as server:
+        use_hub(monkeypatch, server.url, str(tmp_path / "hub-cache"))
+        yield server
+
+
+def _file_requests(hub) -> list:
+    return [r for r in hub.requests if "/resolve/" in r.path or r.path.startswith("/cdn/")]
+
+
+def _assert_same_params(got, expected) -> None:
+    got_leaves, got_tree = jax.tree_util.tree_flatten_with_path(got)
+    want_leaves, want_tree = jax.tree_util.tree_flatten_with_path(expected)
+    assert got_tree == want_tree and got["config"] == expected["config"]
+    for (path, a), (_, b) in zip(got_leaves, want_leaves):
+        assert np.array_equal(np.asarray(a), np.asarray(b)), jax.tree_util.keystr(path)
+
+
+def test_download_fetches_one_weights_format_and_the_side_files(hub, repos, tmp_path):
+    params, _ = pv.load(CAPTIONER)
+    assert hub.downloaded() == CAPTIONER_NEEDS
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    for name, data in repos[CAPTIONER].items():
+        (disk / name).write_bytes(data)
+    _assert_same_params(params, pv.load(str(disk))[0])
+
+
+def test_a_second_load_is_served_from_the_cache(hub):
+    first, _ = pv.load(CAPTIONER)
+    hub.clear()
+    second, _ = pv.load(CAPTIONER)
+    assert [r.path for r in hub.requests if r.path.startswith("/api/models/")]  # the Hub was asked...
+    assert _file_requests(hub) == []  # ...but no file was fetched again
+    _assert_same_params(second, first)
+
+
+def test_a_downloaded_snapshot_loads_offline(hub, monkeypatch):
+    """huggingface_hub caches the repo's whole file list beside the snapshot; offline, the files
+    the package chose not to fetch (tf_model.h5) must not make the snapshot look incomplete."""
+    online, _ = pv.load(CAPTIONER)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    hub.clear()
+    offline, _ = pv.load(CAPTIONER)
+    assert hub.requests == []
+    _assert_same_params(offline, online)
+    if not hasattr(huggingface_hub, "get_cached_repo_tree"):
+        return  # older huggingface_hub keeps no file list to find the gap by
+    os.remove(os.path.join(hub_module.snapshot_dir(CAPTIONER), "vocab.json"))  # an interrupted download
+    with pytest.raises(pv.CheckpointError, match=r"incomplete: 1 file\(s\) are missing \(vocab.json\), "
+                                                 r"and the machine is offline"):
+        pv.load(CAPTIONER)
+
+
+@pytest.mark.parametrize("repo, tokenizer_file", [("org/wordpiece", "vocab.txt"),
+                                                  ("org/sentencepiece", "sentencepiece.bpe.model")])
+def test_every_kind_of_tokenizer_file_is_fetched(hub, repo, tokenizer_file):
+    """A BERT or XLM-R decoder's checkpoint holds no tokenizer.json: its vocab.txt or
+    sentencepiece model is the tokenizer, and captioning it needs that file."""
+    folder = hub_module.snapshot_dir(repo)
+    assert hub.downloaded() == {"config.json", "generation_config.json", "model.safetensors", tokenizer_file}
+    if tokenizer_file == "vocab.txt":
+        from purevedec.captioning.text import load_tokenizer
+        assert load_tokenizer(folder).decode([5, 6, 7]) == "the cats"
+
+
+def test_a_fine_tuned_checkpoint_carries_the_tokenizer_files_over(tmp_path):
+    """What a download fetches beside the weights, fine-tuning copies into its checkpoints, once."""
+    from purevedec.training.checkpoint_dir import side_files
+    for name in ("config.json", "vocab.txt", "sentencepiece.bpe.model", "tokenizer_config.json", "notes.txt"):
+        (tmp_path / name).write_text("x")
+    assert sorted(os.path.basename(f) for f in side_files(str(tmp_path))) == [
+        "sentencepiece.bpe.model", "tokenizer_config.json", "vocab.txt"]
+
+
+def test_a_repo_the_hub_does_not_know(hub):
+    with pytest.raises(pv.CheckpointError, match="org/absent is neither a local directory nor a Hub repo"):
+        pv.load("org/absent")
+    with pytest.raises(pv.CheckpointError, match=f"the Hub repo {CAPTIONER} has no revision 'v9'"):
+        pv.load(CAPTIONER, revision="v9")
+    assert hub.downloaded() == set()
+
+
+@pytest.mark.parametrize("status, why", [(500, r"the Hub answered HTTP 500"),
+                                         (0, r"the Hub cannot be reached \(RemoteProtocolError\)")])
+def test_a_failing_hub_sends_loads_to_the_cache_at_once(hub, status, why):
+    """A Hub answering 500, or a connection closed unanswered: the cached snapshot is used after
+    one request (huggingface_hub retries its tree listing five times, ~25 s, on either)."""
+    online, _ = pv.load(CAPTIONER)
+    hub.fail(status)
+    hub.clear()
+    cached, _ = pv.load(CAPTIONER)
+    _assert_same_params(cached, online)
+    assert len(hub.requests) == 1, hub.requests
+    with pytest.raises(pv.CheckpointError, match=r"org/absent is not in the local Hub cache .* and " + why):
+        pv.load("org/absent")
+
+
+@pytest.mark.parametrize("status, pattern", [(401, "/resolve/.*/config.json$"), (403, "^/cdn/")])
+def test_a_failed_download_is_a_checkpoint_error(hub, status, pattern):
+    """The listing succeeds, then a file cannot be fetched (the Hub refuses it, as for a gated
+    repo, or the CDN an expired link): the package's error naming the repo, and a later load
+    completes. (A 5xx there is retried by huggingface_hub for ~25 s before the same error.)"""
+    hub.fail(status, pattern)
+    with pytest.raises(pv.CheckpointError, match=f"downloading {CAPTIONER} from the Hub failed: "):
+        pv.load(CAPTIONER)
+    hub.fail(None)
+    pv.load(CAPTIONER)
+    assert hub.downloaded() == CAPTIONER_NEEDS

@@ -219,22 +219,15 @@ def test_a_start_token_outside_the_vocabulary_is_named():
 # --- checkpoints ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["./no/such/dir", "a/b/c"])
-def test_a_mistyped_path_fails_at_once(monkeypatch, name):
+def test_a_mistyped_path_fails_at_once(monkeypatch, tmp_path, name):
     """Online, a name that cannot be a repo id fails without asking the Hub anything (no file
     list, no download with its retries, no cache lookup)."""
-    import huggingface_hub
-    import huggingface_hub.constants
-    asked = []
-
-    def hub(*args, **kwargs):
-        asked.append(args)
-        raise ConnectionError("the Hub was asked")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", hub)
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub)
-    with pytest.raises(pv.CheckpointError, match="not a directory"):
-        pv.load(name)
-    assert asked == []
+    from hub_server import HubServer, use_hub
+    with HubServer({}) as hub:
+        use_hub(monkeypatch, hub.url, str(tmp_path / "hub-cache"))
+        with pytest.raises(pv.CheckpointError, match="not a directory"):
+            pv.load(name)
+    assert hub.requests == []
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
