@@ -327,6 +327,12 @@ class TextTokenizer:
         with library_errors(f"cannot encode {text[:40]!r}"):
             return self.backend.encode(text, add_special_tokens=False).ids
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """``encode``'s ids and, for each, the (start, end) characters of ``text`` it came from."""
+        with library_errors(f"cannot encode {text[:40]!r}"):
+            encoding = self.backend.encode(text, add_special_tokens=False)
+            return encoding.ids, encoding.offsets
+
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         ids = _checked_ids(ids)
         with library_errors("cannot decode token ids"):

@@ -42,8 +42,8 @@ def unknown_words(tokenizer, captions: Iterable[str]) -> UnknownWords:
         found.captions += 1
         if unk is None:
             continue
-        encoding = tokenizer.backend.encode(caption, add_special_tokens=False)
-        spans = [caption[a:b] for i, (a, b) in zip(encoding.ids, encoding.offsets) if i == unk]
+        ids, offsets = tokenizer.encode_with_offsets(caption)   # a library failure is a TokenizerError
+        spans = [caption[a:b] for i, (a, b) in zip(ids, offsets) if i == unk]
         if spans:
             found.affected += 1
             found.words.update(spans)

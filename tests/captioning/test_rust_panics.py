@@ -119,3 +119,19 @@ def test_a_library_user_sees_rust_report(capfd):
         with library_errors("building"):
             Tokenizer.from_str(_bad_merges_json())
     assert "panicked at" in capfd.readouterr().err
+
+
+def test_a_panic_while_counting_unknown_words_is_a_tokenizer_error():
+    """`purevedec train` looks for words its tokenizer does not know before training: a caption
+    the library panics on is the package's TokenizerError (one line from the command), not pyo3's
+    PanicException, which `except Exception` does not catch."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+    from purevedec.captioning.text import TextTokenizer
+    from purevedec.training.vocabulary import unknown_words
+    backend = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(BACKTRACKING["Regex"]), "isolated")
+    tokenizer = TextTokenizer(backend)
+    assert unknown_words(tokenizer, ["a b"]).affected == 1
+    with pytest.raises(pv.TokenizerError, match="cannot encode"):
+        unknown_words(tokenizer, ["a b", LONG])
