@@ -1,8 +1,9 @@
 """The parameter tree: its one description (``param_description``), random init, and validation.
 
 Params are a plain nested dict of arrays (lists for per-layer blocks) that also carries its
-config at ``params["config"]`` (and, once loaded from a checkpoint, its generation defaults at
-``params["generation_config"]``): both are leafless static pytree nodes, invisible to
+config at ``params["config"]`` and its generation defaults at ``params["generation_config"]`` (the
+checkpoint's after ``load``, those the config implies after ``init_params``, so that both return
+trees of one structure): both are leafless static pytree nodes, invisible to
 ``jax.tree.map``, ``grad``, optimizers and sharding. Everything else that needs the tree's layout
 (the loader, validation, sharding, freezing) derives it from ``param_description``: each family's
 ``params`` (shape, logical axes, initializer of every leaf; see ``param_spec``) under "encoder" and
@@ -20,11 +21,18 @@ import numpy as np
 
 from .config import Config
 from .errors import ParamsError
+from .generation_config import GenerationConfig, defaults_for
 from .models import decoder_family, encoder_family
 from .param_spec import EMBED, Param, dense, shapes
 
 # Keys of a params dict that hold static descriptions, not weights.
 STATIC_KEYS = ("config", "generation_config")
+
+
+def with_statics(weights: dict, config: Config, generation_config: GenerationConfig | None = None) -> dict:
+    """``weights`` plus the static entries every params tree carries: the config and the generation
+    defaults (``generation_config``, else those ``config`` implies)."""
+    return {**weights, "config": config, "generation_config": generation_config or defaults_for(config)}
 
 
 def param_description(config: Config) -> dict:
@@ -91,11 +99,17 @@ def _draw_pools(description: dict) -> tuple[dict, dict]:
     return offsets, sizes
 
 
-def init_params(config: Config, key, dtype=jnp.float32) -> dict:
+def init_params(config: Config, key, dtype=jnp.float32, *, generation_config: GenerationConfig | None = None) -> dict:
     """Random parameters laid out as ``param_shapes(config)``, drawn as each family's description
-    says (transformers' initializers), carrying ``config``; same key, same params."""
+    says (transformers' initializers), carrying ``config`` and ``generation_config`` (default: the
+    defaults the config implies), so that ``init_params(load_config(d), key,
+    generation_config=load_generation_config(d))`` has the structure of ``load(d)``'s params; same
+    key, same params."""
     if not isinstance(config, Config):
         raise TypeError(f"init_params(config, key): config must be a purevedec.Config, got {type(config).__name__}")
+    if generation_config is not None and not isinstance(generation_config, GenerationConfig):
+        raise TypeError(f"init_params(generation_config=...) must be a purevedec.GenerationConfig or None, "
+                        f"got {type(generation_config).__name__}")
     description = param_description(config)
     offsets, sizes = _draw_pools(description)
     k_normal, k_truncated = jax.random.split(key)
@@ -117,7 +131,7 @@ def init_params(config: Config, key, dtype=jnp.float32) -> dict:
         pool, start = offsets[path]
         values = draws[pool][start:start + math.prod(param.shape)].reshape(param.shape)
         return jnp.asarray((param.scale * values).astype(dtype))
-    return {**map_with_path(description, leaf), "config": config}
+    return with_statics(map_with_path(description, leaf), config, generation_config)
 
 
 def _describe(x) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 from ..config import Config
 from ..errors import CheckpointError
 from ..models import decoder_family, encoder_family
-from ..params import flatten, map_with_path, param_shapes
+from ..params import flatten, map_with_path, param_shapes, with_statics
 from . import names as hf_names
 from .config_files import load_config, load_generation_config
 from .formats import FORMATS, Format, pick_format
@@ -112,7 +112,7 @@ def build_params(tensors: Iterable[tuple[str, np.ndarray]], config: Config, *, d
     if missing:
         raise CheckpointError(f"{where}: missing tensors for {len(missing)} params, e.g. "
                               f"{', '.join(_hf_name_of(p, config) for p in missing[:5])}")
-    return {**map_with_path(param_shapes(config), lambda path, _: flat[path]), "config": config}
+    return with_statics(map_with_path(param_shapes(config), lambda path, _: flat[path]), config)
 
 
 def _hf_name_of(path: str, config: Config) -> str:
