@@ -27,6 +27,12 @@ from .param_spec import EMBED, Param, dense, shapes
 
 # Keys of a params dict that hold static descriptions, not weights.
 STATIC_KEYS = ("config", "generation_config")
+# The slot for the user's own leaves beside the model's (adapters, heads, probes): ordinary leaves
+# (jit, grad and optimizers see them), validated only as arrays, ignored by the model functions,
+# and written by ``save`` to a file of their own (see ``checkpoints.extra_file``).
+EXTRA_KEY = "extra"
+# Top-level keys that are not the model's weights.
+NON_WEIGHT_KEYS = (*STATIC_KEYS, EXTRA_KEY)
 
 
 def with_statics(weights: dict, config: Config, generation_config: GenerationConfig | None = None) -> dict:
@@ -57,9 +63,9 @@ def is_shape(x) -> bool:
 
 def flatten(tree, prefix: str = "") -> dict[str, object]:
     """{"decoder.blocks.0.attn.q.w": leaf, ...}: the dotted paths used in messages and checks
-    (the static config entries are not leaves and are left out)."""
+    (the static config entries and the extra leaves are not the model's and are left out)."""
     if isinstance(tree, Mapping):
-        items = ((k, v) for k, v in tree.items() if not (prefix == "" and k in STATIC_KEYS))
+        items = ((k, v) for k, v in tree.items() if not (prefix == "" and k in NON_WEIGHT_KEYS))
     elif isinstance(tree, list):
         items = enumerate(tree)
     else:
@@ -171,10 +177,12 @@ _CHECKED: set = set()  # (config, tree structure, leaf shapes and dtypes) alread
 
 def check_params(params: Mapping, config: Config | None = None) -> None:
     """Raise ``ParamsError`` naming the first leaf whose presence, container, shape or dtype
-    differs from what ``config`` (default: ``params["config"]``) describes. Cheap after the
-    first call for a given tree structure, shapes and config (the result is cached)."""
+    differs from what ``config`` (default: ``params["config"]``) describes, or an extra leaf
+    (``params["extra"]``) that is not an array. Cheap after the first call for a given tree
+    structure, shapes and config (the result is cached)."""
     config = _config_of(params, config)
-    weights = {k: v for k, v in params.items() if k not in STATIC_KEYS}
+    _check_extra(params.get(EXTRA_KEY))
+    weights = weights_of(params)
     leaves, treedef = jax.tree.flatten(weights)
     signature = (config, treedef, tuple((tuple(np.shape(x)), str(getattr(x, "dtype", type(x)))) for x in leaves))
     if signature in _CHECKED:
@@ -183,6 +191,24 @@ def check_params(params: Mapping, config: Config | None = None) -> None:
     if problem:
         raise ParamsError(f"params do not match the config: {problem}")
     _CHECKED.add(signature)
+
+
+def _check_extra(extra) -> None:
+    """The extra slot is a dict holding any pytree (dicts, lists, tuples) whose leaves are arrays."""
+    if extra is None:
+        return
+    if not isinstance(extra, dict):
+        raise ParamsError(f"params['{EXTRA_KEY}'] is {_describe(extra)}: the extra slot is a dict "
+                          "(of arrays, or of dicts and lists of them)")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(extra)[0]:
+        if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+            raise ParamsError(f"params['{EXTRA_KEY}']{jax.tree_util.keystr(path)} is {_describe(leaf)}: "
+                              "the extra slot holds arrays only (adapters, heads)")
+
+
+def weights_of(params: Mapping) -> dict:
+    """The model's weights: ``params`` without the static entries and the extra leaves."""
+    return {k: v for k, v in params.items() if k not in NON_WEIGHT_KEYS}
 
 
 def _config_of(params: Any, config: Config | None) -> Config:
@@ -198,8 +224,9 @@ def _config_of(params: Any, config: Config | None) -> Config:
 
 
 def unpack(params: Mapping, config: Config | None = None) -> tuple[dict, Config]:
-    """(weights without the static entries, config): an explicit ``config`` wins over the one
-    the params carry. The weights are validated against the config (see ``check_params``)."""
+    """(the model's weights, without the static entries and the extra leaves; config): an explicit
+    ``config`` wins over the one the params carry. The weights are validated against the config
+    (see ``check_params``)."""
     config = _config_of(params, config)
     check_params(params, config)
-    return {k: v for k, v in params.items() if k not in STATIC_KEYS}, config
+    return weights_of(params), config

@@ -266,3 +266,24 @@ def test_readme_long_outputs_block_gives_generates_tokens(checkpoint, tmp_path):
     for i, out in enumerate(ns["sampled"]):
         alone = purevedec.generate(params, pixels[i:i + 1], do_sample=True, max_new_tokens=10, key=keys[i][None])
         np.testing.assert_array_equal(out.sequence, _until_eos(np.asarray(alone.sequences)[0]))
+
+
+def test_readme_params_block_keeps_structures_and_saves_the_adapter_apart(checkpoint, tmp_path):
+    """The research_params block: a dropout change beside the params leaves the adam state usable,
+    init and load agree, the adapter gets gradients and is saved where transformers does not look."""
+    import jax
+    import torch
+    from transformers import VisionEncoderDecoderModel
+    model, path = checkpoint
+    ns, _ = _run_block("research_params", path, tmp_path)
+    params, pixels = ns["params"], np.asarray(ns["pixels"])
+    assert ns["same"]
+    assert jax.tree.structure(ns["opt_state"][0].mu) == jax.tree.structure(ns["fresh"])
+    assert float(np.abs(np.asarray(ns["lora_grads"]["lora"]["b"])).max()) > 0
+    loaded, _ = purevedec.load(tmp_path / "adapted")
+    np.testing.assert_array_equal(np.asarray(loaded["extra"]["lora"]["a"]), np.asarray(params["extra"]["lora"]["a"]))
+    ids = np.zeros((2, 3), np.int64)
+    with torch.no_grad():
+        theirs = VisionEncoderDecoderModel.from_pretrained(tmp_path / "adapted")(
+            pixel_values=torch.tensor(pixels), decoder_input_ids=torch.tensor(ids)).logits
+    assert maxdiff(purevedec.forward(loaded, pixels, ids.astype(np.int32)), theirs) < 1e-4

@@ -1,7 +1,9 @@
-"""Issue 34 point 4: one tree structure for params however they were made, and run-time settings
-that leave params and optimizer states alone."""
+"""Issue 34 point 4: one tree structure for params however they were made, run-time settings that
+leave params and optimizer states alone, and the extra slot for adapters and heads."""
 
 from __future__ import annotations
+
+import os
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,7 @@ import pytest
 
 import purevedec as pv
 from api_util import init, pixels, tiny_config, with_dropout
+from conftest import maxdiff, torch_forward
 
 CONFIG = tiny_config()
 PIXELS, IDS = pixels(2), np.random.RandomState(1).randint(3, 40, (2, 5)).astype(np.int32)
@@ -82,3 +85,91 @@ def test_generation_defaults_change_per_call_not_in_params(params):
         num_beams=2, max_new_tokens=3, eos_token_id=(2,), pad_token_id=1, decoder_start_token_id=0))
     assert greedy.sequences.shape[1] <= 4 and beams.sequences.shape[1] <= 4
     assert jax.tree.structure(params) == before
+
+
+# --- the extra slot -------------------------------------------------------------------------------
+
+def _lora(key, rank=2):
+    """A low-rank update of the decoder's first attention output kernel [D,D]: b @ a, b zero at
+    the start (LoRA's init), so the adapted model starts as the base model."""
+    d = CONFIG.decoder.n_embd
+    return {"a": 0.1 * jax.random.normal(key, (rank, d)), "b": jnp.zeros((d, rank))}
+
+
+def _merged(p):
+    """The model's weights with the adapter added (a new tree: the arrays are shared, not copied)."""
+    w = jax.tree.map(lambda x: x, p)
+    o = w["decoder"]["blocks"][0]["attn"]["o"]
+    o["w"] = o["w"] + p["extra"]["lora"]["b"] @ p["extra"]["lora"]["a"]
+    return w
+
+
+def _adapted_loss(extra, base):
+    return pv.loss(_merged({**base, "extra": extra}), PIXELS, LABELS).loss
+
+
+def test_the_model_functions_accept_and_ignore_extra_leaves(params):
+    extra = {"lora": _lora(jax.random.key(0)), "probes": [jnp.ones(3), {"w": jnp.zeros((2, 2))}]}
+    with_extra = {**params, "extra": extra}
+    pv.check_params(with_extra)
+    np.testing.assert_array_equal(pv.forward(with_extra, PIXELS, IDS), pv.forward(params, PIXELS, IDS))
+    assert pv.count_params(with_extra) == pv.count_params(params) + 2 * 2 * 24 + 3 + 4
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"lora": {"a": "not an array"}}, r"params\['extra'\]\['lora'\]\['a'\] is str"),
+    ({"heads": [np.ones(2), 3.0]}, r"params\['extra'\]\['heads'\]\[1\] is float"),
+    ([np.ones(2)], r"params\['extra'\] is list: the extra slot is a dict"),
+])
+def test_bad_extra_leaves_are_refused_by_path(params, extra, message):
+    with pytest.raises(pv.ParamsError, match=message):
+        pv.check_params({**params, "extra": extra})
+
+
+def test_a_lora_adapter_trains_through_grad_and_saves_apart(params, tmp_path):
+    base = {**params, "extra": {"lora": _lora(jax.random.key(0))}}
+    tx = optax.adam(1e-2)
+    extra, state = base["extra"], tx.init(base["extra"])
+    step = jax.jit(jax.value_and_grad(_adapted_loss))
+    first, _ = step(extra, base)
+    for _ in range(5):
+        value, grads = step(extra, base)
+        updates, state = tx.update(grads, state, extra)
+        extra = optax.apply_updates(extra, updates)
+    assert float(jnp.abs(grads["lora"]["b"]).max()) > 0
+    assert float(step(extra, base)[0]) < float(first) - 1e-3
+    trained = {**params, "extra": extra}
+
+    pv.save(trained, tmp_path / "adapted")
+    pv.save(params, tmp_path / "plain")
+    loaded, _ = pv.load(tmp_path / "adapted")
+    assert jax.tree.structure(loaded) == jax.tree.structure(trained)
+    for got, want in zip(jax.tree.leaves(loaded["extra"]), jax.tree.leaves(extra)):
+        np.testing.assert_array_equal(got, want)
+    # the model's files hold the base weights only, exactly as a save without the adapter
+    assert (tmp_path / "adapted" / "model.safetensors").read_bytes() == (tmp_path / "plain" / "model.safetensors").read_bytes()
+    assert not os.path.exists(tmp_path / "plain" / "extra.safetensors")
+    transformers = pytest.importorskip("transformers")
+    model = transformers.VisionEncoderDecoderModel.from_pretrained(tmp_path / "adapted")
+    assert maxdiff(pv.forward(loaded, PIXELS, IDS), torch_forward(model, PIXELS, IDS).logits) < 1e-4
+
+
+def test_saving_without_extra_leaves_removes_a_stale_extra_file(params, tmp_path):
+    pv.save({**params, "extra": {"head": jnp.ones(3)}}, tmp_path / "c")
+    pv.save(params, tmp_path / "c")
+    loaded, _ = pv.load(tmp_path / "c")
+    assert "extra" not in loaded
+
+
+def test_extra_keys_that_cannot_be_written_are_named(params, tmp_path):
+    with pytest.raises(pv.ParamsError, match="'a/b'"):
+        pv.save({**params, "extra": {"a/b": jnp.ones(2)}}, tmp_path / "c")
+
+
+def test_shard_params_keeps_the_extra_leaves_replicated(params):
+    mesh = jax.make_mesh((1, 1), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    head = jnp.arange(6.0).reshape(2, 3)
+    placed = pv.shard_params({**params, "extra": {"head": head}}, mesh)
+    np.testing.assert_array_equal(placed["extra"]["head"], head)
+    assert placed["extra"]["head"].sharding.is_fully_replicated
+    assert jax.tree.structure(placed) == jax.tree.structure({**params, "extra": {"head": head}})
