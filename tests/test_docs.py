@@ -287,3 +287,17 @@ def test_readme_params_block_keeps_structures_and_saves_the_adapter_apart(checkp
         theirs = VisionEncoderDecoderModel.from_pretrained(tmp_path / "adapted")(
             pixel_values=torch.tensor(pixels), decoder_input_ids=torch.tensor(ids)).logits
     assert maxdiff(purevedec.forward(loaded, pixels, ids.astype(np.int32)), theirs) < 1e-4
+
+
+def test_readme_buckets_block_equals_unpadded_calls_and_compiles_once(checkpoint, tmp_path):
+    """The research_buckets block: eight lengths in one bucket, the values of unpadded calls."""
+    from purevedec import model as pv_model
+    before = pv_model._forward_jit._cache_size()
+    ns, _ = _run_block("research_buckets", checkpoint[1], tmp_path)
+    # one program for the eight forward calls, one for score's (it passes forward a padding mask)
+    assert pv_model._forward_jit._cache_size() - before == 2
+    params, pixels = ns["params"], ns["pixels"]
+    for ids, logits, loss, score in zip(ns["sweep"], ns["logits"], ns["losses"], ns["scores"]):
+        np.testing.assert_allclose(logits, purevedec.forward(params, pixels, ids), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(loss, purevedec.loss(params, pixels, ids).loss, atol=1e-5, rtol=1e-6)
+        np.testing.assert_allclose(score, purevedec.score(params, pixels, ids).logprob, atol=1e-5, rtol=1e-6)
