@@ -26,6 +26,7 @@ from .config import Config
 from .encoder_chunks import encoder_chunk, encoder_states
 from .inputs import check_enc, check_ids, check_mask, check_pixels, check_positions, check_rows, compute_dtype
 from .layers import site_key
+from .length_buckets import bucket_length, pad_columns, trim_decoder_output
 from .params import unpack
 from .passes import decode_pass, encode_pass, layer_kv
 from .sharding import batch_split, gather_weights, weight_gathers
@@ -142,7 +143,7 @@ def _forward_jit(weights, pixels, ids, attention_mask, position_ids, key, *, con
 
 def forward(params, pixels, ids, config: Config | None = None, *, attention_mask=None, position_ids=None,
             interpolate_pos_encoding: bool = False, dtype=jnp.float32, output_hidden_states: bool = False,
-            output_attentions: bool = False, key=None, remat: bool = False):
+            output_attentions: bool = False, key=None, remat: bool = False, pad_to_multiple_of: int | None = None):
     """Teacher-forced logits, like ``VisionEncoderDecoderModel(pixel_values, decoder_input_ids)``.
 
     pixels [B,C,H,W] float, ids [B*k,T] int (k caption rows per image, image-major: each image
@@ -150,6 +151,9 @@ def forward(params, pixels, ids, config: Config | None = None, *, attention_mask
     (default 0..T-1, as transformers). Returns float32 logits [B*k,T,V], or an ``Output`` with
     hidden states / attention weights when asked. ``dtype`` is the compute dtype (params are
     cast to it); ``key`` turns on dropout for training; ``remat`` as in ``encode``.
+    ``pad_to_multiple_of=m`` runs the decoder at T rounded up to a multiple of m and returns the
+    first T positions: the same values, one compiled program for every T in a bucket (see
+    ``length_buckets``).
 
     Token ids and positions are range-checked when concrete. Under ``jax.jit`` they cannot be:
     an id outside [0, V) or a position outside the table makes that row's logits NaN (never a
@@ -161,9 +165,13 @@ def forward(params, pixels, ids, config: Config | None = None, *, attention_mask
     check_rows(pixels.shape[0], ids.shape[0], "ids")
     check_mask(attention_mask, ids, "attention_mask")
     check_positions(position_ids, ids, config)
-    return _forward_jit(weights, pixels, ids, attention_mask, position_ids, key, config=config,
-                        interpolate_pos_encoding=bool(interpolate_pos_encoding), dtype=compute_dtype(dtype),
-                        output_hidden_states=bool(output_hidden_states), output_attentions=bool(output_attentions),
-                        gathers=weight_gathers(weights, batch_split(pixels)), remat=bool(remat))
+    length = ids.shape[1]
+    padded = bucket_length(length, pad_to_multiple_of, config.decoder.n_positions)
+    out = _forward_jit(weights, pixels, pad_columns(ids, padded, 0), pad_columns(attention_mask, padded, 0),
+                       pad_columns(position_ids, padded, 0), key, config=config,
+                       interpolate_pos_encoding=bool(interpolate_pos_encoding), dtype=compute_dtype(dtype),
+                       output_hidden_states=bool(output_hidden_states), output_attentions=bool(output_attentions),
+                       gathers=weight_gathers(weights, batch_split(pixels)), remat=bool(remat))
+    return out if padded == length else trim_decoder_output(out, length)
 
 

@@ -1,8 +1,9 @@
 """The parameter tree: its one description (``param_description``), random init, and validation.
 
 Params are a plain nested dict of arrays (lists for per-layer blocks) that also carries its
-config at ``params["config"]`` (and, once loaded from a checkpoint, its generation defaults at
-``params["generation_config"]``): both are leafless static pytree nodes, invisible to
+config at ``params["config"]`` and its generation defaults at ``params["generation_config"]`` (the
+checkpoint's after ``load``, those the config implies after ``init_params``, so that both return
+trees of one structure): both are leafless static pytree nodes, invisible to
 ``jax.tree.map``, ``grad``, optimizers and sharding. Everything else that needs the tree's layout
 (the loader, validation, sharding, freezing) derives it from ``param_description``: each family's
 ``params`` (shape, logical axes, initializer of every leaf; see ``param_spec``) under "encoder" and
@@ -20,11 +21,24 @@ import numpy as np
 
 from .config import Config
 from .errors import ParamsError
+from .generation_config import GenerationConfig, defaults_for
 from .models import decoder_family, encoder_family
 from .param_spec import EMBED, Param, dense, shapes
 
 # Keys of a params dict that hold static descriptions, not weights.
 STATIC_KEYS = ("config", "generation_config")
+# The slot for the user's own leaves beside the model's (adapters, heads, probes): ordinary leaves
+# (jit, grad and optimizers see them), validated only as arrays, ignored by the model functions,
+# and written by ``save`` to a file of their own (see ``checkpoints.extra_file``).
+EXTRA_KEY = "extra"
+# Top-level keys that are not the model's weights.
+NON_WEIGHT_KEYS = (*STATIC_KEYS, EXTRA_KEY)
+
+
+def with_statics(weights: dict, config: Config, generation_config: GenerationConfig | None = None) -> dict:
+    """``weights`` plus the static entries every params tree carries: the config and the generation
+    defaults (``generation_config``, else those ``config`` implies)."""
+    return {**weights, "config": config, "generation_config": generation_config or defaults_for(config)}
 
 
 def param_description(config: Config) -> dict:
@@ -49,9 +63,9 @@ def is_shape(x) -> bool:
 
 def flatten(tree, prefix: str = "") -> dict[str, object]:
     """{"decoder.blocks.0.attn.q.w": leaf, ...}: the dotted paths used in messages and checks
-    (the static config entries are not leaves and are left out)."""
+    (the static config entries and the extra leaves are not the model's and are left out)."""
     if isinstance(tree, Mapping):
-        items = ((k, v) for k, v in tree.items() if not (prefix == "" and k in STATIC_KEYS))
+        items = ((k, v) for k, v in tree.items() if not (prefix == "" and k in NON_WEIGHT_KEYS))
     elif isinstance(tree, list):
         items = enumerate(tree)
     else:
@@ -91,11 +105,17 @@ def _draw_pools(description: dict) -> tuple[dict, dict]:
     return offsets, sizes
 
 
-def init_params(config: Config, key, dtype=jnp.float32) -> dict:
+def init_params(config: Config, key, dtype=jnp.float32, *, generation_config: GenerationConfig | None = None) -> dict:
     """Random parameters laid out as ``param_shapes(config)``, drawn as each family's description
-    says (transformers' initializers), carrying ``config``; same key, same params."""
+    says (transformers' initializers), carrying ``config`` and ``generation_config`` (default: the
+    defaults the config implies), so that ``init_params(load_config(d), key,
+    generation_config=load_generation_config(d))`` has the structure of ``load(d)``'s params; same
+    key, same params."""
     if not isinstance(config, Config):
         raise TypeError(f"init_params(config, key): config must be a purevedec.Config, got {type(config).__name__}")
+    if generation_config is not None and not isinstance(generation_config, GenerationConfig):
+        raise TypeError(f"init_params(generation_config=...) must be a purevedec.GenerationConfig or None, "
+                        f"got {type(generation_config).__name__}")
     description = param_description(config)
     offsets, sizes = _draw_pools(description)
     k_normal, k_truncated = jax.random.split(key)
@@ -117,7 +137,7 @@ def init_params(config: Config, key, dtype=jnp.float32) -> dict:
         pool, start = offsets[path]
         values = draws[pool][start:start + math.prod(param.shape)].reshape(param.shape)
         return jnp.asarray((param.scale * values).astype(dtype))
-    return {**map_with_path(description, leaf), "config": config}
+    return with_statics(map_with_path(description, leaf), config, generation_config)
 
 
 def _describe(x) -> str:
@@ -157,10 +177,12 @@ _CHECKED: set = set()  # (config, tree structure, leaf shapes and dtypes) alread
 
 def check_params(params: Mapping, config: Config | None = None) -> None:
     """Raise ``ParamsError`` naming the first leaf whose presence, container, shape or dtype
-    differs from what ``config`` (default: ``params["config"]``) describes. Cheap after the
-    first call for a given tree structure, shapes and config (the result is cached)."""
+    differs from what ``config`` (default: ``params["config"]``) describes, or an extra leaf
+    (``params["extra"]``) that is not an array. Cheap after the first call for a given tree
+    structure, shapes and config (the result is cached)."""
     config = _config_of(params, config)
-    weights = {k: v for k, v in params.items() if k not in STATIC_KEYS}
+    _check_extra(params.get(EXTRA_KEY))
+    weights = weights_of(params)
     leaves, treedef = jax.tree.flatten(weights)
     signature = (config, treedef, tuple((tuple(np.shape(x)), str(getattr(x, "dtype", type(x)))) for x in leaves))
     if signature in _CHECKED:
@@ -169,6 +191,24 @@ def check_params(params: Mapping, config: Config | None = None) -> None:
     if problem:
         raise ParamsError(f"params do not match the config: {problem}")
     _CHECKED.add(signature)
+
+
+def _check_extra(extra) -> None:
+    """The extra slot is a dict holding any pytree (dicts, lists, tuples) whose leaves are arrays."""
+    if extra is None:
+        return
+    if not isinstance(extra, dict):
+        raise ParamsError(f"params['{EXTRA_KEY}'] is {_describe(extra)}: the extra slot is a dict "
+                          "(of arrays, or of dicts and lists of them)")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(extra)[0]:
+        if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+            raise ParamsError(f"params['{EXTRA_KEY}']{jax.tree_util.keystr(path)} is {_describe(leaf)}: "
+                              "the extra slot holds arrays only (adapters, heads)")
+
+
+def weights_of(params: Mapping) -> dict:
+    """The model's weights: ``params`` without the static entries and the extra leaves."""
+    return {k: v for k, v in params.items() if k not in NON_WEIGHT_KEYS}
 
 
 def _config_of(params: Any, config: Config | None) -> Config:
@@ -184,8 +224,9 @@ def _config_of(params: Any, config: Config | None) -> Config:
 
 
 def unpack(params: Mapping, config: Config | None = None) -> tuple[dict, Config]:
-    """(weights without the static entries, config): an explicit ``config`` wins over the one
-    the params carry. The weights are validated against the config (see ``check_params``)."""
+    """(the model's weights, without the static entries and the extra leaves; config): an explicit
+    ``config`` wins over the one the params carry. The weights are validated against the config
+    (see ``check_params``)."""
     config = _config_of(params, config)
     check_params(params, config)
-    return {k: v for k, v in params.items() if k not in STATIC_KEYS}, config
+    return weights_of(params), config

@@ -20,7 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import Config
+from .length_buckets import bucket_length, pad_columns
 from .model import forward
+from .params import unpack
 
 
 class Score(NamedTuple):
@@ -34,11 +36,14 @@ class Score(NamedTuple):
 
 
 def score(params, pixels, ids, config: Config | None = None, *, attention_mask=None, prompt_len=1,
-          length_penalty: float = 0.0, position_ids=None, dtype=jnp.float32) -> Score:
+          length_penalty: float = 0.0, position_ids=None, dtype=jnp.float32,
+          pad_to_multiple_of: int | None = None) -> Score:
     """Log-likelihood of ``ids`` [N,T] (k rows per image, image-major, as in ``forward``) given
     ``pixels`` [B,C,H,W]. ``attention_mask`` [N,T] (1 = token) marks padding, which neither counts
     nor is attended to; ``prompt_len`` (an int, or [N] ints for ragged prompts) is how many leading
     ids are given rather than scored. ``length_penalty`` 0 sums the log-probs, 1 averages them.
+    ``pad_to_multiple_of=m`` scores at T rounded up to a multiple of m (one compiled program per
+    bucket of lengths, the same values; see ``purevedec.length_buckets``).
     Traceable: usable under ``jit`` and ``vmap`` (then ``ids`` cannot be range-checked)."""
     if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float, jax.Array, np.ndarray)):
         raise ValueError(f"length_penalty={length_penalty!r} must be a number (0: sum, 1: mean)")
@@ -47,10 +52,19 @@ def score(params, pixels, ids, config: Config | None = None, *, attention_mask=N
             (prompt.ndim == 1 and prompt.shape[0] != np.shape(ids)[0]):
         raise ValueError(f"prompt_len must be an int or one int per row of ids, got shape {prompt.shape} "
                          f"and dtype {prompt.dtype}")
+    length = np.shape(ids)[1]
+    if pad_to_multiple_of is not None:
+        padded = bucket_length(length, pad_to_multiple_of, unpack(params, config)[1].decoder.n_positions)
+        mask = np.ones(np.shape(ids), np.int32) if attention_mask is None else attention_mask
+        ids, attention_mask = pad_columns(ids, padded, 0), pad_columns(mask, padded, 0)
+        position_ids = pad_columns(position_ids, padded, 0)
     logits = forward(params, pixels, ids, config, attention_mask=attention_mask, position_ids=position_ids,
                      dtype=dtype)
     mask = jnp.ones(ids.shape, bool) if attention_mask is None else jnp.asarray(attention_mask) != 0
-    return _score(logits, jnp.asarray(ids), mask, prompt, jnp.float32(length_penalty))
+    out = _score(logits, jnp.asarray(ids), mask, prompt, jnp.float32(length_penalty))
+    if out.token_logprobs.shape[1] == length - 1:
+        return out
+    return out._replace(token_logprobs=out.token_logprobs[:, :length - 1])  # the padding's are 0
 
 
 @jax.jit

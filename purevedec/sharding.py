@@ -31,7 +31,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from .config import Config
 from .param_spec import HEADS, MLP, VOCAB, Param
-from .params import STATIC_KEYS, flatten, map_with_path, param_description, param_shapes, unpack
+from .params import EXTRA_KEY, STATIC_KEYS, flatten, map_with_path, param_description, param_shapes, unpack
 
 DATA, MODEL = "data", "model"
 
@@ -122,7 +122,16 @@ def shard_params(params: Mapping, mesh: Mesh, config: Config | None = None, *, r
         leaves = {path: np.asarray(leaf) for path, leaf in leaves.items()}
     placed = map_with_path(param_shapes(config),
                            lambda path, _: jax.device_put(leaves[path], NamedSharding(mesh, specs[path])))
-    return {**placed, **{k: params[k] for k in STATIC_KEYS if k in params}}
+    return {**placed, **beside_weights(params, lambda x: jax.device_put(x, NamedSharding(mesh, PartitionSpec())))}
+
+
+def beside_weights(params: Mapping, replicated) -> dict:
+    """What params carry besides the weights: the static entries as they are, and the extra leaves
+    (adapters, heads: small, with no logical axes) through ``replicated``."""
+    out = {k: params[k] for k in STATIC_KEYS if k in params}
+    if EXTRA_KEY in params:
+        out[EXTRA_KEY] = jax.tree.map(replicated, params[EXTRA_KEY])
+    return out
 
 
 def shard_batch(x, mesh: Mesh):

@@ -266,3 +266,38 @@ def test_readme_long_outputs_block_gives_generates_tokens(checkpoint, tmp_path):
     for i, out in enumerate(ns["sampled"]):
         alone = purevedec.generate(params, pixels[i:i + 1], do_sample=True, max_new_tokens=10, key=keys[i][None])
         np.testing.assert_array_equal(out.sequence, _until_eos(np.asarray(alone.sequences)[0]))
+
+
+def test_readme_params_block_keeps_structures_and_saves_the_adapter_apart(checkpoint, tmp_path):
+    """The research_params block: a dropout change beside the params leaves the adam state usable,
+    init and load agree, the adapter gets gradients and is saved where transformers does not look."""
+    import jax
+    import torch
+    from transformers import VisionEncoderDecoderModel
+    model, path = checkpoint
+    ns, _ = _run_block("research_params", path, tmp_path)
+    params, pixels = ns["params"], np.asarray(ns["pixels"])
+    assert ns["same"]
+    assert jax.tree.structure(ns["opt_state"][0].mu) == jax.tree.structure(ns["fresh"])
+    assert float(np.abs(np.asarray(ns["lora_grads"]["lora"]["b"])).max()) > 0
+    loaded, _ = purevedec.load(tmp_path / "adapted")
+    np.testing.assert_array_equal(np.asarray(loaded["extra"]["lora"]["a"]), np.asarray(params["extra"]["lora"]["a"]))
+    ids = np.zeros((2, 3), np.int64)
+    with torch.no_grad():
+        theirs = VisionEncoderDecoderModel.from_pretrained(tmp_path / "adapted")(
+            pixel_values=torch.tensor(pixels), decoder_input_ids=torch.tensor(ids)).logits
+    assert maxdiff(purevedec.forward(loaded, pixels, ids.astype(np.int32)), theirs) < 1e-4
+
+
+def test_readme_buckets_block_equals_unpadded_calls_and_compiles_once(checkpoint, tmp_path):
+    """The research_buckets block: eight lengths in one bucket, the values of unpadded calls."""
+    from purevedec import model as pv_model
+    before = pv_model._forward_jit._cache_size()
+    ns, _ = _run_block("research_buckets", checkpoint[1], tmp_path)
+    # one program for the eight forward calls, one for score's (it passes forward a padding mask)
+    assert pv_model._forward_jit._cache_size() - before == 2
+    params, pixels = ns["params"], ns["pixels"]
+    for ids, logits, loss, score in zip(ns["sweep"], ns["logits"], ns["losses"], ns["scores"]):
+        np.testing.assert_allclose(logits, purevedec.forward(params, pixels, ids), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(loss, purevedec.loss(params, pixels, ids).loss, atol=1e-5, rtol=1e-6)
+        np.testing.assert_allclose(score, purevedec.score(params, pixels, ids).logprob, atol=1e-5, rtol=1e-6)

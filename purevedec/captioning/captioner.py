@@ -174,8 +174,8 @@ class Captioner:
         weights (a dataclass repr would print every array)."""
         import jax
 
-        from ..params import STATIC_KEYS
-        leaves = jax.tree.leaves({k: v for k, v in self.params.items() if k not in STATIC_KEYS})
+        from ..params import weights_of
+        leaves = jax.tree.leaves(weights_of(self.params))
         count = sum(int(np.prod(np.shape(x))) for x in leaves)
         stored = str(np.dtype(leaves[0].dtype)) if leaves else "none"
         enc, dec = self.config.encoder, self.config.decoder

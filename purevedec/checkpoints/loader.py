@@ -22,9 +22,10 @@ import numpy as np
 from ..config import Config
 from ..errors import CheckpointError
 from ..models import decoder_family, encoder_family
-from ..params import flatten, map_with_path, param_shapes
+from ..params import EXTRA_KEY, flatten, map_with_path, param_shapes, with_statics
 from . import names as hf_names
 from .config_files import load_config, load_generation_config
+from .extra_file import read_extra
 from .formats import FORMATS, Format, pick_format
 from .bundled import bundled_dir, is_bundled_name
 from .hub import snapshot_dir
@@ -112,7 +113,7 @@ def build_params(tensors: Iterable[tuple[str, np.ndarray]], config: Config, *, d
     if missing:
         raise CheckpointError(f"{where}: missing tensors for {len(missing)} params, e.g. "
                               f"{', '.join(_hf_name_of(p, config) for p in missing[:5])}")
-    return {**map_with_path(param_shapes(config), lambda path, _: flat[path]), "config": config}
+    return with_statics(map_with_path(param_shapes(config), lambda path, _: flat[path]), config)
 
 
 def _hf_name_of(path: str, config: Config) -> str:
@@ -231,7 +232,8 @@ def load_dir(path: str, *, dtype=None, allow_nonfinite: bool = False) -> tuple[d
     check_fits(config, files, where)
     params = build_params(read_tensors(fmt, files), config, dtype=dtype and jnp.dtype(dtype), where=where,
                           allow_nonfinite=allow_nonfinite)
-    return {**params, "generation_config": generation}, config
+    extra = read_extra(path)  # adapters or heads a save wrote beside the weights
+    return {**params, "generation_config": generation, **({EXTRA_KEY: extra} if extra is not None else {})}, config
 
 
 def local_dir(name_or_path: str | os.PathLike, *, revision: str | None = None,

@@ -17,8 +17,9 @@ import numpy as np
 from ..config import Config
 from ..generation.options import FIELDS, GenerationConfig, defaults_for
 from ..models import decoder_family, encoder_family
-from ..params import flatten, unpack
+from ..params import EXTRA_KEY, flatten, unpack
 from . import names as hf_names
+from .extra_file import named_leaves, write_extra
 
 
 def _layers(template: str, flat: dict) -> list[str]:
@@ -94,13 +95,16 @@ def save(params: dict, config_or_path, path: str | os.PathLike | None = None, *,
 
     config.json records the dtype the weights are stored in; generation_config.json holds
     ``generation_config``, else the params' own (``params["generation_config"]``), else the
-    config's special ids."""
+    config's special ids. The extra leaves (``params["extra"]``: adapters, heads) are not part of
+    the model: they go to extra.safetensors, a file transformers does not read, and ``load``
+    puts them back."""
     from safetensors.numpy import save_file
     if path is None:
         config, path = None, config_or_path
     else:
         config = config_or_path
     weights, config = unpack(params, config)
+    extra = named_leaves(params.get(EXTRA_KEY) or {})  # before any file is written: its keys may be refused
     gen = generation_config or params.get("generation_config") or defaults_for(config)
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)
@@ -111,3 +115,4 @@ def save(params: dict, config_or_path, path: str | os.PathLike | None = None, *,
     _write_json(generation_dict(config, gen), os.path.join(path, "generation_config.json"))
     # transformers refuses safetensors files whose metadata does not name a known format.
     save_file(dict(hf_tensors(weights, config)), os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    write_extra(extra, path)

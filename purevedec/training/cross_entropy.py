@@ -21,6 +21,7 @@ import numpy as np
 from ..config import Config
 from ..errors import ConfigError
 from ..layers import site_key
+from ..length_buckets import bucket_length, pad_columns
 from ..inputs import check_mask, check_pixels, check_rows, compute_dtype
 from ..params import unpack
 from ..passes import decode_pass, encode_pass
@@ -107,7 +108,8 @@ def summarize(per_token: jax.Array, right: jax.Array, counted: jax.Array) -> Los
 
 
 def loss_core(weights: dict, pixels, labels, config: Config, *, decoder_attention_mask=None, key=None,
-              label_smoothing: float = 0.0, dtype=jnp.float32, remat: bool = False) -> LossOutput:
+              label_smoothing: float = 0.0, dtype=jnp.float32, remat: bool = False,
+         pad_to_multiple_of: int | None = None) -> LossOutput:
     """The traceable loss over a weights tree (no checks): for use inside jitted training code.
     Dropout keys are split as ``forward`` splits them, so ``key`` gives the same logits there."""
     ids = shift_right(labels, config)
@@ -154,7 +156,8 @@ def _check_smoothing(label_smoothing) -> float:
 
 
 def loss(params, pixels, labels, config: Config | None = None, *, decoder_attention_mask=None, key=None,
-         label_smoothing: float = 0.0, dtype=jnp.float32, remat: bool = False) -> LossOutput:
+         label_smoothing: float = 0.0, dtype=jnp.float32, remat: bool = False,
+         pad_to_multiple_of: int | None = None) -> LossOutput:
     """Cross-entropy of the captions ``labels`` given the images, as
     ``VisionEncoderDecoderModel(pixel_values, labels=labels).loss``.
 
@@ -163,13 +166,18 @@ def loss(params, pixels, labels, config: Config | None = None, *, decoder_attent
     [B*k,T] (1 = token) masks the decoder's keys, as transformers passes it. ``key`` turns on
     dropout (same key, same loss; None is evaluation); ``label_smoothing`` as torch's
     CrossEntropyLoss; ``dtype`` the compute dtype; ``remat`` recomputes each layer in the
-    backward pass to save memory. Differentiable in ``params``. Returns a ``LossOutput``."""
+    backward pass to save memory. ``pad_to_multiple_of=m`` pads the labels to a multiple of m
+    with -100 (one compiled program per bucket of lengths, the same loss; see
+    ``purevedec.length_buckets``). Differentiable in ``params``. Returns a ``LossOutput``."""
     weights, config = unpack(params, config)
     special_ids(config)
     check_pixels(pixels, config)
     check_labels(labels, config)
     check_rows(pixels.shape[0], labels.shape[0], "labels")
     check_mask(decoder_attention_mask, labels, "decoder_attention_mask")
+    padded = bucket_length(labels.shape[1], pad_to_multiple_of, config.decoder.n_positions)
+    labels = pad_columns(labels, padded, IGNORE_INDEX)
+    decoder_attention_mask = pad_columns(decoder_attention_mask, padded, 0)
     return _loss_jit(weights, pixels, labels, config=config, decoder_attention_mask=decoder_attention_mask,
                      key=key, label_smoothing=_check_smoothing(label_smoothing), dtype=compute_dtype(dtype),
                      remat=bool(remat), gathers=weight_gathers(weights, batch_split(pixels)))

@@ -21,8 +21,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ..params import STATIC_KEYS, unpack
-from ..sharding import DATA, check_mesh, param_specs, weight_gathers
+from ..params import unpack
+from ..sharding import DATA, beside_weights, check_mesh, param_specs, weight_gathers
 from .optim import TrainConfig, make_optimizer, optax
 from .step import StepMetrics, TrainState, train_step
 
@@ -32,7 +32,7 @@ def param_shardings(params, mesh: Mesh, *, rules=None, fsdp: bool = False):
     _, config = unpack(params)
     specs = param_specs(config, mesh, rules=rules, fsdp=fsdp)
     placed = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
-    return {**placed, **{k: params[k] for k in STATIC_KEYS if k in params}}
+    return {**placed, **beside_weights(params, lambda _: NamedSharding(mesh, PartitionSpec()))}
 
 
 def state_shardings(state: TrainState, mesh: Mesh, cfg: TrainConfig, *, rules=None, fsdp: bool = False) -> TrainState:

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ..params import STATIC_KEYS, check_params
+from ..params import check_params, weights_of
 from ..sharding import gather_weights
 from .cross_entropy import IGNORE_INDEX, loss_core
 from .optim import TrainConfig, frozen_flags, learning_rate_schedule, make_optimizer, optax
@@ -47,10 +47,6 @@ def init_state(params, cfg: TrainConfig, key) -> TrainState:
     return TrainState(params, make_optimizer(cfg).init(params), jnp.zeros((), jnp.int32), key)
 
 
-def _weights(params) -> dict:
-    return {k: v for k, v in params.items() if k not in STATIC_KEYS}
-
-
 def _micro_batches(x, n: int, what: str, group: int = 1):
     """[R,...] -> [n,R/n,...], micro-batch i taking the groups i, i+n, i+2n, ... of ``group``
     consecutive rows (an image's caption rows stay together and follow their image). Strided, so
@@ -78,7 +74,7 @@ def _gradients(params, pixels, labels, mask, key, cfg: TrainConfig, gathers=None
     def summed(p, px, lb, mk, k):
         p = jax.tree.map(lambda x, f: jax.lax.stop_gradient(x) if f else x, p, frozen)  # no work for frozen parts
         p = gather_weights(p, gathers)  # FSDP: whole weights here, so activations keep the batch's split
-        out = loss_core(_weights(p), px, lb, config, decoder_attention_mask=mk, key=k,
+        out = loss_core(weights_of(p), px, lb, config, decoder_attention_mask=mk, key=k,
                         label_smoothing=cfg.label_smoothing, dtype=cfg.compute_dtype, remat=cfg.remat)
         return out.loss_sum * inv_tokens, out
 
@@ -131,7 +127,7 @@ def make_train_step(cfg: TrainConfig, *, donate: bool = True):
 
 
 def _eval_sums(params, pixels, labels, mask, *, dtype):
-    out = loss_core(_weights(params), pixels, labels, params["config"], decoder_attention_mask=mask, dtype=dtype)
+    out = loss_core(weights_of(params), pixels, labels, params["config"], decoder_attention_mask=mask, dtype=dtype)
     return out.loss_sum, out.tokens, out.correct
 
 
