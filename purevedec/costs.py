@@ -94,3 +94,48 @@ def _sub_flops(eqn, outs) -> float:
             sub = getattr(sub, "jaxpr", sub)
             return _jaxpr_flops(sub, outs if len(sub.outvars) == len(outs) else None)
     return 0.0
+
+
+# Ops that read one slice of their first operand (a table row), whatever the indices: at the
+# least one slice, as every index may name the same one.
+_SLICING = {"gather": lambda eqn: math.prod(eqn.params["slice_sizes"]),
+            "dynamic_slice": lambda eqn: math.prod(eqn.params["slice_sizes"]),
+            "slice": lambda eqn: _size(eqn.outvars[0].aval)}
+
+
+def elements_read(fn, *args, **kwargs):
+    """How many elements of each input array ``fn(*args, **kwargs)`` reads at the least: the
+    same pytree as ``args`` with an int at each leaf. An input the program never uses reads 0,
+    one it only indexes (a table's row through gather, dynamic_slice, slice) one slice, one any
+    other op uses its whole size. Traced like ``flops`` (nothing runs; abstract
+    ``jax.ShapeDtypeStruct`` leaves work)."""
+    leaves, tree = jax.tree.flatten(args)
+    closed = jax.make_jaxpr(lambda *xs: fn(*jax.tree.unflatten(tree, xs), **kwargs))(*leaves)
+    return jax.tree.unflatten(tree, [_var_read(closed.jaxpr, v) for v in closed.jaxpr.invars])
+
+
+def _var_read(jaxpr, var) -> int:
+    """Elements of ``var`` the ops of ``jaxpr`` read: the most any one use reads (uses may all
+    read the same slice), its whole size if the program returns it."""
+    whole = _size(var.aval)
+    most = whole if any(v is var for v in jaxpr.outvars) else 0
+    for eqn in jaxpr.eqns:
+        for i, v in enumerate(eqn.invars):
+            if v is var:
+                most = max(most, _use_read(eqn, i, whole))
+        if most >= whole:
+            return whole
+    return most
+
+
+def _use_read(eqn, i: int, whole: int) -> int:
+    """Elements of the ``i``-th operand of ``eqn`` it reads."""
+    name = eqn.primitive.name
+    if name in _SLICING and i == 0:
+        return min(whole, _SLICING[name](eqn))
+    sub = next((eqn.params[k] for k in ("jaxpr", "call_jaxpr", "fun_jaxpr") if k in eqn.params), None)
+    if sub is not None and name != "scan":  # calls (jit, remat, custom derivatives): operands map 1:1
+        inner = getattr(sub, "jaxpr", sub)
+        if len(inner.invars) == len(eqn.invars):
+            return _var_read(inner, inner.invars[i])
+    return whole

@@ -57,6 +57,14 @@ def param_shapes(config: Config) -> dict:
     return shapes(param_description(config))
 
 
+def abstract_params(config: Config, dtype=jnp.float32) -> dict:
+    """The params tree of ``config`` with a ``jax.ShapeDtypeStruct`` at each leaf: traceable like
+    real params (``jax.make_jaxpr``, ``jax.eval_shape``, ``flops``) with nothing allocated, so a
+    full-size model's costs are counted in a fraction of a second."""
+    leaves = map_with_path(param_shapes(config), lambda path, shape: jax.ShapeDtypeStruct(shape, dtype))
+    return with_statics(leaves, config)
+
+
 def is_shape(x) -> bool:
     return isinstance(x, tuple) and all(isinstance(d, int) for d in x)
 
