@@ -1,80 +1,101 @@
-"""Work per workload from the config alone: encoder FLOPs per image and bytes a decode step
-must read. Divided by the machine's limits (machine.py) they give each result's lower bound."""
+"""Work per workload: encoder FLOPs per image and the bytes and FLOPs of one decode step. Divided
+by the machine's limits (machine.py) they give each result's lower bound.
+
+Every count comes from purevedec's own programs traced on abstract params (``abstract_params``:
+shapes only, nothing allocated, a fraction of a second at full size), so the bounds hold for
+every registered encoder and decoder family with no formula per architecture here:
+
+- encoder FLOPs: ``purevedec.flops`` of ``encode`` on the batch (the projection included);
+- decode-step bytes: every decoder weight the step's program reads (``elements_read``: a weight
+  it never touches, such as the cross-attention K/V kernels that run once per image in
+  ``init_cache``, counts nothing; a table it only indexes counts one row; a tied head counts
+  whole), plus each image's cross K/V and each row's self K/V at the cached length, sized from
+  the cache ``init_cache`` lays out;
+- decode-step FLOPs: ``purevedec.flops`` of ``step`` over the given rows and cached length.
+"""
 
 from __future__ import annotations
 
+import functools
+
+import jax
+import jax.numpy as jnp
+
+import purevedec as pv
 from purevedec.config import Config
+from purevedec.costs import elements_read
+from purevedec.params import abstract_params
 
 
-def known(config: Config) -> bool:
-    """Whether these formulas describe the architecture (ViT -> GPT-2 or TrOCR); for others
-    (DeiT's extra token, BEiT's relative bias) the suite reports no bound rather than a wrong one.
-    A TrOCR layer holds the same weights as a GPT-2 one (separate q/k/v instead of a fused qkv,
-    three norms); only the norms outside the layers differ."""
-    return config.encoder.model_type == "vit" and config.decoder.model_type in ("gpt2", "trocr")
-
-
-def _outer_norms(config: Config) -> int:
-    """Parameters of the decoder's norms outside its layers: GPT-2's final norm; TrOCR's optional
-    embedding norm (it has no final norm)."""
-    g = config.decoder
-    if g.model_type == "trocr":
-        return 2 * g.n_embd if g.layernorm_embedding else 0
-    return 2 * g.n_embd
-
-
-def encoder_flops(config: Config) -> float:
-    """Multiply-adds x 2 for one image through the ViT (patch embedding, attention, MLP)."""
+def _pixels(config: Config, images: int) -> jax.ShapeDtypeStruct:
     e = config.encoder
-    s = 1 + e.num_patches
-    d, hk, f = e.hidden_size, e.num_attention_heads * e.head_dim, e.intermediate_size
-    patch_in = e.num_channels * e.patch_size[0] * e.patch_size[1]
-    layer = 2 * s * d * 3 * hk + 2 * s * hk * d + 2 * 2 * s * s * hk + 2 * 2 * s * d * f
-    return 2 * e.num_patches * patch_in * d + e.num_hidden_layers * layer
+    return jax.ShapeDtypeStruct((images, e.num_channels, *e.image_size), jnp.float32)
+
+
+def _ids(rows: int) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((rows, 1), jnp.int32)
+
+
+def _cache(config: Config, images: int, rows_per_image: int, max_len: int):
+    """The abstract cache ``init_cache`` returns for ``images`` images of ``rows_per_image`` rows."""
+    params = abstract_params(config)
+    enc = jax.eval_shape(lambda p, x: pv.encode(p, x), params, _pixels(config, images))
+    return jax.eval_shape(lambda p, e: pv.init_cache(p, e, max_len=max_len, rows_per_image=rows_per_image),
+                          params, enc)
+
+
+def _step(params, cache, ids):
+    return pv.step(params, cache, ids, donate=False)
+
+
+@functools.lru_cache(maxsize=64)
+def encoder_flops(config: Config, images: int = 1) -> float:
+    """FLOPs of ``images`` images through ``encode`` (the states the decoder reads, projection
+    included; the cross-attention K/V, computed once per image in ``init_cache``, are left out).
+    Counted at the batch itself: some work is per batch, not per image (Swin's shared masks)."""
+    return float(pv.flops(lambda p, x: pv.encode(p, x), abstract_params(config), _pixels(config, images)))
+
+
+@functools.lru_cache(maxsize=64)
+def _step_elements(config: Config) -> tuple[int, int, int]:
+    """(decoder weights one step reads, cross K/V elements per image, self K/V elements per row
+    and cached token). The cache is linear in images, rows and length (``DecoderCache``: cross
+    K/V [B,H,S,K] per layer, self K/V [R,H,Tmax,K]), so one image, one row and one slot size it."""
+    cache = _cache(config, 1, 1, 1)
+    weights = sum(jax.tree.leaves(elements_read(_step, abstract_params(config), cache, _ids(1))[0]))
+    cross = sum(x.size for x in jax.tree.leaves(cache.cross_kv))
+    self_kv = sum(x.size for x in jax.tree.leaves(cache.self_kv))
+    return weights, cross, self_kv
 
 
 def decode_bytes(config: Config, images: int, rows_per_image: int, cached: int, itemsize: int = 4) -> float:
-    """Bytes one decode step reads at the least: every decoder weight used per token (self-
-    attention, the cross-attention's query and output, MLP, norms, LM head) once, each image's
-    cross-attention K/V once, and each row's self-attention cache of ``cached`` tokens. The
-    cross-attention K/V kernels are not read per token (they run once per image, with the
-    encoder; like their FLOPs, they are left out)."""
-    g = config.decoder
-    d, f, layers = g.n_embd, g.n_inner, g.n_layer
-    per_layer = (4 * d * d + 4 * d) + (2 * d * d + 2 * d) + (2 * d * f + d + f) + 6 * d
-    untied_row = 0 if g.tie_word_embeddings else d  # the input token's row, when not the head's
-    # ..., the LM head, the norms outside the layers, one position row, the token's row when untied
-    weights = layers * per_layer + g.vocab_size * d + _outer_norms(config) + d + untied_row
-    cross_kv = layers * images * 2 * (1 + config.encoder.num_patches) * d
-    self_kv = layers * images * rows_per_image * 2 * cached * d
-    return float(weights + cross_kv + self_kv) * itemsize
+    """Bytes one decode step reads at the least: the decoder weights its program reads (a table it
+    indexes, one row; weights it never uses, such as the cross K/V kernels, nothing), each
+    image's cross-attention K/V once (shared by its rows), and each row's self-attention cache of
+    ``cached`` tokens."""
+    weights, cross, self_kv = _step_elements(config)
+    return float(weights + images * cross + images * rows_per_image * cached * self_kv) * itemsize
 
 
+@functools.lru_cache(maxsize=256)
 def decode_flops(config: Config, images: int, rows_per_image: int, cached: int) -> float:
-    """Multiply-adds x 2 for one decode step of images x rows_per_image rows: every weight
-    product once per row, and attention over the image's tokens and ``cached`` earlier tokens.
-    At a few dozen rows this, not the bytes, bounds a step on a CPU (fp32 peak / bandwidth is
-    only ~10 FLOP per byte)."""
-    g = config.decoder
-    d, f, rows = g.n_embd, g.n_inner, images * rows_per_image
-    per_row_layer = 2 * (4 * d * d + 2 * d * d + 2 * d * f) + 2 * 2 * d * (1 + config.encoder.num_patches + cached)
-    return float(rows * (g.n_layer * per_row_layer + 2 * g.vocab_size * d))
+    """FLOPs of one decode step of images x rows_per_image rows, each new token attending over
+    ``cached`` earlier ones and itself (a cache of ``cached`` + 1 slots). At a few dozen rows
+    this, not the bytes, bounds a step on a CPU (fp32 peak / bandwidth is only ~10 FLOP per byte)."""
+    rows = images * rows_per_image
+    cache = _cache(config, images, rows_per_image, cached + 1)
+    return float(pv.flops(_step, abstract_params(config), cache, _ids(rows)))
 
 
 def bounds(cells: list[dict], config: Config, limits: dict, tokens: int) -> None:
     """Each speed cell's lower bound (``bound_s``; ``bound_token_ms`` for generation), in place:
     the encoder's FLOPs at the dtype's peak, plus per token the larger of the bytes a step reads
-    over the read bandwidth and its FLOPs at the peak (a half-full self cache); None for
-    architectures these formulas do not describe."""
-    if not known(config):
-        for c in cells:
-            c["bound_s"] = c["bound_token_ms"] = None
-        return
+    over the read bandwidth and its FLOPs at the peak (a half-full self cache)."""
     for c in cells:
         bf16 = c["dtype"] == "bfloat16"
         item = 2 if bf16 else 4
         peak = limits["matmul_flops_bf16" if bf16 else "matmul_flops"]
-        c["bound_s"] = c["batch"] * encoder_flops(config) / peak
+        c["bound_s"] = encoder_flops(config, c["batch"]) / peak
         if c["workload"] != "encoder":
             beams = 1 if c["workload"] == "greedy" else int(c["workload"].split("-")[1])
             step = max(decode_bytes(config, c["batch"], beams, tokens // 2, item) / limits["read_bytes_per_s"],

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 import purevedec as pv
-from benchmarks import costs, process, report, run, targets
+from benchmarks import costs, process, report, run
 from models import FULL_DECODER, FULL_ENCODER, make_reference, save_captioning_checkpoint
 
 
@@ -148,17 +148,3 @@ def test_reference_unavailable_names_the_missing_architecture(tmp_path):
         subject.load_reference(str(ckpt), "me/my-model")
     line = str(e.value)
     assert "\n" not in line and "me/my-model" in line and "encoder architecture 'futurevit'" in line
-
-
-def test_bounds_unavailable_for_architectures_the_cost_model_does_not_know():
-    from models import TINY_DECODER, TINY_ENCODER
-    config = pv.parse_config({
-        "model_type": "vision-encoder-decoder", "is_encoder_decoder": True,
-        "encoder": {"model_type": "deit", **TINY_ENCODER},
-        "decoder": {"model_type": "gpt2", "add_cross_attention": True, "is_decoder": True, **TINY_DECODER}})
-    cells = [{"workload": "greedy", "batch": 1, "dtype": "float32", "pv_s": 1.0, "hf_s": 1.0, "pv_token_ms": 1.0,
-              "hf_token_ms": 1.0, "pv_first_s": 2.0}]
-    run._bounds(cells, config, {"matmul_flops": 1e9, "matmul_flops_bf16": 1e9, "read_bytes_per_s": 1e9}, 4)
-    assert cells[0]["bound_s"] is None and cells[0]["bound_token_ms"] is None
-    assert not any("bound" in t["name"] for t in targets.targets(cells, {}))
-    assert "| - | - |" in report.speed_table(cells)
