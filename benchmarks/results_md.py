@@ -50,7 +50,9 @@ def _captioning_md(res: dict) -> list[str]:
              "## Speed", report.speed_table(res["speed"]), BOUNDS_NOTE]
     seed = res["seed"]
     if any(c.get("bound_s") is None for c in res["speed"]):
-        parts.append("Bounds unavailable: the cost model (benchmarks/costs.py) covers ViT -> GPT-2 or TrOCR only.")
+        # Only results recorded before the cost model covered every family lack bounds.
+        parts.append("Bounds unavailable: these results were recorded by an earlier cost model (ViT -> GPT-2 or "
+                     "TrOCR only); rerun the benchmark for bounds.")
     parts.append("Seed Flax column: " + (seed["skipped"] if "skipped" in seed else
                                          "transformers 4.57 FlaxVisionEncoderDecoderModel, generate under jax.jit "
                                          f"({', '.join(f'{k} {v}' for k, v in seed.get('versions', {}).items())})."))
