@@ -52,7 +52,8 @@ def _step(params, cache, ids):
 def encoder_flops(config: Config, images: int = 1) -> float:
     """FLOPs of ``images`` images through ``encode`` (the states the decoder reads, projection
     included; the cross-attention K/V, computed once per image in ``init_cache``, are left out).
-    Counted at the batch itself: some work is per batch, not per image (Swin's shared masks)."""
+    Counted at the batch itself: some work is once per batch, not per image (Swin's is not
+    exactly linear in the batch)."""
     return float(pv.flops(lambda p, x: pv.encode(p, x), abstract_params(config), _pixels(config, images)))
 
 
