@@ -128,8 +128,8 @@ def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[in
     """Decode every image of ``pixels`` ([N,C,H,W], or a sequence of [C,H,W]) through ``slots``
     slots; yields ``Decoded`` in input order. ``budgets``: max_new_tokens per input (default:
     the options' max_new_tokens, else 20). ``keys``: [N] keys when sampling. Other options as
-    ``generate`` (greedy or sampling; beams, several sequences per input, prompts and
-    forced_eos_token_id are refused). ``speculate`` > 0 (greedy only): each step also checks a
+    ``generate`` (greedy or sampling; beams, several sequences per input and prompts are refused;
+    forced_eos_token_id forces EOS at each input's own last column, as generate with its budget). ``speculate`` > 0 (greedy only): each step also checks a
     draft of that many tokens that followed the latest earlier occurrence of the last ``ngram``
     tokens (``speculative.py``); the tokens stay greedy's. ``stop_repeats`` = (max_period,
     repeats) ends an input whose text ends with a block of at most max_period tokens repeated
@@ -145,8 +145,8 @@ def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[in
     if gen.num_beams != 1 or gen.num_return_sequences != 1:
         raise ValueError("the slot engine decodes one sequence per input: num_beams and num_return_sequences "
                          "must be 1 (use generate for beam search)")
-    if gen.forced_eos_token_id is not None:
-        raise ValueError("forced_eos_token_id is not supported by the slot engine (its column differs per budget)")
+    if gen.forced_eos_token_id is not None and speculate:
+        raise ValueError("forced_eos_token_id cannot be combined with speculate (a draft may cross its column)")
     if speculate and (gen.do_sample or speculate < 0 or ngram < 1):
         raise ValueError(f"speculate={speculate}, ngram={ngram}: speculation needs greedy search (do_sample=False), "
                          "a draft length >= 0 and an n-gram size >= 1")

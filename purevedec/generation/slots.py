@@ -70,7 +70,7 @@ def advance(weights, s: Slot, knobs: Knobs, *, config, plan: Plan, dtype, repeat
     rule says stop after this token (``score_stop.py``)."""
     pr = plan.processing
     active = running(s)
-    scores = process(pr, knobs, s.logits, s.tokens, s.cur, jnp.zeros(1, jnp.int32))
+    scores = process(pr, knobs, s.logits, s.tokens, s.cur, jnp.zeros(1, jnp.int32), max_length=s.end)
     if plan.mode == "sample":
         tok = categorical(s.key, scores, s.cur, s.cur - pr.prompt_len)
     else:
