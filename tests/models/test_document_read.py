@@ -208,3 +208,39 @@ def test_donut_fields_of_crafted_outputs_equal_the_recipe(donut, prompt, generat
     assert want != {"text_sequence": ""}
     got = _fields_of(cap, prompt)(Caption("", 0.0, tuple(ids), None))
     assert json.dumps(got) == json.dumps(want)
+
+
+@pytest.fixture
+def engine_rules(monkeypatch):
+    """The stop_score_variance each slot-engine run of the test was given, in order."""
+    from purevedec.generation import engine
+    seen, real = [], engine.stream
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("stop_score_variance"))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(engine, "stream", recording)
+    return seen
+
+
+@pytest.mark.parametrize("flag, want", [([], True), (["--no-stop-score-variance"], None),
+                                        (["--stop-score-variance"], True)])
+def test_nougat_stopping_rule_is_on_by_default_with_slots(nougat, tmp_path, engine_rules, flag, want):
+    _, path = nougat
+    doc = pdf_file(tmp_path / "doc.pdf", 8, 2)
+    code, out, err = run_cli(["read", "--model", path, doc, "--slots", "2", "--format", "jsonl", *flag, *NEW])
+    assert code == 0, err
+    assert len(records(out)) == 2 and engine_rules == [want]
+
+
+def test_stopping_rule_is_off_for_other_tokenizers_and_needs_slots(nougat, donut, tmp_path, engine_rules):
+    doc = pdf_file(tmp_path / "doc.pdf", 9, 1)
+    code, _, err = run_cli(["read", "--model", donut[1], doc, "--slots", "2", *NEW])
+    assert code == 0, err
+    assert engine_rules == [None]   # Donut's checkpoint: not Nougat's tokenizer
+    code, out, err = run_cli(["read", "--model", nougat[1], doc, "--stop-score-variance", *NEW])
+    assert code == 2 and out == "" and "--stop-score-variance needs --slots" in err
+    code, _, err = run_cli(["read", "--model", nougat[1], doc, *NEW])   # batches: not asked, not run
+    assert code == 0, err
+    with pytest.raises(ValueError, match="stop_score_variance: .* needs slots"):
+        list(pv.Captioner.from_pretrained(nougat[1]).captions([rendered(doc, (40, 56))[0]], stop_score_variance=True))
