@@ -163,3 +163,37 @@ def push_score(state: ScoreStop, top, threshold: float) -> ScoreStop:
     judged = size >= window
     return ScoreStop(tops, variances, size, jnp.where(judged, stop_index, state.stop_index),
                      jnp.where(judged, stopped, state.stopped))
+
+
+# --- the reference's cut after generation (host side) -------------------------------------------
+
+CUT_THRESHOLD = 0.045   # the reference's bound on the variance of the variances' suffixes
+CUT_MIN_LENGTH = 120    # tokens the reference adds to the start of the steady stretch
+
+
+def repetition_cut(top_scores, top_ids, pad_id: int, eos_id: int) -> Optional[int]:
+    """Where Nougat's reference inference (``NougatModel.inference``, early_stopping on) cuts a
+    row after generation, or None: it sets ``sequences[row, cut:]`` to pad (``sequences`` holds
+    the start token first, the cut counts steps: the reference's own off-by-one). ``top_scores``
+    and ``top_ids`` [N]: each step's max processed score and its argmax (the reference's
+    ``torch.stack(scores, 1).max(-1)`` for one row). numpy float32 arithmetic, as the reference's."""
+    top_scores, top_ids = np.asarray(top_scores, np.float32), np.asarray(top_ids)
+    kept = top_scores[top_ids != pad_id]
+    n = len(kept)
+    # windows of 15 at starts 0..n-16 (the reference's ``batch`` leaves the last one out)
+    variances = np.array([np.var(kept[i:i + TOP_WINDOW]) / TOP_WINDOW for i in range(n - TOP_WINDOW)])
+    if len(variances) < 10:
+        return None
+    if (top_ids == eos_id).any() and n + 1 < len(top_ids):   # the row ended: no loop, says the reference
+        return None
+    # the variance of each suffix variances[j + 1:], summed in reverse order as the reference's
+    # subdiv of the reversed list does (float32 sums in another order could differ in the last bit)
+    backwards = variances[::-1]
+    suffix = np.array([np.var(backwards[:i + 10]) for i in range(len(backwards) - 10)][::-1])
+    steady = np.nonzero(suffix < CUT_THRESHOLD)[0]
+    if len(steady) <= 1 or not np.all(np.diff(steady) < 2):
+        return None
+    cut = int(min(max(steady[0], 1) * 1.08 + CUT_MIN_LENGTH, INDEX_CAP))
+    if cut / n > 0.9:   # the loop would be in the last tenth at most
+        return None
+    return 0 if steady[0] < 30 else cut

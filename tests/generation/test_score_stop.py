@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from purevedec.generation.score_stop import (ScoreStop, check_rule, new_score_stop, push_score,
-                                             score_stop_trace)
+                                             repetition_cut, score_stop_trace)
 
 
 class OracleRunningVar:
@@ -152,3 +152,62 @@ def test_check_rule():
     for bad in [(0.1, 1), (-1, 8), (0.1,), "x", (float("nan"), 8)]:
         with pytest.raises(ValueError, match="stop_score_variance"):
             check_rule(bad)
+
+
+# --- the reference's cut after generation (NougatModel.inference), transcribed literally ---------
+
+def oracle_batch(l, b=15):
+    return [l[i:i + b] for i in range(len(l) - b)]
+
+
+def oracle_subdiv(l, b=10):
+    return [l[:i + b] for i in range(len(l) - b)]
+
+
+def oracle_cuts(stream: np.ndarray, pad: int, eos: int) -> list:
+    logits = torch.stack([torch.from_numpy(s) for s in stream], 1).max(-1)
+    values, indices = logits.values, logits.indices
+    repeats = []
+    for b in range(stream.shape[1]):
+        mask = indices[b] != pad
+        N = mask.sum().item()
+        var = np.array([np.var(s) / len(s) for s in oracle_batch(values[b, mask].float().numpy())])
+        if len(var) < 10:
+            repeats.append(None)
+            continue
+        varvar = np.array([np.var(v) for v in oracle_subdiv(var[::-1])][::-1])
+        if (indices[b] == eos).any() and N + 1 < indices.shape[1]:
+            repeats.append(None)
+            continue
+        small_var = np.where(varvar < 0.045)[0]
+        if len(small_var) > 1 and np.all(np.diff(small_var) < 2):
+            idx = int(min(max(small_var[0], 1) * 1.08 + 120, 4095))
+            if idx / N > 0.9:
+                repeats.append(None)
+                continue
+            elif small_var[0] < 30:
+                idx = 0
+            repeats.append(idx)
+        else:
+            repeats.append(None)
+    return repeats
+
+
+def test_repetition_cut_matches_the_reference_inference():
+    rng = np.random.default_rng(5)
+    pad, eos = 1, 2
+    plan = [(300, (3.0, 0.4, ("loop", 4), 3.0, 3.0, 0.3)),
+            (400, (("loop", 5), ("loop", 3), ("loop", 4), ("loop", 6), ("loop", 2), 0.3))]
+    stream = segments(rng, 6, 7, plan)
+    stream[-60:, 4, pad] = 99      # row 4 ends in pad steps: the reference leaves them out
+    stream[500, 3, eos] = stream[500, 3, 0] + 1e-3   # row 3 met EOS (its loop's score, barely on top)
+    stream[501:, 3, pad] = 99                         # while other rows went on
+    stream[-1, 0, eos] = stream[-1, 0, 0] + 1e-3      # row 0 met EOS at the last step: still judged
+    stream[40:, 5] = stream[:-40, 5]   # row 5: noisy at small scale, then a copy of itself
+    want = oracle_cuts(stream, pad, eos)
+    tops = stream.max(-1).T, stream.argmax(-1).T
+    got = [repetition_cut(tops[0][b], tops[1][b], pad, eos) for b in range(6)]
+    assert got == want
+    assert 0 in got and got[0] > 0 and got[4] > 0   # steady from the start; after 300 steps; pads left out
+    stream[500, 3, eos] = 0   # the same row without its EOS would be cut
+    assert got[3] is None and repetition_cut(stream[:, 3].max(-1), stream[:, 3].argmax(-1), pad, eos) > 0
