@@ -291,18 +291,16 @@ class Captioner:
         ``slots`` = N decodes through the continuous-batching engine instead of batches
         (``slot_captions.py``): N images decode at once and an image whose caption ended gives
         its slot to the next; greedy captions are the same, sampled ones use a key per image.
-        With slots, ``stop_score_variance=True`` (or (threshold, window)) ends each input where
-        Nougat's reference ends a page read alone (its repetition-loop rule, ``score_stop.py``)
-        and ``stop_repeats=(max_period, repeats)`` at a repeated block of tokens."""
+        ``stop_score_variance=True`` (or (threshold, window)) ends each input where Nougat's
+        reference ends a page read alone (its repetition-loop rule, ``score_stop.py``); with
+        slots, ``stop_repeats=(max_period, repeats)`` ends one at a repeated block of tokens."""
         import jax
-        from .slot_captions import ENGINE_OPTIONS
         if errors not in ERROR_MODES:
             raise ValueError(f"errors must be one of {ERROR_MODES}, got {errors!r}")
-        engine_only = sorted(k for k in ENGINE_OPTIONS if options.get(k))
-        if slots is None and engine_only:
-            raise ValueError(f"{', '.join(engine_only)}: checked inside the slot engine, so it needs slots=N")
-        if slots is None:   # the rules turned off (None, False) mean nothing to generate
-            options = {k: v for k, v in options.items() if k not in ENGINE_OPTIONS}
+        if slots is None and options.get("stop_repeats"):
+            raise ValueError("stop_repeats: checked inside the slot engine, so it needs slots=N")
+        if slots is None:   # generate takes no stop_repeats, not even turned off
+            options.pop("stop_repeats", None)
         if slots is not None:
             yield from self._slot_captions(images, slots, attention, errors, key, workers, options)
             return

@@ -200,9 +200,9 @@ class Job(NamedTuple):
     record: Optional[Callable] = None
     """``record(captioner, args)`` -> a function ``(item, captions) -> str`` making one input's record
     (None: ``format_record`` of ``--format``)."""
-    engine_options: Callable = lambda captioner, args: {}
-    """``engine_options(captioner, args)`` -> options for the slot engine only (its stopping rules),
-    decided once the model is loaded; UsageError for a bad combination."""
+    model_options: Callable = lambda captioner, args: {}
+    """``model_options(captioner, args)`` -> generation options decided once the model is loaded
+    (read: Nougat's stopping rule); UsageError for a bad combination."""
 
 
 CAPTION_JOB = Job("file(s)")
@@ -302,7 +302,7 @@ def run_job(args, out: TextIO, err: TextIO, job: Job = CAPTION_JOB) -> int:
             captioner = captioner.with_mesh(mesh)
         if args.slots is not None:
             _check_slots(captioner, args, options)
-        options = {**options, **job.engine_options(captioner, args)}
+        options = {**options, **job.model_options(captioner, args)}
         files = sum(i.problem is None for i in inputs)
         shown = not args.no_progress and files > args.batch_size and err.isatty()
         with progress_bar(files, err, shown) as progress:

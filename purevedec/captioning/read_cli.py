@@ -21,11 +21,11 @@ Markdown (repetitions cut, hallucinated references and broken tables removed), a
 ``NougatTokenizerFast.post_process_generation``; ``--markdown`` is on by default for checkpoints
 whose tokenizer is Nougat's.
 
-``--stop-score-variance`` (with ``--slots``) ends a page where Nougat's reference implementation
-ends it when caught in a repetition loop: once the variance of the variance of the top score of
-each step has stayed under 0.015 over 200 steps (its ``StoppingCriteriaScores``, read as for a
-page decoded alone). It is on by default with ``--slots`` for checkpoints whose tokenizer is
-Nougat's; the batches of the default mode cannot run it (a page would end with its batch).
+``--stop-score-variance`` ends a page where Nougat's reference implementation ends it when
+caught in a repetition loop: once the variance of the variance of the top score of each step has
+stayed under 0.015 over 200 steps (its ``StoppingCriteriaScores``, read as for a page decoded
+alone, in batches and in slots alike). It is on by default for checkpoints whose tokenizer is
+Nougat's.
 
 A PDF that cannot be opened (damaged, encrypted) or has more than ``--max-pages`` pages, and a
 page that cannot be rendered or would render larger than images may be, is named on stderr and
@@ -39,7 +39,7 @@ import math
 import re
 from typing import Callable
 
-from .cli import Job, add_run_flags, run_job
+from .cli import Job, add_run_flags, generation_options, run_job
 from .inputs import IMAGE_EXTENSIONS, Input
 from .output_file import format_page_record
 from .program import UsageError
@@ -79,9 +79,8 @@ def add_read_command(commands) -> argparse.ArgumentParser:
                      help="clean up generated Markdown as Nougat's post-processing does (default: on for "
                           "checkpoints with Nougat's tokenizer)")
     out.add_argument("--stop-score-variance", action=argparse.BooleanOptionalAction, default=None,
-                     help="with --slots: end a page caught in a repetition loop as Nougat's reference does "
-                          "(its top scores steady over 200 steps; default: on with --slots for checkpoints "
-                          "with Nougat's tokenizer)")
+                     help="end a page caught in a repetition loop as Nougat's reference does (its top "
+                          "scores steady over 200 steps; default: on for checkpoints with Nougat's tokenizer)")
     out.add_argument("--dpi", type=_dpi, default=None,
                      help="render PDF pages at this resolution (default: the page's shorter side at the "
                           "model input's shorter side, at least 96 dpi)")
@@ -153,18 +152,21 @@ def _record(args) -> Callable:
     return make
 
 
-def _engine_options(captioner, args) -> dict:
-    """``Job.engine_options``: Nougat's stopping rule, when asked for or when the checkpoint is Nougat's."""
+def _model_options(captioner, args) -> dict:
+    """``Job.model_options``: Nougat's stopping rule, when asked for or when the checkpoint is
+    Nougat's (greedy search and sampling: the rule ends rows one by one, beams cannot)."""
+    from ..generation.options import with_options
+    beams = with_options(captioner.generation_config, generation_options(args)).num_beams > 1
     wanted = args.stop_score_variance
-    if wanted and args.slots is None:
-        raise UsageError("--stop-score-variance needs --slots (the rule ends each page in the slot engine)")
+    if wanted and beams:
+        raise UsageError("--stop-score-variance ends pages one by one: not with beam search (--num-beams 1)")
     if wanted is None:
-        wanted = args.slots is not None and captioner.tokenizer.tokenizer_class in NOUGAT_TOKENIZERS
+        wanted = not beams and captioner.tokenizer.tokenizer_class in NOUGAT_TOKENIZERS
     return {"stop_score_variance": True} if wanted else {}
 
 
 def read_command(args, out, err) -> int:
     """Run ``purevedec read``; returns the exit code (UsageError and OutputError propagate)."""
     job = Job("page(s)", paged=True, extensions=IMAGE_EXTENSIONS + PDF_EXTENSIONS, expand=_pages(args),
-              record=_record(args), engine_options=_engine_options)
+              record=_record(args), model_options=_model_options)
     return run_job(args, out, err, job)

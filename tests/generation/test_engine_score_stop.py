@@ -49,3 +49,22 @@ def test_the_rule_refuses_bad_options(params):
             generate_many(params, px, stop_score_variance=rule)
     with pytest.raises(ValueError, match="speculate"):
         generate_many(params, px, stop_score_variance=True, speculate=2)
+
+
+@pytest.mark.parametrize("mode", ["greedy", "sample"])
+def test_generate_ends_each_row_where_the_engine_ends_its_input(params, mode):
+    """generate's batched loop carries the rule per row: each row as the engine's input alone."""
+    px = rand_pixels(5, seed=2)
+    keys = jax.random.split(jax.random.key(4), 5)
+    kw = dict(min_new_tokens=BUDGET, stop_score_variance=(1e-5, WINDOW),
+              **(dict(do_sample=True, temperature=0.7) if mode == "sample" else {}))
+    engine = generate_many(params, px, budgets=[BUDGET] * 5, slots=2, keys=keys, **kw)
+    batched = pv.generate(params, px, max_new_tokens=BUDGET, key=keys, **kw)
+    ends = []
+    for row, o in zip(batched.sequences, engine):
+        n = len(o.sequence)
+        assert row[:n].tolist() == o.sequence.tolist() and np.all(row[n:] == row[n:][:1])  # then only pad
+        ends.append(n)
+    assert len(set(ends)) > 1 and max(ends) == batched.sequences.shape[1] < 1 + BUDGET
+    with pytest.raises(ValueError, match="stop_score_variance ends rows one by one"):
+        pv.generate(params, px, max_new_tokens=4, num_beams=2, stop_score_variance=True)
