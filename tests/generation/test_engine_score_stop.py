@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import purevedec as pv
+from purevedec.generation import generate_growing
 from purevedec.generation.engine import generate_many
 from purevedec.generation.score_stop import score_stop_trace
 from conftest import make_reference, rand_pixels, save_reference
@@ -66,5 +67,7 @@ def test_generate_ends_each_row_where_the_engine_ends_its_input(params, mode):
         assert row[:n].tolist() == o.sequence.tolist() and np.all(row[n:] == row[n:][:1])  # then only pad
         ends.append(n)
     assert len(set(ends)) > 1 and max(ends) == batched.sequences.shape[1] < 1 + BUDGET
+    grown = generate_growing(params, px, max_new_tokens=BUDGET, key=keys, bucket_start=8, **kw)
+    np.testing.assert_array_equal(grown.sequences, batched.sequences)   # the state crosses cache buckets
     with pytest.raises(ValueError, match="stop_score_variance ends rows one by one"):
         pv.generate(params, px, max_new_tokens=4, num_beams=2, stop_score_variance=True)
