@@ -290,10 +290,17 @@ class Captioner:
         pixels, and so the captions, are the same either way.
         ``slots`` = N decodes through the continuous-batching engine instead of batches
         (``slot_captions.py``): N images decode at once and an image whose caption ended gives
-        its slot to the next; greedy captions are the same, sampled ones use a key per image."""
+        its slot to the next; greedy captions are the same, sampled ones use a key per image.
+        ``stop_score_variance=True`` (or (threshold, window)) ends each input where Nougat's
+        reference ends a page read alone (its repetition-loop rule, ``score_stop.py``); with
+        slots, ``stop_repeats=(max_period, repeats)`` ends one at a repeated block of tokens."""
         import jax
         if errors not in ERROR_MODES:
             raise ValueError(f"errors must be one of {ERROR_MODES}, got {errors!r}")
+        if slots is None and options.get("stop_repeats"):
+            raise ValueError("stop_repeats: checked inside the slot engine, so it needs slots=N")
+        if slots is None:   # generate takes no stop_repeats, not even turned off
+            options.pop("stop_repeats", None)
         if slots is not None:
             yield from self._slot_captions(images, slots, attention, errors, key, workers, options)
             return

@@ -131,7 +131,7 @@ def check_generation(captioner, options: dict, attention: bool) -> None:
 def _check_slots(captioner, args, options: dict) -> None:
     from .slot_captions import check_slot_options
     try:
-        check_slot_options(captioner, args.slots, options, bool(args.attention_map))
+        check_slot_options(captioner, args.slots, options, bool(getattr(args, "attention_map", None)))
     except ValueError as e:
         raise UsageError(f"--{e}") from None
 
@@ -200,6 +200,9 @@ class Job(NamedTuple):
     record: Optional[Callable] = None
     """``record(captioner, args)`` -> a function ``(item, captions) -> str`` making one input's record
     (None: ``format_record`` of ``--format``)."""
+    model_options: Callable = lambda captioner, args: {}
+    """``model_options(captioner, args)`` -> generation options decided once the model is loaded
+    (read: Nougat's stopping rule); UsageError for a bad combination."""
 
 
 CAPTION_JOB = Job("file(s)")
@@ -299,6 +302,7 @@ def run_job(args, out: TextIO, err: TextIO, job: Job = CAPTION_JOB) -> int:
             captioner = captioner.with_mesh(mesh)
         if args.slots is not None:
             _check_slots(captioner, args, options)
+        options = {**options, **job.model_options(captioner, args)}
         files = sum(i.problem is None for i in inputs)
         shown = not args.no_progress and files > args.batch_size and err.isatty()
         with progress_bar(files, err, shown) as progress:

@@ -21,6 +21,12 @@ Markdown (repetitions cut, hallucinated references and broken tables removed), a
 ``NougatTokenizerFast.post_process_generation``; ``--markdown`` is on by default for checkpoints
 whose tokenizer is Nougat's.
 
+``--stop-score-variance`` ends a page where Nougat's reference implementation ends it when
+caught in a repetition loop: once the variance of the variance of the top score of each step has
+stayed under 0.015 over 200 steps (its ``StoppingCriteriaScores``, read as for a page decoded
+alone, in batches and in slots alike). It is on by default for checkpoints whose tokenizer is
+Nougat's.
+
 A PDF that cannot be opened (damaged, encrypted) or has more than ``--max-pages`` pages, and a
 page that cannot be rendered or would render larger than images may be, is named on stderr and
 the other files and pages are still read (exit code 1).
@@ -33,13 +39,15 @@ import math
 import re
 from typing import Callable
 
-from .cli import Job, add_run_flags, run_job
+from .cli import Job, add_run_flags, generation_options, run_job
 from .inputs import IMAGE_EXTENSIONS, Input
 from .output_file import format_page_record
+from .program import UsageError
 
 DEFAULT_MAX_PAGES = 1000
-# transformers gives these tokenizer classes post_process_generation (Nougat's Markdown clean-up)
-MARKDOWN_TOKENIZERS = frozenset({"NougatTokenizer", "NougatTokenizerFast"})
+# Nougat's tokenizer classes: transformers gives them post_process_generation (the Markdown
+# clean-up), and their checkpoints get the reference's stopping rule for repetition loops
+NOUGAT_TOKENIZERS = frozenset({"NougatTokenizer", "NougatTokenizerFast"})
 PDF_EXTENSIONS = (".pdf",)
 
 
@@ -70,6 +78,9 @@ def add_read_command(commands) -> argparse.ArgumentParser:
     out.add_argument("--markdown", action=argparse.BooleanOptionalAction, default=None,
                      help="clean up generated Markdown as Nougat's post-processing does (default: on for "
                           "checkpoints with Nougat's tokenizer)")
+    out.add_argument("--stop-score-variance", action=argparse.BooleanOptionalAction, default=None,
+                     help="end a page caught in a repetition loop as Nougat's reference does (its top "
+                          "scores steady over 200 steps; default: on for checkpoints with Nougat's tokenizer)")
     out.add_argument("--dpi", type=_dpi, default=None,
                      help="render PDF pages at this resolution (default: the page's shorter side at the "
                           "model input's shorter side, at least 96 dpi)")
@@ -129,7 +140,7 @@ def _record(args) -> Callable:
     def make(captioner, _args) -> Callable:
         markdown = args.markdown
         if markdown is None:
-            markdown = captioner.tokenizer.tokenizer_class in MARKDOWN_TOKENIZERS
+            markdown = captioner.tokenizer.tokenizer_class in NOUGAT_TOKENIZERS
         fields = _fields_of(captioner, args.prompt) if args.json else None
         from .page_markdown import clean_page
 
@@ -141,8 +152,21 @@ def _record(args) -> Callable:
     return make
 
 
+def _model_options(captioner, args) -> dict:
+    """``Job.model_options``: Nougat's stopping rule, when asked for or when the checkpoint is
+    Nougat's (greedy search and sampling: the rule ends rows one by one, beams cannot)."""
+    from ..generation.options import with_options
+    beams = with_options(captioner.generation_config, generation_options(args)).num_beams > 1
+    wanted = args.stop_score_variance
+    if wanted and beams:
+        raise UsageError("--stop-score-variance ends pages one by one: not with beam search (--num-beams 1)")
+    if wanted is None:
+        wanted = not beams and captioner.tokenizer.tokenizer_class in NOUGAT_TOKENIZERS
+    return {"stop_score_variance": True} if wanted else {}
+
+
 def read_command(args, out, err) -> int:
     """Run ``purevedec read``; returns the exit code (UsageError and OutputError propagate)."""
     job = Job("page(s)", paged=True, extensions=IMAGE_EXTENSIONS + PDF_EXTENSIONS, expand=_pages(args),
-              record=_record(args))
+              record=_record(args), model_options=_model_options)
     return run_job(args, out, err, job)

@@ -25,6 +25,13 @@ import numpy as np
 from ..errors import GenerationError
 
 CHUNK = 64  # inputs handed to the engine at a time (its slots drain at the end of each)
+# options the engine takes beside generate's (its stopping rules), given to it as they are
+ENGINE_OPTIONS = frozenset({"stop_repeats", "stop_score_variance"})
+
+
+def generate_options(options: dict) -> dict:
+    """``options`` less the engine's own ones: what ``generate``'s option checks read."""
+    return {k: v for k, v in options.items() if k not in ENGINE_OPTIONS and v is not None}
 
 
 def check_slot_options(captioner, slots, options: dict, attention: bool) -> None:
@@ -37,21 +44,19 @@ def check_slot_options(captioner, slots, options: dict, attention: bool) -> None
         raise ValueError("slots: attention maps are not available from the slot engine (use batches)")
     if captioner.mesh is not None:
         raise ValueError("slots: the slot engine runs on one device (no mesh)")
-    gen = with_options(captioner.generation_config, {k: v for k, v in options.items() if v is not None})
+    gen = with_options(captioner.generation_config, generate_options(options))
     if gen.num_beams != 1:
         raise ValueError(f"slots: num_beams={gen.num_beams}: the slot engine does greedy search and sampling only")
     if gen.num_return_sequences != 1:
         raise ValueError(f"slots: num_return_sequences={gen.num_return_sequences}: the slot engine gives one "
                          "caption per image")
-    if gen.forced_eos_token_id is not None:
-        raise ValueError("slots: forced_eos_token_id is not supported by the slot engine")
 
 
 def _budget(captioner, options: dict) -> int:
     """New tokens per image, as generate derives them (max_new_tokens, else max_length - 1, else 20)."""
     from ..generation.options import with_options
     from ..generation.plan import lengths
-    gen = with_options(captioner.generation_config, options)
+    gen = with_options(captioner.generation_config, generate_options(options))
     return lengths(gen, 1, captioner.config)[0] - 1
 
 

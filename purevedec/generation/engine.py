@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import deque
 from functools import partial
-from typing import Iterable, Iterator, NamedTuple
+from typing import Iterable, Iterator, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +32,7 @@ from .options import defaults_for, with_options
 from .plan import make_plan, special_ids
 from .processors import Knobs
 from .slots import Slot, advance, advance_all, fill, put, running
+from .score_stop import check_rule as check_score_rule
 from .speculative import advance_speculative
 from .stopping import check_rule
 
@@ -48,26 +49,31 @@ class Decoded(NamedTuple):
     """[L-1] float32: log-prob of each generated token after the logits processors."""
     steps: int
     """Decoder steps it took (L-1 without speculation; fewer when drafts were accepted)."""
+    top_scores: Optional[np.ndarray] = None
+    """[L-1] float32: each step's highest processed score, what Nougat's stopping rule reads
+    (``score_stop.py``); zeros when speculating."""
 
 
-@partial(jax.jit, static_argnames=("config", "plan", "columns", "dtype", "slots"))
-def _empty(weights, enc, prompt, *, config, plan, columns, dtype, slots):
+@partial(jax.jit, static_argnames=("config", "plan", "columns", "dtype", "slots", "score_window"))
+def _empty(weights, enc, prompt, *, config, plan, columns, dtype, slots, score_window):
     """``slots`` idle slots (end = prompt length: nothing to generate) of ``columns`` columns."""
     one = fill(weights, enc[:1], prompt, plan.processing.prompt_len, jax.random.key(0)[None], config=config,
-               plan=plan, columns=columns, dtype=dtype)
+               plan=plan, columns=columns, dtype=dtype, score_window=score_window)
     return jax.tree.map(lambda a: jnp.broadcast_to(a, (slots,) + a.shape), one)
 
 
-@partial(jax.jit, static_argnames=("config", "plan", "columns", "dtype"), donate_argnames=("slots",))
-def _insert(weights, slots, index, enc, prompt, end, key, *, config, plan, columns, dtype):
-    one = fill(weights, enc, prompt, end, key, config=config, plan=plan, columns=columns, dtype=dtype)
+@partial(jax.jit, static_argnames=("config", "plan", "columns", "dtype", "score_window"), donate_argnames=("slots",))
+def _insert(weights, slots, index, enc, prompt, end, key, *, config, plan, columns, dtype, score_window):
+    one = fill(weights, enc, prompt, end, key, config=config, plan=plan, columns=columns, dtype=dtype,
+               score_window=score_window)
     return put(slots, index, one)
 
 
-@partial(jax.jit, static_argnames=("config", "plan", "dtype", "steps", "speculate", "ngram", "repeats"),
-         donate_argnames=("slots",))
-def _advance(weights, slots, knobs, *, config, plan, dtype, steps, speculate, ngram, repeats):
-    step = partial(advance_speculative, n=ngram, k=speculate) if speculate else partial(advance, repeats=repeats)
+@partial(jax.jit, static_argnames=("config", "plan", "dtype", "steps", "speculate", "ngram", "repeats",
+                                   "score_threshold"), donate_argnames=("slots",))
+def _advance(weights, slots, knobs, *, config, plan, dtype, steps, speculate, ngram, repeats, score_threshold):
+    step = (partial(advance_speculative, n=ngram, k=speculate) if speculate
+            else partial(advance, repeats=repeats, score_threshold=score_threshold))
     return advance_all(weights, slots, knobs, steps, config=config, plan=plan, dtype=dtype, step=step)
 
 
@@ -117,17 +123,20 @@ def _encoder_states(params, pixels, config, chunk: int, dtype) -> Iterator[jax.A
 
 def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[int] | None = None, keys=None,
            slots: int = 8, steps_per_call: int = STEPS_PER_CALL, bucket_start: int = BUCKET_START,
-           speculate: int = 0, ngram: int = 3, stop_repeats=None, dtype=jnp.float32,
+           speculate: int = 0, ngram: int = 3, stop_repeats=None, stop_score_variance=None, dtype=jnp.float32,
            **options) -> Iterator[Decoded]:
     """Decode every image of ``pixels`` ([N,C,H,W], or a sequence of [C,H,W]) through ``slots``
     slots; yields ``Decoded`` in input order. ``budgets``: max_new_tokens per input (default:
     the options' max_new_tokens, else 20). ``keys``: [N] keys when sampling. Other options as
-    ``generate`` (greedy or sampling; beams, several sequences per input, prompts and
-    forced_eos_token_id are refused). ``speculate`` > 0 (greedy only): each step also checks a
+    ``generate`` (greedy or sampling; beams, several sequences per input and prompts are refused;
+    forced_eos_token_id forces EOS at each input's own last column, as generate with its budget). ``speculate`` > 0 (greedy only): each step also checks a
     draft of that many tokens that followed the latest earlier occurrence of the last ``ngram``
     tokens (``speculative.py``); the tokens stay greedy's. ``stop_repeats`` = (max_period,
     repeats) ends an input whose text ends with a block of at most max_period tokens repeated
-    that many times (``stopping.py``; not with ``speculate``)."""
+    that many times (``stopping.py``; not with ``speculate``). ``stop_score_variance`` = True, or
+    (threshold, window), ends an input where Nougat's reference implementation ends a page read
+    alone: once the variance of the variance of its top scores has stayed low
+    (``score_stop.py``; True: the reference's 0.015 and 200; not with ``speculate``)."""
     weights, config = unpack(params, config)
     dtype = compute_dtype(dtype)
     gen = with_options(params.get("generation_config") or defaults_for(config), options)
@@ -136,14 +145,18 @@ def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[in
     if gen.num_beams != 1 or gen.num_return_sequences != 1:
         raise ValueError("the slot engine decodes one sequence per input: num_beams and num_return_sequences "
                          "must be 1 (use generate for beam search)")
-    if gen.forced_eos_token_id is not None:
-        raise ValueError("forced_eos_token_id is not supported by the slot engine (its column differs per budget)")
+    if gen.forced_eos_token_id is not None and speculate:
+        raise ValueError("forced_eos_token_id cannot be combined with speculate (a draft may cross its column)")
     if speculate and (gen.do_sample or speculate < 0 or ngram < 1):
         raise ValueError(f"speculate={speculate}, ngram={ngram}: speculation needs greedy search (do_sample=False), "
                          "a draft length >= 0 and an n-gram size >= 1")
     repeats = check_rule(stop_repeats)
     if repeats and speculate:
         raise ValueError("stop_repeats is checked token by token: it cannot be combined with speculate")
+    score_rule = check_score_rule(stop_score_variance)
+    if score_rule and speculate:
+        raise ValueError("stop_score_variance is checked token by token: it cannot be combined with speculate")
+    threshold, window = score_rule or (None, None)
     plan = make_plan(with_options(gen, {"max_new_tokens": max(budgets), "max_length": None}), config, 1, False)
     start = special_ids(gen)[0]
     knobs = Knobs(*(jnp.asarray(getattr(gen, k), jnp.float32) for k in Knobs._fields))
@@ -151,13 +164,14 @@ def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[in
     positions = config.decoder.n_positions
     sizes = bucket_sizes(1, min(plan.processing.max_length + _room(speculate), positions), bucket_start)
     statics = dict(config=config, plan=plan, dtype=dtype)
+    fills = dict(statics, score_window=window)
     encs = _encoder_states(params, pixels, config, slots, dtype)
     first = next(encs, None)
     if first is None:
         return
     columns = sizes[0]
     prompt = jnp.full((1, 1), start, jnp.int32)
-    pool = _empty(weights, first, prompt, columns=columns, slots=slots, **statics)
+    pool = _empty(weights, first, prompt, columns=columns, slots=slots, **fills)
     waiting, owner, done, next_out = deque(range(n)), [None] * slots, {}, 0
     encs = _chain(first, encs)
     cur = np.zeros(slots, np.int32)
@@ -166,7 +180,7 @@ def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[in
             if owner[j] is None and waiting:
                 i = waiting.popleft()
                 pool = _insert(weights, pool, j, next(encs), prompt, 1 + budgets[i], row_keys[i], columns=columns,
-                               **statics)
+                               **fills)
                 owner[j], cur[j] = i, 1
         drafts = _drafts_within(positions, speculate, steps_per_call,
                                 max(cur[j] for j in range(slots) if owner[j] is not None))
@@ -177,13 +191,13 @@ def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[in
             columns = sizes[sizes.index(columns) + 1]
             pool = _grow(pool, columns=columns)
         pool = _advance(weights, pool, knobs, steps=steps_per_call, speculate=drafts, ngram=ngram,
-                        repeats=repeats, **statics)
+                        repeats=repeats, score_threshold=threshold, **statics)
         cur, live = (np.array(a) for a in _status(pool))
         for j in range(slots):
             if owner[j] is not None and not live[j]:
-                seq, lp, steps = jax.device_get((pool.tokens[j, 0, :cur[j]], pool.logprobs[j, 0, :cur[j] - 1],
-                                                 pool.steps[j]))
-                done[owner[j]] = Decoded(owner[j], seq, lp, int(steps))
+                seq, lp, top, steps = jax.device_get((pool.tokens[j, 0, :cur[j]], pool.logprobs[j, 0, :cur[j] - 1],
+                                                      pool.top_scores[j, 0, :cur[j] - 1], pool.steps[j]))
+                done[owner[j]] = Decoded(owner[j], seq, lp, int(steps), top)
                 owner[j] = None
         while next_out in done:
             yield done.pop(next_out)

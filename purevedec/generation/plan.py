@@ -25,6 +25,7 @@ class Plan:
     pad: int                  # what fills the token buffer after a row ends
     processing: Processing
     cross_attentions: bool    # whether per-token cross-attention maps are kept
+    score_stop: Optional[tuple[float, int]] = None   # Nougat's stopping rule (threshold, window), if on
 
 
 def lengths(gen: GenerationConfig, prompt_len: int, config: Config) -> tuple[int, int]:

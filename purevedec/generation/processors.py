@@ -129,8 +129,9 @@ def top_p(scores, p, keep):
     return jnp.where(drop, NEG_INF, scores)
 
 
-def process(pr: Processing, knobs: Knobs, scores, tokens, cur, ignore_len):
-    """All configured processors, in the order transformers' generate applies them."""
+def process(pr: Processing, knobs: Knobs, scores, tokens, cur, ignore_len, max_length=None):
+    """All configured processors, in the order transformers' generate applies them. ``max_length``:
+    the row's own, where it differs from ``pr.max_length`` (the slot engine: a budget per input)."""
     if pr.repetition_penalty:
         scores = repetition_penalty(scores, tokens, cur, knobs.repetition_penalty, ignore_len)
     if pr.no_repeat_ngram_size > 0:
@@ -144,7 +145,8 @@ def process(pr: Processing, knobs: Knobs, scores, tokens, cur, ignore_len):
     if pr.forced_bos_token_id is not None:
         scores = _only(scores, (pr.forced_bos_token_id,), cur == 1)
     if pr.forced_eos_token_id is not None:
-        scores = _only(scores, pr.forced_eos_token_id, cur == pr.max_length - 1)
+        last = pr.max_length - 1 if max_length is None else max_length - 1
+        scores = _only(scores, pr.forced_eos_token_id, cur == last)
     if pr.sample:
         if pr.temperature:
             scores = scores / knobs.temperature

@@ -14,6 +14,7 @@ from ..scoring import token_logprobs
 from .keys import categorical
 from .plan import Plan
 from .processors import Knobs, process
+from .score_stop import ScoreStop, new_score_stop, push_score
 
 
 class SampleState(NamedTuple):
@@ -28,6 +29,7 @@ class SampleState(NamedTuple):
     model_logprobs: jax.Array       # [R,G] float32: the same tokens' log-probs under the model's own logits
     cross: jax.Array                # [R,layers,H,S] float32: the cross-attention of column cur's query
     cross_maps: Optional[jax.Array]  # [R,G,layers,H,S]: ``cross`` of every generated token (when asked)
+    score_stop: Optional[ScoreStop] = None  # [R,...]: Nougat's stopping rule's state per row (when on)
 
 
 def last_cross(cross_ws) -> jax.Array:
@@ -53,7 +55,9 @@ def sample_state(cache, logits, cross, tokens, *, plan: Plan) -> SampleState:
         lengths=jnp.full(rows, pr.prompt_len, jnp.int32), logits=logits, cache=cache,
         logprobs=jnp.zeros((rows, gen_len), jnp.float32), model_logprobs=jnp.zeros((rows, gen_len), jnp.float32),
         cross=cross,
-        cross_maps=jnp.zeros((rows, gen_len) + cross.shape[1:], jnp.float32) if plan.cross_attentions else None)
+        cross_maps=jnp.zeros((rows, gen_len) + cross.shape[1:], jnp.float32) if plan.cross_attentions else None,
+        score_stop=None if plan.score_stop is None else jax.tree.map(
+            lambda a: jnp.broadcast_to(a, (rows,) + a.shape), new_score_stop(plan.score_stop[1])))
 
 
 def sample_done(s: SampleState, plan: Plan):
@@ -84,6 +88,11 @@ def run_sample(weights, state: SampleState, ignore_len, key, knobs: Knobs, *, co
         if plan.cross_attentions:
             cross_maps = cross_maps.at[:, i].set(jnp.where(s.live[:, None, None, None], s.cross, 0.0))
         live = s.live & ~jnp.isin(tok, eos)
+        score_stop = s.score_stop
+        if plan.score_stop is not None:   # each row ends where the rule would end it decoded alone
+            score_stop = jax.vmap(push_score, in_axes=(0, 0, None))(score_stop, jnp.max(scores, -1),
+                                                                     plan.score_stop[0])
+            live &= ~score_stop.stopped
         cur = s.cur + 1
         go = (cur < pr.max_length) & jnp.any(live)
         # Finished rows feed token 0, not the pad id, which may lie outside the vocabulary (GPT-2's
@@ -96,7 +105,7 @@ def run_sample(weights, state: SampleState, ignore_len, key, knobs: Knobs, *, co
             logprobs=jax.lax.dynamic_update_slice(s.logprobs, jnp.where(s.live, lp, 0.0)[:, None], (0, i)),
             model_logprobs=jax.lax.dynamic_update_slice(s.model_logprobs, jnp.where(s.live, model_lp, 0.0)[:, None],
                                                         (0, i)),
-            cross=cross, cross_maps=cross_maps)
+            cross=cross, cross_maps=cross_maps, score_stop=score_stop)
 
     return jax.lax.while_loop(lambda s: (s.cur < stop) & jnp.any(s.live), body, state)
 

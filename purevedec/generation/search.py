@@ -8,6 +8,7 @@ returns them. Options and their defaults follow transformers' ``generate``.
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import NamedTuple, Optional
 
@@ -27,6 +28,7 @@ from .keys import batch_key, per_image, row_keys
 from .options import TRACEABLE, GenerationConfig, defaults_for, with_options
 from .plan import make_plan, prepare_prompt
 from .processors import Knobs
+from .score_stop import check_rule as check_score_rule
 from .sample_loop import last_cross, run_sample, sample_results, sample_state
 
 
@@ -153,9 +155,14 @@ def prepare(params, pixels, config=None, *, key=None, generation_config=None, de
     check_pixels(pixels, config)
     shifted = shifted_positions(positions)
     options, traced = _split_traced(options)
+    score_rule = check_score_rule(options.pop("stop_score_variance", None))
     gen = with_options(generation_config or params.get("generation_config") or defaults_for(config), options)
     prompt, mask = _prompt(gen, config, pixels.shape[0], decoder_input_ids, decoder_attention_mask)
     plan = make_plan(gen, config, prompt.shape[1], bool(output_cross_attentions), traced=frozenset(traced))
+    if score_rule is not None:
+        if plan.mode.startswith("beam"):
+            raise ValueError("stop_score_variance ends rows one by one: greedy search and sampling only")
+        plan = dataclasses.replace(plan, score_stop=score_rule)
     if plan.processing.sample and key is None:
         raise ValueError("do_sample=True draws random numbers: pass key=jax.random.key(seed)")
     check_ids(prompt, config, "decoder_input_ids")  # the start token was checked by make_plan
@@ -194,7 +201,9 @@ def generate(params, pixels, config: Config | None = None, *, key=None,
     ``positions="per_row"`` (default) each row's positions count from its first real token, so
     every row continues exactly as its prompt would alone; ``positions="shifted"`` numbers them
     from the start of the padded buffer, as transformers does (its batched output, token for
-    token). For a traceable call with fixed-shape outputs, use ``generate_core``."""
+    token). ``stop_score_variance=True`` (or (threshold, window); greedy and sampling) ends each
+    row where Nougat's reference stopping rule would end it decoded alone (``score_stop.py``).
+    For a traceable call with fixed-shape outputs, use ``generate_core``."""
     out = generate_core(params, pixels, config, key=key, generation_config=generation_config,
                         decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask,
                         positions=positions, output_cross_attentions=output_cross_attentions,

@@ -11,7 +11,7 @@ keeps its state until the host takes its tokens and puts the next input in its p
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +21,7 @@ from ..decoding import cache_step, new_cache
 from .keys import categorical
 from .plan import Plan
 from .processors import Knobs, process
+from .score_stop import ScoreStop, new_score_stop, push_score
 from .stopping import repeating_tail
 
 
@@ -33,9 +34,11 @@ class Slot(NamedTuple):
     live: jax.Array      # [1] bool: no EOS yet (and an input is in the slot)
     logits: jax.Array    # [1,V] float32: the model's logits for column cur
     logprobs: jax.Array  # [1,G] float32: each generated token's log-prob after processing
+    top_scores: jax.Array  # [1,G] float32: each step's highest processed score (0 when speculating)
     key: jax.Array       # [1] typed key: the input's row key (sampling)
     steps: jax.Array     # int32: decoder steps run for this input (fewer than its tokens when speculating)
     cache: DecoderCache  # the input's decoder cache: cross K/V [1,H,S,K], self K/V [1,H,T,K], mask, pos
+    score_stop: Optional[ScoreStop] = None  # Nougat's stopping rule's state, when it is on (score_stop.py)
 
 
 def running(s: Slot):
@@ -43,25 +46,31 @@ def running(s: Slot):
     return s.live[0] & (s.cur < s.end)
 
 
-def fill(weights, enc, prompt, end, key, *, config, plan: Plan, columns: int, dtype) -> Slot:
+def fill(weights, enc, prompt, end, key, *, config, plan: Plan, columns: int, dtype,
+         score_window: Optional[int] = None) -> Slot:
     """A slot for one input: enc [1,S,D] (encoder states), prompt [1,P], its max_length ``end``,
-    its row key [1]; the prompt is fed to a cache of ``columns`` columns."""
+    its row key [1]; the prompt is fed to a cache of ``columns`` columns. ``score_window``: the
+    window of Nougat's stopping rule, when it is on."""
     cache = new_cache(weights, enc, config, columns, 1, dtype)
     logits, cache, _ = cache_step(weights, cache, prompt, config, None, dtype)
     pr = plan.processing
     tokens = jnp.full((1, pr.max_length), plan.pad, jnp.int32).at[:, :prompt.shape[1]].set(prompt)
+    generated = jnp.zeros((1, pr.max_length - pr.prompt_len), jnp.float32)
     return Slot(tokens=tokens, cur=jnp.int32(pr.prompt_len), end=jnp.asarray(end, jnp.int32),
-                live=jnp.ones(1, bool), logits=logits[:, -1].astype(jnp.float32),
-                logprobs=jnp.zeros((1, pr.max_length - pr.prompt_len), jnp.float32), key=key,
-                steps=jnp.int32(0), cache=cache)
+                live=jnp.ones(1, bool), logits=logits[:, -1].astype(jnp.float32), logprobs=generated,
+                top_scores=generated, key=key, steps=jnp.int32(0), cache=cache,
+                score_stop=None if score_window is None else new_score_stop(score_window))
 
 
-def advance(weights, s: Slot, knobs: Knobs, *, config, plan: Plan, dtype, repeats=None) -> Slot:
+def advance(weights, s: Slot, knobs: Knobs, *, config, plan: Plan, dtype, repeats=None,
+            score_threshold: Optional[float] = None) -> Slot:
     """One token for one slot, exactly as ``generate``'s loop body for a batch of one row; with
-    ``repeats`` = (max_period, times), the row also ends on a repeating tail (``stopping.py``)."""
+    ``repeats`` = (max_period, times), the row also ends on a repeating tail (``stopping.py``);
+    with ``score_threshold`` (and the slot's ``score_stop`` state), it also ends when Nougat's
+    rule says stop after this token (``score_stop.py``)."""
     pr = plan.processing
     active = running(s)
-    scores = process(pr, knobs, s.logits, s.tokens, s.cur, jnp.zeros(1, jnp.int32))
+    scores = process(pr, knobs, s.logits, s.tokens, s.cur, jnp.zeros(1, jnp.int32), max_length=s.end)
     if plan.mode == "sample":
         tok = categorical(s.key, scores, s.cur, s.cur - pr.prompt_len)
     else:
@@ -73,6 +82,12 @@ def advance(weights, s: Slot, knobs: Knobs, *, config, plan: Plan, dtype, repeat
     tokens = jnp.where(active, jax.lax.dynamic_update_slice(s.tokens, tok[:, None], (0, s.cur)), s.tokens)
     if repeats is not None:
         live &= ~(active & repeating_tail(tokens[0], cur, cur - pr.prompt_len, *repeats))
+    top = jnp.max(scores, axis=-1)   # [1]
+    score_stop = s.score_stop
+    if score_threshold is not None:
+        # an ended slot's state is never read again (the next input gets a fresh one): no guard
+        score_stop = push_score(score_stop, top[0], score_threshold)
+        live &= ~(active & score_stop.stopped)
     go = active & live[0] & (cur < s.end)
     logits, cache, _ = cache_step(weights, s.cache, jnp.where(go, tok, 0)[:, None], config, None, dtype)
     # The step always runs under vmap; a slot that does not go keeps its position and key mask, so
@@ -80,8 +95,9 @@ def advance(weights, s: Slot, knobs: Knobs, *, config, plan: Plan, dtype, repeat
     keep = {n: jnp.where(go, getattr(cache, n), getattr(s.cache, n)) for n in ("mask", "offset", "pos")}
     i = s.cur - pr.prompt_len
     return s._replace(
-        tokens=tokens,
+        tokens=tokens, score_stop=score_stop,
         logprobs=jnp.where(active, jax.lax.dynamic_update_slice(s.logprobs, lp[:, None], (0, i)), s.logprobs),
+        top_scores=jnp.where(active, jax.lax.dynamic_update_slice(s.top_scores, top[:, None], (0, i)), s.top_scores),
         cur=cur, live=live, logits=jnp.where(go, logits[:, -1].astype(jnp.float32), s.logits),
         steps=s.steps + active.astype(jnp.int32), cache=cache._replace(**keep))
 

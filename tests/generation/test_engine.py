@@ -125,3 +125,16 @@ def test_repetition_rule_ends_each_input_at_its_first_repeated_block(model):
     assert cut  # some input stopped early
     with pytest.raises(ValueError, match="stop_repeats"):
         generate_many(params, px, stop_repeats=(2, 1))
+
+
+def test_forced_eos_lands_on_each_inputs_own_last_column(model):
+    """generate forces EOS at its max_length's last column: each input's, set by its budget."""
+    params, _ = model
+    px = rand_pixels(5, seed=2)
+    kw = dict(forced_eos_token_id=7, min_new_tokens=max(BUDGETS))
+    outs = generate_many(params, px, budgets=BUDGETS, slots=2, steps_per_call=3, bucket_start=4, **kw)
+    for o, budget in zip(outs, BUDGETS):
+        alone = pv.generate(params, px[o.index:o.index + 1], max_new_tokens=budget, **kw).sequences[0]
+        assert o.sequence.tolist() == alone.tolist() and alone[-1] == 7 and len(alone) == 1 + budget
+    with pytest.raises(ValueError, match="forced_eos_token_id cannot be combined with speculate"):
+        generate_many(params, px, speculate=2, **kw)

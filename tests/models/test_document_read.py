@@ -208,3 +208,44 @@ def test_donut_fields_of_crafted_outputs_equal_the_recipe(donut, prompt, generat
     assert want != {"text_sequence": ""}
     got = _fields_of(cap, prompt)(Caption("", 0.0, tuple(ids), None))
     assert json.dumps(got) == json.dumps(want)
+
+
+@pytest.fixture
+def rules_given(monkeypatch):
+    """The stop_score_variance each generate call or slot-engine run of the test was given, in order."""
+    from purevedec.captioning import captioner
+    from purevedec.generation import engine
+    seen = []
+
+    def recording(real):
+        def call(*args, **kwargs):
+            seen.append(kwargs.get("stop_score_variance"))
+            return real(*args, **kwargs)
+        return call
+    monkeypatch.setattr(engine, "stream", recording(engine.stream))
+    monkeypatch.setattr(captioner, "generate", recording(captioner.generate))
+    return seen
+
+
+@pytest.mark.parametrize("slots", [[], ["--slots", "2"]])
+@pytest.mark.parametrize("flag, want", [([], True), (["--no-stop-score-variance"], None),
+                                        (["--stop-score-variance"], True)])
+def test_nougat_stopping_rule_is_on_by_default(nougat, tmp_path, rules_given, slots, flag, want):
+    _, path = nougat
+    doc = pdf_file(tmp_path / "doc.pdf", 8, 2)
+    code, out, err = run_cli(["read", "--model", path, doc, *slots, "--format", "jsonl", *flag, *NEW])
+    assert code == 0, err
+    assert len(records(out)) == 2 and rules_given == [want]
+
+
+def test_stopping_rule_is_off_for_other_tokenizers_and_beams(nougat, donut, tmp_path, rules_given):
+    doc = pdf_file(tmp_path / "doc.pdf", 9, 1)
+    code, _, err = run_cli(["read", "--model", donut[1], doc, *NEW])
+    assert code == 0, err
+    code, _, err = run_cli(["read", "--model", nougat[1], doc, *NEW, "--num-beams", "2"])
+    assert code == 0, err
+    assert rules_given == [None, None]   # Donut's checkpoint: not Nougat's tokenizer; beams
+    code, out, err = run_cli(["read", "--model", nougat[1], doc, "--stop-score-variance", *NEW, "--num-beams", "2"])
+    assert code == 2 and out == "" and "--stop-score-variance ends pages one by one" in err
+    with pytest.raises(ValueError, match="stop_repeats: .* needs slots"):
+        list(pv.Captioner.from_pretrained(nougat[1]).captions([rendered(doc, (40, 56))[0]], stop_repeats=(2, 3)))
