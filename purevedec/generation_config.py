@@ -64,10 +64,14 @@ class GenerationConfig:
     """Id written after EOS."""
     decoder_start_token_id: int | None = None
     """Token every generated sequence starts with (before a prompt)."""
+    from_config: bool = dataclasses.field(default=False, compare=False, repr=False)
+    """True for the defaults ``init_params`` derived from its config: calls then take them from
+    the config they use (transformers' ``_from_model_config``). Not an option: never compared,
+    hashed or saved, so trees from ``init_params`` and ``load`` keep one structure."""
 
 
 SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
-FIELDS = tuple(f.name for f in dataclasses.fields(GenerationConfig))
+FIELDS = tuple(f.name for f in dataclasses.fields(GenerationConfig) if f.compare)  # the options
 
 
 def defaults_for(config: Config) -> GenerationConfig:
@@ -80,3 +84,17 @@ def defaults_for(config: Config) -> GenerationConfig:
         bos_token_id=dec.bos_token_id,
         eos_token_id=v.token_ids(pick(config.eos_token_id, dec.eos_token_id), "eos_token_id"),
         pad_token_id=pick(config.pad_token_id, dec.pad_token_id))
+
+
+def implied_defaults(config: Config) -> GenerationConfig:
+    """``defaults_for(config)``, marked ``from_config``: what ``init_params`` attaches."""
+    return dataclasses.replace(defaults_for(config), from_config=True)
+
+
+def defaults_of(params, config: Config) -> GenerationConfig:
+    """The generation defaults a call on ``params`` with ``config`` uses: the params' own (a
+    checkpoint's, or given to ``init_params``), else (none, or ``from_config`` ones) those
+    ``config`` implies, so a config edited into the params or passed beside them brings its own
+    special ids, as transformers does for a generation config made from the model config."""
+    gen = params.get("generation_config")
+    return defaults_for(config) if gen is None or gen.from_config else gen

@@ -21,7 +21,7 @@ import numpy as np
 
 from .config import Config
 from .errors import ParamsError
-from .generation_config import GenerationConfig, defaults_for
+from .generation_config import GenerationConfig, implied_defaults
 from .models import decoder_family, encoder_family
 from .param_spec import EMBED, Param, dense, shapes
 
@@ -37,8 +37,9 @@ NON_WEIGHT_KEYS = (*STATIC_KEYS, EXTRA_KEY)
 
 def with_statics(weights: dict, config: Config, generation_config: GenerationConfig | None = None) -> dict:
     """``weights`` plus the static entries every params tree carries: the config and the generation
-    defaults (``generation_config``, else those ``config`` implies)."""
-    return {**weights, "config": config, "generation_config": generation_config or defaults_for(config)}
+    defaults (``generation_config``, else those ``config`` implies, marked so that a config edited
+    later brings its own)."""
+    return {**weights, "config": config, "generation_config": generation_config or implied_defaults(config)}
 
 
 def param_description(config: Config) -> dict:

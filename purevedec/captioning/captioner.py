@@ -29,7 +29,7 @@ import numpy as np
 from ..checkpoints.loader import load, local_dir
 from ..errors import ConfigError, GenerationError, ImageError, ModelNotFound, TokenizerError
 from ..generation import generate
-from ..generation.options import defaults_for
+from ..generation_config import defaults_of
 from ..models import encoder_family
 from .image import ImageInput, as_list
 from .image_files import DeferredImage
@@ -212,7 +212,7 @@ class Captioner:
     @property
     def generation_config(self):
         """The checkpoint's generation defaults (what ``caption`` uses unless told otherwise)."""
-        return self.params.get("generation_config") or defaults_for(self.config)
+        return defaults_of(self.params, self.config)
 
     def special_token_ids(self) -> frozenset[int]:
         """Ids the tokenizer treats as special (EOS, BOS, pad, ...), e.g. to mark them in maps."""

@@ -15,7 +15,8 @@ from typing import Iterator
 import numpy as np
 
 from ..config import Config
-from ..generation.options import FIELDS, GenerationConfig, defaults_for
+from ..generation.options import FIELDS, GenerationConfig
+from ..generation_config import defaults_of
 from ..models import decoder_family, encoder_family
 from ..params import EXTRA_KEY, flatten, unpack
 from . import names as hf_names
@@ -105,7 +106,7 @@ def save(params: dict, config_or_path, path: str | os.PathLike | None = None, *,
         config = config_or_path
     weights, config = unpack(params, config)
     extra = named_leaves(params.get(EXTRA_KEY) or {})  # before any file is written: its keys may be refused
-    gen = generation_config or params.get("generation_config") or defaults_for(config)
+    gen = generation_config or defaults_of(params, config)
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)
     config_json = config_dict(config)

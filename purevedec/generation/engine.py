@@ -28,7 +28,8 @@ from ..config import Config
 from ..model import compute_dtype, encode
 from ..params import unpack
 from .growing import BUCKET_START, bucket_sizes, grow_cache
-from .options import defaults_for, with_options
+from ..generation_config import defaults_of
+from .options import with_options
 from .plan import make_plan, special_ids
 from .processors import Knobs
 from .slots import Slot, advance, advance_all, fill, put, running
@@ -139,7 +140,7 @@ def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[in
     (``score_stop.py``; True: the reference's 0.015 and 200; not with ``speculate``)."""
     weights, config = unpack(params, config)
     dtype = compute_dtype(dtype)
-    gen = with_options(params.get("generation_config") or defaults_for(config), options)
+    gen = with_options(defaults_of(params, config), options)
     n = len(pixels)
     budgets = _budgets(budgets, n, gen.max_new_tokens or 20)
     if gen.num_beams != 1 or gen.num_return_sequences != 1:

@@ -25,7 +25,8 @@ from ..params import unpack
 from ..sharding import batch_split, gather_weights, weight_gathers
 from .beam_loop import beam_results, beam_state, run_beam
 from .keys import batch_key, per_image, row_keys
-from .options import TRACEABLE, GenerationConfig, defaults_for, with_options
+from ..generation_config import defaults_of
+from .options import TRACEABLE, GenerationConfig, with_options
 from .plan import make_plan, prepare_prompt
 from .processors import Knobs
 from .score_stop import check_rule as check_score_rule
@@ -156,7 +157,7 @@ def prepare(params, pixels, config=None, *, key=None, generation_config=None, de
     shifted = shifted_positions(positions)
     options, traced = _split_traced(options)
     score_rule = check_score_rule(options.pop("stop_score_variance", None))
-    gen = with_options(generation_config or params.get("generation_config") or defaults_for(config), options)
+    gen = with_options(generation_config or defaults_of(params, config), options)
     prompt, mask = _prompt(gen, config, pixels.shape[0], decoder_input_ids, decoder_attention_mask)
     plan = make_plan(gen, config, prompt.shape[1], bool(output_cross_attentions), traced=frozenset(traced))
     if score_rule is not None:

@@ -44,6 +44,22 @@ def test_save_then_load_keeps_the_structure(params, tmp_path):
     assert jax.tree.structure(loaded) == jax.tree.structure(params)
 
 
+def test_defaults_init_params_derived_follow_an_edited_config_and_a_checkpoints_do_not(params, tmp_path):
+    """init_params' generation defaults stand for "what the config says" (transformers'
+    _from_model_config): a config edited into the params brings its own start, EOS and pad ids;
+    a checkpoint's generation config stays the checkpoint's; the mark is never written."""
+    edited = tiny_config(decoder_start_token_id=3, eos_token_id=5, pad_token_id=7)
+    kw = dict(max_new_tokens=3, min_new_tokens=3)
+    out = pv.generate({**params, "config": edited}, PIXELS, **kw).sequences
+    assert np.all(np.asarray(out)[:, 0] == 3)
+    pv.save(params, tmp_path / "c")
+    assert "from_config" not in (tmp_path / "c" / "generation_config.json").read_text()
+    loaded, _ = pv.load(tmp_path / "c")
+    assert not loaded["generation_config"].from_config
+    kept = pv.generate({**loaded, "config": edited}, PIXELS, **kw).sequences
+    assert np.all(np.asarray(kept)[:, 0] == CONFIG.decoder_start_token_id)
+
+
 def test_init_params_takes_a_checkpoints_generation_defaults(tmp_path):
     beams = pv.GenerationConfig(num_beams=3, max_new_tokens=4, eos_token_id=(2,), pad_token_id=1,
                                 decoder_start_token_id=0, bos_token_id=0)
