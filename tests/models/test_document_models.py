@@ -3,6 +3,9 @@ encoder -> enc_to_dec_proj (widths differ) -> decoder cross-attention, logits wi
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -72,6 +75,13 @@ def _tree(shapes, flat, path=""):
     return jnp.asarray(flat[path].reshape(shapes))
 
 
+@functools.partial(jax.jit, static_argnums=(5, 6))   # one compile per pairing, not one per operation
+def _composed_logits(enc_p, proj, dec_p, px, ids, enc_cfg, dec_cfg):
+    states = dense(proj, swin.apply(enc_p, px, enc_cfg)["last_hidden_state"], jnp.float32)
+    kv = [mbart.layer_cross_kv(bp, states, dec_cfg, jnp.float32) for bp in dec_p["blocks"]]
+    return mbart.apply(dec_p, ids, kv, dec_cfg)["logits"]
+
+
 @pytest.mark.parametrize("name", list(PAIRS))
 def test_composed_logits_match(name, tmp_path):
     model = make_pair(name)
@@ -80,8 +90,6 @@ def test_composed_logits_match(name, tmp_path):
     px, ids = rand_pixels(2, 3, h, w, seed=7), rand_ids(2, 6, dec_cfg.vocab_size, seed=8)
     with torch.no_grad():
         ref = model(pixel_values=torch.tensor(px), decoder_input_ids=torch.tensor(ids, dtype=torch.long)).logits
-    states = dense(proj, swin.apply(enc_p, jnp.asarray(px), enc_cfg)["last_hidden_state"], jnp.float32)
-    kv = [mbart.layer_cross_kv(bp, states, dec_cfg, jnp.float32) for bp in dec_p["blocks"]]
-    logits = mbart.apply(dec_p, jnp.asarray(ids), kv, dec_cfg)["logits"]
+    logits = _composed_logits(enc_p, proj, dec_p, jnp.asarray(px), jnp.asarray(ids), enc_cfg, dec_cfg)
     assert maxdiff(logits, ref) <= 1e-4
     assert float(np.std(np.asarray(logits))) > 0.1  # logits that depend on their inputs, not a flat row

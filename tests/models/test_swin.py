@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -77,11 +78,15 @@ def test_config_is_parsed_from_transformers(case):
     assert cfg.depths == tuple(model.config.depths) and cfg.window_size == model.config.window_size
 
 
+# Jitted as purevedec's model functions run it: one compile per case instead of one per operation.
+_apply = jax.jit(swin.apply, static_argnums=2, static_argnames="dtype")
+
+
 def test_hidden_states_match(case):
     model, cfg, px, params = case
     with torch.no_grad():
         ref = model(torch.tensor(px), output_hidden_states=True)
-    out = swin.apply(params, jnp.asarray(px), cfg)
+    out = _apply(params, jnp.asarray(px), cfg)
     assert maxdiff(out["last_hidden_state"], ref.last_hidden_state) <= 1e-4
     assert len(out["hidden_states"]) == len(ref.hidden_states)
     for ours, theirs in zip(out["hidden_states"], ref.hidden_states):
@@ -90,8 +95,8 @@ def test_hidden_states_match(case):
 
 def test_bfloat16_stays_close(case):
     _, cfg, px, params = case
-    full = swin.apply(params, jnp.asarray(px), cfg)["last_hidden_state"]
-    half = swin.apply(params, jnp.asarray(px), cfg, dtype=jnp.bfloat16)["last_hidden_state"]
+    full = _apply(params, jnp.asarray(px), cfg)["last_hidden_state"]
+    half = _apply(params, jnp.asarray(px), cfg, dtype=jnp.bfloat16)["last_hidden_state"]
     assert half.dtype == jnp.bfloat16
     # bf16 rounding through every block: the mean error, as torch's own bf16 run shows (its mean error
     # 0.2-0.5% of the largest value on these cases, ours the same; single entries near a cancellation vary more)
