@@ -247,8 +247,7 @@ class Captioner:
         sequences, scores = np.asarray(out.sequences), np.asarray(out.scores)
         cross = np.asarray(out.cross_attentions) if attention else None
         special = encoder_family(self.config.encoder).special_tokens
-        start = options.get("decoder_start_token_id", self.generation_config.decoder_start_token_id)
-        first = len(prompt_ids) + (not prompt_ids or prompt_ids[0] != start)  # generate prepends a missing start
+        first = sequences.shape[1] - out.token_logprobs.shape[1]   # the prompt generate used, start included
         captions = []
         for i, row in enumerate(sequences):
             n = _generated(row[first:], eos)
