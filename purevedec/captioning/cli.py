@@ -27,6 +27,7 @@ from typing import Callable, NamedTuple, Optional, TextIO
 
 from ..errors import TokenizerError
 from .escape import escape
+from . import interrupts
 from .flags import add_mesh_flag, count, finite_float, mesh_from, positive_int, seed
 from .inputs import IMAGE_EXTENSIONS, Input, expand_inputs, map_names
 from .output_file import format_record, open_output, write_record
@@ -227,6 +228,7 @@ def caption_files(captioner, args, options: dict, inputs: list[Input], stream: T
                                  key=jax.random.key(args.seed), workers=args.workers, slots=args.slots,
                                  prompt=args.prompt, **options)
     for item, result in zip(readable, results):
+        interrupts.check()    # a Ctrl-C that a library lost stops the job at the next record
         progress.update(1)
         if isinstance(result, Exception):
             failed += 1

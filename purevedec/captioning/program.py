@@ -15,7 +15,7 @@ import sys
 import warnings
 from typing import Callable, TextIO
 
-from . import rust_panics
+from . import interrupts, rust_panics
 from .escape import escape
 
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_USAGE, EXIT_OUTPUT, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 3, 130, 141
@@ -87,9 +87,14 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
     except SystemExit as e:  # --help, --version, or a one-line usage error
         return EXIT_OK if e.code is None else e.code if isinstance(e.code, int) else EXIT_USAGE
     try:
-        with warnings.catch_warnings(), rust_panics.hidden():  # the one-line error says it all
-            warnings.showwarning = _show_warning(err)
-            return args.run(args, out, err)
+        with warnings.catch_warnings(), rust_panics.hidden(), interrupts.remembered():
+            warnings.showwarning = _show_warning(err)   # the one-line error says it all
+            try:
+                return args.run(args, out, err)
+            except Exception:
+                if not interrupts.received():
+                    raise
+                raise KeyboardInterrupt from None   # what a library made of the interrupt
     except UsageError as e:
         say(err, f"error: {e}")
         return EXIT_USAGE

@@ -225,3 +225,29 @@ def test_interrupt_leaves_whole_lines(checkpoint, tmp_path):
     assert proc.returncode == 130 and err.decode().strip() == "interrupted", err.decode()
     lines = text.splitlines()
     assert text.endswith("\n") and 0 < len(lines) < len(paths) and all(line.split("\t")[0] in paths for line in lines)
+
+
+@pytest.mark.parametrize("library", ["swallows", "converts"])
+def test_interrupt_that_a_library_loses_still_stops_the_job(checkpoint, tmp_path, monkeypatch, library):
+    """Ctrl-C landing in Python code that a C extension called can be lost (code that clears the
+    error) or turned into another error (numpy's SystemError "returned a result with an exception
+    set"); either way the job stops with exit 130 and whole records instead of running to its end
+    or printing a traceback. Simulated where the main thread formats the third record."""
+    from purevedec.captioning import cli
+    paths = make_images(tmp_path / "imgs", 6, size=(8, 8))
+    real, calls = cli.format_record, []
+
+    def lossy(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            try:
+                signal.raise_signal(signal.SIGINT)
+            except KeyboardInterrupt:
+                if library == "converts":
+                    raise SystemError("<function> returned a result with an exception set") from None
+        return real(*a, **kw)
+    monkeypatch.setattr(cli, "format_record", lossy)
+    code, out, err = run_cli(["caption", *paths, "--model", checkpoint[1], "--max-new-tokens", "3", "--batch-size", "1"])
+    assert code == 130 and err.strip() == "interrupted", err
+    assert [line.split("\t")[0] for line in out.splitlines()] == paths[:3 if library == "swallows" else 2]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # the handler is put back
