@@ -41,9 +41,27 @@ else:
 # The tests' models are tiny: their programs run in microseconds and compile in about a second,
 # most of it spent optimising (measured in docs/perf-notes.md). The suite checks what programs
 # compute, which no optimisation level may change, so it compiles with XLA's cheapest settings;
-# `shipped_compiler` runs a test with the settings users get. Inherited by every subprocess.
+# `shipped_settings_env` gives a child the settings users get. Inherited by every subprocess.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 os.environ.setdefault("JAX_OPTIMIZATION_LEVEL", "O0")
+# XLA:CPU's default fusion emitters (MLIR) take about 40% of what is left of the compile time;
+# the older emitters compile the same programs (docs/perf-notes.md). An XLA that does not know a
+# flag aborts the process, so the flag is only added once a child process has accepted it.
+FAST_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
+EMITTERS_CHECKED = "PUREVEDEC_TEST_EMITTERS_CHECKED"
+
+
+def _xla_accepts(flag: str) -> bool:
+    import subprocess
+    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip(), "JAX_PLATFORMS": "cpu"}
+    child = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env, capture_output=True)
+    return child.returncode == 0
+
+
+if EMITTERS_CHECKED not in os.environ:   # the first process decides; workers and children inherit
+    os.environ[EMITTERS_CHECKED] = "1"
+    if FAST_EMITTERS not in os.environ.get("XLA_FLAGS", "") and _xla_accepts(FAST_EMITTERS):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_EMITTERS}".strip()
 
 import numpy as np
 import pytest
@@ -132,17 +150,12 @@ def _bounded_mappings():
 
 
 @pytest.fixture
-def shipped_compiler():
-    """The test compiles with the optimisations users get (the suite otherwise turns them off)."""
-    import jax
-    saved = jax.config.read("jax_disable_most_optimizations"), jax.config.jax_optimization_level
-    jax.config.update("jax_disable_most_optimizations", False)
-    jax.config.update("jax_optimization_level", "UNKNOWN")
-    _release_programs()   # no program compiled the other way is reused
-    yield
-    jax.config.update("jax_disable_most_optimizations", saved[0])
-    jax.config.update("jax_optimization_level", saved[1])
-    _release_programs()
+def shipped_settings_env() -> dict:
+    """This process's environment less the suite's compile settings: a child started with it
+    compiles as a user's process does."""
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_DISABLE_MOST_OPTIMIZATIONS", "JAX_OPTIMIZATION_LEVEL")}
+    flags = env.pop("XLA_FLAGS", "").replace(FAST_EMITTERS, "").strip()
+    return {**env, "XLA_FLAGS": flags} if flags else env
 
 
 @pytest.fixture(autouse=True)

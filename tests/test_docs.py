@@ -16,6 +16,8 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
 import warnings
 
 import jax
@@ -160,17 +162,22 @@ def test_readme_marks_its_quick_start_blocks():
     assert text.index("<!-- test: research -->") < text.index("pv.encode(")
 
 
-def test_readme_quick_start_captions_as_transformers(checkpoint, tmp_path, shipped_compiler):
+def test_readme_quick_start_captions_as_transformers(checkpoint, tmp_path, shipped_settings_env):
+    """The block runs as a user's script: its own process, compiled with the settings users get."""
     import torch
     from transformers import AutoImageProcessor, AutoTokenizer
     model, path = checkpoint
     rs = np.random.RandomState(3)
-    names = re.findall(r'"(\w+\.(?:jpg|png))"', readme_blocks()["quickstart"])
-    assert len(names) >= 1
+    code = readme_blocks()["quickstart"]
+    names = re.findall(r'"(\w+\.(?:jpg|png))"', code)
+    assert len(names) >= 1 and HUB_ID in code
     for i, name in enumerate(names):
         Image.fromarray(rs.randint(0, 256, (20 + i, 30, 3), np.uint8)).convert("RGB").save(tmp_path / name)
-    _, printed = _run_block("quickstart", path, tmp_path)
-    captions = eval(printed.strip(), {})   # the block prints a list of strings
+    (tmp_path / "quickstart.py").write_text(code.replace(f'"{HUB_ID}"', repr(path)))
+    child = subprocess.run([sys.executable, "quickstart.py"], cwd=tmp_path, env=shipped_settings_env,
+                           capture_output=True, text=True, timeout=600)
+    assert child.returncode == 0, child.stderr[-2000:]
+    captions = eval(child.stdout.strip(), {})   # the block prints a list of strings
     images = [Image.open(tmp_path / n).convert("RGB") for n in names]
     pixels = AutoImageProcessor.from_pretrained(path).preprocess(images, return_tensors="pt").pixel_values
     with torch.no_grad():

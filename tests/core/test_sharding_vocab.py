@@ -14,6 +14,7 @@ import pytest
 
 from models import make_reference
 from ocr_models import make_ocr_reference
+from simulated_devices import simulated_devices_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL_DEVICES = 4
@@ -51,8 +52,7 @@ def placements(tmp_path_factory):
     for label, model in models.items():
         paths[label] = str(root / label.replace(" ", "_"))
         model.save_pretrained(paths[label])
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={MODEL_DEVICES}",
-           "JAX_PLATFORMS": "cpu"}
+    env = simulated_devices_env(MODEL_DEVICES)
     done = subprocess.run([sys.executable, "-c", _CHILD, str(MODEL_DEVICES), json.dumps(paths)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
