@@ -82,7 +82,9 @@ def test_growing_cache_equals_generate(models, family, mode):
     if mode == "greedy":  # a row ends on EOS at column col
         assert got.sequences[row, col] in eos
     np.testing.assert_allclose(got.scores, want.scores, atol=1e-5)
-    np.testing.assert_allclose(got.token_logprobs, want.token_logprobs, atol=1e-5)
+    # float32 log-softmax over caches of other lengths, reduced in another order: a few ulps
+    # (1.1e-5 on one TrOCR beam step with XLA's older fusion emitters)
+    np.testing.assert_allclose(got.token_logprobs, want.token_logprobs, atol=3e-5)
     if want.cross_attentions is not None:
         np.testing.assert_allclose(got.cross_attentions, want.cross_attentions, atol=1e-6)
 
