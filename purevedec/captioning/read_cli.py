@@ -111,24 +111,19 @@ def _task_removed(sequence: str) -> str:
     return re.sub(r"<.*?>", "", sequence, count=1).strip()
 
 
-def _fields_of(captioner, prompt: str | None) -> Callable:
-    """caption -> its token2json value, read from the whole decoded sequence (special tokens kept:
-    Donut's field tags are special tokens) as Donut's processor recipe reads it."""
-    from ..models import encoder_family
+def _fields_of(captioner) -> Callable:
+    """caption -> its token2json value, read from the whole decoded sequence (the ids generate
+    began from, as the caption holds them, then its tokens; special tokens kept: Donut's field tags
+    are special tokens) as Donut's processor recipe reads it."""
     from .document_output import token2json
     tokenizer = captioner.tokenizer
     added = {t.content for t in tokenizer.backend.get_added_tokens_decoder().values()}
     gen = captioner.generation_config
-    prompt_ids = tokenizer.encode(prompt) if prompt else []
-    start = gen.decoder_start_token_id
-    if prompt_ids and encoder_family(captioner.config.encoder).prompt_replaces_start:
-        start = prompt_ids[0]
-    lead = prompt_ids if prompt_ids and prompt_ids[0] == start else [start, *prompt_ids]   # as generate's row
     dropped = {i for i in (*(gen.eos_token_id or ()), gen.pad_token_id) if i is not None}
     names = [tokenizer.token_text(i) for i in sorted(dropped)]
 
     def fields(caption) -> dict:
-        text = tokenizer.decode([*lead, *caption.token_ids], skip_special_tokens=False)
+        text = tokenizer.decode([*caption.prompt_ids, *caption.token_ids], skip_special_tokens=False)
         for name in names:
             text = text.replace(name, "")
         return token2json(_task_removed(text), added)
@@ -141,7 +136,7 @@ def _record(args) -> Callable:
         markdown = args.markdown
         if markdown is None:
             markdown = captioner.tokenizer.tokenizer_class in NOUGAT_TOKENIZERS
-        fields = _fields_of(captioner, args.prompt) if args.json else None
+        fields = _fields_of(captioner) if args.json else None
         from .page_markdown import clean_page
 
         def record(item: Input, captions) -> str:

@@ -206,7 +206,7 @@ def test_donut_fields_of_crafted_outputs_equal_the_recipe(donut, prompt, generat
     prompt_ids, ids = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (prompt, generated))
     want = donut_recipe(tokenizer, [*prompt_ids, *ids])   # the row generate returns for a Donut encoder
     assert want != {"text_sequence": ""}
-    got = _fields_of(cap, prompt)(Caption("", 0.0, tuple(ids), None))
+    got = _fields_of(cap)(Caption("", 0.0, tuple(ids), None, tuple(prompt_ids)))
     assert json.dumps(got) == json.dumps(want)
 
 
