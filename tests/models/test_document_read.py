@@ -238,13 +238,35 @@ def test_nougat_stopping_rule_is_on_by_default(nougat, tmp_path, rules_given, sl
     assert len(records(out)) == 2 and rules_given == [want]
 
 
-def test_stopping_rule_is_off_for_other_tokenizers_and_beams(nougat, donut, tmp_path, rules_given):
+@pytest.fixture(scope="module")
+def nougat_plain_tokenizer(tmp_path_factory):
+    """Nougat's image processor with a tokenizer saved under a generic class name."""
+    from transformers import NougatImageProcessor
+    return checkpoint_dir("swin_bart", tmp_path_factory.mktemp("nougat_plain"),
+                          NougatImageProcessor(size={"height": 40, "width": 56}), "PreTrainedTokenizerFast")
+
+
+def test_page_defaults_follow_the_checkpoint_preprocessor_not_the_tokenizer_class(nougat_plain_tokenizer, tmp_path,
+                                                                                    rules_given):
+    """The checkpoint declares Nougat's image processor, which the encoder family's record maps to
+    Nougat's page defaults (Markdown clean-up, its stopping rule), whatever its tokenizer is called."""
+    from purevedec.captioning import read_cli
+    _, path = nougat_plain_tokenizer
+    doc = pdf_file(tmp_path / "doc.pdf", 8, 1)
+    code, out, err = run_cli(["read", "--model", path, doc, "--format", "jsonl", *NEW])
+    assert code == 0, err
+    assert rules_given == [True]
+    cap = pv.Captioner.from_pretrained(path)
+    assert read_cli.page_defaults_of(cap) == {"markdown": True, "stop_score_variance": True}
+
+
+def test_stopping_rule_is_off_for_other_checkpoints_and_beams(nougat, donut, tmp_path, rules_given):
     doc = pdf_file(tmp_path / "doc.pdf", 9, 1)
     code, _, err = run_cli(["read", "--model", donut[1], doc, *NEW])
     assert code == 0, err
     code, _, err = run_cli(["read", "--model", nougat[1], doc, *NEW, "--num-beams", "2"])
     assert code == 0, err
-    assert rules_given == [None, None]   # Donut's checkpoint: not Nougat's tokenizer; beams
+    assert rules_given == [None, None]   # Donut's checkpoint: not Nougat's preprocessor; beams
     code, out, err = run_cli(["read", "--model", nougat[1], doc, "--stop-score-variance", *NEW, "--num-beams", "2"])
     assert code == 2 and out == "" and "--stop-score-variance ends pages one by one" in err
     with pytest.raises(ValueError, match="stop_repeats: .* needs slots"):
