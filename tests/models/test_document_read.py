@@ -160,6 +160,38 @@ def test_nougat_markdown_is_on_by_default_and_equals_transformers(nougat, tmp_pa
     assert [r["text"] for r in records(out)] == want and want != [r["text"] for r in raw]
 
 
+# Pages a decoder caught in a loop ends as it runs out of tokens, and one that ended by itself
+LOOPING_PAGES = [
+    "We report the results in Table 1. The values hold for every sample we took. " * 7,
+    "# Methods\n\nWe measure $x_{1}$ twice.\n\n" + "\\begin{tabular}{l l} a & b \\\\ \\end{tabular} " * 12,
+    "Intro. " + "Then it loops: and so on and so forth, again and again. " * 6 + "Then it loops: and so",   # cut mid-copy
+    "A short page that ends by itself, as most do.",
+]
+
+
+def test_read_markdown_cuts_a_repetition_loop_as_transformers(nougat, monkeypatch):
+    """read's Markdown record of a page ending in a repetition loop is transformers' NougatProcessor
+    post-processing of its text: the repeated tail cut to one copy (and the rest of its clean-up)."""
+    from argparse import Namespace
+    from transformers import NougatProcessor
+    from transformers.models.nougat import tokenization_nougat
+    from purevedec.captioning import page_markdown, read_cli
+    from purevedec.captioning.captioner import Caption
+    from purevedec.captioning.inputs import Input
+    def no_word_list():
+        raise LookupError("words")   # as in the test above: the reference's word list, not installed
+    monkeypatch.setattr(tokenization_nougat, "nltk", types.SimpleNamespace(
+        corpus=types.SimpleNamespace(words=types.SimpleNamespace(words=no_word_list))), raising=False)
+    monkeypatch.setattr(page_markdown, "english_words", lambda: None)
+    processor = NougatProcessor.__new__(NougatProcessor)
+    processor.tokenizer = tokenization_nougat.NougatTokenizer.__new__(tokenization_nougat.NougatTokenizer)
+    args = Namespace(markdown=None, format="jsonl", json=False, prompt=None)
+    record = read_cli._record(args)(pv.Captioner.from_pretrained(nougat[1]), args)
+    got = [json.loads(record(Input("p.pdf", page=1), [Caption(t, 0.0, (), None)]))["text"] for t in LOOPING_PAGES]
+    assert got == processor.post_process_generation(LOOPING_PAGES)
+    assert [len(g) < len(t) // 2 for g, t in zip(got, LOOPING_PAGES)] == [True, True, True, False]
+
+
 def donut_recipe(tokenizer, row: list[int]) -> dict:
     """Donut's documented reading of a generated row: decode keeping special tokens, drop EOS and
     padding, drop the first tag (the task token), token2json with the tokenizer's added vocabulary."""
