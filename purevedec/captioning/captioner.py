@@ -49,11 +49,14 @@ class Caption(NamedTuple):
     sampling. ``token_ids`` are the generated tokens (the decoder start token excluded) up to
     and including the first EOS. ``attention`` is None unless asked for: [T, P] float32, per
     generated token, the cross-attention over the P image patches (row-major over the patch
-    grid), averaged over layers and heads, without the CLS token's share."""
+    grid), averaged over layers and heads, without the CLS token's share. ``prompt_ids`` are the
+    ids the sequence began with before the generated ones: the decoder start token and the
+    prompt, as generate fed them (a Donut encoder's prompt is its own start: no other token)."""
     text: str
     score: float
     token_ids: tuple[int, ...]
     attention: Optional[np.ndarray]
+    prompt_ids: tuple[int, ...] = ()
 
 
 # Per image: its captions (num_return_sequences of them), None (errors="skip") or the error (errors="return").
@@ -227,16 +230,16 @@ class Captioner:
                        **options) -> list[list[Caption]]:
         """One generate call over pixels [B,3,H,W] -> B lists of num_return_sequences captions
         each, in generate's order (for beam search, best first). ``key`` feeds sampling. ``prompt``
-        (a document task such as "<s_cord-v2>") is tokenized and fed after the decoder start token:
-        the text decodes the whole sequence, as transformers' batch_decode; ``token_ids`` follow the prompt."""
+        (a document task such as "<s_cord-v2>") is tokenized and given to generate as
+        ``decoder_input_ids``, whose rule is transformers': after the decoder start token, or as given
+        for a Donut encoder (its task token is the start). The text decodes the whole sequence, as
+        transformers' batch_decode; ``token_ids`` follow the prompt, ``prompt_ids`` hold it."""
         options = {k: v for k, v in options.items() if v is not None}
         prompt_ids = self.tokenizer.encode(prompt) if prompt else []
         if prompt_ids:
             if attention or "decoder_input_ids" in options:
                 raise ValueError("prompt cannot be combined with attention maps or decoder_input_ids")
             options["decoder_input_ids"] = [prompt_ids] * pixels.shape[0]
-            if encoder_family(self.config.encoder).prompt_replaces_start:  # the prompt's first token starts it
-                options["decoder_start_token_id"] = prompt_ids[0]
         if self.dtype is not None:
             options.setdefault("dtype", self.dtype)
         if self.mesh is not None:
@@ -252,7 +255,8 @@ class Captioner:
         for i, row in enumerate(sequences):
             n = _generated(row[first:], eos)
             captions.append(Caption(self.tokenizer.decode(row), float(scores[i]), tuple(row[first:first + n].tolist()),
-                                    _patch_attention(cross[i, :n], special) if cross is not None else None))
+                                    _patch_attention(cross[i, :n], special) if cross is not None else None,
+                                    tuple(row[:first].tolist())))
         per_image = len(captions) // pixels.shape[0]
         return [captions[i:i + per_image] for i in range(0, len(captions), per_image)]
 
@@ -345,7 +349,7 @@ class Captioner:
         row = np.asarray(decoded.sequence)
         n = _generated(row[1:], eos)
         return Caption(self.tokenizer.decode(row), float(np.sum(decoded.token_logprobs)),
-                       tuple(row[1:1 + n].tolist()), None)
+                       tuple(row[1:1 + n].tolist()), None, tuple(row[:1].tolist()))
 
     @staticmethod
     def _results(pending: list[_Pending], errors: str) -> Iterator[ImageResult]:

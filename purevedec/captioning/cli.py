@@ -74,8 +74,9 @@ def add_run_flags(parser: argparse.ArgumentParser, what: str):
     gen.add_argument("--top-k", type=int, default=None, help="0 turns it off")
     gen.add_argument("--top-p", type=finite_float, default=None)
     gen.add_argument("--prompt", default=None, metavar="TEXT",
-                     help='decoder prompt after the start token, e.g. a document task "<s_cord-v2>"; the output '
-                          "text includes it unless its tokens are special")
+                     help='decoder prompt, after the start token (a Donut encoder\'s task prompt such as '
+                          '"<s_cord-v2>" is the start itself, as in transformers); the output text includes it '
+                          "unless its tokens are special")
     gen.add_argument("--seed", type=seed, default=DEFAULT_SEED,
                      help=f"random seed for sampling (default {DEFAULT_SEED}: runs repeat)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,

@@ -64,6 +64,9 @@ class DocumentImageConfig:
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     grayscale: bool = False
     """Gray and back to RGB first, as ``ImageConfig.grayscale`` (not read from the file)."""
+    pipeline: str = "donut"
+    """The preprocessing the file's type names ("donut", "nougat"): the encoder family's record says
+    what else a checkpoint of that kind wants (``EncoderFamily.page_defaults``)."""
 
 
 # transformers' NougatImageProcessor class defaults (ImageNet's default mean and std).
@@ -118,7 +121,7 @@ def _parse(d: Mapping, types: frozenset, defaults: Mapping, nougat: bool) -> Doc
              ("do_crop_margin", "do_align_long_axis", "do_resize", "do_thumbnail", "do_pad", "do_rescale",
               "do_normalize")}
     return DocumentImageConfig(size=_canvas(d.get("size", [1920, 2560]), width_first=not nougat), resample=resample,
-                               nougat_thumbnail=nougat,
+                               nougat_thumbnail=nougat, pipeline="nougat" if nougat else "donut",
                                rescale_factor=v.number(d.get("rescale_factor", 1 / 255), "preprocessor rescale_factor"),
                                image_mean=_triple(d.get("image_mean", 0.5), "image_mean"),
                                image_std=_triple(d.get("image_std", 0.5), "image_std"), **flags)

@@ -121,17 +121,16 @@ def _check_unfinished(line: bytes, fmt: str, paged: bool = False) -> None:
     if fmt == "jsonl":
         if not (text.startswith(_JSONL_START) or _JSONL_START.startswith(text)):
             raise NotARecordFile(text)
-    elif paged:
-        parts = text.split("\t", 2)
-        _text_field(parts[0], unfinished=len(parts) == 1)
-        if len(parts) > 1 and not (parts[1].isdigit() or (len(parts) == 2 and parts[1] == "")):
-            raise NotARecordFile(text)
-        if len(parts) == 3:
-            _text_field(parts[2], unfinished=True)
-    else:
-        path, tab, caption = text.partition("\t")
-        _text_field(path, unfinished=not tab)
-        _text_field(caption, unfinished=True)
+        return
+    # PATH<TAB>TEXT or, paged, PATH<TAB>PAGE<TAB>TEXT: the fields present, the last one maybe cut short
+    fields = text.split("\t", 2 if paged else 1)
+    for i, field in enumerate(fields):
+        last = i == len(fields) - 1
+        if paged and i == 1:
+            if not (field.isdigit() or (last and field == "")):
+                raise NotARecordFile(text)
+        else:
+            _text_field(field, unfinished=last)
 
 
 def read_record_file(path: str, fmt: str, paged: bool = False) -> tuple[set, int, int]:

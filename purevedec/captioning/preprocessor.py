@@ -55,6 +55,11 @@ def output_size(config: PreprocessorConfig) -> tuple[str, tuple[int, int]] | Non
     return ("size", config.size) if config.do_resize else None
 
 
+def pipeline_of(config: PreprocessorConfig) -> str | None:
+    """The document pipeline ("donut", "nougat") the checkpoint's preprocessor named, None for ViT's."""
+    return config.pipeline if isinstance(config, DocumentImageConfig) else None
+
+
 def pixels_of(image: ImageInput, config: PreprocessorConfig) -> np.ndarray:
     """One input -> [3,H,W] float32, by the config's pipeline."""
     if isinstance(config, DocumentImageConfig):

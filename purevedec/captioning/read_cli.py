@@ -19,13 +19,13 @@ sequence, special tokens kept, end and padding tokens and the first tag, the tas
 the text format then prints the JSON object. ``--markdown`` applies Nougat's clean-up of generated
 Markdown (repetitions cut, hallucinated references and broken tables removed), as transformers'
 ``NougatTokenizerFast.post_process_generation``; ``--markdown`` is on by default for checkpoints
-whose tokenizer is Nougat's.
+whose preprocessor is Nougat's.
 
 ``--stop-score-variance`` ends a page where Nougat's reference implementation ends it when
 caught in a repetition loop: once the variance of the variance of the top score of each step has
 stayed under 0.015 over 200 steps (its ``StoppingCriteriaScores``, read as for a page decoded
-alone, in batches and in slots alike). It is on by default for checkpoints whose tokenizer is
-Nougat's.
+alone, in batches and in slots alike). It is on by default for checkpoints whose preprocessor is
+Nougat's (the encoder family's record says which preprocessing wants which defaults).
 
 A PDF that cannot be opened (damaged, encrypted) or has more than ``--max-pages`` pages, and a
 page that cannot be rendered or would render larger than images may be, is named on stderr and
@@ -45,9 +45,6 @@ from .output_file import format_page_record
 from .program import UsageError
 
 DEFAULT_MAX_PAGES = 1000
-# Nougat's tokenizer classes: transformers gives them post_process_generation (the Markdown
-# clean-up), and their checkpoints get the reference's stopping rule for repetition loops
-NOUGAT_TOKENIZERS = frozenset({"NougatTokenizer", "NougatTokenizerFast"})
 PDF_EXTENSIONS = (".pdf",)
 
 
@@ -77,10 +74,10 @@ def add_read_command(commands) -> argparse.ArgumentParser:
                      help="each page's fields as JSON, as Donut's processor reads them (token2json)")
     out.add_argument("--markdown", action=argparse.BooleanOptionalAction, default=None,
                      help="clean up generated Markdown as Nougat's post-processing does (default: on for "
-                          "checkpoints with Nougat's tokenizer)")
+                          "checkpoints with Nougat's preprocessor)")
     out.add_argument("--stop-score-variance", action=argparse.BooleanOptionalAction, default=None,
                      help="end a page caught in a repetition loop as Nougat's reference does (its top "
-                          "scores steady over 200 steps; default: on for checkpoints with Nougat's tokenizer)")
+                          "scores steady over 200 steps; default: on for checkpoints with Nougat's preprocessor)")
     out.add_argument("--dpi", type=_dpi, default=None,
                      help="render PDF pages at this resolution (default: the page's shorter side at the "
                           "model input's shorter side, at least 96 dpi)")
@@ -106,29 +103,33 @@ def _pages(args) -> Callable:
     return expand
 
 
+def page_defaults_of(captioner) -> dict:
+    """What ``read`` does by default for this checkpoint ("markdown", "stop_score_variance"): its
+    encoder family's record, for the preprocessing its preprocessor_config.json names."""
+    from ..models import encoder_family
+    from .preprocessor import pipeline_of
+    pipeline = pipeline_of(captioner.image_config)
+    return dict(encoder_family(captioner.config.encoder).page_defaults.get(pipeline, {}))
+
+
 def _task_removed(sequence: str) -> str:
     # Donut's documented recipe: the first tag of the sequence is the task token, not a field
     return re.sub(r"<.*?>", "", sequence, count=1).strip()
 
 
-def _fields_of(captioner, prompt: str | None) -> Callable:
-    """caption -> its token2json value, read from the whole decoded sequence (special tokens kept:
-    Donut's field tags are special tokens) as Donut's processor recipe reads it."""
-    from ..models import encoder_family
+def _fields_of(captioner) -> Callable:
+    """caption -> its token2json value, read from the whole decoded sequence (the ids generate
+    began from, as the caption holds them, then its tokens; special tokens kept: Donut's field tags
+    are special tokens) as Donut's processor recipe reads it."""
     from .document_output import token2json
     tokenizer = captioner.tokenizer
     added = {t.content for t in tokenizer.backend.get_added_tokens_decoder().values()}
     gen = captioner.generation_config
-    prompt_ids = tokenizer.encode(prompt) if prompt else []
-    start = gen.decoder_start_token_id
-    if prompt_ids and encoder_family(captioner.config.encoder).prompt_replaces_start:
-        start = prompt_ids[0]
-    lead = prompt_ids if prompt_ids and prompt_ids[0] == start else [start, *prompt_ids]   # as generate's row
     dropped = {i for i in (*(gen.eos_token_id or ()), gen.pad_token_id) if i is not None}
     names = [tokenizer.token_text(i) for i in sorted(dropped)]
 
     def fields(caption) -> dict:
-        text = tokenizer.decode([*lead, *caption.token_ids], skip_special_tokens=False)
+        text = tokenizer.decode([*caption.prompt_ids, *caption.token_ids], skip_special_tokens=False)
         for name in names:
             text = text.replace(name, "")
         return token2json(_task_removed(text), added)
@@ -140,8 +141,8 @@ def _record(args) -> Callable:
     def make(captioner, _args) -> Callable:
         markdown = args.markdown
         if markdown is None:
-            markdown = captioner.tokenizer.tokenizer_class in NOUGAT_TOKENIZERS
-        fields = _fields_of(captioner, args.prompt) if args.json else None
+            markdown = page_defaults_of(captioner).get("markdown", False)
+        fields = _fields_of(captioner) if args.json else None
         from .page_markdown import clean_page
 
         def record(item: Input, captions) -> str:
@@ -153,15 +154,15 @@ def _record(args) -> Callable:
 
 
 def _model_options(captioner, args) -> dict:
-    """``Job.model_options``: Nougat's stopping rule, when asked for or when the checkpoint is
-    Nougat's (greedy search and sampling: the rule ends rows one by one, beams cannot)."""
+    """``Job.model_options``: Nougat's stopping rule, when asked for or when the checkpoint's
+    defaults say so (greedy search and sampling: the rule ends rows one by one, beams cannot)."""
     from ..generation.options import with_options
     beams = with_options(captioner.generation_config, generation_options(args)).num_beams > 1
     wanted = args.stop_score_variance
     if wanted and beams:
         raise UsageError("--stop-score-variance ends pages one by one: not with beam search (--num-beams 1)")
     if wanted is None:
-        wanted = not beams and captioner.tokenizer.tokenizer_class in NOUGAT_TOKENIZERS
+        wanted = not beams and page_defaults_of(captioner).get("stop_score_variance", False)
     return {"stop_score_variance": True} if wanted else {}
 
 

@@ -51,8 +51,8 @@ class Decoded(NamedTuple):
     steps: int
     """Decoder steps it took (L-1 without speculation; fewer when drafts were accepted)."""
     top_scores: Optional[np.ndarray] = None
-    """[L-1] float32: each step's highest processed score, what Nougat's stopping rule reads
-    (``score_stop.py``); zeros when speculating."""
+    """[L-1] float32: per generated token, the highest processed score of the step that chose it,
+    what Nougat's stopping rule reads (``score_stop.py``); the same when speculating."""
 
 
 @partial(jax.jit, static_argnames=("config", "plan", "columns", "dtype", "slots", "score_window"))
@@ -146,17 +146,8 @@ def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[in
     if gen.num_beams != 1 or gen.num_return_sequences != 1:
         raise ValueError("the slot engine decodes one sequence per input: num_beams and num_return_sequences "
                          "must be 1 (use generate for beam search)")
-    if gen.forced_eos_token_id is not None and speculate:
-        raise ValueError("forced_eos_token_id cannot be combined with speculate (a draft may cross its column)")
-    if speculate and (gen.do_sample or speculate < 0 or ngram < 1):
-        raise ValueError(f"speculate={speculate}, ngram={ngram}: speculation needs greedy search (do_sample=False), "
-                         "a draft length >= 0 and an n-gram size >= 1")
-    repeats = check_rule(stop_repeats)
-    if repeats and speculate:
-        raise ValueError("stop_repeats is checked token by token: it cannot be combined with speculate")
-    score_rule = check_score_rule(stop_score_variance)
-    if score_rule and speculate:
-        raise ValueError("stop_score_variance is checked token by token: it cannot be combined with speculate")
+    repeats, score_rule = check_rule(stop_repeats), check_score_rule(stop_score_variance)
+    _check_speculation(speculate, ngram, gen, repeats, score_rule)
     threshold, window = score_rule or (None, None)
     plan = make_plan(with_options(gen, {"max_new_tokens": max(budgets), "max_length": None}), config, 1, False)
     start = special_ids(gen)[0]
@@ -203,6 +194,23 @@ def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[in
         while next_out in done:
             yield done.pop(next_out)
             next_out += 1
+
+
+def _check_speculation(speculate: int, ngram: int, gen, repeats, score_rule) -> None:
+    """A draft length and n-gram size that make sense, and none of the options a speculative step
+    cannot honour (it checks a draft of several tokens against greedy's choices at once)."""
+    if not speculate:
+        return
+    if speculate < 0 or ngram < 1:
+        raise ValueError(f"speculate={speculate}, ngram={ngram}: the draft length must be >= 0 and the n-gram "
+                         "size >= 1")
+    conflicts = {"do_sample=True": gen.do_sample and "drafts are checked against greedy search's tokens",
+                 "forced_eos_token_id": gen.forced_eos_token_id is not None and "a draft may cross its column",
+                 "stop_repeats": repeats and "it is checked token by token",
+                 "stop_score_variance": score_rule and "it is checked token by token"}
+    for option, why in conflicts.items():
+        if why:
+            raise ValueError(f"{option} cannot be combined with speculate: {why}")
 
 
 def _drafts_within(positions: int, speculate: int, steps: int, cur: int) -> int:

@@ -34,7 +34,7 @@ class Slot(NamedTuple):
     live: jax.Array      # [1] bool: no EOS yet (and an input is in the slot)
     logits: jax.Array    # [1,V] float32: the model's logits for column cur
     logprobs: jax.Array  # [1,G] float32: each generated token's log-prob after processing
-    top_scores: jax.Array  # [1,G] float32: each step's highest processed score (0 when speculating)
+    top_scores: jax.Array  # [1,G] float32: each generated token's step's highest processed score
     key: jax.Array       # [1] typed key: the input's row key (sampling)
     steps: jax.Array     # int32: decoder steps run for this input (fewer than its tokens when speculating)
     cache: DecoderCache  # the input's decoder cache: cross K/V [1,H,S,K], self K/V [1,H,T,K], mask, pos

@@ -37,10 +37,12 @@ def ngram_draft(tokens, cur, n: int, k: int):
 
 
 def _greedy(pr, knobs, logits, tokens, column):
-    """Greedy's token for ``column`` and its log-prob, from logits [1,V] and the buffer [1,L]."""
+    """Greedy's token for ``column``, its log-prob and the top processed score (``advance``'s
+    ``top_scores``), from logits [1,V] and the buffer [1,L]."""
     scores = process(pr, knobs, logits, tokens, column, jnp.zeros(1, jnp.int32))
     tok = jnp.argmax(scores, axis=-1)
-    return tok.astype(jnp.int32), jnp.take_along_axis(jax.nn.log_softmax(scores, -1), tok[:, None], -1)[:, 0]
+    lp = jnp.take_along_axis(jax.nn.log_softmax(scores, -1), tok[:, None], -1)[:, 0]
+    return tok.astype(jnp.int32), lp, jnp.max(scores, axis=-1)
 
 
 def advance_speculative(weights, s: Slot, knobs: Knobs, *, config, plan: Plan, dtype, n: int, k: int) -> Slot:
@@ -50,17 +52,18 @@ def advance_speculative(weights, s: Slot, knobs: Knobs, *, config, plan: Plan, d
     active = running(s)
     width = s.tokens.shape[1]
     wide = jnp.pad(s.tokens, ((0, 0), (0, k + 1)))  # room for k + 1 tokens at any column
-    first, first_lp = _greedy(pr, knobs, s.logits, s.tokens, s.cur)
+    first, first_lp, first_top = _greedy(pr, knobs, s.logits, s.tokens, s.cur)
     wide = jax.lax.dynamic_update_slice(wide, first[:, None], (0, s.cur))
     draft, usable = ngram_draft(wide[0], s.cur + 1, n, k)
     with_draft = jax.lax.dynamic_update_slice(wide, draft[None], (0, s.cur + 1))
     logits, cache, _ = cache_step(weights, s.cache, jnp.concatenate([first, draft])[None], config, None, dtype)
-    picks, lps = [first], [first_lp]
+    picks, lps, tops = [first], [first_lp], [first_top]
     for j in range(k):  # greedy's choice after the first token and j draft tokens
-        tok, lp = _greedy(pr, knobs, logits[:, j].astype(jnp.float32), with_draft, s.cur + 1 + j)
+        tok, lp, top = _greedy(pr, knobs, logits[:, j].astype(jnp.float32), with_draft, s.cur + 1 + j)
         picks.append(tok)
         lps.append(lp)
-    picks, lps = jnp.concatenate(picks), jnp.concatenate(lps)  # [k+1]
+        tops.append(top)
+    picks, lps, tops = jnp.concatenate(picks), jnp.concatenate(lps), jnp.concatenate(tops)  # [k+1]
     agree = (picks[1:] == draft) & (jnp.arange(k) < usable)
     accepted = jnp.sum(jnp.cumprod(agree.astype(jnp.int32)))
     # Emitted: picks[0..accepted]; cut at the first EOS and at the budget.
@@ -73,8 +76,10 @@ def advance_speculative(weights, s: Slot, knobs: Knobs, *, config, plan: Plan, d
     placed = jax.lax.dynamic_update_slice(wide, picks[None], (0, s.cur))[:, :width]
     gen_cols = jnp.arange(s.logprobs.shape[1])
     i = s.cur - pr.prompt_len
-    placed_lp = jax.lax.dynamic_update_slice(jnp.pad(s.logprobs, ((0, 0), (0, k + 1))), lps[None],
-                                             (0, i))[:, :s.logprobs.shape[1]]
+    placed_lp, placed_top = (jax.lax.dynamic_update_slice(jnp.pad(old, ((0, 0), (0, k + 1))), new[None],
+                                                          (0, i))[:, :old.shape[1]]
+                             for old, new in ((s.logprobs, lps), (s.top_scores, tops)))
+    emitted_cols = ((gen_cols >= i) & (gen_cols < i + emitted))[None]
     live = s.live & ~(jnp.any(is_eos & (jnp.arange(k + 1) < emitted)))
     cur = s.cur + emitted
     pos = s.cache.pos + emitted
@@ -84,6 +89,7 @@ def advance_speculative(weights, s: Slot, knobs: Knobs, *, config, plan: Plan, d
     nxt = jnp.take(logits[0], jnp.maximum(emitted - 1, 0), axis=0)[None].astype(jnp.float32)
     return s._replace(
         tokens=jnp.where(written[None], placed, s.tokens),
-        logprobs=jnp.where(((gen_cols >= i) & (gen_cols < i + emitted))[None], placed_lp, s.logprobs),
+        logprobs=jnp.where(emitted_cols, placed_lp, s.logprobs),
+        top_scores=jnp.where(emitted_cols, placed_top, s.top_scores),
         cur=cur, live=live, logits=jnp.where(active, nxt, s.logits), steps=s.steps + active.astype(jnp.int32),
         cache=new_cache)

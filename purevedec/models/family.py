@@ -118,6 +118,10 @@ class EncoderFamily:
     image_pipelines: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Other ``image_processor_type`` names -> the preprocessing ``captioning`` runs for them
     instead of ViT's ("donut": align, resize, thumbnail, pad; "nougat": crop the margins first)."""
+    page_defaults: Mapping[str, Mapping[str, bool]] = dataclasses.field(default_factory=dict)
+    """Per preprocessing pipeline, what ``purevedec read`` does unless told otherwise for a checkpoint
+    whose preprocessor names it: "markdown" (clean up generated Markdown as Nougat's processor does),
+    "stop_score_variance" (end a repetition loop as Nougat's reference does)."""
 
 
 @dataclass(frozen=True)

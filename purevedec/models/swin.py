@@ -392,7 +392,9 @@ def _family(config_class: type) -> EncoderFamily:
         ignored=(r"^encoder\.encoder\.layers\.\d+\.blocks\.\d+\.attention\.self\.relative_position_index$",),
         # SwinModel / DonutSwinModel ("embeddings.*") or an image classifier ("swin.*" plus a head we drop).
         standalone=(("classifier.", None), ("swin.", "encoder."), ("donut.", "encoder."), ("", "encoder.")),
-        image_pipelines={f"{n}{k}": n.lower() for n in ("Donut", "Nougat") for k in _PROCESSOR_KINDS})
+        image_pipelines={f"{n}{k}": n.lower() for n in ("Donut", "Nougat") for k in _PROCESSOR_KINDS},
+        # Nougat's checkpoints write Markdown pages: its processor's clean-up, its reference's stopping rule
+        page_defaults={"nougat": {"markdown": True, "stop_score_variance": True}})
 
 
 FAMILY = _family(SwinConfig)

@@ -83,6 +83,34 @@ def test_speculative_greedy_equals_greedy_and_accepts_drafts(model):
     assert sum(o.steps for o in outs) < sum(BUDGETS)  # some drafts were accepted
 
 
+def test_speculation_reports_greedys_top_scores(model):
+    """Each step's top processed score (what Nougat's stopping rule reads) is the same whether the
+    token came from a one-token step or from an accepted draft."""
+    params, _ = model
+    px = rand_pixels(5, seed=2)
+    kw = dict(budgets=BUDGETS, slots=2, steps_per_call=3, bucket_start=4, min_new_tokens=max(BUDGETS))
+    plain = generate_many(params, px, **kw)
+    drafted = generate_many(params, px, speculate=3, ngram=1, **kw)
+    assert sum(o.steps for o in drafted) < sum(BUDGETS)  # some tokens came from drafts
+    for p, d in zip(plain, drafted):
+        np.testing.assert_array_equal(d.sequence, p.sequence)
+        assert d.top_scores.shape == p.top_scores.shape == (len(p.sequence) - 1,)
+        np.testing.assert_allclose(d.top_scores, p.top_scores, atol=1e-4)
+
+
+@pytest.mark.parametrize("option, why", [
+    (dict(do_sample=True, keys=jax.random.split(jax.random.key(0), 2)), "do_sample=True cannot be combined"),
+    (dict(forced_eos_token_id=7), "forced_eos_token_id cannot be combined"),
+    (dict(stop_repeats=(2, 3)), "stop_repeats cannot be combined"),
+    (dict(stop_score_variance=True), "stop_score_variance cannot be combined"),
+])
+def test_what_speculation_cannot_do_is_refused_in_one_form(model, option, why):
+    params, _ = model
+    with pytest.raises(ValueError, match=f"^{why} with speculate: "):
+        generate_many(params, rand_pixels(2, seed=2), speculate=2, **option)
+    generate_many(params, rand_pixels(2, seed=2), budgets=[2, 2], **option)   # fine without speculation
+
+
 def test_speculation_near_the_last_position_stays_greedy(model):
     """Budgets up to the decoder's last position: the drafts of the final steps would reach past
     its position table (embedded as NaN, which reached the real token's attention); those steps

@@ -94,6 +94,27 @@ def test_a_task_prompt_and_bad_words_generate_as_transformers(checkpoint):
         assert tuple(row[first:first + len(c.token_ids)]) == c.token_ids
         assert all(t == 1 for t in row[first + len(c.token_ids):])
         assert c.text == cap.tokenizer.decode(row)
+        assert c.prompt_ids == tuple(row[:first])   # what generate's row began with, start token and prompt
+
+
+def test_the_prompt_reaches_generate_as_decoder_input_ids_alone(checkpoint, monkeypatch):
+    """Whether the start token goes before the prompt is generate's rule (transformers': a Donut
+    encoder's prompt is used as given, its first token the start), not the Captioner's: it passes
+    no decoder_start_token_id of its own, and the tokens stay transformers' (test above)."""
+    from purevedec.captioning import captioner
+    _, processor, path, _ = checkpoint
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs)
+        return real(*args, **kwargs)
+    real = captioner.generate
+    monkeypatch.setattr(captioner, "generate", recording)
+    cap = pv.Captioner.from_pretrained(path)
+    got = list(cap.captions([page(90, 70, 5)], prompt="t7 t9", max_new_tokens=3, num_beams=1))
+    assert [kw["decoder_input_ids"] for kw in seen] == [[[7, 9]]]
+    assert all("decoder_start_token_id" not in kw for kw in seen)
+    assert got[0][0].prompt_ids[-2:] == (7, 9)
 
 
 def test_caption_command_prompt_flag(checkpoint, tmp_path):

@@ -160,6 +160,38 @@ def test_nougat_markdown_is_on_by_default_and_equals_transformers(nougat, tmp_pa
     assert [r["text"] for r in records(out)] == want and want != [r["text"] for r in raw]
 
 
+# Pages a decoder caught in a loop ends as it runs out of tokens, and one that ended by itself
+LOOPING_PAGES = [
+    "We report the results in Table 1. The values hold for every sample we took. " * 7,
+    "# Methods\n\nWe measure $x_{1}$ twice.\n\n" + "\\begin{tabular}{l l} a & b \\\\ \\end{tabular} " * 12,
+    "Intro. " + "Then it loops: and so on and so forth, again and again. " * 6 + "Then it loops: and so",   # cut mid-copy
+    "A short page that ends by itself, as most do.",
+]
+
+
+def test_read_markdown_cuts_a_repetition_loop_as_transformers(nougat, monkeypatch):
+    """read's Markdown record of a page ending in a repetition loop is transformers' NougatProcessor
+    post-processing of its text: the repeated tail cut to one copy (and the rest of its clean-up)."""
+    from argparse import Namespace
+    from transformers import NougatProcessor
+    from transformers.models.nougat import tokenization_nougat
+    from purevedec.captioning import page_markdown, read_cli
+    from purevedec.captioning.captioner import Caption
+    from purevedec.captioning.inputs import Input
+    def no_word_list():
+        raise LookupError("words")   # as in the test above: the reference's word list, not installed
+    monkeypatch.setattr(tokenization_nougat, "nltk", types.SimpleNamespace(
+        corpus=types.SimpleNamespace(words=types.SimpleNamespace(words=no_word_list))), raising=False)
+    monkeypatch.setattr(page_markdown, "english_words", lambda: None)
+    processor = NougatProcessor.__new__(NougatProcessor)
+    processor.tokenizer = tokenization_nougat.NougatTokenizer.__new__(tokenization_nougat.NougatTokenizer)
+    args = Namespace(markdown=None, format="jsonl", json=False, prompt=None)
+    record = read_cli._record(args)(pv.Captioner.from_pretrained(nougat[1]), args)
+    got = [json.loads(record(Input("p.pdf", page=1), [Caption(t, 0.0, (), None)]))["text"] for t in LOOPING_PAGES]
+    assert got == processor.post_process_generation(LOOPING_PAGES)
+    assert [len(g) < len(t) // 2 for g, t in zip(got, LOOPING_PAGES)] == [True, True, True, False]
+
+
 def donut_recipe(tokenizer, row: list[int]) -> dict:
     """Donut's documented reading of a generated row: decode keeping special tokens, drop EOS and
     padding, drop the first tag (the task token), token2json with the tokenizer's added vocabulary."""
@@ -206,7 +238,7 @@ def test_donut_fields_of_crafted_outputs_equal_the_recipe(donut, prompt, generat
     prompt_ids, ids = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (prompt, generated))
     want = donut_recipe(tokenizer, [*prompt_ids, *ids])   # the row generate returns for a Donut encoder
     assert want != {"text_sequence": ""}
-    got = _fields_of(cap, prompt)(Caption("", 0.0, tuple(ids), None))
+    got = _fields_of(cap)(Caption("", 0.0, tuple(ids), None, tuple(prompt_ids)))
     assert json.dumps(got) == json.dumps(want)
 
 
@@ -238,13 +270,35 @@ def test_nougat_stopping_rule_is_on_by_default(nougat, tmp_path, rules_given, sl
     assert len(records(out)) == 2 and rules_given == [want]
 
 
-def test_stopping_rule_is_off_for_other_tokenizers_and_beams(nougat, donut, tmp_path, rules_given):
+@pytest.fixture(scope="module")
+def nougat_plain_tokenizer(tmp_path_factory):
+    """Nougat's image processor with a tokenizer saved under a generic class name."""
+    from transformers import NougatImageProcessor
+    return checkpoint_dir("swin_bart", tmp_path_factory.mktemp("nougat_plain"),
+                          NougatImageProcessor(size={"height": 40, "width": 56}), "PreTrainedTokenizerFast")
+
+
+def test_page_defaults_follow_the_checkpoint_preprocessor_not_the_tokenizer_class(nougat_plain_tokenizer, tmp_path,
+                                                                                    rules_given):
+    """The checkpoint declares Nougat's image processor, which the encoder family's record maps to
+    Nougat's page defaults (Markdown clean-up, its stopping rule), whatever its tokenizer is called."""
+    from purevedec.captioning import read_cli
+    _, path = nougat_plain_tokenizer
+    doc = pdf_file(tmp_path / "doc.pdf", 8, 1)
+    code, out, err = run_cli(["read", "--model", path, doc, "--format", "jsonl", *NEW])
+    assert code == 0, err
+    assert rules_given == [True]
+    cap = pv.Captioner.from_pretrained(path)
+    assert read_cli.page_defaults_of(cap) == {"markdown": True, "stop_score_variance": True}
+
+
+def test_stopping_rule_is_off_for_other_checkpoints_and_beams(nougat, donut, tmp_path, rules_given):
     doc = pdf_file(tmp_path / "doc.pdf", 9, 1)
     code, _, err = run_cli(["read", "--model", donut[1], doc, *NEW])
     assert code == 0, err
     code, _, err = run_cli(["read", "--model", nougat[1], doc, *NEW, "--num-beams", "2"])
     assert code == 0, err
-    assert rules_given == [None, None]   # Donut's checkpoint: not Nougat's tokenizer; beams
+    assert rules_given == [None, None]   # Donut's checkpoint: not Nougat's preprocessor; beams
     code, out, err = run_cli(["read", "--model", nougat[1], doc, "--stop-score-variance", *NEW, "--num-beams", "2"])
     assert code == 2 and out == "" and "--stop-score-variance ends pages one by one" in err
     with pytest.raises(ValueError, match="stop_repeats: .* needs slots"):
