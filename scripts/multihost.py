@@ -63,8 +63,9 @@ def launch(args, argv: list[str]) -> int:
     import tempfile
     import time
     coordinator = f"127.0.0.1:{free_port()}"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={args.devices_per_process}"}
+    # The caller's XLA_FLAGS (dumps, compiler settings) are kept; the device count, last, wins.
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={args.devices_per_process}"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags.strip()}
     logs = [tempfile.TemporaryFile("w+") for _ in range(args.num_processes)]
     children = [subprocess.Popen([sys.executable, __file__, *argv, "--process-id", str(i), "--coordinator",
                                   coordinator], env=env, stdout=subprocess.PIPE, stderr=log, text=True)

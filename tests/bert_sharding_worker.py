@@ -1,26 +1,23 @@
 """Run by test_bert_sharding in a subprocess with 8 simulated CPU devices: a tiny ViT + BERT and
-DeiT + RoBERTa sharded over data=2 x model=4, compared with one device. Prints one JSON line."""
+DeiT + RoBERTa, saved by the test as NAME=FOLDER arguments, sharded over data=2 x model=4 and
+compared with one device. Prints one JSON line. The test process builds the checkpoints (torch
+is already loaded there), so this process never imports torch or transformers."""
 
 import json
 import sys
-import tempfile
 
 import jax
 import numpy as np
 from jax.sharding import AxisType
 
 import purevedec as pv
-from bert_models import make_generation_reference
-from conftest import rand_pixels
 
 
-def facts(decoder: str, encoder: str) -> dict:
-    with tempfile.TemporaryDirectory() as d:
-        make_generation_reference(decoder, encoder).save_pretrained(d)
-        params, config = pv.load(d)
+def facts(folder: str) -> dict:
+    params, config = pv.load(folder)
     mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
     sharded = pv.shard_params(params, mesh)
-    px = rand_pixels(4, seed=3)
+    px = np.random.RandomState(3).randn(4, 3, 16, 16).astype(np.float32)  # conftest's rand_pixels(4, seed=3)
     ids = np.random.RandomState(4).randint(4, 60, (4, 6)).astype(np.int32)
     one = np.asarray(pv.forward(params, px, ids))
     many = pv.forward(sharded, pv.shard_batch(px, mesh), pv.shard_batch(ids, mesh))
@@ -34,5 +31,4 @@ def facts(decoder: str, encoder: str) -> dict:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, "tests")
-    print(json.dumps({f"{d}+{e}": facts(d, e) for d, e in (("bert", "vit"), ("roberta", "deit"))}))
+    print(json.dumps({name: facts(folder) for name, folder in (a.split("=", 1) for a in sys.argv[1:])}))

@@ -9,6 +9,7 @@ prints them as one JSON line; the test asserts on them.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -32,8 +33,10 @@ _COLLECTIVE = re.compile(r"=\s*(.+?)\s+(all-gather|all-reduce|all-to-all|collect
                          r"(?:-start)?\(")
 
 
+@functools.cache
 def tiny_params():
-    """Random params scaled so that logits are decisive (no near-ties to flip between programs)."""
+    """Random params scaled so that logits are decisive (no near-ties to flip between programs);
+    made once per process and shared by the cases (jax arrays are immutable, nothing donates)."""
     config = pv.Config(encoder=pv.ViTConfig(**ENCODER), decoder=pv.GPT2Config(**DECODER), decoder_start_token_id=0,
                        pad_token_id=1, eos_token_id=2)
     params = pv.init_params(config, jax.random.key(0))
@@ -282,7 +285,14 @@ def cli(model: str, data: str, out_dir: str) -> dict:
     return facts
 
 
-CASES = {"data_parallel": data_parallel, "tensor_parallel": tensor_parallel, "train": train, "cli": cli}
+def every_case(model: str, data: str, out_dir: str) -> dict:
+    """All four cases in this one process (the CLI's last: it installs signal handlers)."""
+    return {"data_parallel": data_parallel(), "tensor_parallel": tensor_parallel(), "train": train(),
+            "cli": cli(model, data, out_dir)}
+
+
+CASES = {"data_parallel": data_parallel, "tensor_parallel": tensor_parallel, "train": train, "cli": cli,
+         "all": every_case}
 
 if __name__ == "__main__":
     assert jax.device_count() == 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"

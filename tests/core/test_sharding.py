@@ -1,6 +1,6 @@
-"""Sharded runs on 8 simulated CPU devices. Each case runs tests/sharding_worker.py in a
-subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=8 set in that subprocess's
-environment only, and asserts on the facts it reports."""
+"""Sharded runs on 8 simulated CPU devices. One subprocess runs every case of
+tests/sharding_worker.py, with XLA_FLAGS=--xla_force_host_platform_device_count=8 set in its
+environment only, and the tests assert on the facts it reports."""
 
 from __future__ import annotations
 
@@ -27,8 +27,24 @@ def run_worker(case: str, *args: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def data_parallel():
-    return run_worker("data_parallel")
+def worker(tmp_path_factory):
+    """Every case's facts from one 8-device subprocess: one JAX start instead of four, and the
+    programs the cases share (the tiny model's init, one device's references, the resharding
+    of the same weights onto the same meshes) compile once. The `cli` case runs `purevedec
+    caption` / `train` with and without --mesh on a tiny captioning checkpoint and a folder of 8
+    captioned images."""
+    from models import make_reference, save_captioning_checkpoint
+    from cli_util import caption_folder
+    root = tmp_path_factory.mktemp("mesh_cli")
+    model = make_reference(dec_kw={"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0,
+                                   "tie_word_embeddings": False}, init_scale=3.0, seed=1)
+    ckpt = save_captioning_checkpoint(model, root / "ckpt")
+    return run_worker("all", ckpt, caption_folder(root / "data"), str(root / "runs"))
+
+
+@pytest.fixture(scope="module")
+def data_parallel(worker):
+    return worker["data_parallel"]
 
 
 def assert_no_activation_traffic(collectives):
@@ -103,8 +119,8 @@ REPLICATED_EXAMPLES = ("encoder.patch.w", "encoder.pos", "encoder.blocks.0.ln1.s
 
 
 @pytest.fixture(scope="module")
-def tensor_parallel():
-    return run_worker("tensor_parallel")
+def tensor_parallel(worker):
+    return worker["tensor_parallel"]
 
 
 def _trim(axes):
@@ -184,8 +200,8 @@ def test_undivided_dimension_stays_replicated_with_a_warning():
 # ---- the sharded train step ----
 
 @pytest.fixture(scope="module")
-def train():
-    return run_worker("train")
+def train(worker):
+    return worker["train"]
 
 
 @pytest.mark.parametrize("mesh", list(MESH_SIZES) + ["data4_model2_fsdp"])
@@ -233,16 +249,9 @@ def test_fsdp_train_program_gathers_weights_not_activations(train):
 # ---- --mesh on the command line ----
 
 @pytest.fixture(scope="module")
-def cli_runs(tmp_path_factory):
-    """`purevedec caption` / `train` with and without --mesh, in one 8-device subprocess, on a
-    tiny captioning checkpoint and a folder of 8 captioned images."""
-    from models import make_reference, save_captioning_checkpoint
-    from cli_util import caption_folder
-    root = tmp_path_factory.mktemp("mesh_cli")
-    model = make_reference(dec_kw={"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0,
-                                   "tie_word_embeddings": False}, init_scale=3.0, seed=1)
-    ckpt = save_captioning_checkpoint(model, root / "ckpt")
-    return run_worker("cli", ckpt, caption_folder(root / "data"), str(root / "runs"))
+def cli_runs(worker):
+    """`purevedec caption` / `train` with and without --mesh, in the 8-device subprocess."""
+    return worker["cli"]
 
 
 @pytest.mark.parametrize("mesh", ["data=2,model=4", "data=8"])
