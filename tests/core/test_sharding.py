@@ -5,21 +5,20 @@ environment only, and the tests assert on the facts it reports."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from simulated_devices import simulated_devices_env
+
 ROOT = Path(__file__).resolve().parents[2]
 MOVES_ACTIVATIONS = ("all-gather", "all-to-all", "collective-permute", "reduce-scatter")
 
 
 def run_worker(case: str, *args: str) -> dict:
-    # LLVM's optimisation level 0: the worker compiles dozens of tiny programs (-22% of its time)
-    flags = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
-    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+    env = simulated_devices_env(8)   # and the suite's compile settings (tests/conftest.py)
     done = subprocess.run([sys.executable, "-m", "tests.sharding_worker", case, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-4000:]

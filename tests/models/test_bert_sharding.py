@@ -2,12 +2,12 @@
 vocabulary rows and MLP width split over "model", logits within 1e-4, beam-search tokens identical."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from bert_models import make_generation_reference
+from simulated_devices import simulated_devices_env
 
 TESTS = Path(__file__).resolve().parents[1]
 PAIRS = (("bert", "vit"), ("roberta", "deit"))
@@ -22,10 +22,7 @@ def test_sharded_bert_and_roberta_equal_one_device(tmp_path):
         folders.append(f"{decoder}+{encoder}={tmp_path / f'{decoder}+{encoder}'}")
     # PYTHONPATH is inherited (the worker needs nothing from tests/): the purevedec under test
     # is the one this process imported.
-    # LLVM's optimisation level 0, as test_sharding's worker: its 31 tiny programs compiled in
-    # 8-10% less time (same results: the level changes code generation, not what is computed).
-    flags = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
-    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+    env = simulated_devices_env(8)   # and the suite's compile settings (tests/conftest.py)
     done = subprocess.run([sys.executable, str(TESTS / "bert_sharding_worker.py"), *folders], cwd=TESTS.parent,
                           env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-4000:]
