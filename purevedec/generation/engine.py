@@ -71,10 +71,13 @@ def _insert(weights, slots, index, enc, prompt, end, key, *, config, plan, colum
 
 
 @partial(jax.jit, static_argnames=("config", "plan", "dtype", "steps", "speculate", "ngram", "repeats",
-                                   "score_threshold"), donate_argnames=("slots",))
-def _advance(weights, slots, knobs, *, config, plan, dtype, steps, speculate, ngram, repeats, score_threshold):
+                                   "score_stop"), donate_argnames=("slots",))
+def _advance(weights, slots, knobs, score_threshold, *, config, plan, dtype, steps, speculate, ngram, repeats,
+             score_stop):
+    """``score_threshold`` is traced (one program for every threshold); ``score_stop`` says whether
+    the rule is on."""
     step = (partial(advance_speculative, n=ngram, k=speculate) if speculate
-            else partial(advance, repeats=repeats, score_threshold=score_threshold))
+            else partial(advance, repeats=repeats, score_threshold=score_threshold if score_stop else None))
     return advance_all(weights, slots, knobs, steps, config=config, plan=plan, dtype=dtype, step=step)
 
 
@@ -149,6 +152,7 @@ def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[in
     repeats, score_rule = check_rule(stop_repeats), check_score_rule(stop_score_variance)
     _check_speculation(speculate, ngram, gen, repeats, score_rule)
     threshold, window = score_rule or (None, None)
+    score_threshold = jnp.float32(0.0 if threshold is None else threshold)
     plan = make_plan(with_options(gen, {"max_new_tokens": max(budgets), "max_length": None}), config, 1, False)
     start = special_ids(gen)[0]
     knobs = Knobs(*(jnp.asarray(getattr(gen, k), jnp.float32) for k in Knobs._fields))
@@ -182,15 +186,17 @@ def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[in
         while columns < need:
             columns = sizes[sizes.index(columns) + 1]
             pool = _grow(pool, columns=columns)
-        pool = _advance(weights, pool, knobs, steps=steps_per_call, speculate=drafts, ngram=ngram,
-                        repeats=repeats, score_threshold=threshold, **statics)
+        pool = _advance(weights, pool, knobs, score_threshold, steps=steps_per_call, speculate=drafts, ngram=ngram,
+                        repeats=repeats, score_stop=threshold is not None, **statics)
         cur, live = (np.array(a) for a in _status(pool))
-        for j in range(slots):
-            if owner[j] is not None and not live[j]:
-                seq, lp, top, steps = jax.device_get((pool.tokens[j, 0, :cur[j]], pool.logprobs[j, 0, :cur[j] - 1],
-                                                      pool.top_scores[j, 0, :cur[j] - 1], pool.steps[j]))
-                done[owner[j]] = Decoded(owner[j], seq, lp, int(steps), top)
-                owner[j] = None
+        ended = [j for j in range(slots) if owner[j] is not None and not live[j]]
+        if ended:  # one transfer, sliced on the host: slicing on the device compiled a program per length
+            tokens, logprobs, tops, steps = (np.array(a) for a in jax.device_get(
+                (pool.tokens, pool.logprobs, pool.top_scores, pool.steps)))
+        for j in ended:
+            done[owner[j]] = Decoded(owner[j], tokens[j, 0, :cur[j]], logprobs[j, 0, :cur[j] - 1], int(steps[j]),
+                                     tops[j, 0, :cur[j] - 1])
+            owner[j] = None
         while next_out in done:
             yield done.pop(next_out)
             next_out += 1

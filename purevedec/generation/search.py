@@ -168,8 +168,12 @@ def prepare(params, pixels, config=None, *, key=None, generation_config=None, de
         raise ValueError("do_sample=True draws random numbers: pass key=jax.random.key(seed)")
     check_ids(prompt, config, "decoder_input_ids")  # the start token was checked by make_plan
     knobs = Knobs(*(jnp.asarray(traced.get(k, getattr(gen, k)), jnp.float32) for k in Knobs._fields))
-    rep = lambda a: jnp.repeat(jnp.asarray(a, jnp.int32), plan.rows_per_image, axis=0)  # noqa: E731 (image-major)
-    ignore = jnp.zeros(prompt.shape[0], jnp.int32) if mask is None else jnp.argmax(jnp.asarray(mask) != 0, axis=1)
+    # A concrete prompt is laid out with numpy: as jax operations, each new batch or prompt shape
+    # compiled a handful of one-operation programs.
+    xp = jnp if _is_tracer(prompt) or _is_tracer(mask) else np
+    rep = lambda a: xp.repeat(xp.asarray(a, xp.int32), plan.rows_per_image, axis=0)  # noqa: E731 (image-major)
+    ignore = (xp.zeros(prompt.shape[0], xp.int32) if mask is None
+              else xp.argmax(xp.asarray(mask) != 0, axis=1).astype(xp.int32))
     key = batch_key(key, pixels.shape[0]) if key is not None else jax.random.key(0)
     arrays = (weights, pixels, rep(prompt), None if mask is None else rep(mask), rep(ignore), key, knobs)
     statics = dict(config=config, plan=plan, dtype=compute_dtype(dtype),
@@ -214,7 +218,7 @@ def generate(params, pixels, config: Config | None = None, *, key=None,
 
 def trimmed(out: GenerationResult) -> GenerateOutput:
     """Fixed-shape buffers -> numpy arrays trimmed to the longest row, as transformers returns them."""
-    n = int(jnp.max(out.lengths))
+    n = int(np.max(np.asarray(out.lengths)))
     gen_n = n - (out.sequences.shape[1] - out.token_logprobs.shape[1])
     return GenerateOutput(np.asarray(out.sequences)[:, :n], np.asarray(out.scores),
                           np.asarray(out.token_logprobs)[:, :gen_n],

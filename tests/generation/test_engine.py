@@ -9,7 +9,7 @@ import pytest
 
 import purevedec as pv
 from purevedec.generation.engine import generate_many, stream
-from purevedec.generation.speculative import ngram_draft
+from purevedec.generation.speculative import ngram_draft as ngram_draft_op
 from conftest import make_reference, rand_pixels, save_reference
 from ocr_models import make_ocr_reference
 
@@ -22,8 +22,11 @@ def model(request, tmp_path_factory):
     path = tmp_path_factory.mktemp(request.param)
     ref = make_reference(init_scale=3.0, seed=3) if request.param == "gpt2" else make_ocr_reference(seed=5, scale=0.6)
     params, _ = pv.load(save_reference(ref, path))
-    greedy = pv.generate(params, rand_pixels(5, seed=2), max_new_tokens=10, min_new_tokens=10).sequences
-    return params, int(greedy[1, 8])
+    # Input 1 alone, EOS banned: the speculative and repetition tests' reference for it (one
+    # program for both), whose column 8 is the same as a batch's row 1 (per-row positions).
+    greedy = pv.generate(params, rand_pixels(5, seed=2)[1:2], max_new_tokens=BUDGETS[1],
+                         min_new_tokens=max(BUDGETS)).sequences
+    return params, int(greedy[0, 8])
 
 
 @pytest.mark.parametrize("mode", ["greedy", "sample"])
@@ -59,6 +62,8 @@ def test_stream_yields_in_input_order_and_checks_arguments(model):
 
 
 def test_ngram_draft_takes_what_followed_the_latest_occurrence():
+    # jitted, as the engine runs it (run eagerly, each of its operations compiled a program)
+    ngram_draft = jax.jit(ngram_draft_op, static_argnums=(2, 3))
     tokens = np.array([0, 5, 6, 7, 8, 5, 6, 9, 4, 5, 6, 0, 0, 0])
     draft, usable = ngram_draft(tokens, 11, 2, 3)  # last two tokens (5, 6) last seen at column 5
     assert draft.tolist()[:2] == [9, 4] and int(usable) == 3 and draft.tolist()[2] == 5

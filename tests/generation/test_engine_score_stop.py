@@ -59,7 +59,9 @@ def test_generate_ends_each_row_where_the_engine_ends_its_input(params, mode):
     keys = jax.random.split(jax.random.key(4), 5)
     kw = dict(min_new_tokens=BUDGET, stop_score_variance=(1e-5, WINDOW),
               **(dict(do_sample=True, temperature=0.7) if mode == "sample" else {}))
-    engine = generate_many(params, px, budgets=[BUDGET] * 5, slots=2, keys=keys, **kw)
+    # test_each_input_ends_where_the_host_rule_ends_it's call at 1e-5: the same programs
+    engine = generate_many(params, px, budgets=[BUDGET] * 5, slots=2, steps_per_call=5, bucket_start=8, keys=keys,
+                           **kw)
     batched = pv.generate(params, px, max_new_tokens=BUDGET, key=keys, **kw)
     ends = []
     for row, o in zip(batched.sequences, engine):

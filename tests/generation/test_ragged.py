@@ -154,31 +154,33 @@ def test_shifted_positions_equal_transformers_batched_left_padding(ckpt, mode):
 
 @pytest.mark.parametrize("ckpt", ["gpt2"], indirect=True)
 def test_list_rows_without_start_token_each_get_it(ckpt):
-    """A pad id equal to the start id must not pass for a row's start token after padding."""
+    """A pad id equal to the start id must not pass for a row's start token after padding.
+    Six rows of up to 6 tokens: test_each_row_continues_as_its_prompt_alone[greedy]'s program."""
     model, params, config, gen = ckpt
     start = gen.decoder_start_token_id
-    prompts = [[5, 6, 7], [start, 9], [11]]
-    px = rand_pixels(3, seed=7)
+    prompts = [[5, 6, 7], [start, 9], [11], [13, 14, 15, 16, 17], [start], [20, 21]]
+    px = rand_pixels(len(prompts), seed=7)
     ours = pv.generate(params, px, config, decoder_input_ids=prompts, max_new_tokens=NEW).sequences
-    for i, p in enumerate(prompts):
-        full = p if p[0] == start else [start] + p
+    fulls = [p if p[0] == start else [start] + p for p in prompts]
+    width = max(map(len, fulls))
+    for i, full in enumerate(fulls):
         alone = _hf_generate(model, px[i:i + 1], np.array([full]))[0]
-        np.testing.assert_array_equal(ours[i, 4 - len(full):4], full)
-        np.testing.assert_array_equal(_continuation(ours[i], 4, gen.pad_token_id),
+        np.testing.assert_array_equal(ours[i, width - len(full):width], full)
+        np.testing.assert_array_equal(_continuation(ours[i], width, gen.pad_token_id),
                                       _continuation(alone, len(full), gen.pad_token_id))
 
 
 @pytest.mark.parametrize("ckpt", ["gpt2"], indirect=True)
 def test_bad_positions_and_keys_are_refused(ckpt):
     _, params, config, _ = ckpt
-    px = rand_pixels(2)
+    px = rand_pixels(6, seed=3)  # test_step_with_left_padded_mask_gives_each_row_its_alone_logits's cache
     with pytest.raises(ValueError, match="positions='absolute' must be one of"):
         pv.generate(params, px, config, positions="absolute", max_new_tokens=2)
-    cache = pv.init_cache(params, pv.encode(params, px, config), config, 4)
+    cache = pv.init_cache(params, pv.encode(params, px, config), config, 9)
     with pytest.raises(ValueError, match="positions"):
-        pv.step(params, cache, np.zeros((2, 1), np.int32), config, positions=None)
+        pv.step(params, cache, np.zeros((6, 1), np.int32), config, positions=None)
     with pytest.raises(ValueError, match="one per image"):
         pv.generate(params, px, config, do_sample=True, max_new_tokens=2,
-                    key=jax.random.split(jax.random.key(0), 3))
+                    key=jax.random.split(jax.random.key(0), 7))
     with pytest.raises(ValueError, match="key must be"):
         pv.generate(params, px, config, do_sample=True, max_new_tokens=2, key=np.zeros(3, np.float32))
