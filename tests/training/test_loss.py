@@ -191,9 +191,14 @@ def test_no_key_is_evaluation_and_equals_forward(ref):
     assert abs(float(pv.loss(params, pixels, labels).loss) - want) <= 1e-5
 
 
+@jax.jit  # one program: eagerly, each operation of the token losses compiled on its own
+def _mean_token_loss(logits, labels):
+    return summarize(*token_losses(logits, labels)).loss
+
+
 def _loss_from_forward(params, pixels, labels, key):
     logits = pv.forward(params, pixels, pv.shift_right(labels, params), key=key)
-    return float(summarize(*token_losses(logits, jnp.asarray(labels))).loss)
+    return float(_mean_token_loss(logits, jnp.asarray(labels)))
 
 
 def test_dropout_follows_the_key(ref):
