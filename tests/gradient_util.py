@@ -11,7 +11,9 @@ from purevedec.checkpoints.writer import hf_tensors
 
 
 def flat_grads(params, pixels, labels, **kw):
-    grads = jax.grad(lambda p: pv.loss(p, pixels, labels, **kw).loss)(params)
+    # jitted: one program, where the eager gradient of the jitted loss compiled its forward and
+    # backward halves apart, and the glue between them op by op
+    grads = jax.jit(jax.grad(lambda p: pv.loss(p, pixels, labels, **kw).loss))(params)
     return dict(hf_tensors(grads, params["config"]))
 
 

@@ -12,6 +12,9 @@ from conftest import make_reference, maxdiff, rand_ids, rand_pixels, save_refere
 from models import CASES, SEEDS
 
 TOL = 1e-4
+# One batch and length for every case's plain forward (and encode, decode): the shapes are
+# arbitrary, and each distinct one compiled the case's model again.
+B, T = 2, 7
 
 @pytest.fixture(scope="module", params=sorted(CASES))
 def case(request, tmp_path_factory):
@@ -29,10 +32,10 @@ def _pixels_for(config, b, seed=0):
 
 def test_logits_hidden_states_and_attentions_match(case):
     model, params, config = case
-    px, ids = _pixels_for(config, 2), rand_ids(2, 7, config.decoder.vocab_size)
+    px, ids = _pixels_for(config, B), rand_ids(B, T, config.decoder.vocab_size)
     ref = torch_forward(model, px, ids, output_hidden_states=True, output_attentions=True)
     out = pv.forward(params, px, ids, config, output_hidden_states=True, output_attentions=True)
-    assert out.logits.dtype == jnp.float32 and out.logits.shape == (2, 7, config.decoder.vocab_size)
+    assert out.logits.dtype == jnp.float32 and out.logits.shape == (B, T, config.decoder.vocab_size)
     assert maxdiff(out.logits, ref.logits) <= TOL
     assert maxdiff(out.encoder_last_hidden_state, ref.encoder_last_hidden_state) <= TOL
     for name in ("encoder_hidden_states", "encoder_attentions", "decoder_hidden_states",
@@ -46,7 +49,7 @@ def test_logits_hidden_states_and_attentions_match(case):
 
 def test_plain_forward_returns_logits_only(case):
     model, params, config = case
-    px, ids = _pixels_for(config, 1), rand_ids(1, 3, config.decoder.vocab_size)
+    px, ids = _pixels_for(config, B), rand_ids(B, T, config.decoder.vocab_size)
     logits = pv.forward(params, px, ids, config)
     assert isinstance(logits, jax.Array)
     assert maxdiff(logits, torch_forward(model, px, ids).logits) <= TOL
@@ -54,9 +57,9 @@ def test_plain_forward_returns_logits_only(case):
 
 def test_encode_then_decode_equals_forward(case):
     _, params, config = case
-    px, ids = _pixels_for(config, 2), rand_ids(2, 5, config.decoder.vocab_size)
+    px, ids = _pixels_for(config, B), rand_ids(B, T, config.decoder.vocab_size)
     enc = pv.encode(params, px, config)
-    assert enc.shape == (2, 1 + config.encoder.num_patches, config.decoder.n_embd)
+    assert enc.shape == (B, 1 + config.encoder.num_patches, config.decoder.n_embd)
     np.testing.assert_allclose(pv.decode(params, ids, enc, config), pv.forward(params, px, ids, config),
                                atol=1e-5)
 
@@ -66,7 +69,7 @@ def test_cached_steps_and_generation_match(case):
     greedy generation gives transformers' tokens."""
     import torch
     model, params, config = case
-    px, ids = _pixels_for(config, 2, seed=3), rand_ids(2, 7, config.decoder.vocab_size, seed=4)
+    px, ids = _pixels_for(config, B, seed=3), rand_ids(B, T, config.decoder.vocab_size, seed=4)
     full = np.asarray(pv.forward(params, px, ids))
     cache = pv.init_cache(params, pv.encode(params, px), max_len=9)
     logits, cache = pv.step(params, cache, ids[:, :3])
@@ -161,7 +164,7 @@ def test_one_query_row_attention(dtype):
     rng = np.random.RandomState(1)
     q, k, v = (jnp.asarray(rng.randn(*shape), dtype) for shape in ((2, 3, 1, 8), (2, 3, 5, 8), (2, 3, 5, 8)))
     mask = jnp.asarray(rng.rand(2, 1, 1, 5) > 0.3).at[..., 0].set(True)
-    out, weights = attention(q, k, v, mask, 0.5)
+    out, weights = jax.jit(attention, static_argnums=4)(q, k, v, mask, 0.5)  # eagerly: a compile per operation
     s = np.einsum("bhtk,bhuk->bhtu", *(np.asarray(a, np.float64) for a in (q, k))) * 0.5
     s = np.where(np.asarray(mask), s, -np.inf)
     w = np.exp(s - s.max(-1, keepdims=True))
@@ -183,10 +186,10 @@ def test_low_precision_products_accumulate_in_float32(lead):
     w = jnp.asarray(rng.randn(40, 96), jnp.bfloat16)
     b = jnp.asarray(rng.randn(40), jnp.bfloat16)
     want = np.asarray(x, np.float64) @ np.asarray(w, np.float64).T
-    got = rows_product(x, w)
+    got = jax.jit(rows_product)(x, w)  # jitted: eagerly, each operation compiled per shape
     assert got.shape == (*lead, 40) and got.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-4)
-    y = dense({"w": w, "b": b}, x, jnp.bfloat16)
+    y = jax.jit(dense, static_argnums=2)({"w": w, "b": b}, x, jnp.bfloat16)
     assert y.dtype == jnp.bfloat16 and y.shape == (*lead, 40)
     np.testing.assert_allclose(np.asarray(y, np.float64), want + np.asarray(b, np.float64), rtol=2 ** -7, atol=1e-3)
 
@@ -207,7 +210,7 @@ def test_encode_with_dropout_key_returns_states(tiny):
 def test_dropout_needs_a_key_and_is_reproducible(tiny):
     model, path = tiny
     params, config = pv.load(path)
-    px, ids = rand_pixels(2), rand_ids(2, 6)
+    px, ids = rand_pixels(3), rand_ids(3, 6)  # the padded-rows test's shapes: its programs serve here too
     base = pv.forward(params, px, ids, config)
     k = jax.random.key(0)
     a, b = pv.forward(params, px, ids, config, key=k), pv.forward(params, px, ids, config, key=k)
@@ -236,7 +239,7 @@ def test_jit_compiles_once_per_shape(tiny):
     _, path = tiny
     params, config = pv.load(path)
     from purevedec import model as m
-    pv.forward(params, rand_pixels(2), rand_ids(2, 4), config)
+    pv.forward(params, rand_pixels(3), rand_ids(3, 6), config)
     before = m._forward_jit._cache_size()
-    pv.forward(params, rand_pixels(2, seed=5), rand_ids(2, 4, seed=6), config)
+    pv.forward(params, rand_pixels(3, seed=5), rand_ids(3, 6, seed=6), config)
     assert m._forward_jit._cache_size() == before

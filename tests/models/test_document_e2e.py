@@ -36,6 +36,11 @@ def pixels(config, n=3, seed=9):
     return rand_pixels(n, 3, *config.encoder.image_size, seed=seed)
 
 
+# Every plain forward runs on [2 images, 6 tokens]: the shapes are arbitrary, and each other one
+# compiled the pair's Swin encoder again.
+B, T = 2, 6
+
+
 def test_config_and_params(pair):
     name, model, params, config = pair
     assert config.encoder.model_type == model.config.encoder.model_type
@@ -47,7 +52,7 @@ def test_config_and_params(pair):
 
 def test_forward_logits_match(pair):
     _, model, params, config = pair
-    px, ids = pixels(config, 2), rand_ids(2, 6, config.decoder.vocab_size, seed=3)
+    px, ids = pixels(config, B), rand_ids(B, T, config.decoder.vocab_size, seed=3)
     with torch.no_grad():
         ref = model(pixel_values=torch.tensor(px), decoder_input_ids=torch.tensor(ids, dtype=torch.long)).logits
     assert maxdiff(pv.forward(params, px, ids), ref) <= 1e-4
@@ -84,8 +89,9 @@ def test_a_prompt_without_the_start_token_is_used_as_transformers_uses_it(pair):
 def test_sampling_top_k_1_is_greedy_and_a_key_is_reproducible(pair):
     _, _, params, config = pair
     px = pixels(config)
-    greedy = pv.generate(params, px, max_new_tokens=8).sequences
-    top1 = pv.generate(params, px, max_new_tokens=8, do_sample=True, top_k=1, key=jax.random.PRNGKey(0)).sequences
+    # GEN_CASES["greedy"]'s length: the greedy program compiled there serves here
+    greedy = pv.generate(params, px, max_new_tokens=12).sequences
+    top1 = pv.generate(params, px, max_new_tokens=12, do_sample=True, top_k=1, key=jax.random.PRNGKey(0)).sequences
     np.testing.assert_array_equal(top1, greedy)
     a, b = (pv.generate(params, px, max_new_tokens=8, do_sample=True, temperature=1.5,
                         key=jax.random.PRNGKey(3)).sequences for _ in range(2))
@@ -94,7 +100,7 @@ def test_sampling_top_k_1_is_greedy_and_a_key_is_reproducible(pair):
 
 def test_cached_steps_equal_forward(pair):
     _, _, params, config = pair
-    px, ids = pixels(config, 1), rand_ids(1, 6, config.decoder.vocab_size, seed=4)
+    px, ids = pixels(config, B), rand_ids(B, T, config.decoder.vocab_size, seed=4)
     full = pv.forward(params, px, ids)
     cache = pv.init_cache(params, pv.encode(params, px), max_len=8)
     first, cache = pv.step(params, cache, ids[:, :4])
@@ -109,7 +115,7 @@ def test_save_loads_in_transformers(pair, tmp_path):
     want = {k: v.numpy() for k, v in model.state_dict().items() if not k.endswith("relative_position_index")}
     for k, v in want.items():
         np.testing.assert_array_equal(reloaded.state_dict()[k].numpy(), v, err_msg=k)
-    px, ids = pixels(config, 1), rand_ids(1, 5, config.decoder.vocab_size, seed=5)
+    px, ids = pixels(config, B), rand_ids(B, T, config.decoder.vocab_size, seed=5)
     with torch.no_grad():
         ref = reloaded(pixel_values=torch.tensor(px), decoder_input_ids=torch.tensor(ids, dtype=torch.long)).logits
     assert maxdiff(pv.forward(params, px, ids), ref) <= 1e-4
