@@ -9,6 +9,7 @@ import gc
 import ipaddress
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -62,6 +63,12 @@ if EMITTERS_CHECKED not in os.environ:   # the first process decides; workers an
     os.environ[EMITTERS_CHECKED] = "1"
     if FAST_EMITTERS not in os.environ.get("XLA_FLAGS", "") and _xla_accepts(FAST_EMITTERS):
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_EMITTERS}".strip()
+
+# A shell without job control starts a background command with SIGINT ignored, and every child
+# inherits that: the Ctrl-C tests' processes would never see their signal (their jobs ran to the
+# end). The suite's processes take Python's own handler back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import numpy as np
 import pytest
