@@ -43,6 +43,22 @@ def test_each_input_ends_where_the_host_rule_ends_it(params, threshold, mode):
     assert min(ends) < BUDGET and len(set(ends)) > 1   # inputs cut, at different steps
 
 
+def test_every_threshold_runs_the_same_compiled_step(params):
+    """The threshold is an argument of the engine's step program, not a constant compiled into it:
+    a Nougat user trying thresholds compiles the step once."""
+    from purevedec.generation import engine
+    px = rand_pixels(5, seed=2)
+    kw = dict(budgets=[BUDGET] * 5, slots=2, steps_per_call=5, bucket_start=8, min_new_tokens=BUDGET,
+              keys=jax.random.split(jax.random.key(4), 5))   # the greedy case above: its programs
+    # first a threshold no input reaches: the slots grow through every cache size they can need
+    full = generate_many(params, px, stop_score_variance=(1e-30, WINDOW), **kw)
+    assert [len(d.sequence) for d in full] == [1 + BUDGET] * 5
+    programs = engine._advance._cache_size()
+    for threshold in (1e-5, 5e-8, 2e-3):   # inputs cut at other steps, by other thresholds
+        generate_many(params, px, stop_score_variance=(threshold, WINDOW), **kw)
+    assert engine._advance._cache_size() == programs > 0
+
+
 def test_the_rule_refuses_bad_options(params):
     px = rand_pixels(1, seed=2)
     for rule in [(0.1, 1), (0, 8), "yes"]:
