@@ -140,10 +140,15 @@ def checkpoint(tmp_path_factory):
     return model, str(path)
 
 
-def _run_block(name: str, checkpoint_dir: str, cwd) -> tuple[dict, str]:
+def _block_code(name: str, checkpoint_dir: str) -> str:
+    """The README block ``name`` with its Hub id replaced by a local checkpoint folder."""
     code = readme_blocks()[name]
     assert HUB_ID in code, f"README block {name} no longer loads {HUB_ID}"
-    code = code.replace(f'"{HUB_ID}"', repr(checkpoint_dir))
+    return code.replace(f'"{HUB_ID}"', repr(checkpoint_dir))
+
+
+def _run_block(name: str, checkpoint_dir: str, cwd) -> tuple[dict, str]:
+    code = _block_code(name, checkpoint_dir)
     namespace, out, here = {"__name__": "__readme__"}, io.StringIO(), os.getcwd()
     os.chdir(cwd)
     try:
@@ -168,12 +173,12 @@ def test_readme_quick_start_captions_as_transformers(checkpoint, tmp_path, shipp
     from transformers import AutoImageProcessor, AutoTokenizer
     model, path = checkpoint
     rs = np.random.RandomState(3)
-    code = readme_blocks()["quickstart"]
+    code = _block_code("quickstart", path)
     names = re.findall(r'"(\w+\.(?:jpg|png))"', code)
-    assert len(names) >= 1 and HUB_ID in code
+    assert len(names) >= 1
     for i, name in enumerate(names):
         Image.fromarray(rs.randint(0, 256, (20 + i, 30, 3), np.uint8)).convert("RGB").save(tmp_path / name)
-    (tmp_path / "quickstart.py").write_text(code.replace(f'"{HUB_ID}"', repr(path)))
+    (tmp_path / "quickstart.py").write_text(code)
     child = subprocess.run([sys.executable, "quickstart.py"], cwd=tmp_path, env=shipped_settings_env,
                            capture_output=True, text=True, timeout=600)
     assert child.returncode == 0, child.stderr[-2000:]

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 from .. import validate as v
 from ..errors import ConfigError
-from ..generation_config import FIELDS, SPECIAL_IDS, GenerationConfig, defaults_for  # noqa: F401 (re-exported)
+from ..generation_config import FIELDS, SPECIAL_IDS, GenerationConfig  # noqa: F401 (re-exported)
 
 # Accepted and without effect on the tokens produced (outputs are always returned in full).
 _INERT = frozenset({

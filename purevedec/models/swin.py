@@ -393,8 +393,7 @@ def _family(config_class: type) -> EncoderFamily:
         # SwinModel / DonutSwinModel ("embeddings.*") or an image classifier ("swin.*" plus a head we drop).
         standalone=(("classifier.", None), ("swin.", "encoder."), ("donut.", "encoder."), ("", "encoder.")),
         image_pipelines={f"{n}{k}": n.lower() for n in ("Donut", "Nougat") for k in _PROCESSOR_KINDS},
-        # Nougat's checkpoints write Markdown pages: its processor's clean-up, its reference's stopping rule
-        page_defaults={"nougat": {"markdown": True, "stop_score_variance": True}})
+        page_defaults={"nougat": {"markdown": True, "stop_score_variance": True}})  # Nougat writes Markdown pages
 
 
 FAMILY = _family(SwinConfig)
