@@ -1,9 +1,14 @@
 """The ``long`` section: mixed-length outputs through continuous batching, against transformers.
 
-The subject is the OCR section's TrOCR at trocr-base's shapes (benchmarks/ocr.py: random weights;
---tiny a tiny one). ``lines`` text-line crops (N(0,1) pixels) each get a token budget drawn
-uniformly from ``budget_range`` (default 5-60, seed 0), and EOS is suppressed (min_new_tokens) so
-that both libraries generate exactly the budgets, greedily, fp32:
+Two workloads (``--long-kinds``), random weights (--tiny: tiny ones):
+
+- lines: the OCR section's TrOCR at trocr-base's shapes (benchmarks/ocr.py), 64 text-line crops
+  with budgets drawn from 5-60 tokens, 16 slots;
+- pages: the documents section's Nougat at nougat-base's shapes (benchmarks/documents.py), 8
+  pages with budgets drawn from 200-2,000 tokens, 4 slots.
+
+Each input (N(0,1) pixels) gets a token budget drawn uniformly from its range (seed 0), and EOS
+is suppressed (min_new_tokens) so that both libraries generate exactly the budgets, greedily, fp32:
 
 - purevedec: ``purevedec.generation.engine.stream`` with ``slots`` slots (each row stops at its
   budget; its slot takes the next crop), and the same with n-gram drafts of 4 tokens (greedy
@@ -15,7 +20,8 @@ Reported per side: useful tokens/s (the sum of the budgets over the wall time of
 encoder included), the time to the first record (input 0's tokens), and the fraction of each
 crop's tokens equal between the two libraries.
 
-    python -m benchmarks.run --only long [--long-lines 64] [--long-slots 16] [--long-budgets 5,60]
+    python -m benchmarks.run --only long [--long-kinds lines,pages] [--long-lines 64] [--long-slots 16]
+        [--long-budgets 5,60] [--long-pages 8] [--long-page-slots 4] [--long-page-budgets 200,2000]
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import numpy as np
 import purevedec as pv
 from purevedec.generation.engine import stream
 
-from . import ocr
+from . import documents, ocr
 
 
 def draw_budgets(lines: int, low: int, high: int, seed: int = 0) -> list[int]:
@@ -70,12 +76,30 @@ def _agreement(a: list, b: list) -> float:
     return equal / max(1, sum(len(x) for x in a))
 
 
-def run_section(tiny: bool, workdir: str, *, lines: int, slots: int, budget_range=(5, 60), log=print) -> dict:
-    """Builds the subject in ``workdir``, runs both sides twice (the second run is timed) and
-    returns the section's record (``cells``: one per side and order; ``fidelity``; ``targets``)."""
-    log(f"long: building {ocr.TINY_NAME if tiny else ocr.FULL_NAME} ...")
-    model = ocr.reference(tiny)
-    path = os.path.join(workdir, "trocr-long")
+SUBJECTS = {"lines": dict(what="text-line crops"), "pages": dict(what="pages")}
+
+
+def _subject(kind: str, tiny: bool):
+    """(name, torch model) of a workload: TrOCR-base shapes for lines, Nougat-base's for pages."""
+    if kind == "pages":
+        return (documents.SUBJECTS["nougat"]["name"] if not tiny else "tiny random Donut-Swin + mBART",
+                documents.reference("nougat", tiny))
+    return ocr.TINY_NAME if tiny else ocr.FULL_NAME, ocr.reference(tiny)
+
+
+def _warm_then_time(fn, warm) -> dict:
+    warm()
+    return fn()
+
+
+def run_section(tiny: bool, workdir: str, *, lines: int, slots: int, budget_range=(5, 60), log=print,
+                kind: str = "lines") -> dict:
+    """Builds the subject in ``workdir`` and returns the section's record (``cells``: one per side
+    and order; ``fidelity``; ``targets``). purevedec's runs are timed the second time (the first
+    compiles); transformers', which compiles nothing, after a 4-token call on the first batch."""
+    name, model = _subject(kind, tiny)
+    log(f"long: building {name} ...")
+    path = os.path.join(workdir, f"long-{kind}")
     model.save_pretrained(path)
     params, config = pv.load(path)
     h, w = config.encoder.image_size
@@ -85,36 +109,65 @@ def run_section(tiny: bool, workdir: str, *, lines: int, slots: int, budget_rang
     budgets = draw_budgets(lines, *budget_range)
     tokens = sum(budgets)
     by_budget = sorted(range(lines), key=lambda i: budgets[i])
-    runs = {"purevedec (continuous batching)": lambda: _ours(params, pixels, budgets, slots),
-            "purevedec (+ n-gram drafts of 4)": lambda: _ours(params, pixels, budgets, slots, speculate=4),
-            "transformers (input order)": lambda: _theirs(model, pixels, budgets, slots, list(range(lines))),
-            "transformers (sorted by budget)": lambda: _theirs(model, pixels, budgets, slots, by_budget)}
+    run_ours = lambda speculate: lambda: _ours(params, pixels, budgets, slots, speculate)  # noqa: E731
+    run_theirs = lambda order: lambda: _theirs(model, pixels, budgets, slots, order)  # noqa: E731
+    warm_theirs = lambda: _theirs(model, pixels[:slots], [4] * min(slots, lines), slots, list(range(min(slots, lines))))  # noqa: E731
+    runs = {"purevedec (continuous batching)": (run_ours(0), run_ours(0)),
+            "purevedec (+ n-gram drafts of 4)": (run_ours(4), run_ours(4)),
+            "transformers (input order)": (run_theirs(list(range(lines))), warm_theirs),
+            "transformers (sorted by budget)": (run_theirs(by_budget), warm_theirs)}
     cells, seqs = [], {}
-    for name, fn in runs.items():
-        log(f"long: {name} ...")
-        fn()  # compile / warm up
-        r = fn()
-        seqs[name] = r.pop("sequences")
-        cells.append(dict(side=name, tokens_per_s=tokens / r["seconds"], **r))
+    for side, (fn, warm) in runs.items():
+        log(f"long: {side} ...")
+        r = _warm_then_time(fn, warm)
+        seqs[side] = r.pop("sequences")
+        cells.append(dict(side=side, tokens_per_s=tokens / r["seconds"], **r))
     ours, best = cells[0], max(cells[2:], key=lambda c: c["tokens_per_s"])
     ratio = ours["tokens_per_s"] / best["tokens_per_s"]
     names = [c["side"] for c in cells]
     fidelity = {"tokens equal to transformers (fp32)": _agreement(seqs[names[0]], seqs[names[2]]),
                 "n-gram drafts: tokens equal to plain greedy": _agreement(seqs[names[1]], seqs[names[0]]),
                 "n-gram drafts: tokens per decoder step": cells[1]["tokens_per_step"]}
-    return dict(model=ocr.TINY_NAME if tiny else ocr.FULL_NAME, lines=lines, slots=slots, budgets=budgets,
+    return dict(model=name, kind=kind, what=SUBJECTS[kind]["what"], lines=lines, slots=slots, budgets=budgets,
                 budget_range=list(budget_range), tokens=tokens, cells=cells, fidelity=fidelity,
-                targets=[dict(name="long: tokens/s vs transformers' best batching", value=ratio, goal=">= 2.0x",
-                              met=bool(ratio >= 2.0))])
+                targets=[dict(name=f"long ({kind}): tokens/s vs transformers' best batching", value=ratio,
+                              goal=">= 2.0x", met=bool(ratio >= 2.0))])
+
+
+def add_arguments(ap) -> None:
+    ap.add_argument("--long-kinds", default="lines,pages",
+                    help="the long section's workloads: lines (trocr-base shapes), pages (nougat-base shapes)")
+    ap.add_argument("--long-lines", type=int, default=64, help="text-line crops of the lines workload")
+    ap.add_argument("--long-slots", type=int, default=16, help="purevedec's slots / transformers' batch (lines)")
+    ap.add_argument("--long-budgets", default="5,60", help="range of the per-crop token budgets (lines)")
+    ap.add_argument("--long-pages", type=int, default=8, help="pages of the pages workload")
+    ap.add_argument("--long-page-slots", type=int, default=4, help="slots / transformers' batch (pages)")
+    ap.add_argument("--long-page-budgets", default="200,2000", help="range of the per-page token budgets (pages)")
+
+
+def run_workloads(args, workdir: str, log=print) -> dict:
+    """The results of each workload --long-kinds names: ``long`` (lines), ``long_pages``."""
+    res = {}
+    for kind in args.long_kinds.split(","):
+        if kind not in SUBJECTS:
+            raise SystemExit(f"--long-kinds: {kind!r} is not one of {', '.join(SUBJECTS)}")
+        lines = args.long_lines if kind == "lines" else args.long_pages
+        slots = args.long_slots if kind == "lines" else args.long_page_slots
+        budgets = args.long_budgets if kind == "lines" else args.long_page_budgets
+        res["long" if kind == "lines" else "long_pages"] = run_section(
+            args.tiny, workdir, lines=lines, slots=slots, budget_range=tuple(int(b) for b in budgets.split(",")),
+            log=log, kind=kind)
+    return res
 
 
 def markdown(res: dict) -> list[str]:
     rows = [f"| {c['side']} | {c['tokens_per_s']:.1f} | {c['seconds']:.2f} | {c['first_record_s']:.2f} |"
             for c in res["cells"]]
     return [f"## Long outputs: {res['model']}",
-            f"{res['lines']} text-line crops, token budgets uniform on {res['budget_range'][0]}-"
+            f"{res['lines']} {res.get('what', 'text-line crops')}, token budgets uniform on {res['budget_range'][0]}-"
             f"{res['budget_range'][1]} (seed 0; {res['tokens']} tokens in all), EOS suppressed, greedy, fp32; "
             f"{res['slots']} slots for purevedec, batches of {res['slots']} for transformers (each to its longest "
-            "budget). Tokens/s counts the budgets only.",
+            "budget). Tokens/s counts the budgets only. purevedec is timed on its second run (the first "
+            "compiles); transformers after a 4-token warm-up call.",
             "\n".join(["| side | tokens/s | wall s | first record s |", "|---|---|---|---|", *rows]),
             "\n".join(f"- {k}: {v:.3f}" for k, v in res["fidelity"].items())]

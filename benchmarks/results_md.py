@@ -3,7 +3,7 @@ and each section's module)."""
 
 from __future__ import annotations
 
-from benchmarks import folder_speed, long, report, train_speed
+from benchmarks import documents, folder_speed, long, report, train_speed
 
 
 def folder_markdown(folder: dict) -> list[str]:
@@ -82,9 +82,17 @@ BOUNDS_NOTE = ("Bounds: encoder FLOPs / peak matmul FLOP/s of the dtype; per tok
                "peak, whichever is larger (from a few dozen rows on, a step is compute-bound).")
 
 
+def _title(res: dict) -> str:
+    """The model measured: the captioning subject's, else the first fixed-shape section's."""
+    for key in ("model", "ocr", "long", "long_pages"):
+        if res.get(key):
+            return res[key] if key == "model" else res[key]["model"]
+    return "Donut and Nougat shapes"
+
+
 def markdown(res: dict) -> str:
     m = res["machine"]
-    title = res.get("model") or (res.get("ocr") or res["long"])["model"]
+    title = _title(res)
     parts = [f"# purevedec vs transformers ({title}, {res['date']})",
              f"Versions: {', '.join(f'{k} {v}' for k, v in res['versions'].items())}. "
              f"Machine: {m['cpu_count']} CPUs, matmul {m['matmul_flops'] / 1e9:.0f} GFLOP/s fp32, "
@@ -98,8 +106,11 @@ def markdown(res: dict) -> str:
         parts += _captioning_md(res)
     if "ocr" in res:
         parts += _ocr_md(res["ocr"])
-    if "long" in res:
-        parts.append("\n\n".join(long.markdown(res["long"])))
+    for key in ("long", "long_pages"):
+        if key in res:
+            parts.append("\n\n".join(long.markdown(res[key])))
+    if "documents" in res:
+        parts += documents.markdown(res["documents"])
     if res.get("training"):
         parts.append(train_speed.markdown(res["training"]).strip())
     return "\n\n".join(parts) + "\n"

@@ -3,14 +3,16 @@
     python -m benchmarks.run [--quick] [--tiny] [--out DIR] [--publish]
     python -m benchmarks.run --model NAME_OR_DIR [--images FOLDER] [...]
     python -m benchmarks.run --only ocr [--ocr-batches 1,16] [--ocr-tokens 24]
-    python -m benchmarks.run --only long [--long-lines 64] [--long-slots 16] [--long-budgets 5,60]
+    python -m benchmarks.run --only long [--long-kinds lines,pages] [--long-lines 64] [--long-slots 16] [...]
+    python -m benchmarks.run --only documents [--doc-batches 1,4] [--doc-tokens 128] [--doc-page-tokens 256,1024]
     python -m benchmarks.run --only folder [--folder-images N] [--folder-batches 8,16,32]
     python -m benchmarks.run --only train [--tiny] [--quick] [train_speed options]
 
-Five sections, all by default (--only picks one, --no-folder / --no-train leave one out):
+Six sections, all by default (--only picks one, --no-folder / --no-train leave one out):
 captioning (vit-gpt2 shapes: fidelity, speed, cold start), OCR (benchmarks/ocr.py: TrOCR at
 trocr-base's shapes, text-line crops per second), long (benchmarks/long.py: crops with mixed
-token budgets through continuous batching, tokens/s), folder (benchmarks/folder_speed.py: captioning a
+token budgets through continuous batching, tokens/s), documents (benchmarks/documents.py: Donut
+pages/s and Nougat tokens/s at their checkpoints' shapes), folder (benchmarks/folder_speed.py: captioning a
 folder of JPEGs end to end) and training (benchmarks/train_speed.py: one AdamW step, images/s
 and peak memory).
 
@@ -49,7 +51,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 import purevedec as pv  # noqa: E402
-from benchmarks import costs, folder_speed, long, machine, ocr, process, report, speed, subject, train_speed  # noqa: E402
+from benchmarks import costs, documents, folder_speed, long, machine, ocr, process, report, speed, subject, train_speed  # noqa: E402
 from benchmarks.results_md import folder_markdown, markdown  # noqa: E402
 from benchmarks import targets  # noqa: E402
 from benchmarks.fidelity import caption_agreement, logits_parity, token_agreement  # noqa: E402
@@ -57,7 +59,8 @@ from tests.models import make_full_reference, make_reference, save_captioning_ch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED_PYTHON = os.path.join(ROOT, ".seed-venv", "bin", "python")
-SECTIONS = ("captioning", "ocr", "long", "folder", "train")
+FIXED_SHAPES = ("ocr", "long", "documents", "train")  # sections of random weights at fixed shapes: no --model
+SECTIONS = ("captioning", "ocr", "long", "documents", "folder", "train")
 
 
 def _args(argv=None):
@@ -78,8 +81,8 @@ def _args(argv=None):
                     help="python of the seed Flax side environment (skipped when absent)")
     ap.add_argument("--no-process", action="store_true", help="skip cold start and peak memory")
     ap.add_argument("--only", choices=SECTIONS, default=None,
-                    help="run one section: captioning (vit-gpt2 shapes), ocr (trocr-base shapes), folder (the "
-                         "end-to-end folder job) or train (training speed and memory); default all")
+                    help="run one section: captioning (vit-gpt2 shapes), ocr (trocr-base shapes), long, documents "
+                         "(Donut and Nougat shapes), folder (the end-to-end folder job) or train (training speed and memory); default all")
     ap.add_argument("--no-train", action="store_true", help="skip the training section")
     ap.add_argument("--no-folder", action="store_true", help="skip the end-to-end folder job")
     ap.add_argument("--ocr-batches", default="1,16", help="batches of text-line crops in the OCR section")
@@ -87,9 +90,10 @@ def _args(argv=None):
     ap.add_argument("--ocr-subject", choices=ocr.SUBJECTS, default="trocr",
                     help="the OCR section's model: trocr-base's shapes (default) or manga-ocr-base's (ViT-B 224 + "
                          "a 2-layer BERT decoder, beams 4 with its config's generation defaults)")
-    ap.add_argument("--long-lines", type=int, default=64, help="text-line crops in the long-outputs section")
-    ap.add_argument("--long-slots", type=int, default=16, help="purevedec's slots / transformers' batch (long)")
-    ap.add_argument("--long-budgets", default="5,60", help="range of the per-crop token budgets (long)")
+    long.add_arguments(ap)
+    ap.add_argument("--doc-batches", default="1,4", help="batches of pages in the documents section's Donut rows")
+    ap.add_argument("--doc-tokens", type=int, default=128, help="tokens per Donut page (documents)")
+    ap.add_argument("--doc-page-tokens", default="256,1024", help="tokens of the Nougat page rows (documents)")
     ap.add_argument("--folder-images", type=int, default=256, help="JPEGs in the folder job (default 256)")
     ap.add_argument("--folder-batches", default="8,16,32", help="batch sizes tried in the folder job")
     ap.add_argument("--folder-sides", default="320,4000", help="range of the JPEGs' long sides, px")
@@ -303,12 +307,12 @@ def _captioning(args, limits, workdir, log) -> tuple[dict, str]:
 def _sections(args) -> tuple[str, ...]:
     """Every section (less --no-folder / --no-train), or the one --only names; with a user's
     checkpoint (--model) only the captioning and folder jobs run (on it)."""
-    if args.model and args.only in ("ocr", "long", "train"):
+    if args.model and args.only in FIXED_SHAPES:
         raise SystemExit(f"--only {args.only} measures random weights of fixed shapes; it takes no --model")
     chosen = SECTIONS if args.only is None else (args.only,)
     skipped = {"folder"} if args.no_folder else set()
     skipped |= {"train"} if args.no_train else set()
-    skipped |= {"ocr", "long", "train"} if args.model else set()
+    skipped |= set(FIXED_SHAPES) if args.model else set()
     return tuple(s for s in chosen if s not in skipped)
 
 
@@ -344,13 +348,17 @@ def main(argv=None) -> dict:
             res["ocr"] = ocr.run_section(args.tiny, limits, workdir, batches=batches, dtypes=args.dtypes.split(","),
                                          tokens=args.ocr_tokens, log=log, subject=args.ocr_subject)
         if "long" in sections:
-            res["long"] = long.run_section(args.tiny, workdir, lines=args.long_lines, slots=args.long_slots,
-                                           budget_range=tuple(int(b) for b in args.long_budgets.split(",")), log=log)
+            res.update(long.run_workloads(args, workdir, log))
+        if "documents" in sections:
+            res["documents"] = documents.run_section(
+                args.tiny, limits, workdir, batches=[int(b) for b in args.doc_batches.split(",")],
+                tokens=args.doc_tokens, page_tokens=[int(t) for t in args.doc_page_tokens.split(",")],
+                dtypes=args.dtypes.split(","), log=log)
     if "train" in sections:
         res["training"] = train_speed.main(_train_argv(args))
     goals = not args.model or targets.goals_apply(args, pv.load_config(path))
     res["targets"] = (res.get("targets", []) + res.get("ocr", {}).get("targets", [])
-                      + res.get("long", {}).get("targets", [])
+                      + [t for k in ("long", "long_pages", "documents") for t in res.get(k, {}).get("targets", [])]
                       + (targets.targets([], {}, res["folder"]) if res.get("folder") and goals else []))
     if not goals:
         res["goals_note"] = targets.GOALS_NOTE
