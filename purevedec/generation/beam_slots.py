@@ -18,11 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..decoding import cache_step, new_cache
-from .beam_loop import BeamState, beam_state, beam_step
+from .beam_loop import BeamState, beam_step
 from .plan import Plan
 from .processors import Knobs
-from .sample_loop import last_cross
+from .search import first_state
 
 
 class BeamSlot(NamedTuple):
@@ -50,14 +49,8 @@ def beam_running(s: BeamSlot):
 def beam_fill(weights, enc, prompt, end, key, *, config, plan: Plan, columns: int, dtype) -> BeamSlot:
     """A slot for one input: enc [1,S,D], prompt [1,P] (fed once per beam, as generate lays it
     out), its max_length ``end``, its key [1]; the cache has ``columns`` columns."""
-    nb = plan.num_beams
-    cache = new_cache(weights, enc, config, columns, nb, dtype)
-    rows = jnp.repeat(prompt, nb, axis=0)
-    logits, cache, cross = cache_step(weights, cache, rows, config, None, dtype)
-    pr = plan.processing
-    tokens = jnp.full((nb, pr.max_length), plan.pad, jnp.int32).at[:, :prompt.shape[1]].set(rows)
-    state = beam_state(cache, logits[:, -1].astype(jnp.float32), last_cross(cross).astype(jnp.float32), tokens,
-                       plan=plan)
+    state = first_state(weights, enc, jnp.repeat(prompt, plan.num_beams, axis=0), None, config=config, plan=plan,
+                        dtype=dtype, capacity=columns)
     end = jnp.asarray(end, jnp.int32)
     return BeamSlot(state=state._replace(go=state.cur < end), end=end, key=key)
 

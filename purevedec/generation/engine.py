@@ -179,15 +179,17 @@ def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[in
     the options' max_new_tokens, else 20). ``keys``: [N] keys when sampling. Other options as
     ``generate`` (greedy, sampling, beam search and beam sampling; prompts are refused;
     num_return_sequences up to num_beams with beams, 1 otherwise; forced_eos_token_id forces EOS
-    at each input's own last column, as generate with its budget). With beams each ``Decoded``
-    carries the returned hypotheses in ``beams`` (best first). ``speculate`` > 0 (greedy only): each step also checks a
-    draft of that many tokens that followed the latest earlier occurrence of the last ``ngram``
-    tokens (``speculative.py``); the tokens stay greedy's. ``stop_repeats`` = (max_period,
-    repeats) ends an input whose text ends with a block of at most max_period tokens repeated
-    that many times (``stopping.py``; not with ``speculate``). ``stop_score_variance`` = True, or
-    (threshold, window), ends an input where Nougat's reference implementation ends a page read
-    alone: once the variance of the variance of its top scores has stayed low
-    (``score_stop.py``; True: the reference's 0.015 and 200; not with ``speculate``)."""
+    at each input's own last column, as generate with its budget). With num_beams = N a slot
+    holds one input's N beams and each ``Decoded`` carries its returned hypotheses in ``beams``
+    (best first); ``keys`` then feed beam sampling as generate's per-image keys.
+    ``speculate`` > 0 (greedy only): each step also checks a draft of that many tokens that
+    followed the latest earlier occurrence of the last ``ngram`` tokens (``speculative.py``);
+    the tokens stay greedy's. ``stop_repeats`` = (max_period, repeats) ends an input whose text
+    ends with a block of at most max_period tokens repeated that many times (``stopping.py``;
+    not with ``speculate`` or beams). ``stop_score_variance`` = True, or (threshold, window),
+    ends an input where Nougat's reference implementation ends a page read alone: once the
+    variance of the variance of its top scores has stayed low (``score_stop.py``; True: the
+    reference's 0.015 and 200; not with ``speculate`` or beams)."""
     weights, config = unpack(params, config)
     dtype = compute_dtype(dtype)
     gen = with_options(defaults_of(params, config), options)
