@@ -88,6 +88,8 @@ def test_captioner_slots_equal_batches_beams(checkpoint, tmp_path):
 
 @pytest.mark.parametrize("extra, says", [({"num_return_sequences": 2, "do_sample": True},
                                           "num_return_sequences=2 without beams"),
+                                         ({"num_beams": 2, "stop_repeats": (2, 3)},
+                                          "stop_repeats cannot be combined with num_beams > 1"),
                                          ({"attention": True}, "attention maps"),
                                          ({"slots": 0}, "positive int")])
 def test_captioner_slots_refuses_what_the_engine_cannot_do(checkpoint, tmp_path, extra, says):
