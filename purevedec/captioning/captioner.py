@@ -293,7 +293,8 @@ class Captioner:
         pixels, and so the captions, are the same either way.
         ``slots`` = N decodes through the continuous-batching engine instead of batches
         (``slot_captions.py``): N images decode at once and an image whose caption ended gives
-        its slot to the next; greedy captions are the same, sampled ones use a key per image.
+        its slot to the next; greedy and beam captions are the same, sampled ones use a key per
+        image.
         ``stop_score_variance=True`` (or (threshold, window)) ends each input where Nougat's
         reference ends a page read alone (its repetition-loop rule, ``score_stop.py``); with
         slots, ``stop_repeats=(max_period, repeats)`` ends one at a repeated block of tokens."""
@@ -344,12 +345,19 @@ class Captioner:
                                  read=functools.partial(_read_or_error, config=self.image_config),
                                  caption=self._slot_caption)
 
-    def _slot_caption(self, decoded, eos) -> Caption:
-        """The ``Caption`` of one engine output (its row starts with the decoder start token)."""
-        row = np.asarray(decoded.sequence)
-        n = _generated(row[1:], eos)
-        return Caption(self.tokenizer.decode(row), float(np.sum(decoded.token_logprobs)),
-                       tuple(row[1:1 + n].tolist()), None, tuple(row[:1].tolist()))
+    def _slot_caption(self, decoded, eos) -> list[Caption]:
+        """The ``Caption``s of one engine output (rows start with the decoder start token): its
+        beam hypotheses with their beam scores, best first, else its one sequence and the sum of
+        its log-probs, as the batched path scores them."""
+        rows = ([(h.sequence, h.score) for h in decoded.beams] if decoded.beams is not None
+                else [(decoded.sequence, float(np.sum(decoded.token_logprobs)))])
+        captions = []
+        for row, score in rows:
+            row = np.asarray(row)
+            n = _generated(row[1:], eos)
+            captions.append(Caption(self.tokenizer.decode(row), float(score), tuple(row[1:1 + n].tolist()), None,
+                                    tuple(row[:1].tolist())))
+        return captions
 
     @staticmethod
     def _results(pending: list[_Pending], errors: str) -> Iterator[ImageResult]:

@@ -59,7 +59,8 @@ def add_run_flags(parser: argparse.ArgumentParser, what: str):
     parser.add_argument("--slots", type=positive_int, default=None,
                         help=f"decode through N slots (continuous batching: one of the {what} whose text ended "
                              "gives its slot to the next) instead of batches; greedy texts are the same, sampling "
-                             "draws per input; not with beams, several sequences, --prompt, --attention-map or --mesh")
+                             "draws per input; beams decode in one slot per input; not with several sampled sequences, "
+                             "--prompt, --attention-map or --mesh")
     parser.add_argument("--workers", type=count, default=None,
                         help=f"threads that decode and preprocess {what} up to two batches ahead of the model "
                              "(default: up to 4, one per CPU; 0 reads each just before its batch)")

@@ -10,8 +10,10 @@ read the next chunk while one decodes).
 Greedy captions are token-identical to the batched path's. Sampling draws each image's tokens
 from its own key, ``fold_in(key, input index)`` (generate's per-image key form), so an image's
 caption does not depend on the others; the batched path draws with one key per batch, so sampled
-captions differ between the two paths (each is reproducible). Beam search, several sequences per
-image, attention maps and a device mesh are refused.
+captions differ between the two paths (each is reproducible). Beam search (and beam sampling)
+decodes one image's beams in one slot: its captions, num_return_sequences of them, best first,
+are the batched path's. Several sampled sequences per image (without beams), attention maps and
+a device mesh are refused.
 """
 
 from __future__ import annotations
@@ -45,11 +47,9 @@ def check_slot_options(captioner, slots, options: dict, attention: bool) -> None
     if captioner.mesh is not None:
         raise ValueError("slots: the slot engine runs on one device (no mesh)")
     gen = with_options(captioner.generation_config, generate_options(options))
-    if gen.num_beams != 1:
-        raise ValueError(f"slots: num_beams={gen.num_beams}: the slot engine does greedy search and sampling only")
-    if gen.num_return_sequences != 1:
-        raise ValueError(f"slots: num_return_sequences={gen.num_return_sequences}: the slot engine gives one "
-                         "caption per image")
+    if gen.num_return_sequences != 1 and gen.num_beams == 1:
+        raise ValueError(f"slots: num_return_sequences={gen.num_return_sequences} without beams: the slot engine "
+                         "samples one caption per image")
 
 
 def _budget(captioner, options: dict) -> int:
@@ -66,7 +66,7 @@ def slot_captions(captioner, images: list, *, slots: int, errors: str, key, work
     inputs go through the engine ``CHUNK`` (at least 4 x slots) at a time, so memory holds two
     chunks of pixels whatever the number of inputs; the reader threads read the next chunk
     while this one decodes. ``read(image, index)`` reads one input as the Captioner does;
-    ``caption(decoded, eos)`` turns one engine output into its ``Caption``."""
+    ``caption(decoded, eos)`` turns one engine output into its list of ``Caption``."""
     from .loader_pipeline import read_ahead
     options = {k: v for k, v in options.items() if v is not None}
     options.pop("dtype", None)
@@ -106,8 +106,8 @@ def _decode(captioner, pending: list, first: int, slots: int, errors: str, key, 
 def _in_order(captioner, pending, decoded, eos, errors: str, caption) -> Iterator:
     for p in pending:
         if p.pixels is not None:
-            result: Optional[list] = [caption(next(decoded), eos)]
-            if not math.isfinite(result[0].score):
+            result: Optional[list] = caption(next(decoded), eos)
+            if not all(math.isfinite(c.score) for c in result):
                 p.error = GenerationError(f"{p.name}: generation turned non-finite (NaN or infinite scores): the "
                                           "weights or the compute dtype overflow (try float32)")
             p.result = result

@@ -58,8 +58,9 @@ class Candidates(NamedTuple):
     ends: jax.Array         # [B,M] bool: the continuation ends here (EOS or max_length)
 
 
-def _candidates(s: BeamState, scores, model_lp, key, plan: Plan, b: int, nb: int) -> Candidates:
-    """Top continuations over all beams x vocab, as transformers' _get_top_k_continuations."""
+def _candidates(s: BeamState, scores, model_lp, key, plan: Plan, b: int, nb: int, end) -> Candidates:
+    """Top continuations over all beams x vocab, as transformers' _get_top_k_continuations;
+    ``end``: the max_length of these images (static in generate, a slot's own in the engine)."""
     pr = plan.processing
     v = scores.shape[-1]
     keep = max(2, 1 + len(pr.eos)) * nb
@@ -84,7 +85,7 @@ def _candidates(s: BeamState, scores, model_lp, key, plan: Plan, b: int, nb: int
         scores=top, source=src, tokens=_gather(s.running_tokens, src).at[:, :, s.cur].set(tok),
         logprobs=_gather(s.running_logprobs, src).at[:, :, i].set(token_lp),
         model=_gather(s.running_model, src).at[:, :, i].set(model_lp), cross=cross,
-        ends=(s.cur + 1 >= pr.max_length) | jnp.isin(tok, jnp.array(pr.eos or (-1,))))
+        ends=(s.cur + 1 >= end) | jnp.isin(tok, jnp.array(pr.eos or (-1,))))
 
 
 def _merge_finished(s: BeamState, c: Candidates, knobs: Knobs, plan: Plan, nb: int) -> dict:
@@ -106,12 +107,12 @@ def _merge_finished(s: BeamState, c: Candidates, knobs: Knobs, plan: Plan, nb: i
                 done_cross=_gather(cat(s.done_cross, c.cross), pick) if plan.cross_attentions else None)
 
 
-def _still_improving(s: BeamState, knobs: Knobs, plan: Plan):
-    """transformers' _check_early_stop_heuristic, after cur was advanced."""
+def _still_improving(s: BeamState, knobs: Knobs, plan: Plan, end):
+    """transformers' _check_early_stop_heuristic, after cur was advanced (``end``: max_length)."""
     pr = plan.processing
     generated = (s.cur - pr.prompt_len).astype(jnp.float32)
     if plan.early_stopping == "never":
-        best_len = jnp.where(knobs.length_penalty > 0.0, jnp.float32(pr.max_length - pr.prompt_len), generated)
+        best_len = jnp.where(knobs.length_penalty > 0.0, jnp.asarray(end - pr.prompt_len, jnp.float32), generated)
     else:
         best_len = generated
     best_running = s.running_scores[:, :1] / best_len ** knobs.length_penalty
@@ -136,39 +137,47 @@ def beam_state(cache, logits, cross, tokens, *, plan: Plan) -> BeamState:
         done_lengths=jnp.zeros((b, nb), jnp.int32), improving=jnp.ones((b, 1), bool))
 
 
+def beam_step(weights, s: BeamState, ignore_len, key, knobs: Knobs, end, *, config, plan: Plan, dtype) -> BeamState:
+    """One iteration of the loop: the next token of every beam. ``end`` is the images' max_length:
+    ``generate`` passes the static one, the slot engine each input's own (traced), so both run
+    this one body."""
+    pr = plan.processing
+    nb = plan.num_beams
+    b = s.running_tokens.shape[0]
+    flat = s.running_tokens.reshape(b * nb, -1)
+    model_lp = jax.nn.log_softmax(s.logits, axis=-1)
+    scores = process(pr, knobs, model_lp, flat, s.cur, ignore_len, max_length=end)
+    c = _candidates(s, scores, model_lp, key, plan, b, nb, end)
+    alive_scores = c.scores + c.ends * NEG
+    nxt = top_k(alive_scores, nb)[1]
+    s = s._replace(running_tokens=_gather(c.tokens, nxt), running_scores=_gather(alive_scores, nxt),
+                   running_logprobs=_gather(c.logprobs, nxt), running_model=_gather(c.model, nxt),
+                   running_cross=_gather(c.cross, nxt) if plan.cross_attentions else None,
+                   **_merge_finished(s, c, knobs, plan, nb))
+    origin = _gather(c.source, nxt)  # [B,N]: the beam each new beam continues, within its image
+    # Each beam takes its origin's self-attention cache, key mask and position offset, reordered
+    # within each image (a gather batched over images), so a batch split over devices stays
+    # split; cross K/V stay once per image.
+    reorder = lambda a: _gather(a.reshape(b, nb, *a.shape[1:]), origin).reshape(a.shape)  # noqa: E731
+    cache = s.cache._replace(**{n: jax.tree.map(reorder, getattr(s.cache, n)) for n in ROW_FIELDS})
+    s = s._replace(cur=s.cur + 1)
+    s = s._replace(improving=_still_improving(s, knobs, plan, end))
+    go = (jnp.any(s.improving) & ~(jnp.all(s.done_mask) & (plan.early_stopping is True))
+          & ~jnp.all(c.ends) & (s.cur < end))
+    last = s.running_tokens.reshape(b * nb, -1)[:, s.cur - 1][:, None]
+    logits, cache, cross = step_if(weights, cache, last, go, s.logits, s.cross, config, dtype)
+    return s._replace(go=go, logits=logits, cache=cache, cross=cross)
+
+
 def run_beam(weights, state: BeamState, ignore_len, key, knobs: Knobs, *, config, plan: Plan, dtype,
              limit: int | None = None) -> BeamState:
     """Run the loop until it ends (``state.go`` false) or column ``limit`` is reached (a cache
     of ``limit`` columns holds every token written before that)."""
     pr = plan.processing
-    nb = plan.num_beams
-    b = state.running_tokens.shape[0]
     stop = pr.max_length if limit is None else min(limit, pr.max_length)
 
     def body(s: BeamState) -> BeamState:
-        flat = s.running_tokens.reshape(b * nb, -1)
-        model_lp = jax.nn.log_softmax(s.logits, axis=-1)
-        scores = process(pr, knobs, model_lp, flat, s.cur, ignore_len)
-        c = _candidates(s, scores, model_lp, key, plan, b, nb)
-        alive_scores = c.scores + c.ends * NEG
-        nxt = top_k(alive_scores, nb)[1]
-        s = s._replace(running_tokens=_gather(c.tokens, nxt), running_scores=_gather(alive_scores, nxt),
-                       running_logprobs=_gather(c.logprobs, nxt), running_model=_gather(c.model, nxt),
-                       running_cross=_gather(c.cross, nxt) if plan.cross_attentions else None,
-                       **_merge_finished(s, c, knobs, plan, nb))
-        origin = _gather(c.source, nxt)  # [B,N]: the beam each new beam continues, within its image
-        # Each beam takes its origin's self-attention cache, key mask and position offset, reordered
-        # within each image (a gather batched over images), so a batch split over devices stays
-        # split; cross K/V stay once per image.
-        reorder = lambda a: _gather(a.reshape(b, nb, *a.shape[1:]), origin).reshape(a.shape)  # noqa: E731
-        cache = s.cache._replace(**{n: jax.tree.map(reorder, getattr(s.cache, n)) for n in ROW_FIELDS})
-        s = s._replace(cur=s.cur + 1)
-        s = s._replace(improving=_still_improving(s, knobs, plan))
-        go = (jnp.any(s.improving) & ~(jnp.all(s.done_mask) & (plan.early_stopping is True))
-              & ~jnp.all(c.ends) & (s.cur < pr.max_length))
-        last = s.running_tokens.reshape(b * nb, -1)[:, s.cur - 1][:, None]
-        logits, cache, cross = step_if(weights, cache, last, go, s.logits, s.cross, config, dtype)
-        return s._replace(go=go, logits=logits, cache=cache, cross=cross)
+        return beam_step(weights, s, ignore_len, key, knobs, pr.max_length, config=config, plan=plan, dtype=dtype)
 
     return jax.lax.while_loop(lambda s: s.go & (s.cur < stop), body, state)
 

@@ -11,7 +11,11 @@ Each input's tokens are those of ``generate`` on that input alone with
 ``max_new_tokens=budget`` (and, when sampling, ``key=keys[i][None]``, the per-image key form):
 the slots are stepped with ``vmap`` over one-row states (``slots.py``). The self-attention
 caches of the slots grow in buckets (``growing.py``) up to the longest budget.
-Greedy search and sampling are supported; beam search is not (yet).
+
+Greedy search, sampling, beam search and beam sampling are supported. With num_beams = N a
+slot holds one input's beam group (``beam_slots.py``): its N beams and kept hypotheses, a
+self-attention cache of N rows reordered within the slot, its cross K/V once; each input's
+hypotheses are those of ``generate`` on that input alone with its budget.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from ..generation_config import defaults_of
 from .options import with_options
 from .plan import make_plan, special_ids
 from .processors import Knobs
-from .slots import Slot, advance, advance_all, fill, put, running
+from .beam_slots import BeamSlot, Hypothesis, beam_advance, beam_fill, beam_running, host_results, hypotheses
+from .slots import advance, advance_all, fill, put, running
 from .score_stop import check_rule as check_score_rule
 from .speculative import advance_speculative
 from .stopping import check_rule
@@ -52,21 +57,36 @@ class Decoded(NamedTuple):
     """Decoder steps it took (L-1 without speculation; fewer when drafts were accepted)."""
     top_scores: Optional[np.ndarray] = None
     """[L-1] float32: per generated token, the highest processed score of the step that chose it,
-    what Nougat's stopping rule reads (``score_stop.py``); the same when speculating."""
+    what Nougat's stopping rule reads (``score_stop.py``); the same when speculating. None for beams."""
+    beams: Optional[tuple[Hypothesis, ...]] = None
+    """Beam search only: the num_return_sequences best hypotheses (sequence, token log-probs, beam
+    score), best first, as ``generate`` returns that input's rows; ``sequence`` and
+    ``token_logprobs`` are the first's, ``steps`` the beam steps run."""
+
+
+def _beams(plan) -> bool:
+    return plan.mode.startswith("beam")
+
+
+def _fill(weights, enc, prompt, end, key, *, plan, score_window, **statics):
+    """One input's slot: a beam slot (``beam_slots.py``) or a one-row one (``slots.py``)."""
+    if _beams(plan):  # score_window is None: stop_score_variance is refused with beams
+        return beam_fill(weights, enc, prompt, end, key, plan=plan, **statics)
+    return fill(weights, enc, prompt, end, key, plan=plan, score_window=score_window, **statics)
 
 
 @partial(jax.jit, static_argnames=("config", "plan", "columns", "dtype", "slots", "score_window"))
 def _empty(weights, enc, prompt, *, config, plan, columns, dtype, slots, score_window):
     """``slots`` idle slots (end = prompt length: nothing to generate) of ``columns`` columns."""
-    one = fill(weights, enc[:1], prompt, plan.processing.prompt_len, jax.random.key(0)[None], config=config,
-               plan=plan, columns=columns, dtype=dtype, score_window=score_window)
+    one = _fill(weights, enc[:1], prompt, plan.processing.prompt_len, jax.random.key(0)[None], config=config,
+                plan=plan, columns=columns, dtype=dtype, score_window=score_window)
     return jax.tree.map(lambda a: jnp.broadcast_to(a, (slots,) + a.shape), one)
 
 
 @partial(jax.jit, static_argnames=("config", "plan", "columns", "dtype", "score_window"), donate_argnames=("slots",))
 def _insert(weights, slots, index, enc, prompt, end, key, *, config, plan, columns, dtype, score_window):
-    one = fill(weights, enc, prompt, end, key, config=config, plan=plan, columns=columns, dtype=dtype,
-               score_window=score_window)
+    one = _fill(weights, enc, prompt, end, key, config=config, plan=plan, columns=columns, dtype=dtype,
+                score_window=score_window)
     return put(slots, index, one)
 
 
@@ -76,6 +96,9 @@ def _advance(weights, slots, knobs, score_threshold, *, config, plan, dtype, ste
              score_stop):
     """``score_threshold`` is traced (one program for every threshold); ``score_stop`` says whether
     the rule is on."""
+    if _beams(plan):
+        return advance_all(weights, slots, knobs, steps, config=config, plan=plan, dtype=dtype, step=beam_advance,
+                           alive=beam_running)
     step = (partial(advance_speculative, n=ngram, k=speculate) if speculate
             else partial(advance, repeats=repeats, score_threshold=score_threshold if score_stop else None))
     return advance_all(weights, slots, knobs, steps, config=config, plan=plan, dtype=dtype, step=step)
@@ -83,11 +106,32 @@ def _advance(weights, slots, knobs, score_threshold, *, config, plan, dtype, ste
 
 @partial(jax.jit, static_argnames=("columns",))
 def _grow(slots, *, columns):
+    if isinstance(slots, BeamSlot):
+        return slots._replace(state=slots.state._replace(cache=grow_cache(slots.state.cache, columns)))
     return slots._replace(cache=grow_cache(slots.cache, columns))
 
 
-def _status(slots: Slot):
+def _status(slots):
+    """(each slot's next column, whether it still generates), on the host."""
+    if isinstance(slots, BeamSlot):
+        return jax.device_get((slots.state.cur, jax.vmap(beam_running)(slots)))
     return jax.device_get((slots.cur, jax.vmap(running)(slots)))
+
+
+def _outputs(pool, ended: list, owner: list, cur, plan) -> dict:
+    """input index -> ``Decoded`` of the ``ended`` slots. One transfer, sliced on the host:
+    slicing on the device compiled a program per length."""
+    if not ended:
+        return {}
+    if isinstance(pool, BeamSlot):
+        host = host_results(pool)
+        beams = {j: hypotheses(host, j, plan) for j in ended}
+        return {owner[j]: Decoded(owner[j], beams[j][0].sequence, beams[j][0].token_logprobs,
+                                  int(cur[j]) - plan.processing.prompt_len, None, beams[j]) for j in ended}
+    tokens, logprobs, tops, steps = (np.array(a) for a in jax.device_get(
+        (pool.tokens, pool.logprobs, pool.top_scores, pool.steps)))
+    return {owner[j]: Decoded(owner[j], tokens[j, 0, :cur[j]], logprobs[j, 0, :cur[j] - 1], int(steps[j]),
+                              tops[j, 0, :cur[j] - 1]) for j in ended}
 
 
 def _budgets(budgets, n: int, default: int) -> list[int]:
@@ -99,8 +143,9 @@ def _budgets(budgets, n: int, default: int) -> list[int]:
     return budgets
 
 
-def _row_keys(keys, n: int, sample: bool):
-    """One row key [1] per input, as ``generate`` derives it from a per-image key."""
+def _row_keys(keys, n: int, sample: bool, beams: bool):
+    """One row key [1] per input, as ``generate`` derives it from a per-image key (beam sampling
+    draws from the image's key itself, sampling from its row's)."""
     if not sample:
         return [jax.random.key(0)[None]] * n
     if keys is None:
@@ -109,7 +154,7 @@ def _row_keys(keys, n: int, sample: bool):
     keys = keys if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) else jax.random.wrap_key_data(keys)
     if keys.shape != (n,):
         raise ValueError(f"keys has shape {keys.shape}: pass one key per input ({n})")
-    rows = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
+    rows = keys if beams else jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
     return [rows[i:i + 1] for i in range(n)]
 
 
@@ -132,31 +177,33 @@ def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[in
     """Decode every image of ``pixels`` ([N,C,H,W], or a sequence of [C,H,W]) through ``slots``
     slots; yields ``Decoded`` in input order. ``budgets``: max_new_tokens per input (default:
     the options' max_new_tokens, else 20). ``keys``: [N] keys when sampling. Other options as
-    ``generate`` (greedy or sampling; beams, several sequences per input and prompts are refused;
-    forced_eos_token_id forces EOS at each input's own last column, as generate with its budget). ``speculate`` > 0 (greedy only): each step also checks a
-    draft of that many tokens that followed the latest earlier occurrence of the last ``ngram``
-    tokens (``speculative.py``); the tokens stay greedy's. ``stop_repeats`` = (max_period,
-    repeats) ends an input whose text ends with a block of at most max_period tokens repeated
-    that many times (``stopping.py``; not with ``speculate``). ``stop_score_variance`` = True, or
-    (threshold, window), ends an input where Nougat's reference implementation ends a page read
-    alone: once the variance of the variance of its top scores has stayed low
-    (``score_stop.py``; True: the reference's 0.015 and 200; not with ``speculate``)."""
+    ``generate`` (greedy, sampling, beam search and beam sampling; prompts are refused;
+    num_return_sequences up to num_beams with beams, 1 otherwise; forced_eos_token_id forces EOS
+    at each input's own last column, as generate with its budget). With num_beams = N a slot
+    holds one input's N beams and each ``Decoded`` carries its returned hypotheses in ``beams``
+    (best first); ``keys`` then feed beam sampling as generate's per-image keys.
+    ``speculate`` > 0 (greedy only): each step also checks a draft of that many tokens that
+    followed the latest earlier occurrence of the last ``ngram`` tokens (``speculative.py``);
+    the tokens stay greedy's. ``stop_repeats`` = (max_period, repeats) ends an input whose text
+    ends with a block of at most max_period tokens repeated that many times (``stopping.py``;
+    not with ``speculate`` or beams). ``stop_score_variance`` = True, or (threshold, window),
+    ends an input where Nougat's reference implementation ends a page read alone: once the
+    variance of the variance of its top scores has stayed low (``score_stop.py``; True: the
+    reference's 0.015 and 200; not with ``speculate`` or beams)."""
     weights, config = unpack(params, config)
     dtype = compute_dtype(dtype)
     gen = with_options(defaults_of(params, config), options)
     n = len(pixels)
     budgets = _budgets(budgets, n, gen.max_new_tokens or 20)
-    if gen.num_beams != 1 or gen.num_return_sequences != 1:
-        raise ValueError("the slot engine decodes one sequence per input: num_beams and num_return_sequences "
-                         "must be 1 (use generate for beam search)")
     repeats, score_rule = check_rule(stop_repeats), check_score_rule(stop_score_variance)
+    _check_beams(gen, speculate, repeats, score_rule)
     _check_speculation(speculate, ngram, gen, repeats, score_rule)
     threshold, window = score_rule or (None, None)
     score_threshold = jnp.float32(0.0 if threshold is None else threshold)
     plan = make_plan(with_options(gen, {"max_new_tokens": max(budgets), "max_length": None}), config, 1, False)
     start = special_ids(gen)[0]
     knobs = Knobs(*(jnp.asarray(getattr(gen, k), jnp.float32) for k in Knobs._fields))
-    row_keys = _row_keys(keys, n, plan.processing.sample)
+    row_keys = _row_keys(keys, n, plan.processing.sample, _beams(plan))
     positions = config.decoder.n_positions
     sizes = bucket_sizes(1, min(plan.processing.max_length + _room(speculate), positions), bucket_start)
     statics = dict(config=config, plan=plan, dtype=dtype)
@@ -190,16 +237,28 @@ def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[in
                         repeats=repeats, score_stop=threshold is not None, **statics)
         cur, live = (np.array(a) for a in _status(pool))
         ended = [j for j in range(slots) if owner[j] is not None and not live[j]]
-        if ended:  # one transfer, sliced on the host: slicing on the device compiled a program per length
-            tokens, logprobs, tops, steps = (np.array(a) for a in jax.device_get(
-                (pool.tokens, pool.logprobs, pool.top_scores, pool.steps)))
+        done.update(_outputs(pool, ended, owner, cur, plan))
         for j in ended:
-            done[owner[j]] = Decoded(owner[j], tokens[j, 0, :cur[j]], logprobs[j, 0, :cur[j] - 1], int(steps[j]),
-                                     tops[j, 0, :cur[j] - 1])
             owner[j] = None
         while next_out in done:
             yield done.pop(next_out)
             next_out += 1
+
+
+def _check_beams(gen, speculate: int, repeats, score_rule) -> None:
+    """Several sequences only from beams; none of the options that end or draft one row at a
+    time with them (a beam group ends together, by transformers' rules)."""
+    if gen.num_beams == 1:
+        if gen.num_return_sequences != 1:
+            raise ValueError(f"num_return_sequences={gen.num_return_sequences} without beams: the slot engine "
+                             "samples one sequence per input (use num_beams >= it, or generate)")
+        return
+    conflicts = {"speculate": speculate and "drafts are checked against greedy search's tokens",
+                 "stop_repeats": repeats and "it ends rows one by one, a beam group ends together",
+                 "stop_score_variance": score_rule and "it ends rows one by one, a beam group ends together"}
+    for option, why in conflicts.items():
+        if why:
+            raise ValueError(f"{option} cannot be combined with num_beams > 1: {why}")
 
 
 def _check_speculation(speculate: int, ngram: int, gen, repeats, score_rule) -> None:

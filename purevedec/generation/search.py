@@ -69,16 +69,23 @@ def prefill(weights, pixels, prompt, prompt_mask, key, *, config, plan, dtype, i
     """Encode, feed the prompt to a cache of ``capacity`` columns: (the loop's first state, the
     sampling key(s) the loop draws from)."""
     enc = encoder_states(weights, pixels, config, interpolate_pos_encoding, dtype, chunk)
+    state = first_state(weights, enc, prompt, prompt_mask, config=config, plan=plan, dtype=dtype, shifted=shifted,
+                        split=split, capacity=capacity)
+    if per_image(key) and not plan.mode.startswith("beam"):  # beam sampling draws per image, sampling per row
+        key = row_keys(key, plan.rows_per_image)
+    return state, key
+
+
+def first_state(weights, enc, prompt, prompt_mask, *, config, plan, dtype, capacity, shifted=False, split=None):
+    """The loop's first state from encoder states ``enc``: ``prompt`` (rows_per_image rows per
+    image) fed to a new cache of ``capacity`` columns. The slot engine's beam slots start here too."""
     cache = new_cache(weights, enc, config, capacity, plan.rows_per_image, dtype, split)
     logits, cache, cross = cache_step(weights, cache, prompt, config, prompt_mask, dtype, shifted=shifted)
     tokens = jnp.full((prompt.shape[0], plan.processing.max_length), plan.pad, jnp.int32)
     tokens = tokens.at[:, :prompt.shape[1]].set(prompt)
-    beams = plan.mode.startswith("beam")
-    if per_image(key) and not beams:  # beam sampling draws per image, sampling per row
-        key = row_keys(key, plan.rows_per_image)
-    first = beam_state if beams else sample_state
+    first = beam_state if plan.mode.startswith("beam") else sample_state
     return first(cache, logits[:, -1].astype(jnp.float32), last_cross(cross).astype(jnp.float32), tokens,
-                 plan=plan), key
+                 plan=plan)
 
 
 def loop_functions(plan):

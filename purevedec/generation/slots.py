@@ -102,16 +102,17 @@ def advance(weights, s: Slot, knobs: Knobs, *, config, plan: Plan, dtype, repeat
         steps=s.steps + active.astype(jnp.int32), cache=cache._replace(**keep))
 
 
-def advance_all(weights, slots: Slot, knobs: Knobs, steps: int, *, config, plan: Plan, dtype, step=None) -> Slot:
+def advance_all(weights, slots, knobs: Knobs, steps: int, *, config, plan: Plan, dtype, step=None, alive=None):
     """``steps`` decoder steps for every slot (fewer when every slot has ended); ``step`` is the
-    one-slot step (default ``advance``, one token)."""
-    step = step or advance
+    one-slot step (default ``advance``, one token), ``alive`` whether a slot still generates
+    (default ``running``; the beam slots have their own, ``beam_slots.py``)."""
+    step, alive = step or advance, alive or running
     one = jax.vmap(lambda s: step(weights, s, knobs, config=config, plan=plan, dtype=dtype))
 
     def body(carry):
         i, s = carry
         return i + 1, one(s)
-    return jax.lax.while_loop(lambda c: (c[0] < steps) & jnp.any(jax.vmap(running)(c[1])), body,
+    return jax.lax.while_loop(lambda c: (c[0] < steps) & jnp.any(jax.vmap(alive)(c[1])), body,
                               (jnp.int32(0), slots))[1]
 
 

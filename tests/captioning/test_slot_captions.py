@@ -69,8 +69,27 @@ def test_captioner_slots_sampling_uses_a_key_per_image(checkpoint, tmp_path, mon
         assert result[0].text == cap.tokenizer.decode(row)
 
 
-@pytest.mark.parametrize("extra, says", [({"num_beams": 2}, "num_beams=2"),
-                                         ({"num_return_sequences": 2, "do_sample": True}, "num_return_sequences=2"),
+def test_captioner_slots_equal_batches_beams(checkpoint, tmp_path):
+    """A slot per image's beam group: the batched path's captions (texts, token ids, beam scores),
+    num_return_sequences of them, best first."""
+    _, path = checkpoint
+    cap = purevedec.Captioner.from_pretrained(path)
+    inputs = make_images(tmp_path / "imgs", 3)
+    opts = dict(num_beams=4, num_return_sequences=2, max_new_tokens=7)
+    want = list(cap.captions(inputs, batch_size=3, **opts))
+    got = list(cap.captions(inputs, slots=2, **opts))
+    assert len(got) == 3 and all(len(g) == 2 for g in got)
+    for g, w in zip(got, want):
+        assert [c.text for c in g] == [c.text for c in w]
+        assert [c.token_ids for c in g] == [c.token_ids for c in w]
+        np.testing.assert_allclose([c.score for c in g], [c.score for c in w], atol=1e-4)
+    assert cap.caption(inputs, slots=2, **opts) == [[c.text for c in w] for w in want]
+
+
+@pytest.mark.parametrize("extra, says", [({"num_return_sequences": 2, "do_sample": True},
+                                          "num_return_sequences=2 without beams"),
+                                         ({"num_beams": 2, "stop_repeats": (2, 3)},
+                                          "stop_repeats cannot be combined with num_beams > 1"),
                                          ({"attention": True}, "attention maps"),
                                          ({"slots": 0}, "positive int")])
 def test_captioner_slots_refuses_what_the_engine_cannot_do(checkpoint, tmp_path, extra, says):
@@ -92,5 +111,13 @@ def test_cli_slots_records_equal_batches(checkpoint, tmp_path):
     assert len(got) == 5 and [r["path"] for r in got] == [r["path"] for r in want]
     assert [r["caption"] for r in got] == [r["caption"] for r in want]
     np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in want], atol=1e-4)
-    code, out, err = run_cli(base + ["--slots", "2", "--num-beams", "2"])
-    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "--slots: num_beams=2" in err
+    beams = ["--num-beams", "3", "--num-return-sequences", "2"]
+    code, want, _ = run_cli(base + ["--batch-size", "2", *beams])
+    code_slots, got, _ = run_cli(base + ["--slots", "2", *beams])
+    want, got = [json.loads(x) for x in want.splitlines()], [json.loads(x) for x in got.splitlines()]
+    assert code == code_slots == 1 and len(got) == len(want) == 5
+    assert [(r["path"], r["captions"]) for r in got] == [(r["path"], r["captions"]) for r in want]
+    np.testing.assert_allclose([r["scores"] for r in got], [r["scores"] for r in want], atol=1e-4)
+    code, out, err = run_cli(base + ["--slots", "2", "--do-sample", "--num-return-sequences", "2"])
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "--slots: num_return_sequences=2 without beams" in err

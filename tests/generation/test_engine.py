@@ -57,8 +57,11 @@ def test_stream_yields_in_input_order_and_checks_arguments(model):
         generate_many(params, px, budgets=[2, 0, 1])
     with pytest.raises(ValueError, match="keys"):
         generate_many(params, px, do_sample=True)
-    with pytest.raises(ValueError, match="num_beams"):
-        generate_many(params, px, num_beams=2)
+    with pytest.raises(ValueError, match="^num_return_sequences=2 without beams"):
+        generate_many(params, px, do_sample=True, num_return_sequences=2, keys=jax.random.split(jax.random.key(0), 3))
+    for option in (dict(speculate=2), dict(stop_repeats=(2, 3)), dict(stop_score_variance=True)):
+        with pytest.raises(ValueError, match=f"^{next(iter(option))} cannot be combined with num_beams > 1: "):
+            generate_many(params, px, num_beams=2, **option)
 
 
 def test_ngram_draft_takes_what_followed_the_latest_occurrence():
@@ -171,3 +174,54 @@ def test_forced_eos_lands_on_each_inputs_own_last_column(model):
         assert o.sequence.tolist() == alone.tolist() and alone[-1] == 7 and len(alone) == 1 + budget
     with pytest.raises(ValueError, match="forced_eos_token_id cannot be combined with speculate"):
         generate_many(params, px, speculate=2, **kw)
+
+
+def assert_alone_beams(params, px, outs, budgets, keys=None, **kw):
+    """Each input's hypotheses (sequence, token log-probs, beam score), best first, are the rows of
+    generate on that input alone with its budget (and its key), each trimmed to its own length."""
+    lengths = []
+    for o, budget in zip(outs, budgets):
+        alone = pv.generate(params, px[o.index:o.index + 1], max_new_tokens=budget,
+                            key=None if keys is None else keys[o.index][None], **kw)
+        assert len(o.beams) == kw.get("num_return_sequences", 1) and o.sequence is o.beams[0].sequence
+        assert o.steps <= budget
+        for k, h in enumerate(o.beams):
+            n = len(h.sequence)
+            np.testing.assert_array_equal(h.sequence, alone.sequences[k, :n])
+            assert n == alone.sequences.shape[1] or h.sequence[-1] == kw["eos_token_id"]  # trimmed at its end
+            np.testing.assert_allclose(h.token_logprobs, alone.token_logprobs[k, :n - 1], atol=1e-4)
+            np.testing.assert_allclose(h.score, alone.scores[k], rtol=1e-5, atol=1e-5)
+            lengths.append(n)
+    return lengths
+
+
+@pytest.mark.parametrize("mode", ["beams", "beam_sample"])
+def test_each_beam_group_gets_its_alone_hypotheses(model, mode):
+    """3 beams per slot, 2 slots for 5 (3) inputs of ragged budgets, 3 steps per call, buckets from 4
+    columns: beam groups end (EOS, the early-stop heuristic or the budget) out of order while
+    others run. Beams return 2 hypotheses under length_penalty 0.7 with early_stopping "never"
+    (its heuristic reads each input's own budget); beam sampling stops early (True)."""
+    params, eos = model
+    n = 5 if mode == "beams" else 3   # beam sampling: fewer budgets, fewer programs to compile
+    px, budgets = rand_pixels(5, seed=2)[:n], BUDGETS[:n]
+    kw = (dict(num_beams=3, num_return_sequences=2, length_penalty=0.7, early_stopping="never") if mode == "beams"
+          else dict(num_beams=3, do_sample=True, top_k=20, length_penalty=1.3, early_stopping=True))
+    keys = jax.random.split(jax.random.key(1), n) if mode == "beam_sample" else None
+    outs = generate_many(params, px, budgets=budgets, keys=keys, slots=2, steps_per_call=3, bucket_start=4,
+                         eos_token_id=eos, **kw)
+    assert [o.index for o in outs] == list(range(n))
+    lengths = assert_alone_beams(params, px, outs, budgets, keys, eos_token_id=eos, **kw)
+    assert len(set(lengths)) > 1 and (mode == "beam_sample" or (len(set(lengths)) > 2 and max(lengths) > 8))
+    assert any(h.sequence[-1] == eos for o in outs for h in o.beams)  # some hypotheses end on EOS
+
+
+def test_bert_decoder_beams_as_manga_ocr(tmp_path):
+    """A BERT decoder under manga-ocr's beam options (4 beams, no-repeat 3-grams, length_penalty
+    2, early_stopping True) through 2 slots: each input's hypothesis is generate's alone."""
+    from bert_models import make_generation_reference
+    make_generation_reference("bert").save_pretrained(tmp_path)
+    params, _ = pv.load(tmp_path)
+    px, budgets = rand_pixels(3, seed=9), [4, 11, 7]
+    kw = dict(num_beams=4, no_repeat_ngram_size=3, length_penalty=2.0, early_stopping=True, eos_token_id=3)
+    outs = generate_many(params, px, budgets=budgets, slots=2, steps_per_call=3, bucket_start=4, **kw)
+    assert len(set(assert_alone_beams(params, px, outs, budgets, **kw))) > 1
