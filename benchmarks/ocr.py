@@ -19,6 +19,7 @@ num_beams 4).
 from __future__ import annotations
 
 import os
+import sys
 
 import jax
 
@@ -46,6 +47,10 @@ def reference(tiny: bool, subject: str = "trocr"):
 
 
 def _manga_reference(tiny: bool):
+    # tests/bert_models.py imports its sibling modules by their plain names, as pytest runs them
+    tests_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+    if tests_dir not in sys.path:
+        sys.path.append(tests_dir)
     from tests.bert_models import MANGA_DECODER, MANGA_ENCODER, MANGA_GENERATION, make_bert_reference
     shapes = {} if tiny else dict(enc_base=MANGA_ENCODER, dec_base=MANGA_DECODER)
     model = make_bert_reference("bert", "vit", seed=0, scale=0.6 if tiny else 0.05, **shapes)
