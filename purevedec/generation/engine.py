@@ -39,10 +39,12 @@ from .processors import Knobs
 from .beam_slots import BeamSlot, Hypothesis, beam_advance, beam_fill, beam_running, host_results, hypotheses
 from .slots import advance, advance_all, fill, put, running
 from .score_stop import check_rule as check_score_rule
+from .draft_policy import DraftPolicy
 from .speculative import advance_speculative
 from .stopping import check_rule
 
 STEPS_PER_CALL = 8  # tokens per slot per compiled call: one host round trip per this many steps
+AUTO_DRAFT = 4      # draft tokens of speculate="auto" (the long benchmark's setting; docs/perf-notes.md)
 
 
 class Decoded(NamedTuple):
@@ -62,6 +64,8 @@ class Decoded(NamedTuple):
     """Beam search only: the num_return_sequences best hypotheses (sequence, token log-probs, beam
     score), best first, as ``generate`` returns that input's rows; ``sequence`` and
     ``token_logprobs`` are the first's, ``steps`` the beam steps run."""
+    drafted: int = 0
+    """Draft tokens its speculative steps checked; L-1 - steps of them were accepted."""
 
 
 def _beams(plan) -> bool:
@@ -99,8 +103,8 @@ def _advance(weights, slots, knobs, score_threshold, *, config, plan, dtype, ste
     if _beams(plan):
         return advance_all(weights, slots, knobs, steps, config=config, plan=plan, dtype=dtype, step=beam_advance,
                            alive=beam_running)
-    step = (partial(advance_speculative, n=ngram, k=speculate) if speculate
-            else partial(advance, repeats=repeats, score_threshold=score_threshold if score_stop else None))
+    rules = dict(repeats=repeats, score_threshold=score_threshold if score_stop else None)
+    step = partial(advance_speculative, n=ngram, k=speculate, **rules) if speculate else partial(advance, **rules)
     return advance_all(weights, slots, knobs, steps, config=config, plan=plan, dtype=dtype, step=step)
 
 
@@ -128,10 +132,10 @@ def _outputs(pool, ended: list, owner: list, cur, plan) -> dict:
         beams = {j: hypotheses(host, j, plan) for j in ended}
         return {owner[j]: Decoded(owner[j], beams[j][0].sequence, beams[j][0].token_logprobs,
                                   int(cur[j]) - plan.processing.prompt_len, None, beams[j]) for j in ended}
-    tokens, logprobs, tops, steps = (np.array(a) for a in jax.device_get(
-        (pool.tokens, pool.logprobs, pool.top_scores, pool.steps)))
+    tokens, logprobs, tops, steps, drafted = (np.array(a) for a in jax.device_get(
+        (pool.tokens, pool.logprobs, pool.top_scores, pool.steps, pool.drafted)))
     return {owner[j]: Decoded(owner[j], tokens[j, 0, :cur[j]], logprobs[j, 0, :cur[j] - 1], int(steps[j]),
-                              tops[j, 0, :cur[j] - 1]) for j in ended}
+                              tops[j, 0, :cur[j] - 1], drafted=int(drafted[j])) for j in ended}
 
 
 def _budgets(budgets, n: int, default: int) -> list[int]:
@@ -172,7 +176,7 @@ def _encoder_states(params, pixels, config, chunk: int, dtype) -> Iterator[jax.A
 
 def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[int] | None = None, keys=None,
            slots: int = 8, steps_per_call: int = STEPS_PER_CALL, bucket_start: int = BUCKET_START,
-           speculate: int = 0, ngram: int = 3, stop_repeats=None, stop_score_variance=None, dtype=jnp.float32,
+           speculate: int | str | DraftPolicy = "auto", ngram: int = 3, stop_repeats=None, stop_score_variance=None, dtype=jnp.float32,
            **options) -> Iterator[Decoded]:
     """Decode every image of ``pixels`` ([N,C,H,W], or a sequence of [C,H,W]) through ``slots``
     slots; yields ``Decoded`` in input order. ``budgets``: max_new_tokens per input (default:
@@ -184,20 +188,25 @@ def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[in
     (best first); ``keys`` then feed beam sampling as generate's per-image keys.
     ``speculate`` > 0 (greedy only): each step also checks a draft of that many tokens that
     followed the latest earlier occurrence of the last ``ngram`` tokens (``speculative.py``);
-    the tokens stay greedy's. ``stop_repeats`` = (max_period, repeats) ends an input whose text
+    the tokens stay greedy's. "auto" (the default): drafts of 4 where greedy search allows
+    them (greedy search: no sampling or beams), each call drafting or not as measures faster
+    (``draft_policy.py``; a ``DraftPolicy`` of one's own is taken as well); 0: never. ``stop_repeats`` = (max_period, repeats) ends an input whose text
     ends with a block of at most max_period tokens repeated that many times (``stopping.py``;
-    not with ``speculate`` or beams). ``stop_score_variance`` = True, or (threshold, window),
+    not with beams). ``stop_score_variance`` = True, or (threshold, window),
     ends an input where Nougat's reference implementation ends a page read alone: once the
     variance of the variance of its top scores has stayed low (``score_stop.py``; True: the
-    reference's 0.015 and 200; not with ``speculate`` or beams)."""
+    reference's 0.015 and 200; not with beams). Both rules judge drafted tokens one by one, as
+    plain steps do."""
     weights, config = unpack(params, config)
     dtype = compute_dtype(dtype)
     gen = with_options(defaults_of(params, config), options)
     n = len(pixels)
     budgets = _budgets(budgets, n, gen.max_new_tokens or 20)
     repeats, score_rule = check_rule(stop_repeats), check_score_rule(stop_score_variance)
+    policy = _draft_policy(speculate, gen)
+    speculate = policy.k if policy else (0 if speculate == "auto" else speculate)
     _check_beams(gen, speculate, repeats, score_rule)
-    _check_speculation(speculate, ngram, gen, repeats, score_rule)
+    _check_speculation(speculate, ngram, gen)
     threshold, window = score_rule or (None, None)
     score_threshold = jnp.float32(0.0 if threshold is None else threshold)
     plan = make_plan(with_options(gen, {"max_new_tokens": max(budgets), "max_length": None}), config, 1, False)
@@ -225,7 +234,8 @@ def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[in
                 pool = _insert(weights, pool, j, next(encs), prompt, 1 + budgets[i], row_keys[i], columns=columns,
                                **fills)
                 owner[j], cur[j] = i, 1
-        drafts = _drafts_within(positions, speculate, steps_per_call,
+        want = policy.choose(_steps_left(budgets, waiting, owner, cur, slots)) if policy else speculate
+        drafts = _drafts_within(positions, want, steps_per_call,
                                 max(cur[j] for j in range(slots) if owner[j] is not None))
         reach = steps_per_call * (1 + drafts)
         need = max(min(cur[j] + reach, 1 + budgets[owner[j]]) + _room(drafts) for j in range(slots)
@@ -233,9 +243,12 @@ def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[in
         while columns < need:
             columns = sizes[sizes.index(columns) + 1]
             pool = _grow(pool, columns=columns)
+        before, started = cur.copy(), policy.start() if policy else 0.0
         pool = _advance(weights, pool, knobs, score_threshold, steps=steps_per_call, speculate=drafts, ngram=ngram,
                         repeats=repeats, score_stop=threshold is not None, **statics)
         cur, live = (np.array(a) for a in _status(pool))
+        if policy:
+            policy.record(drafts, columns, int(np.sum(cur - before)), started)
         ended = [j for j in range(slots) if owner[j] is not None and not live[j]]
         done.update(_outputs(pool, ended, owner, cur, plan))
         for j in ended:
@@ -243,6 +256,21 @@ def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[in
         while next_out in done:
             yield done.pop(next_out)
             next_out += 1
+
+
+def _draft_policy(speculate, gen) -> Optional[DraftPolicy]:
+    """speculate="auto": a policy drafting ``AUTO_DRAFT`` tokens where greedy search allows it
+    (else None: no drafts); a policy: itself (its drafts checked below as an int's); an int:
+    None (that many drafts on every call, checked below)."""
+    if isinstance(speculate, DraftPolicy):
+        return speculate
+    if speculate != "auto":
+        if isinstance(speculate, bool) or not isinstance(speculate, int):
+            raise ValueError(f"speculate={speculate!r}: pass a number of draft tokens (0: none), 'auto' or a "
+                             "DraftPolicy")
+        return None
+    greedy = not gen.do_sample and gen.num_beams == 1
+    return DraftPolicy(AUTO_DRAFT) if greedy else None
 
 
 def _check_beams(gen, speculate: int, repeats, score_rule) -> None:
@@ -261,21 +289,17 @@ def _check_beams(gen, speculate: int, repeats, score_rule) -> None:
             raise ValueError(f"{option} cannot be combined with num_beams > 1: {why}")
 
 
-def _check_speculation(speculate: int, ngram: int, gen, repeats, score_rule) -> None:
-    """A draft length and n-gram size that make sense, and none of the options a speculative step
-    cannot honour (it checks a draft of several tokens against greedy's choices at once)."""
+def _check_speculation(speculate: int, ngram: int, gen) -> None:
+    """A draft length and n-gram size that make sense, and greedy search (a draft is checked
+    against greedy's choices: sampling has none to check against; beams are refused above)."""
     if not speculate:
         return
     if speculate < 0 or ngram < 1:
         raise ValueError(f"speculate={speculate}, ngram={ngram}: the draft length must be >= 0 and the n-gram "
                          "size >= 1")
-    conflicts = {"do_sample=True": gen.do_sample and "drafts are checked against greedy search's tokens",
-                 "forced_eos_token_id": gen.forced_eos_token_id is not None and "a draft may cross its column",
-                 "stop_repeats": repeats and "it is checked token by token",
-                 "stop_score_variance": score_rule and "it is checked token by token"}
-    for option, why in conflicts.items():
-        if why:
-            raise ValueError(f"{option} cannot be combined with speculate: {why}")
+    if gen.do_sample:
+        raise ValueError("do_sample=True cannot be combined with speculate: drafts are checked against greedy "
+                         "search's tokens")
 
 
 def _drafts_within(positions: int, speculate: int, steps: int, cur: int) -> int:
@@ -284,6 +308,13 @@ def _drafts_within(positions: int, speculate: int, steps: int, cur: int) -> int:
     NaN keys and values would reach the real token's attention in the same step. Such a call
     decodes token by token; the tokens are the same, greedy's."""
     return speculate if cur + steps * (speculate + 1) + _room(speculate) <= positions else 0
+
+
+def _steps_left(budgets, waiting, owner, cur, slots: int) -> int:
+    """Decoder steps of work left per slot: the waiting inputs' budgets and the running ones'
+    rest, over the slots."""
+    running = sum(1 + budgets[i] - cur[j] for j, i in enumerate(owner) if i is not None)
+    return (running + sum(budgets[i] for i in waiting)) // slots
 
 
 def _room(drafts: int) -> int:

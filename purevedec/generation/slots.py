@@ -37,6 +37,7 @@ class Slot(NamedTuple):
     top_scores: jax.Array  # [1,G] float32: each generated token's step's highest processed score
     key: jax.Array       # [1] typed key: the input's row key (sampling)
     steps: jax.Array     # int32: decoder steps run for this input (fewer than its tokens when speculating)
+    drafted: jax.Array   # int32: draft tokens offered to its speculative steps (accepted: tokens - steps)
     cache: DecoderCache  # the input's decoder cache: cross K/V [1,H,S,K], self K/V [1,H,T,K], mask, pos
     score_stop: Optional[ScoreStop] = None  # Nougat's stopping rule's state, when it is on (score_stop.py)
 
@@ -58,7 +59,7 @@ def fill(weights, enc, prompt, end, key, *, config, plan: Plan, columns: int, dt
     generated = jnp.zeros((1, pr.max_length - pr.prompt_len), jnp.float32)
     return Slot(tokens=tokens, cur=jnp.int32(pr.prompt_len), end=jnp.asarray(end, jnp.int32),
                 live=jnp.ones(1, bool), logits=logits[:, -1].astype(jnp.float32), logprobs=generated,
-                top_scores=generated, key=key, steps=jnp.int32(0), cache=cache,
+                top_scores=generated, key=key, steps=jnp.int32(0), drafted=jnp.int32(0), cache=cache,
                 score_stop=None if score_window is None else new_score_stop(score_window))
 
 

@@ -3,11 +3,14 @@ its own budget and key, whatever the number of slots and the order in which inpu
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import numpy as np
 import pytest
 
 import purevedec as pv
+from purevedec.generation import draft_policy
 from purevedec.generation.engine import generate_many, stream
 from purevedec.generation.speculative import ngram_draft as ngram_draft_op
 from conftest import make_reference, rand_pixels, save_reference
@@ -88,7 +91,10 @@ def test_speculative_greedy_equals_greedy_and_accepts_drafts(model):
         np.testing.assert_array_equal(o.sequence, alone.sequences[0])
         np.testing.assert_allclose(o.token_logprobs, alone.token_logprobs[0], atol=1e-4)
         assert o.steps <= budget
+        # accepted draft tokens (generated - steps) are among those offered
+        assert 0 <= len(o.token_logprobs) - o.steps <= o.drafted
     assert sum(o.steps for o in outs) < sum(BUDGETS)  # some drafts were accepted
+    assert sum(o.drafted for o in outs) > sum(BUDGETS) - sum(o.steps for o in outs)  # and some refused
 
 
 def test_speculation_reports_greedys_top_scores(model):
@@ -106,17 +112,11 @@ def test_speculation_reports_greedys_top_scores(model):
         np.testing.assert_allclose(d.top_scores, p.top_scores, atol=1e-4)
 
 
-@pytest.mark.parametrize("option, why", [
-    (dict(do_sample=True, keys=jax.random.split(jax.random.key(0), 2)), "do_sample=True cannot be combined"),
-    (dict(forced_eos_token_id=7), "forced_eos_token_id cannot be combined"),
-    (dict(stop_repeats=(2, 3)), "stop_repeats cannot be combined"),
-    (dict(stop_score_variance=True), "stop_score_variance cannot be combined"),
-])
-def test_what_speculation_cannot_do_is_refused_in_one_form(model, option, why):
+def test_speculation_refuses_sampling(model):
     params, _ = model
-    with pytest.raises(ValueError, match=f"^{why} with speculate: "):
-        generate_many(params, rand_pixels(2, seed=2), speculate=2, **option)
-    generate_many(params, rand_pixels(2, seed=2), budgets=[2, 2], **option)   # fine without speculation
+    keys = jax.random.split(jax.random.key(0), 2)
+    with pytest.raises(ValueError, match="^do_sample=True cannot be combined with speculate: "):
+        generate_many(params, rand_pixels(2, seed=2), speculate=2, do_sample=True, keys=keys)
 
 
 def test_speculation_near_the_last_position_stays_greedy(model):
@@ -159,6 +159,9 @@ def test_repetition_rule_ends_each_input_at_its_first_repeated_block(model):
         assert o.sequence.tolist() == alone[:1 + keep]
         cut += keep < budget
     assert cut  # some input stopped early
+    drafted = generate_many(params, px, budgets=BUDGETS, slots=2, steps_per_call=3, bucket_start=4,
+                            stop_repeats=(2, 3), speculate=3, ngram=1, **kw)
+    assert [d.sequence.tolist() for d in drafted] == [o.sequence.tolist() for o in outs]  # judged token by token
     with pytest.raises(ValueError, match="stop_repeats"):
         generate_many(params, px, stop_repeats=(2, 1))
 
@@ -172,8 +175,11 @@ def test_forced_eos_lands_on_each_inputs_own_last_column(model):
     for o, budget in zip(outs, BUDGETS):
         alone = pv.generate(params, px[o.index:o.index + 1], max_new_tokens=budget, **kw).sequences[0]
         assert o.sequence.tolist() == alone.tolist() and alone[-1] == 7 and len(alone) == 1 + budget
-    with pytest.raises(ValueError, match="forced_eos_token_id cannot be combined with speculate"):
-        generate_many(params, px, speculate=2, **kw)
+    # with drafts too: a draft that reaches an input's last column meets the forced EOS there
+    drafted = generate_many(params, px, budgets=BUDGETS, slots=2, steps_per_call=3, bucket_start=4, speculate=3,
+                            ngram=1, **kw)
+    assert [o.sequence.tolist() for o in drafted] == [o.sequence.tolist() for o in outs]
+    assert sum(o.steps for o in drafted) < sum(BUDGETS)
 
 
 def assert_alone_beams(params, px, outs, budgets, keys=None, **kw):
@@ -225,3 +231,40 @@ def test_bert_decoder_beams_as_manga_ocr(tmp_path):
     kw = dict(num_beams=4, no_repeat_ngram_size=3, length_penalty=2.0, early_stopping=True, eos_token_id=3)
     outs = generate_many(params, px, budgets=budgets, slots=2, steps_per_call=3, bucket_start=4, **kw)
     assert len(set(assert_alone_beams(params, px, outs, budgets, **kw))) > 1
+
+
+
+class _TickPolicy(draft_policy.DraftPolicy):
+    """Every call takes one tick of the clock; a drafted call is credited ``credit`` times the
+    tokens it wrote (so drafting measures faster or slower at will)."""
+
+    def __init__(self, credit: float):
+        ticks = itertools.count()
+        super().__init__(3, clock=lambda: float(next(ticks)))
+        self.credit = credit
+
+    def record(self, drafts, columns, tokens, started):
+        super().record(drafts, columns, tokens * self.credit if drafts else tokens, started)
+
+
+def test_auto_drafts_only_where_they_measure_faster(model, monkeypatch):
+    """A draft policy (what speculate="auto", the default, builds) drafts once drafting measures
+    faster and leaves it once it measures slower; the tokens stay greedy's either way; sampling
+    never drafts under "auto"."""
+    params, _ = model
+    px = rand_pixels(10, seed=2)   # twice the file's inputs and budgets: calls enough to measure both modes
+    kw = dict(budgets=BUDGETS * 2, slots=2, steps_per_call=3, bucket_start=4, min_new_tokens=max(BUDGETS), ngram=1)
+    monkeypatch.setattr(draft_policy, "WARM_CALLS", 1)
+    monkeypatch.setattr(draft_policy, "MIN_STEPS_LEFT", 0)
+    plain = generate_many(params, px, speculate=0, **kw)
+    fast, slow = _TickPolicy(10.0), _TickPolicy(0.1)
+    faster, slower = (generate_many(params, px, speculate=p, **kw) for p in (fast, slow))
+    for outs in (faster, slower):
+        assert [o.sequence.tolist() for o in outs] == [o.sequence.tolist() for o in plain]
+    assert fast.rates.drafted > fast.rates.plain and slow.rates.drafted < slow.rates.plain
+    steps = [sum(o.steps for o in outs) for outs in (plain, faster, slower)]
+    assert steps[1] < steps[2] <= steps[0] == 2 * sum(BUDGETS)
+    assert sum(o.drafted for o in slower) < sum(o.drafted for o in faster)
+    sampled = generate_many(params, px, do_sample=True, keys=jax.random.split(jax.random.key(1), 10),
+                            **{k: v for k, v in kw.items() if k != "ngram"})
+    assert all(o.drafted == 0 and o.steps == len(o.token_logprobs) for o in sampled)

@@ -64,8 +64,19 @@ def test_the_rule_refuses_bad_options(params):
     for rule in [(0.1, 1), (0, 8), "yes"]:
         with pytest.raises(ValueError, match="stop_score_variance"):
             generate_many(params, px, stop_score_variance=rule)
-    with pytest.raises(ValueError, match="speculate"):
-        generate_many(params, px, stop_score_variance=True, speculate=2)
+
+
+def test_drafted_tokens_are_judged_one_by_one(params):
+    """With n-gram drafts a step writes several tokens; the rule still ends each input after the
+    token where plain steps end it (the rule's state pushed token by token)."""
+    px = rand_pixels(5, seed=2)
+    kw = dict(budgets=[BUDGET] * 5, slots=2, steps_per_call=5, bucket_start=8, min_new_tokens=BUDGET,
+              stop_score_variance=(1e-5, WINDOW))   # test_each_input_ends_where_the_host_rule_ends_it's greedy call
+    plain = generate_many(params, px, speculate=0, **kw)
+    drafted = generate_many(params, px, speculate=3, ngram=1, **kw)
+    assert [d.sequence.tolist() for d in drafted] == [p.sequence.tolist() for p in plain]
+    assert min(len(p.sequence) for p in plain) < 1 + BUDGET          # some inputs were cut by the rule
+    assert sum(d.steps for d in drafted) < sum(p.steps for p in plain)  # and drafts were accepted
 
 
 @pytest.mark.parametrize("mode", ["greedy", "sample"])
