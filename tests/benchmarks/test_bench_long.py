@@ -18,11 +18,15 @@ def test_long_section_runs_beside_transformers(tmp_path):
         section = res[key]
         assert len(section["budgets"]) == count and all(low <= b <= high for b in section["budgets"])
         assert section["tokens"] == sum(section["budgets"])
-        assert [c["side"] for c in section["cells"]][2:] == ["transformers (input order)",
+        assert [c["side"] for c in section["cells"]][2:] == ["purevedec (default: drafts when faster)",
+                                                             "transformers (input order)",
                                                              "transformers (sorted by budget)"]
         assert all(c["tokens_per_s"] > 0 and c["first_record_s"] <= c["seconds"] for c in section["cells"])
         assert section["fidelity"]["tokens equal to transformers (fp32)"] == 1.0
         assert section["fidelity"]["n-gram drafts: tokens equal to plain greedy"] == 1.0
+        assert section["fidelity"]["default (auto): tokens equal to plain greedy"] == 1.0
+        assert 0.0 <= section["fidelity"]["n-gram drafts: draft tokens accepted"] <= 1.0
+    assert res["long_pages"]["fidelity"]["n-gram drafts: draft tokens accepted"] > 0  # 20-40 tokens repeat
     assert res["long_pages"]["model"].startswith("tiny random Donut-Swin")
     text = (out / "results.md").read_text()
     assert "## Long outputs" in text and "| purevedec (continuous batching) |" in text
