@@ -115,11 +115,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, body: bool) -> None:
         path = unquote(urlsplit(self.path).path)
-        self._body = body
-        self._file = None
+        self._body, self._file, self._path, self._logged = body, None, path, False
         failure = self.hub._failure
         if failure and failure[1].search(path):
-            self._log(path)
+            self._log()
             if failure[0] == 0:
                 self.close_connection = True
                 return None
@@ -131,13 +130,19 @@ class _Handler(BaseHTTPRequestHandler):
                 break
         else:
             self._send(404, b"Not Found")
-        self._log(path)
+        self._log()
 
-    def _log(self, path: str) -> None:
-        self.hub.requests.append(Request(self.command, path, self._file))
+    def _log(self) -> None:
+        """Records the request once, before its response is sent: a client that has read the
+        whole response may look at the log at once (logged after the send, the last file of a
+        download was sometimes missing from it under load)."""
+        if not self._logged:
+            self._logged = True
+            self.hub.requests.append(Request(self.command, self._path, self._file))
 
     def _send(self, status: int, data: bytes = b"", headers: dict | None = None,
               error_code: str | None = None) -> None:
+        self._log()
         self.send_response(status)
         for name, value in (headers or {}).items():
             self.send_header(name, value)

@@ -66,8 +66,9 @@ def _config(model):
 
 def test_sections_default_to_all_and_only_picks_one():
     import pytest
-    assert run._sections(run._args([])) == ("captioning", "ocr", "long", "folder", "train")
-    assert run._sections(run._args(["--no-folder", "--no-train"])) == ("captioning", "ocr", "long")
+    assert run._sections(run._args([])) == ("captioning", "ocr", "long", "documents", "folder", "train")
+    assert run._sections(run._args(["--no-folder", "--no-train"])) == ("captioning", "ocr", "long", "documents")
+    assert run._sections(run._args(["--only", "documents"])) == ("documents",)
     assert run._sections(run._args(["--only", "ocr"])) == ("ocr",)
     assert run._sections(run._args(["--model", "x"])) == ("captioning", "folder")  # random-weight sections skipped
     with pytest.raises(SystemExit, match="takes no --model"):
