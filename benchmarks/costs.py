@@ -89,14 +89,15 @@ def decode_flops(config: Config, images: int, rows_per_image: int, cached: int) 
 
 
 def bounds(cells: list[dict], config: Config, limits: dict, tokens: int) -> None:
-    """Each speed cell's lower bound (``bound_s``; ``bound_token_ms`` for generation), in place:
+    """Each speed cell's lower bound (``bound_s``, of which ``bound_encoder_s`` the encoder's;
+    ``bound_token_ms`` for generation), in place:
     the encoder's FLOPs at the dtype's peak, plus per token the larger of the bytes a step reads
     over the read bandwidth and its FLOPs at the peak (a half-full self cache)."""
     for c in cells:
         bf16 = c["dtype"] == "bfloat16"
         item = 2 if bf16 else 4
         peak = limits["matmul_flops_bf16" if bf16 else "matmul_flops"]
-        c["bound_s"] = encoder_flops(config, c["batch"]) / peak
+        c["bound_s"] = c["bound_encoder_s"] = encoder_flops(config, c["batch"]) / peak
         if c["workload"] != "encoder":
             beams = 1 if c["workload"] == "greedy" else int(c["workload"].split("-")[1])
             step = max(decode_bytes(config, c["batch"], beams, tokens // 2, item) / limits["read_bytes_per_s"],

@@ -11,10 +11,11 @@ in the run; N(0, 0.05) weights, tests/ocr_models.randomize):
   1,024 tokens (the page's encoder included).
 
 One call reads the page and writes its tokens; the call writing one token stands for the encoder
-(it adds one decoder step). Both greedy, fp32 and bf16, EOS suppressed (``min_new_tokens`` of the whole position table in the
-saved generation config, which both libraries honour) so that both write exactly the tokens asked. Each cell also gives
-the encoder alone and the decode time per token, against the machine's bounds (costs.py) as the
-captioning section does, and the fraction of fp32 tokens equal between the libraries.
+(it adds one decoder step). Both greedy, fp32 and bf16, EOS suppressed (``min_new_tokens`` of the
+whole position table in the saved generation config, which both libraries honour) so that both
+write exactly the tokens asked. Each cell also gives the encoder alone and the decode time per
+token, against the machine's bounds (costs.py) as the captioning section does, and the fraction
+of fp32 tokens equal between the libraries.
 
     python -m benchmarks.run --only documents [--doc-batches 1,4] [--doc-tokens 128] [--doc-page-tokens 256,1024]
 """
@@ -127,12 +128,8 @@ def _compare(model, params, config, runs, dtypes, limits, log) -> list[dict]:
             for tag, lib in zip(("pv", "hf"), libs):
                 cell.update({f"{tag}_{k}": v for k, v in _cell(lib, config, batch, tokens, log).items()})
             costs.bounds([cell], config, limits, tokens)
-            cell["bound_encoder_s"] = costs.encoder_flops(config, batch) / limits[
-                "matmul_flops_bf16" if dtype == "bfloat16" else "matmul_flops"]
             cells.append(cell)
-    import torch
-    model.to(torch.float32)
-    model.set_attn_implementation("eager")
+    speed.restore_reference(model)
     return cells
 
 
@@ -182,7 +179,8 @@ def _table(cells: list[dict], per: str) -> str:
              f"{c['pv_encoder_s'] / c['bound_encoder_s']:.2f}x", c["pv_token_ms"], c["hf_token_ms"],
              _over(c["pv_token_ms"], c["bound_token_ms"]), c.get("tokens_equal"), c["pv_first_s"]] for c in cells]
     return table(["batch", "tokens", "dtype", f"purevedec {per}/s", f"transformers {per}/s", "speed-up",
-                  "purevedec 1-token call s", "transformers 1-token call s", "1-token call / encoder bound", "purevedec ms/token",
+                  "purevedec 1-token call s", "transformers 1-token call s", "1-token call / encoder bound",
+                  "purevedec ms/token",
                   "transformers ms/token", "token / bound", "fp32 tokens equal", "purevedec first call s"], rows)
 
 

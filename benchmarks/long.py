@@ -79,7 +79,11 @@ def _agreement(a: list, b: list) -> float:
     return equal / max(1, sum(len(x) for x in a))
 
 
-SUBJECTS = {"lines": dict(what="text-line crops"), "pages": dict(what="pages")}
+# Per workload: what an input is, its result's key and the options that size it.
+SUBJECTS = {"lines": dict(what="text-line crops", key="long", inputs="long_lines", slots="long_slots",
+                          budgets="long_budgets"),
+            "pages": dict(what="pages", key="long_pages", inputs="long_pages", slots="long_page_slots",
+                          budgets="long_page_budgets")}
 
 
 def _subject(kind: str, tiny: bool):
@@ -88,11 +92,6 @@ def _subject(kind: str, tiny: bool):
         return (documents.SUBJECTS["nougat"]["name"] if not tiny else "tiny random Donut-Swin + mBART",
                 documents.reference("nougat", tiny))
     return ocr.TINY_NAME if tiny else ocr.FULL_NAME, ocr.reference(tiny)
-
-
-def _warm_then_time(fn, warm) -> dict:
-    warm()
-    return fn()
 
 
 def run_section(tiny: bool, workdir: str, *, lines: int, slots: int, budget_range=(5, 60), log=print,
@@ -114,7 +113,8 @@ def run_section(tiny: bool, workdir: str, *, lines: int, slots: int, budget_rang
     by_budget = sorted(range(lines), key=lambda i: budgets[i])
     run_ours = lambda speculate: lambda: _ours(params, pixels, budgets, slots, speculate)  # noqa: E731
     run_theirs = lambda order: lambda: _theirs(model, pixels, budgets, slots, order)  # noqa: E731
-    warm_theirs = lambda: _theirs(model, pixels[:slots], [4] * min(slots, lines), slots, list(range(min(slots, lines))))  # noqa: E731
+    first_batch = list(range(min(slots, lines)))
+    warm_theirs = lambda: _theirs(model, pixels, [4] * lines, slots, first_batch)  # noqa: E731
     runs = {"purevedec (continuous batching)": (run_ours(0), run_ours(0)),
             "purevedec (+ n-gram drafts of 4)": (run_ours(4), run_ours(4)),
             "purevedec (default: drafts when faster)": (run_ours("auto"), run_ours("auto")),
@@ -123,7 +123,8 @@ def run_section(tiny: bool, workdir: str, *, lines: int, slots: int, budget_rang
     cells, seqs = [], {}
     for side, (fn, warm) in runs.items():
         log(f"long: {side} ...")
-        r = _warm_then_time(fn, warm)
+        warm()
+        r = fn()
         seqs[side] = r.pop("sequences")
         cells.append(dict(side=side, tokens_per_s=tokens / r["seconds"], **r))
     ours, best = cells[2], max(cells[3:], key=lambda c: c["tokens_per_s"])  # ours: the default
@@ -158,12 +159,10 @@ def run_workloads(args, workdir: str, log=print) -> dict:
     for kind in args.long_kinds.split(","):
         if kind not in SUBJECTS:
             raise SystemExit(f"--long-kinds: {kind!r} is not one of {', '.join(SUBJECTS)}")
-        lines = args.long_lines if kind == "lines" else args.long_pages
-        slots = args.long_slots if kind == "lines" else args.long_page_slots
-        budgets = args.long_budgets if kind == "lines" else args.long_page_budgets
-        res["long" if kind == "lines" else "long_pages"] = run_section(
-            args.tiny, workdir, lines=lines, slots=slots, budget_range=tuple(int(b) for b in budgets.split(",")),
-            log=log, kind=kind)
+        s = SUBJECTS[kind]
+        budgets = tuple(int(b) for b in getattr(args, s["budgets"]).split(","))
+        res[s["key"]] = run_section(args.tiny, workdir, lines=getattr(args, s["inputs"]),
+                                    slots=getattr(args, s["slots"]), budget_range=budgets, log=log, kind=kind)
     return res
 
 

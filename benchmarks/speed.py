@@ -74,6 +74,13 @@ class Transformers:
         return run
 
 
+def restore_reference(model) -> None:
+    """The torch model back as the parity tests use it (``Transformers`` casts it and sets sdpa)."""
+    import torch
+    model.to(torch.float32)
+    model.set_attn_implementation("eager")
+
+
 # Below this a per-token difference of two timed calls is noise (perf_counter's resolution, or
 # less than a microsecond of difference between the two calls).
 TIMER_RESOLUTION_S = max(time.get_clock_info("perf_counter").resolution, 1e-6)
@@ -122,7 +129,5 @@ def compare(model, params, config, batches, dtypes, tokens: int, log=print, imag
                 if "per_token_s" in r:  # None when every row stopped after one token
                     ms = None if r["per_token_s"] is None else r["per_token_s"] * 1e3
                     cell.update({f"{tag}_token_ms": ms, f"{tag}_sequences": r["sequences"]})
-    import torch
-    model.to(torch.float32)
-    model.set_attn_implementation("eager")
+    restore_reference(model)
     return list(cells.values())

@@ -176,7 +176,8 @@ def _encoder_states(params, pixels, config, chunk: int, dtype) -> Iterator[jax.A
 
 def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[int] | None = None, keys=None,
            slots: int = 8, steps_per_call: int = STEPS_PER_CALL, bucket_start: int = BUCKET_START,
-           speculate: int | str | DraftPolicy = "auto", ngram: int = 3, stop_repeats=None, stop_score_variance=None, dtype=jnp.float32,
+           speculate: int | str | DraftPolicy = "auto", ngram: int = 3, stop_repeats=None, stop_score_variance=None,
+           dtype=jnp.float32,
            **options) -> Iterator[Decoded]:
     """Decode every image of ``pixels`` ([N,C,H,W], or a sequence of [C,H,W]) through ``slots``
     slots; yields ``Decoded`` in input order. ``budgets``: max_new_tokens per input (default:
@@ -188,12 +189,12 @@ def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[in
     (best first); ``keys`` then feed beam sampling as generate's per-image keys.
     ``speculate`` > 0 (greedy only): each step also checks a draft of that many tokens that
     followed the latest earlier occurrence of the last ``ngram`` tokens (``speculative.py``);
-    the tokens stay greedy's. "auto" (the default): drafts of 4 where greedy search allows
-    them (greedy search: no sampling or beams), each call drafting or not as measures faster
-    (``draft_policy.py``; a ``DraftPolicy`` of one's own is taken as well); 0: never. ``stop_repeats`` = (max_period, repeats) ends an input whose text
-    ends with a block of at most max_period tokens repeated that many times (``stopping.py``;
-    not with beams). ``stop_score_variance`` = True, or (threshold, window),
-    ends an input where Nougat's reference implementation ends a page read alone: once the
+    the tokens stay greedy's. "auto" (the default): drafts of 4 under greedy search (not with
+    sampling or beams), each call drafting or not as measures faster (``draft_policy.py``; a
+    ``DraftPolicy`` of one's own is taken as well); 0: never. ``stop_repeats`` = (max_period,
+    repeats) ends an input whose text ends with a block of at most max_period tokens repeated
+    that many times (``stopping.py``; not with beams). ``stop_score_variance`` = True, or
+    (threshold, window), ends an input where Nougat's reference implementation ends a page read alone: once the
     variance of the variance of its top scores has stayed low (``score_stop.py``; True: the
     reference's 0.015 and 200; not with beams). Both rules judge drafted tokens one by one, as
     plain steps do."""
@@ -203,8 +204,7 @@ def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[in
     n = len(pixels)
     budgets = _budgets(budgets, n, gen.max_new_tokens or 20)
     repeats, score_rule = check_rule(stop_repeats), check_score_rule(stop_score_variance)
-    policy = _draft_policy(speculate, gen)
-    speculate = policy.k if policy else (0 if speculate == "auto" else speculate)
+    policy, speculate = _drafting(speculate, gen)
     _check_beams(gen, speculate, repeats, score_rule)
     _check_speculation(speculate, ngram, gen)
     threshold, window = score_rule or (None, None)
@@ -258,19 +258,19 @@ def stream(params, pixels, config: Config | None = None, *, budgets: Iterable[in
             next_out += 1
 
 
-def _draft_policy(speculate, gen) -> Optional[DraftPolicy]:
-    """speculate="auto": a policy drafting ``AUTO_DRAFT`` tokens where greedy search allows it
-    (else None: no drafts); a policy: itself (its drafts checked below as an int's); an int:
-    None (that many drafts on every call, checked below)."""
+def _drafting(speculate, gen) -> tuple[Optional[DraftPolicy], int]:
+    """(the policy choosing each call's drafts, or None; the longest draft, checked below as
+    given). "auto": a policy of ``AUTO_DRAFT`` tokens under greedy search, else no drafts; a
+    policy: itself; an int: that many drafts on every call."""
     if isinstance(speculate, DraftPolicy):
-        return speculate
-    if speculate != "auto":
-        if isinstance(speculate, bool) or not isinstance(speculate, int):
-            raise ValueError(f"speculate={speculate!r}: pass a number of draft tokens (0: none), 'auto' or a "
-                             "DraftPolicy")
-        return None
-    greedy = not gen.do_sample and gen.num_beams == 1
-    return DraftPolicy(AUTO_DRAFT) if greedy else None
+        return speculate, speculate.k
+    if speculate == "auto":
+        greedy = not gen.do_sample and gen.num_beams == 1
+        return (DraftPolicy(AUTO_DRAFT), AUTO_DRAFT) if greedy else (None, 0)
+    if isinstance(speculate, bool) or not isinstance(speculate, int):
+        raise ValueError(f"speculate={speculate!r}: pass a number of draft tokens (0: none), 'auto' or a "
+                         "DraftPolicy")
+    return None, speculate
 
 
 def _check_beams(gen, speculate: int, repeats, score_rule) -> None:
