@@ -11,6 +11,7 @@ import json
 import os
 import sys
 
+from ..captioning import interrupts
 from ..captioning.flags import add_mesh_flag, mesh_from
 from ..errors import ConfigError, PurevedecError
 from ..models import decoder_family
@@ -82,7 +83,11 @@ def run(args) -> int:
     except KeyboardInterrupt:
         guard.exit_now()  # the message, then exit 130 without interpreter teardown
         return INTERRUPTED
-    except (PurevedecError, OSError, ImportError) as e:  # OSError: a full disk, an unreadable file
+    except Exception as e:
+        if interrupts.received():  # what a library made of Ctrl-C
+            guard.exit_now()
+        if not isinstance(e, (PurevedecError, OSError, ImportError)):  # OSError: a full disk, an unreadable file
+            raise
         print(f"purevedec train: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
 

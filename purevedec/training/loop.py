@@ -27,6 +27,7 @@ from typing import Callable
 
 import jax.numpy as jnp
 
+from ..captioning import interrupts
 from ..errors import CheckpointError, ConfigError
 from ..generation import generate
 from .checkpoint_dir import copy_folder, recover, remove_folder, write_model_folder
@@ -286,6 +287,8 @@ def fit(params, train: Dataset, val: Dataset, batcher: Batcher, cfg: TrainConfig
         try:
             _train(r, step_fn, train, bar, per_epoch, total)
         except Exception:  # an error after training steps: keep what they trained, then report it
+            if interrupts.received():  # what a library made of Ctrl-C: stop at once, as for Ctrl-C
+                raise KeyboardInterrupt from None
             if r.step > max(r.saved_at, start):
                 r.say(f"saving checkpoint-{r.step} before stopping on an error")
                 r.save()

@@ -175,6 +175,36 @@ def test_ctrl_c_at_each_phase_exits_130_with_whole_checkpoints(tmp_path, model, 
         assert checkpoints(str(out)), rest  # the one before the interrupted phase is there
 
 
+LOSSY_EVALUATE = """
+import os, signal, sys, time
+import purevedec.training.loop as loop
+from purevedec.commands import main
+
+def evaluate(*args, **kwargs):  # as numpy does: the interrupt raised in a callback becomes another error
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+    except KeyboardInterrupt:
+        raise SystemError("<built-in function> returned a result with an exception set") from None
+
+loop.evaluate = evaluate
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_that_a_library_turns_into_an_error_is_still_an_interrupt(tmp_path, model):
+    """Not "saving before stopping on an error" and the captioning driver's bare "interrupted"
+    (what the evaluating phase above printed once in CI), but the train command's own message."""
+    data, out = _data(tmp_path), tmp_path / "out"
+    env = {**os.environ, "PUREVEDEC_COMPILE_CACHE": str(tmp_path.parent / "train-cli-cache")}
+    proc = subprocess.run([sys.executable, "-c", LOSSY_EVALUATE, "train", model, data, "--out", str(out),
+                           "--batch-size", "1", "--no-progress", "--validation-fraction", "0.34", "--save-every", "1",
+                           "--eval-every", "2"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 130, proc.stderr
+    assert "Run the same command again to resume" in proc.stderr and "error" not in proc.stderr, proc.stderr
+    assert [step for step, _ in checkpoints(str(out))] == [1], proc.stderr  # step 2 is evaluated before it is saved
+
+
 def test_ctrl_c_ends_a_process_stuck_in_native_code():
     """The main thread in a long native call (here OpenSSL's PBKDF2, as XLA's compiler would be)
     never runs Python's handler; the watcher thread ends the process after its grace period."""
