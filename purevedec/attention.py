@@ -61,6 +61,35 @@ def attention(q, k, v, mask, scale: float, *, upcast: bool = False, dropout_rate
     return out, jax.nn.softmax(_scores(q, k, mask, bias, scale), axis=-1)
 
 
+def attention_after_cache(q, cached: tuple, new: tuple, cached_mask, new_mask, pos, scale: float, *,
+                          upcast: bool = False):
+    """Softmax attention of a decode step's queries q [B,H,t,K] over two blocks of keys taken as one:
+    ``cached`` (keys, values) [B,H,U,K] as the cache held them before the step, and ``new`` (keys,
+    values) [B,H,t,K] of the step's own tokens; masks bool broadcastable to [B,H,t,U] and [B,H,t,t].
+    Returns out [B,H,t,K] and the weights [B,H,t,U] over the buffer with the new keys at ``pos``.
+
+    The same softmax as ``attention`` over the written buffer, but it reads the buffer before the
+    step's write: XLA:CPU can then write the new keys in place, where a write read back by the
+    attention made it copy the whole buffer several times a step (docs/perf-notes.md)."""
+    if q.shape[-2] == 1 and q.dtype != F32 and not upcast and backend_tuning.current().pad_single_query:
+        # As in ``attention``: one low-precision row would copy K and V to float32 every step.
+        out, weights = attention_after_cache(jnp.pad(q, [(0, 0)] * (q.ndim - 2) + [(0, 1), (0, 0)]), cached, new,
+                                             cached_mask, new_mask, pos, scale)
+        return out[..., :1, :], weights[..., :1, :]
+    (k_old, v_old), (k_new, v_new) = cached, new
+    if upcast:
+        q, k_old, k_new = q.astype(F32), k_old.astype(F32), k_new.astype(F32)
+    s_old = _scores(q, k_old, cached_mask, None, scale)
+    s_new = _scores(q, k_new, new_mask, None, scale)
+    top = jnp.maximum(jnp.max(s_old, axis=-1, keepdims=True), jnp.max(s_new, axis=-1, keepdims=True))
+    e_old, e_new = jnp.exp(s_old - top), jnp.exp(s_new - top)
+    inv_total = 1.0 / (jnp.sum(e_old, axis=-1, keepdims=True) + jnp.sum(e_new, axis=-1, keepdims=True))
+    out = (product("bhtu,bhuk->bhtk", e_old.astype(v_old.dtype), v_old)
+           + product("bhtu,bhuk->bhtk", e_new.astype(v_new.dtype), v_new)) * inv_total
+    weights = jax.lax.dynamic_update_slice(e_old * inv_total, e_new * inv_total, (0, 0, 0, pos))
+    return out.astype(v_old.dtype), weights
+
+
 def shared_kv_attention(q, k, v, scale: float, *, upcast: bool = False, dropout_rate: float = 0.0, key=None):
     """Cross-attention of R/B query rows per image over their image's K/V: q [R,H,T,K] (rows
     image-major), k/v [B,H,S,K] -> (out [R,H,T,K], weights [R,H,T,S]). The rows of an image

@@ -11,9 +11,15 @@ must come first on several hosts).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import jax
+
+try:
+    from jax._src import core as _jax_core
+except ImportError:  # a JAX without it: decode programs compile without their options
+    _jax_core = None
 
 
 @dataclass(frozen=True)
@@ -47,3 +53,33 @@ BACKENDS = {"cpu": CPU, "gpu": PLAIN, "tpu": PLAIN}
 def current() -> Tuning:
     """The tricks of the backend programs are being traced for."""
     return BACKENDS.get(jax.default_backend(), PLAIN)
+
+
+# Compiler options of the decoding programs (generate, the engine, step). With region analysis,
+# XLA:CPU's copy insertion lets a step write its keys and values into the carried cache in place;
+# without it every step copied each layer's whole cache (docs/perf-notes.md). Other backends do
+# not read xla_cpu_ options. Inside a caller's own jit, pass them to that jit.
+DECODE_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
+
+
+def decode_jit(fn, **jit_kwargs):
+    """``jax.jit(fn, **jit_kwargs)`` compiled with DECODE_COMPILER_OPTIONS when called at top level;
+    traced inside another jit (``generate_core`` in a caller's program), where JAX refuses compiler
+    options, the plain jit."""
+    top = jax.jit(fn, compiler_options=DECODE_COMPILER_OPTIONS, **jit_kwargs)
+    nested = jax.jit(fn, **jit_kwargs)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        return (top if _at_top_level() else nested)(*args, **kwargs)
+
+    call.lower = lambda *args, **kwargs: (top if _at_top_level() else nested).lower(*args, **kwargs)
+    call._cache_size = lambda: top._cache_size() + nested._cache_size()  # programs compiled, as jit's
+    return call
+
+
+def _at_top_level() -> bool:
+    """Whether no trace is under way (JAX has no public test: without its internal one, the
+    plain program runs, slower but the same)."""
+    clean = getattr(_jax_core, "trace_state_clean", None)
+    return bool(clean and clean())

@@ -13,6 +13,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .attention import attention, attention_after_cache
+
 
 class DecoderCache(NamedTuple):
     """What cached decoding carries from one step to the next (a pytree: jit, donation and
@@ -57,14 +59,47 @@ def valid_tokens(ids: jax.Array, attention_mask) -> jax.Array:
     return jnp.ones(ids.shape, bool) if attention_mask is None else attention_mask != 0
 
 
-def step_mask(cache: DecoderCache, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(the self-attention mask [R,1,t,Tmax] of ``t`` new tokens, the updated key mask [R,Tmax]):
-    each new token sees every earlier or equal position the key mask marks real."""
+class StepMask(NamedTuple):
+    """Which keys the t queries of a cached step see: the cache's real tokens from before the step,
+    and the step's own real tokens up to each query (``attend_self`` reads the two blocks)."""
+    cached: jax.Array
+    """[R,1,1,Tmax] bool: real tokens cached before the step (positions < ``pos``; what lies beyond,
+    such as rejected draft tokens, is hidden)."""
+    new: jax.Array
+    """[R,1,t,t] bool: the step's real tokens, each query seeing itself and those before it."""
+    full: jax.Array
+    """[R,1,t,Tmax] bool: both, over the buffer after the step's write."""
+
+
+def step_mask(cache: DecoderCache, valid: jax.Array) -> tuple[StepMask, jax.Array]:
+    """(the self-attention mask of ``t`` new tokens, the updated key mask [R,Tmax]): each new
+    token sees every earlier or equal position the key mask marks real."""
     t = valid.shape[1]
     max_len = cache.mask.shape[1]
     key_mask = jax.lax.dynamic_update_slice(cache.mask, valid, (0, cache.pos))  # [R,Tmax]
     causal = jnp.arange(max_len)[None, :] <= (cache.pos + jnp.arange(t))[:, None]  # [t,Tmax]
-    return causal[None, None] & key_mask[:, None, None, :], key_mask
+    cached = cache.mask & (jnp.arange(max_len) < cache.pos)
+    own = jnp.tril(jnp.ones((t, t), bool))[None] & valid[:, None, :]  # [R,t,t]
+    full = causal[None, None] & key_mask[:, None, None, :]
+    return StepMask(cached=cached[:, None, None, :], new=own[:, None], full=full), key_mask
+
+
+def attend_self(q, k, v, mask, scale: float, *, cache=None, pos=None, upcast: bool = False, dropout_rate: float = 0.0,
+                key=None) -> tuple:
+    """A layer's self-attention: (out [R,H,t,K], weights [R,H,t,U], the layer's updated (keys,
+    values) or None). Without ``cache`` the queries attend over k, v under ``mask`` [R,1,t,t]; with
+    it (this layer's (keys, values) [R,H,Tmax,K]) ``mask`` is the step's ``StepMask``, the new k, v
+    are written at ``pos`` and the queries attend over the cache and themselves."""
+    if cache is None:
+        return (*attention(q, k, v, mask, scale, upcast=upcast, dropout_rate=dropout_rate, key=key), None)
+    if key is not None and dropout_rate > 0.0:  # dropout on the weights of the whole buffer, as without a cache
+        cache = write_kv(cache, k, v, pos)
+        return (*attention(q, *cache, mask.full, scale, upcast=upcast, dropout_rate=dropout_rate, key=key), cache)
+    out, weights = attention_after_cache(q, cache, (k, v), mask.cached, mask.new, pos, scale, upcast=upcast)
+    # The write waits for the attention's reads of the old buffer (a data dependence through the barrier),
+    # so that XLA writes the buffer in place instead of copying it first (docs/perf-notes.md).
+    out, k, v = jax.lax.optimization_barrier((out, k, v))
+    return out, weights, write_kv(cache, k, v, pos)
 
 
 def token_positions(cache: DecoderCache, valid, t: int, shifted: bool) -> tuple[jax.Array, jax.Array]:

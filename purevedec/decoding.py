@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 
+from .backend_tuning import decode_jit
 from .config import Config
 from .decoder_cache import DecoderCache, check_not_donated, init_cache as init_decoder_cache
 from .inputs import check_enc, check_ids, check_mask, compute_dtype, is_concrete
@@ -82,8 +83,8 @@ def _step(weights, cache, ids, attention_mask, *, config, dtype, shifted):
     return logits, cache
 
 
-_step_donating = jax.jit(_step, static_argnames=("config", "dtype", "shifted"), donate_argnames=("cache",))
-_step_keeping = jax.jit(_step, static_argnames=("config", "dtype", "shifted"))
+_step_donating = decode_jit(_step, static_argnames=("config", "dtype", "shifted"), donate_argnames=("cache",))
+_step_keeping = decode_jit(_step, static_argnames=("config", "dtype", "shifted"))
 
 
 def step(params, cache, ids, config: Config | None = None, *, attention_mask=None, positions: str = "per_row",

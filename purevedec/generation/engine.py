@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..backend_tuning import decode_jit
 from ..config import Config
 from ..model import compute_dtype, encode
 from ..params import unpack
@@ -87,14 +88,14 @@ def _empty(weights, enc, prompt, *, config, plan, columns, dtype, slots, score_w
     return jax.tree.map(lambda a: jnp.broadcast_to(a, (slots,) + a.shape), one)
 
 
-@partial(jax.jit, static_argnames=("config", "plan", "columns", "dtype", "score_window"), donate_argnames=("slots",))
+@partial(decode_jit, static_argnames=("config", "plan", "columns", "dtype", "score_window"), donate_argnames=("slots",))
 def _insert(weights, slots, index, enc, prompt, end, key, *, config, plan, columns, dtype, score_window):
     one = _fill(weights, enc, prompt, end, key, config=config, plan=plan, columns=columns, dtype=dtype,
                 score_window=score_window)
     return put(slots, index, one)
 
 
-@partial(jax.jit, static_argnames=("config", "plan", "dtype", "steps", "speculate", "ngram", "repeats",
+@partial(decode_jit, static_argnames=("config", "plan", "dtype", "steps", "speculate", "ngram", "repeats",
                                    "score_stop"), donate_argnames=("slots",))
 def _advance(weights, slots, knobs, score_threshold, *, config, plan, dtype, steps, speculate, ngram, repeats,
              score_stop):

@@ -20,6 +20,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from ..backend_tuning import decode_jit
 from ..decoder_cache import DecoderCache
 from ..sharding import gather_weights
 from .beam_loop import BeamState
@@ -72,7 +73,7 @@ def _start(weights, pixels, prompt, prompt_mask, key, *, config, plan, dtype, in
                    capacity=capacity)
 
 
-@partial(jax.jit, static_argnames=("config", "plan", "dtype", "gathers"), donate_argnames=("state",))
+@partial(decode_jit, static_argnames=("config", "plan", "dtype", "gathers"), donate_argnames=("state",))
 def _segment(weights, state, ignore_len, key, knobs, *, config, plan, dtype, gathers):
     """Run the loop until it ends or fills the cache's bucket; also whether it ended."""
     weights = gather_weights(weights, gathers)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..backend_tuning import decode_jit
 from ..config import Config
 from ..decoding import cache_step, new_cache, shifted_positions
 from ..encoder_chunks import encoder_chunk, encoder_states
@@ -95,7 +96,7 @@ def loop_functions(plan):
     return run_sample, sample_results
 
 
-@partial(jax.jit, static_argnames=("config", "plan", "dtype", "interpolate_pos_encoding", "shifted", "chunk",
+@partial(decode_jit, static_argnames=("config", "plan", "dtype", "interpolate_pos_encoding", "shifted", "chunk",
                                    "split", "gathers"))
 def _generate_jit(weights, pixels, prompt, prompt_mask, ignore_len, key, knobs, *, config, plan, dtype,
                   interpolate_pos_encoding, shifted, chunk, split, gathers=None):

@@ -32,8 +32,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ..attention import attention, shared_kv_attention
-from ..decoder_cache import DecoderCache, advance, guard_overflow, step_mask, token_positions, valid_tokens, write_kv
+from ..attention import shared_kv_attention
+from ..decoder_cache import DecoderCache, advance, attend_self, guard_overflow, step_mask, token_positions, valid_tokens
 from ..hf_rules import Rule, linear_rules, norm_rules
 from ..layers import (activation, causal_mask, dense, dropout, layer_norm, layer_outputs, merge_heads, rows_product,
                       site_key, split_heads)
@@ -156,11 +156,8 @@ def block(bp: dict, x: jax.Array, kv_cross, self_mask, cfg: BertConfig, dtype, *
     Returns (x, self weights [B,H,T,U], cross weights [B,H,T,S], the updated cache or None)."""
     heads, drop = cfg.num_attention_heads, cfg.hidden_dropout_prob
     q, k, v_ = (split_heads(dense(bp["attn"][n], x, dtype), heads) for n in ("q", "k", "v"))
-    if cache is not None:
-        cache = write_kv(cache, k, v_, pos)
-        k, v_ = cache
-    out, self_w = attention(q, k, v_, self_mask, cfg.head_dim ** -0.5,
-                            dropout_rate=cfg.attention_probs_dropout_prob, key=site_key(key, 0))
+    out, self_w, cache = attend_self(q, k, v_, self_mask, cfg.head_dim ** -0.5, cache=cache, pos=pos,
+                                     dropout_rate=cfg.attention_probs_dropout_prob, key=site_key(key, 0))
     out = dropout(dense(bp["attn"]["o"], merge_heads(out), dtype), drop, site_key(key, 1))
     x = layer_norm(bp["ln1"], x + out, cfg.layer_norm_eps)
     out, cross_w = cross_attention(bp, x, kv_cross, cfg, dtype, key=site_key(key, 2))

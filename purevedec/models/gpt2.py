@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 
 from .. import validate as v
-from ..attention import attention, shared_kv_attention
+from ..attention import shared_kv_attention
 from ..config_fields import ACTIVATION_NAMES, parse_fields, set_field
-from ..decoder_cache import (DecoderCache, advance, guard_overflow, step_mask, token_positions, valid_tokens,
-                             write_kv)
+from ..decoder_cache import (DecoderCache, advance, attend_self, guard_overflow, step_mask, token_positions,
+                             valid_tokens)
 from ..errors import ConfigError
 from ..hf_rules import Rule, linear_rules, norm_rules
 from ..layers import (activation, causal_mask, dense, dropout, layer_norm, layer_outputs, merge_heads, rows_product,
@@ -204,11 +204,9 @@ def block(bp: dict, x: jax.Array, kv_cross, self_mask, cfg: GPT2Config, layer: i
     Returns (x, self weights [B,H,T,U], cross weights [B,H,T,S], the updated cache or None)."""
     h = layer_norm(bp["ln1"], x, cfg.layer_norm_epsilon)
     q, k, v = self_qkv(bp, h, cfg, dtype)
-    if cache is not None:
-        cache = write_kv(cache, k, v, pos)
-        k, v = cache
-    out, self_w = attention(q, k, v, self_mask, attn_scale(cfg, layer), upcast=cfg.reorder_and_upcast_attn,
-                            dropout_rate=cfg.attn_pdrop, key=site_key(key, 0))
+    out, self_w, cache = attend_self(q, k, v, self_mask, attn_scale(cfg, layer), cache=cache, pos=pos,
+                                     upcast=cfg.reorder_and_upcast_attn, dropout_rate=cfg.attn_pdrop,
+                                     key=site_key(key, 0))
     x = x + dropout(dense(bp["attn"]["o"], merge_heads(out), dtype), cfg.resid_pdrop, site_key(key, 1))
     h = layer_norm(bp["ln_cross"], x, cfg.layer_norm_epsilon)
     out, cross_w = cross_attention(bp, h, kv_cross, cfg, layer, dtype, key=site_key(key, 2))

@@ -27,9 +27,8 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
-from ..attention import attention
 from ..config_fields import field_names, fields, warn_unknown
-from ..decoder_cache import DecoderCache, advance, guard_overflow, step_mask, valid_tokens, write_kv
+from ..decoder_cache import DecoderCache, advance, attend_self, guard_overflow, step_mask, valid_tokens
 from ..errors import ConfigError
 from ..hf_rules import Rule, linear_rules, norm_rules
 from ..layers import activation, dense, dropout, layer_norm, merge_heads, site_key, split_heads
@@ -111,11 +110,8 @@ def pre_norm_block(bp: dict, x: jax.Array, kv_cross, self_mask, cfg: MBartConfig
     heads = cfg.decoder_attention_heads
     h = layer_norm(bp["ln1"], x, LAYER_NORM_EPS)
     q, k, v = (split_heads(dense(bp["attn"][n], h, dtype), heads) for n in ("q", "k", "v"))
-    if cache is not None:
-        cache = write_kv(cache, k, v, pos)
-        k, v = cache
-    out, self_w = attention(q, k, v, self_mask, cfg.head_dim ** -0.5, dropout_rate=cfg.attention_dropout,
-                            key=site_key(key, 0))
+    out, self_w, cache = attend_self(q, k, v, self_mask, cfg.head_dim ** -0.5, cache=cache, pos=pos,
+                                     dropout_rate=cfg.attention_dropout, key=site_key(key, 0))
     x = x + dropout(dense(bp["attn"]["o"], merge_heads(out), dtype), cfg.dropout, site_key(key, 1))
     out, cross_w = cross_attention(bp, layer_norm(bp["ln_cross"], x, LAYER_NORM_EPS), kv_cross, cfg, dtype,
                                    key=site_key(key, 2))

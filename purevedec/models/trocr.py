@@ -27,9 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import validate as v
-from ..attention import attention, shared_kv_attention
+from ..attention import shared_kv_attention
 from ..config_fields import ACTIVATION_NAMES, parse_fields, set_field
-from ..decoder_cache import DecoderCache, advance, guard_overflow, step_mask, valid_tokens, write_kv
+from ..decoder_cache import DecoderCache, advance, attend_self, guard_overflow, step_mask, valid_tokens
 from ..errors import ConfigError
 from ..hf_rules import Rule, linear_rules, norm_rules
 from ..layers import (activation, causal_mask, dense, dropout, layer_norm, layer_outputs, merge_heads, rows_product,
@@ -240,11 +240,8 @@ def block(bp: dict, x: jax.Array, kv_cross, self_mask, cfg: TrOCRConfig, dtype, 
     Returns (x, self weights [B,H,T,U], cross weights [B,H,T,S], the updated cache or None)."""
     heads = cfg.decoder_attention_heads
     q, k, v = (split_heads(dense(bp["attn"][n], x, dtype), heads) for n in ("q", "k", "v"))
-    if cache is not None:
-        cache = write_kv(cache, k, v, pos)
-        k, v = cache
-    out, self_w = attention(q, k, v, self_mask, cfg.head_dim ** -0.5, dropout_rate=cfg.attention_dropout,
-                            key=site_key(key, 0))
+    out, self_w, cache = attend_self(q, k, v, self_mask, cfg.head_dim ** -0.5, cache=cache, pos=pos,
+                                     dropout_rate=cfg.attention_dropout, key=site_key(key, 0))
     out = dropout(dense(bp["attn"]["o"], merge_heads(out), dtype), cfg.dropout, site_key(key, 1))
     x = layer_norm(bp["ln1"], x + out, LAYER_NORM_EPS)
     out, cross_w = cross_attention(bp, x, kv_cross, cfg, dtype, key=site_key(key, 2))

@@ -5,6 +5,8 @@ against transformers."""
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,3 +146,62 @@ def test_product_equals_einsum_with_float32_accumulation(spec, a_shape, b_shape,
 def test_product_refuses_specs_it_cannot_run(spec):
     with pytest.raises(ValueError, match="product spec"):
         layers.product(spec, jnp.ones((2, 2)), jnp.ones((2, 2)))
+
+
+# ---- a decode step attends to the cache as it was, then writes in place ---------------------------
+
+def _step_case(rng, dtype, t):
+    """2 rows x 4 heads: a 16-column cache holding 9 tokens (row 1's third is padding) and stale
+    values beyond them (as rejected draft tokens leave), and t new tokens (row 0's first is padding)."""
+    pos, cols = 9, 16
+    q, k_new, v_new = (_normal(rng, (2, 4, t, 8)).astype(dtype) for _ in range(3))
+    k_old, v_old = (_normal(rng, (2, 4, cols, 8)).astype(dtype) for _ in range(2))
+    real = np.ones((2, cols), bool)
+    real[1, 2] = False
+    valid = np.ones((2, t), bool)
+    valid[0, 0] = False
+    return pos, q, (k_old, v_old), (k_new, v_new), jnp.asarray(real), jnp.asarray(valid)
+
+
+@pytest.mark.parametrize("dtype, t", [(jnp.float32, 3), (jnp.float32, 1), (jnp.bfloat16, 1)])
+def test_attention_after_cache_is_attention_over_the_written_buffer(dtype, t):
+    pos, q, (k_old, v_old), (k_new, v_new), real, valid = _step_case(np.random.default_rng(11), dtype, t)
+    cols = k_old.shape[2]
+    k = jax.lax.dynamic_update_slice(k_old, k_new, (0, 0, pos, 0))
+    v = jax.lax.dynamic_update_slice(v_old, v_new, (0, 0, pos, 0))
+    columns = np.arange(cols)
+    key_mask = np.asarray(real) & (columns < pos)
+    key_mask[:, pos:pos + t] = np.asarray(valid)
+    causal = columns[None, :] <= pos + np.arange(t)[:, None]
+    full = key_mask[:, None, None, :] & causal[None, None]
+    want_out, want_w = _plain_attention(q, k, v, full, 0.0, 0.3)
+    own = np.tril(np.ones((t, t), bool))[None] & np.asarray(valid)[:, None, :]
+    cached = (np.asarray(real) & (columns < pos))[:, None, None, :]
+    out, w = attention.attention_after_cache(q, (k_old, v_old), (k_new, v_new), cached, own[:, None], pos, 0.3)
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    assert out.dtype == dtype and maxdiff(out, want_out) <= tol
+    assert maxdiff(w, want_w) <= tol
+
+
+def _cache_copies(hlo: str, shape) -> int:
+    """Copies of an array of the cache buffer's shape in an optimized HLO module."""
+    return len(re.findall(r"f32\[%s\]\{[0-9,]*\} copy\(" % ",".join(map(str, shape)), hlo))
+
+
+def test_decode_programs_write_the_cache_in_place():
+    """No whole-cache copies per step in ``step``'s program or in ``generate_core``'s loop (a
+    caller's jit given DECODE_COMPILER_OPTIONS): writing before attending made XLA:CPU copy each
+    layer's K and V 3-4 times a step (docs/perf-notes.md)."""
+    from api_util import init, pixels, tiny_config
+    from purevedec import decoding
+    from purevedec.backend_tuning import DECODE_COMPILER_OPTIONS
+    config = tiny_config()
+    params = init(config)
+    cache = pv.init_cache(params, pv.encode(params, pixels(1)), config, 16)
+    buffer = cache.self_kv[0][0].shape
+    step = decoding._step_donating.lower(params, cache, jnp.zeros((1, 1), jnp.int32), None, config=config,
+                                         dtype=jnp.float32, shifted=False).compile().as_text()
+    assert _cache_copies(step, buffer) == 0
+    loop = jax.jit(lambda p, px: pv.generate_core(p, px, config, max_new_tokens=15).sequences,
+                   compiler_options=DECODE_COMPILER_OPTIONS).lower(params, pixels(1)).compile().as_text()
+    assert " while(" in loop and _cache_copies(loop, buffer) == 0
