@@ -26,7 +26,7 @@ except ImportError:  # a JAX without it: decode programs compile without their o
 class Tuning:
     """The tricks one backend runs."""
     pad_low_precision_rows: bool
-    """Pad a low-precision weight product of a few rows to ``layers.MIN_LOW_PRECISION_ROWS`` (XLA:CPU
+    """Pad a low-precision weight product of a few rows to ``layers.min_low_precision_rows()`` (XLA:CPU
     sends one bf16 row to a slow matrix-vector path)."""
     transposed_few_rows: bool
     """Compute a float32 product of 2..``layers.MAX_TRANSPOSED_ROWS`` rows as (w @ x.T).T behind
@@ -37,17 +37,30 @@ class Tuning:
     grouped_attention: bool
     """Attend long sequences a few heads at a time (``attention.heads_per_group``: XLA:CPU streams
     whole score tensors through memory)."""
+    integer_cache_writes: bool
+    """Write new keys and values into a bf16/fp16 cache as 16-bit integers (XLA:CPU widens a bf16
+    ``dynamic_update_slice`` to float32 over the whole buffer: a read and write of it per step)."""
     tie_remat_cotangent: bool
     """Tie a rematerialised layer's recomputation to its output's cotangent (XLA:CPU otherwise
     schedules every recomputation at the start of the backward pass, saving no memory)."""
 
 
 CPU = Tuning(pad_low_precision_rows=True, transposed_few_rows=True, pad_single_query=True, grouped_attention=True,
-             tie_remat_cotangent=True)
+             integer_cache_writes=True, tie_remat_cotangent=True)
 PLAIN = Tuning(pad_low_precision_rows=False, transposed_few_rows=False, pad_single_query=False,
-               grouped_attention=False, tie_remat_cotangent=False)
+               grouped_attention=False, integer_cache_writes=False, tie_remat_cotangent=False)
 # Backend name (jax.default_backend()) -> its tricks; a backend not listed runs the plain math.
 BACKENDS = {"cpu": CPU, "gpu": PLAIN, "tpu": PLAIN}
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX bf16 tiles (Linux's /proc/cpuinfo; False where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
+    except OSError:
+        return False
 
 
 def current() -> Tuning:

@@ -13,6 +13,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from . import backend_tuning
 from .attention import attention, attention_after_cache
 
 
@@ -50,8 +51,17 @@ def init_cache(dec, cross_kv: list, rows: int, max_len: int, dtype,
 
 def write_kv(layer: tuple, k: jax.Array, v: jax.Array, pos) -> tuple:
     """One layer's (keys, values) [R,H,Tmax,K] with the new k, v [R,H,t,K] written at ``pos``."""
-    return tuple(jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), (0, 0, pos, 0))
-                 for buf, new in zip(layer, (k, v)))
+    return tuple(_write(buf, new.astype(buf.dtype), (0, 0, pos, 0)) for buf, new in zip(layer, (k, v)))
+
+
+def _write(buf: jax.Array, new: jax.Array, start: tuple) -> jax.Array:
+    """``dynamic_update_slice``; a 16-bit float buffer written through its bits where the backend
+    asks: XLA:CPU widens a bf16 update to float32 over the whole buffer, every step."""
+    if buf.dtype.itemsize != 2 or not backend_tuning.current().integer_cache_writes:
+        return jax.lax.dynamic_update_slice(buf, new, start)
+    bits = jax.lax.dynamic_update_slice(jax.lax.bitcast_convert_type(buf, jnp.uint16),
+                                        jax.lax.bitcast_convert_type(new, jnp.uint16), start)
+    return jax.lax.bitcast_convert_type(bits, buf.dtype)
 
 
 def valid_tokens(ids: jax.Array, attention_mask) -> jax.Array:

@@ -57,22 +57,25 @@ def _dot_plan(spec: str):
     return dims, None if order == tuple(range(len(out))) else order
 
 
-# Fewest rows a low-precision weight product runs with where the backend pads them
-# (backend_tuning; XLA:CPU's one-row bf16 path is a slow matrix-vector one: docs/perf-notes.md).
-MIN_LOW_PRECISION_ROWS = 4
+def min_low_precision_rows() -> int:
+    """Fewest rows a low-precision weight product runs with where the backend pads them
+    (backend_tuning; XLA:CPU's one-row bf16 path is a slow matrix-vector one): 4 with AMX, whose
+    kernel's fixed cost falls up to ~4 rows; 2 elsewhere, where 2 rows read the weights ~1.4x
+    faster than 4 (AVX512-BF16; docs/perf-notes.md)."""
+    return 4 if backend_tuning.cpu_has_amx() else 2
 
 
 def rows_product(x: jax.Array, w: jax.Array) -> jax.Array:
     """x [..., i] @ w[o, i].T -> float32 [..., o]. Where the backend runs these tricks
-    (``backend_tuning``): fewer than MIN_LOW_PRECISION_ROWS low-precision rows are padded with zero
+    (``backend_tuning``): fewer than ``min_low_precision_rows()`` low-precision rows are padded with zero
     rows for the product (decode steps at batch 1-3), and a few float32 rows take ``_few_rows_product``."""
     rows = math.prod(x.shape[:-1])
     tricks = backend_tuning.current()
     # One matrix of rows: the weight gradient is then one product contracting a single axis
     # (contracting [B,T] together was slower: docs/perf-notes.md).
     flat = x.reshape(rows, x.shape[-1])
-    if tricks.pad_low_precision_rows and rows < MIN_LOW_PRECISION_ROWS and x.dtype != F32:
-        flat = jnp.pad(flat, ((0, MIN_LOW_PRECISION_ROWS - rows), (0, 0)))
+    if tricks.pad_low_precision_rows and rows < min_low_precision_rows() and x.dtype != F32:
+        flat = jnp.pad(flat, ((0, min_low_precision_rows() - rows), (0, 0)))
     if tricks.transposed_few_rows and 1 < rows <= MAX_TRANSPOSED_ROWS and x.dtype == F32:
         out = _few_rows_product(flat, w)
     else:

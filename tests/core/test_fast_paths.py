@@ -205,3 +205,9 @@ def test_decode_programs_write_the_cache_in_place():
     loop = jax.jit(lambda p, px: pv.generate_core(p, px, config, max_new_tokens=15).sequences,
                    compiler_options=DECODE_COMPILER_OPTIONS).lower(params, pixels(1)).compile().as_text()
     assert " while(" in loop and _cache_copies(loop, buffer) == 0
+    # a bf16 cache is written through its bits: XLA:CPU widened a bf16 write to float32 over the whole buffer
+    low = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
+    cache = pv.init_cache(low, pv.encode(low, pixels(1), dtype=jnp.bfloat16), config, 16, dtype=jnp.bfloat16)
+    step = decoding._step_donating.lower(low, cache, jnp.zeros((1, 1), jnp.int32), None, config=config,
+                                         dtype=jnp.bfloat16, shifted=False).compile().as_text()
+    assert "f32[%s]" % ",".join(map(str, buffer)) not in step

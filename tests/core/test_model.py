@@ -179,7 +179,7 @@ def test_one_query_row_attention(dtype):
 @pytest.mark.parametrize("lead", [(1,), (1, 1), (3,), (2, 3)])
 def test_low_precision_products_accumulate_in_float32(lead):
     """dense/LM-head products: bf16 inputs, float32 accumulation and result, whatever the row
-    count (fewer than MIN_LOW_PRECISION_ROWS rows take a padded path, more do not)."""
+    count (fewer than min_low_precision_rows() take a padded path, more do not)."""
     from purevedec.layers import dense, rows_product
     rng = np.random.RandomState(0)
     x = jnp.asarray(rng.randn(*lead, 96), jnp.bfloat16)
