@@ -73,6 +73,9 @@ def current() -> Tuning:
 # without it every step copied each layer's whole cache (docs/perf-notes.md). Other backends do
 # not read xla_cpu_ options. Inside a caller's own jit, pass them to that jit.
 DECODE_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
+"""Compiler options for a jit of one's own around ``generate_core``, ``step`` or the engine:
+``jax.jit(f, compiler_options=DECODE_COMPILER_OPTIONS)`` (on CPU, without them each decode step
+copies the whole cache)."""
 
 
 def decode_jit(fn, **jit_kwargs):

@@ -147,7 +147,10 @@ def generate_core(params, pixels, config: Config | None = None, *, key=None,
     or differs from its neutral value (temperature 1, top_p 1, penalties 1), so going from the
     neutral value to another compiles once more. ``key`` feeds sampling (one key, or one per
     image); greedy and beam search ignore it. A traced ``decoder_input_ids`` is used as given (it
-    must start with the start token). ``positions`` ("per_row" or "shifted") as in ``generate``."""
+    must start with the start token). ``positions`` ("per_row" or "shifted") as in ``generate``.
+    Called at top level it compiles with ``DECODE_COMPILER_OPTIONS``; inside a jit of one's own,
+    pass them to that jit (``compiler_options=purevedec.backend_tuning.DECODE_COMPILER_OPTIONS``), else on
+    CPU each step copies the whole cache (docs/perf-notes.md)."""
     arrays, statics = prepare(params, pixels, config, key=key, generation_config=generation_config,
                               decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask,
                               positions=positions, output_cross_attentions=output_cross_attentions,

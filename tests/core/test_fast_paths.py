@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import purevedec as pv
-from purevedec import attention, layers
+from purevedec import attention, backend_tuning, layers
 from conftest import maxdiff, rand_pixels, torch_forward
 from ocr_models import decoder_ids, make_ocr_reference
 
@@ -194,7 +194,6 @@ def test_decode_programs_write_the_cache_in_place():
     layer's K and V 3-4 times a step (docs/perf-notes.md)."""
     from api_util import init, pixels, tiny_config
     from purevedec import decoding
-    from purevedec.backend_tuning import DECODE_COMPILER_OPTIONS
     config = tiny_config()
     params = init(config)
     cache = pv.init_cache(params, pv.encode(params, pixels(1)), config, 16)
@@ -203,7 +202,7 @@ def test_decode_programs_write_the_cache_in_place():
                                          dtype=jnp.float32, shifted=False).compile().as_text()
     assert _cache_copies(step, buffer) == 0
     loop = jax.jit(lambda p, px: pv.generate_core(p, px, config, max_new_tokens=15).sequences,
-                   compiler_options=DECODE_COMPILER_OPTIONS).lower(params, pixels(1)).compile().as_text()
+                   compiler_options=backend_tuning.DECODE_COMPILER_OPTIONS).lower(params, pixels(1)).compile().as_text()
     assert " while(" in loop and _cache_copies(loop, buffer) == 0
     # a bf16 cache is written through its bits: XLA:CPU widened a bf16 write to float32 over the whole buffer
     low = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
