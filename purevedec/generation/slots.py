@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from ..decoder_cache import DecoderCache
 from ..decoding import cache_step, new_cache
+from ..layers import slots_as_rows
 from .keys import categorical
 from .plan import Plan
 from .processors import Knobs, process
@@ -108,7 +109,10 @@ def advance_all(weights, slots, knobs: Knobs, steps: int, *, config, plan: Plan,
     one-slot step (default ``advance``, one token), ``alive`` whether a slot still generates
     (default ``running``; the beam slots have their own, ``beam_slots.py``)."""
     step, alive = step or advance, alive or running
-    one = jax.vmap(lambda s: step(weights, s, knobs, config=config, plan=plan, dtype=dtype))
+
+    def one(s):
+        with slots_as_rows():  # the slots' weight products as one product of all their rows
+            return jax.vmap(lambda s: step(weights, s, knobs, config=config, plan=plan, dtype=dtype))(s)
 
     def body(carry):
         i, s = carry

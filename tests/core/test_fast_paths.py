@@ -210,3 +210,33 @@ def test_decode_programs_write_the_cache_in_place():
     step = decoding._step_donating.lower(low, cache, jnp.zeros((1, 1), jnp.int32), None, config=config,
                                          dtype=jnp.bfloat16, shifted=False).compile().as_text()
     assert "f32[%s]" % ",".join(map(str, buffer)) not in step
+
+
+def test_slots_as_rows_folds_vmapped_weight_products_into_one():
+    """Under ``slots_as_rows`` a float32 weight product vmapped over 4 one-row slots is one 4-row
+    product, which takes rows_product's few-row form (w @ x.T: the weights are the left operand),
+    with the plain vmapped product's values; outside it each slot's one row keeps x @ w.T."""
+    rng = np.random.default_rng(12)
+    x, w = _normal(rng, (4, 1, 48)), _normal(rng, (40, 48))
+    slots = lambda: jax.vmap(lambda row: layers.rows_product(row, w))  # noqa: E731  (new each time: traces are cached)
+    plain = slots()(x)
+
+    def left_operands():
+        eqns = jax.make_jaxpr(slots())(x).jaxpr.eqns
+        return [e.invars[0].aval.shape for e in _all_eqns(eqns) if e.primitive.name == "dot_general"]
+
+    assert left_operands() and (40, 48) not in left_operands()
+    with layers.slots_as_rows():
+        folded = jax.jit(slots())(x)
+        assert (40, 48) in left_operands()
+    assert folded.shape == (4, 1, 40) and maxdiff(folded, plain) <= 1e-5
+
+
+def _all_eqns(eqns):
+    """Every equation, those of nested jaxprs (pjit, custom_vmap) included."""
+    for e in eqns:
+        yield e
+        for p in e.params.values():
+            inner = getattr(p, "jaxpr", p)
+            if hasattr(inner, "eqns"):
+                yield from _all_eqns(inner.eqns)
