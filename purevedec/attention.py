@@ -43,13 +43,8 @@ def attention(q, k, v, mask, scale: float, *, upcast: bool = False, dropout_rate
     is always float32. With a ``key``, dropout acts on the weights (as in transformers).
     The weights cost a second pass over the scores, made only when a caller uses them.
     """
-    single_low_precision_row = q.shape[-2] == 1 and q.dtype != F32 and not upcast and key is None
-    if single_low_precision_row and backend_tuning.current().pad_single_query:
-        # One low-precision query row (a decode step): XLA:CPU turns both products into matrix-
-        # vector ones that first copy all of K and V to float32, every step; two rows keep the
-        # native bf16 kernel (docs/perf-notes.md).
-        out, weights = attention(jnp.pad(q, [(0, 0)] * (q.ndim - 2) + [(0, 1), (0, 0)]), k, v, mask, scale,
-                                 bias=bias)
+    if key is None and _pads_single_row(q, upcast):
+        out, weights = attention(_two_rows(q), k, v, mask, scale, bias=bias)
         return out[..., :1, :], weights[..., :1, :]
     if upcast:
         q, k = q.astype(F32), k.astype(F32)
@@ -71,10 +66,8 @@ def attention_after_cache(q, cached: tuple, new: tuple, cached_mask, new_mask, p
     The same softmax as ``attention`` over the written buffer, but it reads the buffer before the
     step's write: XLA:CPU can then write the new keys in place, where a write read back by the
     attention made it copy the whole buffer several times a step (docs/perf-notes.md)."""
-    if q.shape[-2] == 1 and q.dtype != F32 and not upcast and backend_tuning.current().pad_single_query:
-        # As in ``attention``: one low-precision row would copy K and V to float32 every step.
-        out, weights = attention_after_cache(jnp.pad(q, [(0, 0)] * (q.ndim - 2) + [(0, 1), (0, 0)]), cached, new,
-                                             cached_mask, new_mask, pos, scale)
+    if _pads_single_row(q, upcast):
+        out, weights = attention_after_cache(_two_rows(q), cached, new, cached_mask, new_mask, pos, scale)
         return out[..., :1, :], weights[..., :1, :]
     (k_old, v_old), (k_new, v_new) = cached, new
     if upcast:
@@ -88,6 +81,18 @@ def attention_after_cache(q, cached: tuple, new: tuple, cached_mask, new_mask, p
            + product("bhtu,bhuk->bhtk", e_new.astype(v_new.dtype), v_new)) * inv_total
     weights = jax.lax.dynamic_update_slice(e_old * inv_total, e_new * inv_total, (0, 0, 0, pos))
     return out.astype(v_old.dtype), weights
+
+
+def _pads_single_row(q, upcast: bool) -> bool:
+    """Whether to attend with one low-precision query row (a decode step) padded to two: with one,
+    XLA:CPU turns both products into matrix-vector ones that first copy all of K and V to float32,
+    every step; two rows keep the native bf16 kernel (docs/perf-notes.md)."""
+    return q.shape[-2] == 1 and q.dtype != F32 and not upcast and backend_tuning.current().pad_single_query
+
+
+def _two_rows(q):
+    """q [..., 1, K] with a zero query row after it."""
+    return jnp.pad(q, [(0, 0)] * (q.ndim - 2) + [(0, 1), (0, 0)])
 
 
 def shared_kv_attention(q, k, v, scale: float, *, upcast: bool = False, dropout_rate: float = 0.0, key=None):

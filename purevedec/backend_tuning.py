@@ -68,14 +68,12 @@ def current() -> Tuning:
     return BACKENDS.get(jax.default_backend(), PLAIN)
 
 
-# Compiler options of the decoding programs (generate, the engine, step). With region analysis,
-# XLA:CPU's copy insertion lets a step write its keys and values into the carried cache in place;
-# without it every step copied each layer's whole cache (docs/perf-notes.md). Other backends do
-# not read xla_cpu_ options. Inside a caller's own jit, pass them to that jit.
 DECODE_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
-"""Compiler options for a jit of one's own around ``generate_core``, ``step`` or the engine:
-``jax.jit(f, compiler_options=DECODE_COMPILER_OPTIONS)`` (on CPU, without them each decode step
-copies the whole cache)."""
+"""Compiler options of the decoding programs (generate, the engine, step), and for a jit of
+one's own around ``generate_core``, ``step`` or the engine: ``jax.jit(f, compiler_options=...)``.
+With region analysis XLA:CPU's copy insertion lets a step write its keys and values into the
+carried cache in place; without it each step copies each layer's whole cache
+(docs/perf-notes.md). Other backends do not read xla_cpu_ options."""
 
 
 def decode_jit(fn, **jit_kwargs):

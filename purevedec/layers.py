@@ -120,8 +120,9 @@ def _rows_product(x: jax.Array, w: jax.Array) -> jax.Array:
     # One matrix of rows: the weight gradient is then one product contracting a single axis
     # (contracting [B,T] together was slower: docs/perf-notes.md).
     flat = x.reshape(rows, x.shape[-1])
-    if tricks.pad_low_precision_rows and rows < min_low_precision_rows() and x.dtype != F32:
-        flat = jnp.pad(flat, ((0, min_low_precision_rows() - rows), (0, 0)))
+    least = min_low_precision_rows()
+    if tricks.pad_low_precision_rows and rows < least and x.dtype != F32:
+        flat = jnp.pad(flat, ((0, least - rows), (0, 0)))
     if tricks.transposed_few_rows and 1 < rows <= MAX_TRANSPOSED_ROWS and x.dtype == F32:
         out = _few_rows_product(flat, w)
     else:
