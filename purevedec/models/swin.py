@@ -45,8 +45,8 @@ from .family import EncoderFamily
 from .vit import bicubic_matrix, patchify
 
 TORCH_LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default: the embedding and patch-merging norms set none
-SHIFT_MASK = -100.0
-MAX_STAGES = 8  # real Swins have 4; a bound keeps a hostile config's 2^stages widths small  # transformers' additive score for a key in another region of a shifted window
+SHIFT_MASK = -100.0  # transformers' additive score for a key in another region of a shifted window
+MAX_STAGES = 8  # real Swins have 4; a bound keeps a hostile config's 2^stages widths small
 
 
 @dataclass(frozen=True)
