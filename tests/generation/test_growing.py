@@ -84,7 +84,7 @@ def test_growing_cache_equals_generate(models, family, mode):
     # float32 log-softmax over caches of other lengths, reduced in another order: a few ulps (with
     # XLA's older fusion emitters, 1.1e-5 on one TrOCR beam step; 1.5e-5 on a sum of 18 near -16)
     np.testing.assert_allclose(got.scores, want.scores, rtol=3e-6, atol=1e-5)
-    np.testing.assert_allclose(got.token_logprobs, want.token_logprobs, atol=3e-5)
+    np.testing.assert_allclose(got.token_logprobs, want.token_logprobs, atol=1e-4)
     if want.cross_attentions is not None:
         np.testing.assert_allclose(got.cross_attentions, want.cross_attentions, atol=1e-5)  # the same ulps, carried
 
