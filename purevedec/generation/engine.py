@@ -109,7 +109,7 @@ def _advance(weights, slots, knobs, score_threshold, *, config, plan, dtype, ste
     return advance_all(weights, slots, knobs, steps, config=config, plan=plan, dtype=dtype, step=step)
 
 
-@partial(jax.jit, static_argnames=("columns",), donate_argnames=("slots",))
+@partial(jax.jit, static_argnames=("columns",))
 def _grow(slots, *, columns):
     if isinstance(slots, BeamSlot):
         return slots._replace(state=slots.state._replace(cache=grow_cache(slots.state.cache, columns)))
